@@ -1,0 +1,66 @@
+# nfc: `make demo` and `make test` do all the set-up on a fresh Debian
+# machine (run as root so apt can install what is missing).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := nftables iptables conntrack iproute2 python3-nftables python3-venv groff-base kmod procps
+INSTALLED := $(VENV)/.installed
+POLICIES := $(wildcard policies/*.yaml)
+
+.PHONY: demo test install system-deps lint bench clean
+
+demo: install
+	@for p in $(POLICIES); do \
+	  name=$$(basename $$p .yaml); \
+	  $(BIN)/nfc compile $$p -o build/$$name || exit $$?; \
+	  echo "compiled $$p -> build/$$name/"; \
+	done
+	@if [ "$$(id -u)" = 0 ]; then \
+	  for p in $(POLICIES); do \
+	    name=$$(basename $$p .yaml); \
+	    unshare -n nft -c -f build/$$name/ruleset.nft || exit 3; \
+	  done; \
+	  echo "the kernel accepts every ruleset (nft -c in a throwaway namespace)"; \
+	fi
+	@echo; echo "== build/dns-recursive/ruleset.nft =="; cat build/dns-recursive/ruleset.nft
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check compiler grammar tests bench
+
+bench: install
+	$(BIN)/python bench/compile.py
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@# Debian's python3-nftables matches the system libnftables1; PyPI only
+	@# has an older copy without dry-run, so link Debian's into the venv.
+	@if ! $(BIN)/python -c 'import nftables' 2>/dev/null; then \
+	  src=$$(dpkg -L python3-nftables 2>/dev/null | grep '/nftables/__init__.py$$' | head -n 1); \
+	  site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  if [ -n "$$src" ]; then ln -sfn "$$(dirname "$$src")" "$$site/nftables"; \
+	  else echo "warning: python3-nftables is not installed; nfc falls back to the nft command"; fi; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then ln -sfn "$(CURDIR)/$(BIN)/nfc" /usr/local/bin/nfc; fi
+	touch $@
+
+system-deps:
+	@command -v dpkg-query >/dev/null || { echo "not a Debian system: install $(APT_PACKAGES) yourself"; exit 0; }; \
+	missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root to install them)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,3 @@
+from nfc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,14 @@
+"""One generator per backend: IR in, artifact files out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nfc.backends import nft
+from nfc.ir import Ruleset
+
+Generator = Callable[[Ruleset], dict[str, str]]
+
+BACKENDS: dict[str, Generator] = {
+    "nft": nft.generate,
+}

@@ -1,0 +1,47 @@
+"""Source locations and the one error type every stage raises for bad input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Loc:
+    """A 1-based position in a policy file."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def shifted(self, line_offset: int, col: int) -> Loc:
+        """The position `line_offset` lines below this one, at column `col`."""
+        return Loc(self.file, self.line + line_offset, col)
+
+
+class PolicyError(Exception):
+    """Bad input: reported as FILE:LINE:COL: error: MESSAGE and exit code 2."""
+
+    def __init__(self, loc: Loc, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+        self.hint = hint
+
+    def render(self) -> str:
+        text = f"{self.loc}: error: {self.message}"
+        if self.hint:
+            text += f"\n{self.loc}: note: {self.hint}"
+        return text
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """A 'did you mean' hint for a misspelt key or keyword, or None."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "valid: " + ", ".join(sorted(choices))

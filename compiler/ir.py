@@ -1,0 +1,207 @@
+"""The intermediate representation: the only thing backends see.
+
+Everything here is a frozen dataclass holding validated, normalised values:
+addresses are `ipaddress` networks of one family, ports are closed ranges,
+names are already resolved. Nothing refers to YAML. `Origin` is a plain
+source position so that generated rules can say where they came from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+from nfc.errors import Loc as Origin
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Family(enum.Enum):
+    V4 = "ipv4"
+    V6 = "ipv6"
+
+    @property
+    def suffix(self) -> str:
+        return "v4" if self is Family.V4 else "v6"
+
+    @property
+    def max_prefix(self) -> int:
+        return 32 if self is Family.V4 else 128
+
+
+BOTH_FAMILIES = (Family.V4, Family.V6)
+TIME_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+BYTE_UNIT_FACTOR = {"bytes": 1, "kbytes": 1024, "mbytes": 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class Ports:
+    """A set of ports as sorted, disjoint closed ranges.
+
+    `set_name` names the `define` they came from, so a backend may render a
+    named set instead of listing them."""
+
+    ranges: tuple[tuple[int, int], ...]
+    set_name: str | None = None
+
+    def count(self) -> int:
+        return sum(high - low + 1 for low, high in self.ranges)
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Networks of one family, collapsed and sorted; `negated` means "not in"."""
+
+    family: Family
+    networks: tuple[Network, ...]
+    negated: bool = False
+    set_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """What a packet must look like. `family` None means both IPv4 and IPv6."""
+
+    family: Family | None = None
+    protocol: str | None = None  # tcp, udp, sctp, icmp, icmpv6, or another l4proto name/number
+    sport: Ports | None = None
+    dport: Ports | None = None
+    saddr: Addresses | None = None
+    daddr: Addresses | None = None
+    iifname: str | None = None
+    oifname: str | None = None
+    ct_state: tuple[str, ...] = ()
+    icmp_types: tuple[str, ...] = ()  # of `protocol` (icmp or icmpv6)
+
+    def mirrored(self) -> Match:
+        """The reverse path: ports, addresses and interfaces swap roles."""
+        return Match(
+            family=self.family,
+            protocol=self.protocol,
+            sport=self.dport,
+            dport=self.sport,
+            saddr=self.daddr,
+            daddr=self.saddr,
+            iifname=self.oifname,
+            oifname=self.iifname,
+            ct_state=self.ct_state,
+            icmp_types=self.icmp_types,
+        )
+
+
+@dataclass(frozen=True)
+class Rate:
+    value: int
+    time_unit: str  # second | minute | hour | day
+    byte_unit: str | None = None  # None: packets; else bytes | kbytes | mbytes
+
+    def per_second(self) -> float:
+        factor = BYTE_UNIT_FACTOR[self.byte_unit] if self.byte_unit else 1
+        return self.value * factor / TIME_UNIT_SECONDS[self.time_unit]
+
+
+@dataclass(frozen=True)
+class Meter:
+    """A rate limit. With `key` (saddr/daddr) it keeps one token bucket per
+    masked address, in a table of at most `size` entries that forgets a key
+    after `timeout` seconds without packets; without `key` it is one global
+    bucket. A meter with a key belongs to one family. A full meter table
+    drops the packet (fail closed), as hashlimit does."""
+
+    name: str
+    rate: Rate
+    over: bool
+    burst: int
+    burst_bytes: bool
+    family: Family | None = None
+    key: str | None = None  # saddr | daddr
+    prefix_len: int | None = None
+    size: int | None = None
+    timeout: int | None = None  # seconds
+    origin: Origin | None = None
+
+
+@dataclass(frozen=True)
+class Log:
+    prefix: str | None = None
+    level: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # accept | drop | reject
+    reject_with: str | None = None  # None (default), "tcp reset", or an ICMP type name
+
+
+class RuleRole(enum.Enum):
+    """Why a rule exists: written by the user, or implied by a chain setting."""
+
+    USER = "user"
+    ESSENTIAL_ICMP = "essential-icmp"
+    STATE = "state"
+    UNTRACKED_ANSWER = "untracked-answer"
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: Match
+    verdict: Verdict
+    origin: Origin
+    meter: Meter | None = None
+    log: Log | None = None
+    counter: bool = False
+    comment: str | None = None
+    expires: dt.date | None = None
+    role: RuleRole = RuleRole.USER
+
+
+@dataclass(frozen=True)
+class NotrackRule:
+    """Untrack packets matching `match` at raw priority in `hook`."""
+
+    hook: str  # prerouting | output
+    match: Match
+    origin: Origin
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str  # input | forward | output
+    policy: str  # accept | drop
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class NamedAddressSet:
+    name: str
+    family: Family
+    networks: tuple[Network, ...]
+
+
+@dataclass(frozen=True)
+class NamedPortSet:
+    name: str
+    ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    key: str
+    value: int
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    name: str
+    table: str
+    source: str  # the main policy file
+    notrack: tuple[NotrackRule, ...]
+    chains: tuple[Chain, ...]
+    address_sets: tuple[NamedAddressSet, ...]
+    port_sets: tuple[NamedPortSet, ...]
+    meters: tuple[Meter, ...]
+    sysctls: tuple[Sysctl, ...]

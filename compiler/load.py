@@ -1,0 +1,546 @@
+"""Read policy YAML with a source location on every node, enforce the policy
+schema, follow includes and merge defines.
+
+The result is a `PolicySource`: rule strings are still text here; `parse`
+turns them into syntax trees and `lower` into IR.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from nfc.errors import Loc, PolicyError, did_you_mean
+
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_NODES = 200_000
+MAX_INCLUDE_DEPTH = 32
+FORMAT_VERSION = 1
+
+CHAIN_NAMES = ("input", "forward", "output")
+TOP_KEYS = ("nfc", "name", "table", "include", "define", "conntrack", *CHAIN_NAMES)
+INCLUDE_KEYS = ("nfc", "include", "define", "conntrack")
+CHAIN_KEYS = ("policy", "rules", "state", "icmp")
+RULE_KEYS = ("rule", "comment", "expires")
+CONNTRACK_KEYS = ("notrack", "max", "timeouts")
+INCLUDE_CONNTRACK_KEYS = ("notrack",)
+# Policy timeout names and the sysctl each one sets.
+TIMEOUT_SYSCTLS = {
+    "udp": "net.netfilter.nf_conntrack_udp_timeout",
+    "udp_stream": "net.netfilter.nf_conntrack_udp_timeout_stream",
+    "tcp_established": "net.netfilter.nf_conntrack_tcp_timeout_established",
+    "tcp_time_wait": "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+    "tcp_close_wait": "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
+    "icmp": "net.netfilter.nf_conntrack_icmp_timeout",
+    "icmpv6": "net.netfilter.nf_conntrack_icmpv6_timeout",
+    "generic": "net.netfilter.nf_conntrack_generic_timeout",
+}
+MAX_SYSCTL_INT = 2**31 - 1
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
+POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+
+@dataclass(frozen=True)
+class YNode:
+    """A YAML node: a scalar, a list of YNodes or a str-keyed dict of YNodes."""
+
+    value: Any
+    loc: Loc
+    key_locs: dict[str, Loc] = field(default_factory=dict, compare=False, repr=False)
+    # Where the first character of a string scalar's text sits, when the text
+    # maps onto the file column by column (single-line scalars).
+    text_start: Loc | None = field(default=None, compare=False, repr=False)
+
+    def plain(self) -> Any:
+        """The value with locations stripped, for comparing defines."""
+        if isinstance(self.value, dict):
+            return {k: v.plain() for k, v in self.value.items()}
+        if isinstance(self.value, list):
+            return [v.plain() for v in self.value]
+        return self.value
+
+    def loc_in_text(self, line: int, col: int) -> Loc:
+        """The file position of 1-based (line, col) inside this string scalar."""
+        if self.text_start is None or line != 1:
+            return self.loc
+        return Loc(self.text_start.file, self.text_start.line, self.text_start.col + col - 1)
+
+
+@dataclass(frozen=True)
+class RuleText:
+    """A rule or notrack entry as written, with its optional annotations."""
+
+    node: YNode
+    comment: str | None = None
+    comment_loc: Loc | None = None
+    expires: dt.date | None = None
+
+    @property
+    def text(self) -> str:
+        return self.node.value
+
+    @property
+    def loc(self) -> Loc:
+        return self.node.loc
+
+
+@dataclass(frozen=True)
+class ChainSection:
+    name: str
+    loc: Loc
+    policy: str
+    state: str
+    state_loc: Loc
+    icmp: str
+    icmp_loc: Loc
+    rules: tuple[RuleText, ...]
+
+
+@dataclass(frozen=True)
+class Define:
+    name: str
+    loc: Loc
+    node: YNode
+
+
+@dataclass(frozen=True)
+class ConntrackSection:
+    notrack: tuple[RuleText, ...] = ()
+    max: int | str | None = None
+    max_loc: Loc | None = None
+    timeouts: tuple[tuple[str, int, Loc], ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    path: str
+    name: str
+    table: str
+    defines: dict[str, Define]
+    conntrack: ConntrackSection
+    chains: dict[str, ChainSection]
+    files: tuple[str, ...]  # every file read, main policy first
+
+
+# --------------------------------------------------------------------------
+# YAML with marks
+
+
+def _read_text(path: str, loc: Loc | None = None) -> str:
+    where = loc or Loc(path, 1, 1)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(where, f"cannot read {printable(path)}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise PolicyError(where, f"file is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PolicyError(Loc(path, line, col), "file is not valid UTF-8") from None
+
+
+def _mark_loc(path: str, mark: Any) -> Loc:
+    return Loc(path, mark.line + 1, mark.column + 1)
+
+
+def load_yaml(path: str, loc: Loc | None = None) -> YNode:
+    """Parse one YAML file into YNodes; every failure is a PolicyError."""
+    text = _read_text(path, loc)
+    if not text.strip():
+        raise PolicyError(Loc(path, 1, 1), "empty policy file", "a policy starts with 'nfc: 1'")
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise PolicyError(Loc(path, 1, 1), "policy file holds no YAML document")
+        return _Converter(path, loader).convert(root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = _mark_loc(path, mark) if mark else Loc(path, 1, 1)
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise PolicyError(where, f"YAML syntax: {problem}", _yaml_hint(problem)) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(Loc(path, 1, 1), f"YAML syntax: {exc}") from None
+    except RecursionError:
+        raise PolicyError(Loc(path, 1, 1), "YAML nesting is too deep") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_hint(problem: str) -> str | None:
+    if "mapping values" in problem or "expected <block end>" in problem:
+        return "a rule that holds ': ' or ' #' must be quoted: put it in single quotes"
+    if "found character '\\t'" in problem:
+        return "YAML indents with spaces, not tabs"
+    return None
+
+
+class _Converter:
+    def __init__(self, path: str, loader: yaml.SafeLoader) -> None:
+        self.path = path
+        self.loader = loader
+        self.budget = MAX_NODES
+
+    def convert(self, node: yaml.Node) -> YNode:
+        self.budget -= 1
+        loc = _mark_loc(self.path, node.start_mark)
+        if self.budget < 0:
+            raise PolicyError(loc, f"policy has more than {MAX_NODES} YAML nodes")
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, loc)
+        if isinstance(node, yaml.SequenceNode):
+            return YNode([self.convert(item) for item in node.value], loc)
+        return self._scalar(node, loc)
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> YNode:
+        values: dict[str, YNode] = {}
+        key_locs: dict[str, Loc] = {}
+        for key_node, value_node in node.value:
+            key_loc = _mark_loc(self.path, key_node.start_mark)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise PolicyError(key_loc, "YAML merge keys ('<<') are not supported")
+            key = self.convert(key_node).value
+            if not isinstance(key, str):
+                raise PolicyError(
+                    key_loc,
+                    f"mapping key {printable(repr(key))} must be a string",
+                    "quote the key",
+                )
+            if key in values:
+                raise PolicyError(key_loc, f"duplicate key '{printable(key)}' (first at {key_locs[key]})")
+            key_locs[key] = key_loc
+            values[key] = self.convert(value_node)
+        return YNode(values, loc, key_locs)
+
+    def _scalar(self, node: yaml.ScalarNode, loc: Loc) -> YNode:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except (ValueError, OverflowError, yaml.constructor.ConstructorError) as exc:
+            raise PolicyError(loc, f"invalid YAML value {printable(repr(node.value))}: {exc}") from None
+        text_start = None
+        if node.start_mark.line == node.end_mark.line and isinstance(value, str):
+            quoted = node.style in ("'", '"')
+            text_start = Loc(loc.file, loc.line, loc.col + (1 if quoted else 0))
+        return YNode(value, loc, text_start=text_start)
+
+
+# --------------------------------------------------------------------------
+# Schema checks
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` made safe to echo in a message or a generated comment."""
+    cleaned = "".join(ch if ch.isprintable() and ch not in '"\\' else "?" for ch in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def type_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
+
+def expect_mapping(node: YNode, what: str) -> dict[str, YNode]:
+    if not isinstance(node.value, dict):
+        raise PolicyError(node.loc, f"{what} must be a mapping, not {type_name(node.value)}")
+    return node.value
+
+
+def expect_list(node: YNode, what: str) -> list[YNode]:
+    if not isinstance(node.value, list):
+        raise PolicyError(node.loc, f"{what} must be a list, not {type_name(node.value)}")
+    return node.value
+
+
+def expect_str(node: YNode, what: str) -> str:
+    if not isinstance(node.value, str):
+        raise PolicyError(node.loc, f"{what} must be a string, not {type_name(node.value)}")
+    return node.value
+
+
+def expect_choice(node: YNode, what: str, choices: tuple[str, ...]) -> str:
+    value = node.value
+    if not isinstance(value, str) or value not in choices:
+        shown = printable(str(value)) if isinstance(value, str) else type_name(value)
+        raise PolicyError(
+            node.loc,
+            f"{what} must be one of {', '.join(choices)}, not {shown}",
+            did_you_mean(value, choices) if isinstance(value, str) else None,
+        )
+    return value
+
+
+def expect_int(node: YNode, what: str, low: int, high: int) -> int:
+    value = node.value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyError(node.loc, f"{what} must be a whole number, not {type_name(value)}")
+    if not low <= value <= high:
+        raise PolicyError(node.loc, f"{what} must be between {low} and {high}, not {value}")
+    return value
+
+
+def check_keys(node: YNode, allowed: tuple[str, ...], what: str) -> None:
+    for key, key_loc in node.key_locs.items():
+        if key not in allowed:
+            raise PolicyError(
+                key_loc, f"unknown key '{printable(key)}' in {what}", did_you_mean(key, allowed)
+            )
+
+
+def check_text(text: str, loc: Loc, what: str, max_len: int) -> str:
+    """Free text that ends up inside a quoted nft/iptables string."""
+    if not text:
+        raise PolicyError(loc, f"{what} is empty")
+    for ch in text:
+        if not ch.isprintable() or ch in '"\\`$':
+            shown = repr(ch) if not ch.isprintable() else f"'{ch}'"
+            raise PolicyError(
+                loc,
+                f"{what} contains the character {shown}, which is not allowed",
+                "use plain printable text without quotes, backslashes, '$', '`' or line breaks",
+            )
+    if len(text.encode()) > max_len:
+        raise PolicyError(loc, f"{what} is longer than {max_len} bytes")
+    return text
+
+
+# --------------------------------------------------------------------------
+# Policy structure
+
+COMMENT_MAX = 64
+
+
+def _rule_text(node: YNode, what: str) -> RuleText:
+    if isinstance(node.value, str):
+        return RuleText(node)
+    if not isinstance(node.value, dict):
+        raise PolicyError(
+            node.loc, f"{what} must be a string or a mapping with 'rule', not {type_name(node.value)}"
+        )
+    check_keys(node, RULE_KEYS, what)
+    fields = node.value
+    if "rule" not in fields:
+        raise PolicyError(node.loc, f"{what} mapping needs a 'rule' key")
+    rule_node = fields["rule"]
+    expect_str(rule_node, "'rule'")
+    comment = comment_loc = None
+    if "comment" in fields:
+        comment_loc = fields["comment"].loc
+        comment = check_text(expect_str(fields["comment"], "'comment'"), comment_loc, "comment", COMMENT_MAX)
+    expires = None
+    if "expires" in fields:
+        expires_node = fields["expires"]
+        value = expires_node.value
+        if isinstance(value, dt.datetime):
+            value = value.date()
+        elif isinstance(value, str):
+            try:
+                value = dt.date.fromisoformat(value)
+            except ValueError:
+                value = None
+        if not isinstance(value, dt.date):
+            raise PolicyError(expires_node.loc, "'expires' must be a date written YYYY-MM-DD")
+        expires = value
+    return RuleText(rule_node, comment, comment_loc, expires)
+
+
+def _rule_list(node: YNode, what: str) -> tuple[RuleText, ...]:
+    if node.value is None:
+        return ()
+    return tuple(_rule_text(item, what) for item in expect_list(node, f"'{what}s'"))
+
+
+def _chain(name: str, node: YNode) -> ChainSection:
+    fields = expect_mapping(node, f"'{name}'")
+    check_keys(node, CHAIN_KEYS, f"chain '{name}'")
+    if "policy" not in fields:
+        raise PolicyError(node.loc, f"chain '{name}' needs a 'policy' (drop or accept)")
+    policy = expect_choice(fields["policy"], "'policy'", ("drop", "accept"))
+    state_node = fields.get("state")
+    state = expect_choice(state_node, "'state'", ("auto", "manual")) if state_node else "auto"
+    icmp_node = fields.get("icmp")
+    default_icmp = "essential" if name in ("input", "forward") and policy == "drop" else "manual"
+    icmp = expect_choice(icmp_node, "'icmp'", ("essential", "manual")) if icmp_node else default_icmp
+    rules = _rule_list(fields["rules"], "rule") if "rules" in fields else ()
+    return ChainSection(
+        name=name,
+        loc=node.loc,
+        policy=policy,
+        state=state,
+        state_loc=state_node.loc if state_node else node.loc,
+        icmp=icmp,
+        icmp_loc=icmp_node.loc if icmp_node else node.loc,
+        rules=rules,
+    )
+
+
+def _conntrack(node: YNode, in_include: bool) -> ConntrackSection:
+    fields = expect_mapping(node, "'conntrack'")
+    allowed = INCLUDE_CONNTRACK_KEYS if in_include else CONNTRACK_KEYS
+    check_keys(node, allowed, "an included file's 'conntrack'" if in_include else "'conntrack'")
+    notrack = _rule_list(fields["notrack"], "notrack entry") if "notrack" in fields else ()
+    max_value: int | str | None = None
+    max_loc = None
+    if "max" in fields:
+        max_node = fields["max"]
+        max_loc = max_node.loc
+        if max_node.value == "auto":
+            max_value = "auto"
+        elif isinstance(max_node.value, str):
+            raise PolicyError(max_loc, "'max' must be 'auto' or a whole number")
+        else:
+            max_value = expect_int(max_node, "'max'", 1, MAX_SYSCTL_INT)
+    timeouts: list[tuple[str, int, Loc]] = []
+    if "timeouts" in fields:
+        timeouts_node = fields["timeouts"]
+        expect_mapping(timeouts_node, "'timeouts'")
+        check_keys(timeouts_node, tuple(TIMEOUT_SYSCTLS), "'timeouts'")
+        for key, value_node in timeouts_node.value.items():
+            seconds = expect_int(value_node, f"timeout '{key}'", 1, MAX_SYSCTL_INT)
+            timeouts.append((key, seconds, value_node.loc))
+    return ConntrackSection(tuple(notrack), max_value, max_loc, tuple(timeouts))
+
+
+def _version(fields: dict[str, YNode], node: YNode, required: bool) -> None:
+    if "nfc" not in fields:
+        if required:
+            raise PolicyError(node.loc, "missing 'nfc: 1' (the policy format version)")
+        return
+    version = fields["nfc"]
+    if isinstance(version.value, bool) or version.value != FORMAT_VERSION:
+        raise PolicyError(
+            version.loc,
+            f"unsupported policy format version {printable(repr(version.value))}",
+            f"this nfc reads 'nfc: {FORMAT_VERSION}'",
+        )
+
+
+def _defines(node: YNode) -> dict[str, Define]:
+    fields = expect_mapping(node, "'define'")
+    defines = {}
+    for name, value in fields.items():
+        key_loc = node.key_locs[name]
+        if not IDENTIFIER.match(name):
+            raise PolicyError(
+                key_loc,
+                f"define name '{printable(name)}' is not a valid name",
+                "use letters, digits and '_', starting with a letter, at most 32 characters",
+            )
+        defines[name] = Define(name, key_loc, value)
+    return defines
+
+
+@dataclass
+class _Loading:
+    files: list[str] = field(default_factory=list)
+    defines: dict[str, Define] = field(default_factory=dict)
+    notrack: list[RuleText] = field(default_factory=list)
+
+    def merge_defines(self, new: dict[str, Define]) -> None:
+        for name, define in new.items():
+            old = self.defines.get(name)
+            if old is None:
+                self.defines[name] = define
+            elif old.node.plain() != define.node.plain():
+                raise PolicyError(
+                    define.loc,
+                    f"'{name}' is defined again with a different value (first defined at {old.loc})",
+                )
+
+
+def _includes(node: YNode, path: str, state: _Loading, stack: tuple[str, ...]) -> None:
+    items = node.value if isinstance(node.value, list) else [node]
+    for item in items:
+        target = expect_str(item, "an include")
+        if not target or "\0" in target:
+            raise PolicyError(item.loc, "an include must name a file")
+        shown = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        real = os.path.realpath(shown)
+        if real in stack:
+            raise PolicyError(item.loc, f"include cycle: {printable(shown)} includes itself")
+        if len(stack) >= MAX_INCLUDE_DEPTH:
+            raise PolicyError(item.loc, f"includes nest deeper than {MAX_INCLUDE_DEPTH} levels")
+        _load_file(shown, state, (*stack, real), include_loc=item.loc)
+
+
+def _load_file(
+    path: str, state: _Loading, stack: tuple[str, ...], include_loc: Loc | None = None
+) -> dict[str, YNode]:
+    root = load_yaml(path, include_loc)
+    in_include = include_loc is not None
+    fields = expect_mapping(root, "an included file" if in_include else "a policy")
+    check_keys(
+        root, INCLUDE_KEYS if in_include else TOP_KEYS, "an included file" if in_include else "the policy"
+    )
+    _version(fields, root, required=not in_include)
+    state.files.append(path)
+    if "include" in fields:
+        _includes(fields["include"], path, state, stack)
+    if "define" in fields:
+        state.merge_defines(_defines(fields["define"]))
+    if "conntrack" in fields:
+        section = _conntrack(fields["conntrack"], in_include)
+        state.notrack.extend(section.notrack)
+        if not in_include:
+            fields = {**fields, "conntrack": YNode(section, fields["conntrack"].loc)}
+    return fields
+
+
+def load_policy(path: str | os.PathLike[str]) -> PolicySource:
+    """Read a policy and its includes; raise PolicyError on any bad input."""
+    path = os.fspath(path)
+    state = _Loading()
+    fields = _load_file(path, state, (os.path.realpath(path),))
+    if "name" in fields:
+        name = expect_str(fields["name"], "'name'")
+        if not POLICY_NAME.match(name):
+            raise PolicyError(
+                fields["name"].loc,
+                f"policy name '{printable(name)}' is not valid",
+                "use letters, digits, '.', '-' and '_', at most 64 characters",
+            )
+    else:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)[:64] or "policy"
+    table = "nfc"
+    if "table" in fields:
+        table = expect_str(fields["table"], "'table'")
+        if not IDENTIFIER.match(table):
+            raise PolicyError(
+                fields["table"].loc,
+                f"table name '{printable(table)}' is not valid",
+                "use letters, digits and '_', starting with a letter, at most 32 characters",
+            )
+    main_conntrack = fields["conntrack"].value if "conntrack" in fields else ConntrackSection()
+    conntrack = ConntrackSection(
+        tuple(state.notrack), main_conntrack.max, main_conntrack.max_loc, main_conntrack.timeouts
+    )
+    chains = {name_: _chain(name_, fields[name_]) for name_ in CHAIN_NAMES if name_ in fields}
+    return PolicySource(
+        path=path,
+        name=name,
+        table=table,
+        defines=dict(state.defines),
+        conntrack=conntrack,
+        chains=chains,
+        files=tuple(state.files),
+    )

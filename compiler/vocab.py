@@ -1,0 +1,163 @@
+"""The fixed words of the policy language: service names, ICMP types,
+connection states and reject types. Shipped with nfc (not read from the
+host's /etc/services) so that output is reproducible."""
+
+from __future__ import annotations
+
+# IANA service names → port. The same number for TCP, UDP and SCTP.
+SERVICES: dict[str, int] = {
+    "ftp-data": 20,
+    "ftp": 21,
+    "ssh": 22,
+    "telnet": 23,
+    "smtp": 25,
+    "domain": 53,
+    "dns": 53,
+    "bootps": 67,
+    "bootpc": 68,
+    "tftp": 69,
+    "http": 80,
+    "www": 80,
+    "kerberos": 88,
+    "pop3": 110,
+    "sunrpc": 111,
+    "ident": 113,
+    "ntp": 123,
+    "epmap": 135,
+    "netbios-ns": 137,
+    "netbios-dgm": 138,
+    "netbios-ssn": 139,
+    "imap": 143,
+    "snmp": 161,
+    "snmp-trap": 162,
+    "bgp": 179,
+    "ldap": 389,
+    "https": 443,
+    "microsoft-ds": 445,
+    "isakmp": 500,
+    "syslog": 514,
+    "submissions": 465,
+    "submission": 587,
+    "ldaps": 636,
+    "domain-s": 853,
+    "rsync": 873,
+    "imaps": 993,
+    "pop3s": 995,
+    "socks": 1080,
+    "openvpn": 1194,
+    "ms-sql-s": 1433,
+    "radius": 1812,
+    "radius-acct": 1813,
+    "nfs": 2049,
+    "mysql": 3306,
+    "rdp": 3389,
+    "ipsec-nat-t": 4500,
+    "sip": 5060,
+    "sips": 5061,
+    "postgresql": 5432,
+    "amqp": 5672,
+    "redis": 6379,
+    "memcache": 11211,
+    "mongodb": 27017,
+    "http-alt": 8080,
+    "syslog-tls": 6514,
+}
+
+# Other layer-4 protocols that `proto NAME` accepts, with their numbers.
+PROTOCOLS: dict[str, int] = {
+    "icmp": 1,
+    "igmp": 2,
+    "tcp": 6,
+    "udp": 17,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "icmpv6": 58,
+    "ospf": 89,
+    "pim": 103,
+    "vrrp": 112,
+    "sctp": 132,
+    "udplite": 136,
+}
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+
+CT_STATES = ("new", "established", "related", "invalid", "untracked")
+
+ICMP_TYPES = (
+    "echo-reply",
+    "destination-unreachable",
+    "source-quench",
+    "redirect",
+    "echo-request",
+    "router-advertisement",
+    "router-solicitation",
+    "time-exceeded",
+    "parameter-problem",
+    "timestamp-request",
+    "timestamp-reply",
+    "info-request",
+    "info-reply",
+    "address-mask-request",
+    "address-mask-reply",
+)
+
+ICMPV6_TYPES = (
+    "destination-unreachable",
+    "packet-too-big",
+    "time-exceeded",
+    "parameter-problem",
+    "echo-request",
+    "echo-reply",
+    "mld-listener-query",
+    "mld-listener-report",
+    "mld-listener-done",
+    "nd-router-solicit",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "nd-redirect",
+    "router-renumbering",
+    "ind-neighbor-solicit",
+    "ind-neighbor-advert",
+    "mld2-listener-report",
+)
+
+# What `icmp: essential` accepts. Errors first: they are what ICMP errors of
+# untracked flows look like (ct state invalid), so they come before the
+# invalid drop. Neighbour discovery only where the host itself takes part.
+ESSENTIAL_ICMP_ERRORS = ("destination-unreachable", "time-exceeded", "parameter-problem")
+ESSENTIAL_ICMPV6_ERRORS = (
+    "destination-unreachable",
+    "packet-too-big",
+    "time-exceeded",
+    "parameter-problem",
+)
+ESSENTIAL_ICMPV6_DISCOVERY = {
+    "input": ("nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert"),
+    "forward": (),
+    "output": ("nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"),
+}
+
+# `reject with icmp TYPE`: the type as written (ICMP names) → its IPv6
+# counterpart, or None where ICMPv6 has none.
+REJECT_ICMP_TYPES: dict[str, str | None] = {
+    "port-unreachable": "port-unreachable",
+    "host-unreachable": "addr-unreachable",
+    "net-unreachable": "no-route",
+    "admin-prohibited": "admin-prohibited",
+    "host-prohibited": "admin-prohibited",
+    "net-prohibited": "admin-prohibited",
+    "prot-unreachable": None,
+}
+
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
+# Types that ICMPv4 and ICMPv6 both have but under different codes, so a
+# dual-family rule is split per family rather than use nft's icmpx.
+REJECT_NEEDS_FAMILY = ("host-prohibited", "net-prohibited")
+# nft's family-neutral icmpx types for the rest.
+REJECT_ICMPX = {
+    "port-unreachable": "port-unreachable",
+    "host-unreachable": "host-unreachable",
+    "net-unreachable": "no-route",
+    "admin-prohibited": "admin-prohibited",
+}

@@ -1,0 +1,1 @@
+"""The nfc rule grammar, shipped as package data (rules.lark)."""
