@@ -331,7 +331,7 @@ class RuleLowering:
                 if not isinstance(value, PortValue):
                     raise PolicyError(item.loc, f"'${item.value}' holds addresses, not ports")
                 ranges.extend(value.ranges)
-                if len(items) == 1 and Ports(value.ranges).count() > 1:
+                if len(items) == 1 and len(value.ranges) > 1:
                     set_name = self.lowering.port_set(str(item.value), value)
         return Ports(merge_ranges(ranges), set_name)
 
@@ -525,8 +525,11 @@ class Lowering:
     # conntrack -----------------------------------------------------------------
     def notrack(self) -> tuple[list[NotrackRule], list[tuple[Match, Loc, str]]]:
         """Raw-table rules and the answers each entry implies, with the chain
-        that sees those answers: input for entries this host queries with
-        (`sport`), output for entries it serves (`dport`)."""
+        that sees those answers. An entry naming `sport` describes this host
+        as a client of that remote port: its answers arrive as written, in
+        input. An entry naming only `dport` describes a service this host
+        offers: its answers are the mirror image, in output. An entry with
+        neither implies no answers."""
         rules: list[NotrackRule] = []
         answers: list[tuple[Match, Loc, str]] = []
         for text in self.source.conntrack.notrack:
@@ -538,10 +541,10 @@ class Lowering:
             for match in lowering.matches(parts, sorted(parts.families, key=lambda f: f.value)):
                 rules.append(NotrackRule("prerouting", match, origin, comment))
                 rules.append(NotrackRule("output", match.mirrored(), origin, comment))
-                if match.dport is not None:
-                    answers.append((match.mirrored(), origin, "output"))
-                elif match.sport is not None:
+                if match.sport is not None:
                     answers.append((match, origin, "input"))
+                elif match.dport is not None:
+                    answers.append((match.mirrored(), origin, "output"))
         rules.sort(key=lambda r: r.hook != "prerouting")
         return rules, answers
 
