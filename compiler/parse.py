@@ -383,12 +383,15 @@ def _syntax_error(exc: UnexpectedInput, text: str, locate: Locate, start: str) -
         loc = locate(1, len(text) + 1)
         expected = _expected_words(set(exc.expected))
         return PolicyError(loc, "rule ends too early", "expected " + " or ".join(expected))
-    loc = locate(exc.line, exc.column)
+    token = getattr(exc, "token", None)
+    if token is not None and token.type == "$END":
+        loc = locate(1, len(text) + 1)
+    else:
+        loc = locate(exc.line, exc.column)
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
         shown = repr(char) if not char.isprintable() else f"'{char}'"
         return PolicyError(loc, f"unexpected character {shown} in rule")
-    token = exc.token  # UnexpectedToken
     expected = _expected_words(set(exc.expected))
     if token.type == "$END":
         return PolicyError(loc, "rule ends too early", "expected " + " or ".join(expected))

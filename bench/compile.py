@@ -1,0 +1,329 @@
+"""Compile-time benchmark: load + lower + nft render of large generated policies.
+
+    .venv/bin/python bench/compile.py                    # 1,000, 10,000 and 50,000 rules
+    .venv/bin/python bench/compile.py --sizes 1000,10000 --repeat 3
+    .venv/bin/python bench/compile.py --profile 10000    # cProfile one size, print hot spots
+
+Each size runs in a fresh interpreter, twice: once to time the stages (best
+of --repeat) and read the peak RSS (ru_maxrss), once under tracemalloc for the
+peak Python heap of each stage. Neither run pollutes the other or the next size.
+The policies are generated with a fixed seed, so figures compare across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_SIZES = (1000, 10_000, 50_000)
+TARGET_MEMORY = 8 << 30
+TARGET_WORD_BITS = 64
+CHAINS = ("input", "forward", "output")
+METERS = (
+    # name, limit clause; rules sharing a name must give identical limits
+    ("dns_flood", "limit over 10/second burst 20 per saddr/24,/64 name dns_flood"),
+    ("ssh_brute", "limit over 6/minute burst 3 per saddr name ssh_brute"),
+    ("http_flood", "limit over 100/second burst 200 per saddr/32,/64 name http_flood"),
+    ("ntp_amp", "limit over 1 mbytes/second per saddr/24,/48 name ntp_amp"),
+)
+
+
+# --------------------------------------------------------------------------
+# policy generator
+
+
+def _v4(rng: random.Random) -> str:
+    return f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+
+
+def _v4_prefix(rng: random.Random) -> str:
+    length = rng.choice((16, 20, 24, 28))
+    value = (172 << 24 | rng.getrandbits(24)) >> (32 - length) << (32 - length)
+    return f"{value >> 24 & 255}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}/{length}"
+
+
+def _v6(rng: random.Random) -> str:
+    return f"2001:db8:{rng.randrange(1 << 16):x}:{rng.randrange(1 << 16):x}::{rng.randrange(1, 1 << 16):x}"
+
+
+def _v6_prefix(rng: random.Random) -> str:
+    length = rng.choice((48, 56, 64))
+    third = rng.randrange(1 << 16)
+    fourth = rng.randrange(1 << 16) >> (64 - length) << (64 - length) if length > 48 else 0
+    return f"2001:db8:{third:x}:{fourth:x}::/{length}" if fourth else f"2001:db8:{third:x}::/{length}"
+
+
+def _addr(rng: random.Random, family: str) -> str:
+    if family == "dual":
+        family = rng.choice(("v4", "v6"))
+    if family == "v4":
+        return _v4(rng) if rng.random() < 0.55 else _v4_prefix(rng)
+    return _v6(rng) if rng.random() < 0.5 else _v6_prefix(rng)
+
+
+def _addrs(rng: random.Random, family: str) -> str:
+    """An address list that holds addresses of `family` (v4, v6 or dual)."""
+    roll = rng.random()
+    if roll < 0.15:
+        dual = ("$internal", "$admins", "$partners")
+        return rng.choice((*dual, "$monitoring") if family == "v4" else dual)
+    if roll < 0.3:
+        items = [_addr(rng, family) for _ in range(rng.randint(2, 5))]
+        if family == "dual":
+            items[:2] = [_addr(rng, "v4"), _addr(rng, "v6")]
+        return "{ " + ", ".join(items) + " }"
+    if roll < 0.35 and family != "dual":
+        return "not " + _addr(rng, family)
+    if family == "dual":
+        return rng.choice(("$internal", "$admins", "$partners"))
+    return _addr(rng, family)
+
+
+def _ports(rng: random.Random) -> str:
+    roll = rng.random()
+    if roll < 0.45:
+        return str(rng.randint(1, 65535))
+    if roll < 0.65:
+        low = rng.randint(1024, 60000)
+        return f"{low}-{low + rng.randint(1, 5000)}"
+    if roll < 0.75:
+        return rng.choice(("ssh", "domain", "https", "http", "ntp", "smtp", "imaps"))
+    if roll < 0.85:
+        return rng.choice(("$web", "$mail", "$ephemeral"))
+    items = sorted(rng.sample(range(1, 65536), rng.randint(2, 6)))
+    return "{ " + ", ".join(map(str, items)) + " }"
+
+
+def _rule(rng: random.Random, index: int, chain: str) -> str:
+    roll = rng.random()
+    verdict = "accept" if roll < 0.6 else "drop" if roll < 0.9 else "reject"
+    proto = rng.choice(("tcp", "tcp", "udp", "udp", "sctp"))
+    if verdict == "reject" and proto == "tcp" and rng.random() < 0.5:
+        verdict = "reject with tcp reset"
+    words = [verdict, proto]
+    if rng.random() < 0.85:
+        words += ["dport", _ports(rng)]
+    if rng.random() < 0.1:
+        words += ["sport", _ports(rng)]
+    family = rng.choice(("v4", "v4", "v4", "v6", "v6", "dual"))
+    if rng.random() < 0.7:
+        words += ["from", _addrs(rng, family)]
+    if rng.random() < 0.25:
+        words += ["to", _addrs(rng, family)]
+    if chain != "output" and rng.random() < 0.1:
+        words += ["iif", rng.choice(("eth0", "eth1", "bond0", "wg0", "veth*"))]
+    if verdict == "drop" and rng.random() < 0.15:
+        words.append(rng.choice(METERS)[1])
+    elif rng.random() < 0.03:
+        words.append(f"limit {rng.randint(1, 1000)}/second burst {rng.randint(1, 50)} packets")
+    if rng.random() < 0.1:
+        words.append(f'log prefix "r{index}: " level {rng.choice(("info", "notice", "warn"))}')
+    if rng.random() < 0.3:
+        words.append("counter")
+    if rng.random() < 0.2:
+        words.append(f'comment "generated rule {index}"')
+    return " ".join(words)
+
+
+def generate_policy(rules: int, seed: int = 1) -> str:
+    """A policy of `rules` filter rules plus a few defines and notrack entries."""
+    rng = random.Random(seed)
+    lines = [
+        "nfc: 1",
+        f"name: bench-{rules}",
+        "define:",
+        '  internal: [10.0.0.0/8, 192.168.0.0/16, "fd00::/8"]',
+        "  admins: [192.0.2.10, 192.0.2.11, \"2001:db8::10\"]",
+        '  partners: [198.51.100.0/24, 203.0.113.0/24, "2001:db8:1000::/36"]',
+        "  monitoring: 192.0.2.50",
+        "  web: [80, 443, 8000-8080]",
+        "  mail: [smtp, submission, imaps]",
+        "  ephemeral: 1024-65535",
+        "conntrack:",
+        "  notrack:",
+        "    - udp dport domain",
+        "    - udp sport domain dport $ephemeral",
+        "    - udp dport ntp from $internal",
+        "    - tcp dport 179 iif eth1",
+        "  max: auto",
+        "  timeouts: {udp: 10, udp_stream: 60}",
+    ]
+    # Most rules go to input, as on a real host; forward and output get some.
+    shares = {"input": 0.7, "forward": 0.2, "output": 0.1}
+    counts = {chain: int(rules * share) for chain, share in shares.items()}
+    counts["input"] += rules - sum(counts.values())
+    index = 0
+    for chain in CHAINS:
+        lines += [f"{chain}:", f"  policy: {'accept' if chain == 'output' else 'drop'}", "  rules:"]
+        for _ in range(counts[chain]):
+            index += 1
+            text = _rule(rng, index, chain)
+            if rng.random() < 0.02 and "comment" not in text:
+                lines.append(f"    - {{rule: '{text}', comment: \"mapping rule {index}\"}}")
+            else:
+                lines.append(f"    - '{text}'")  # single-quoted: rules may hold ': '
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# the measured compile (runs in a child interpreter)
+
+
+def _rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _worker(path: str, mode: str, repeat: int) -> dict:
+    started = time.perf_counter()
+    from nfc import parse
+    from nfc.artifacts import build
+    from nfc.load import load_policy
+    from nfc.lower import Target, lower
+
+    parse._parser()  # build the lark parser once, outside the measured stages
+    result: dict = {"init_s": time.perf_counter() - started, "rss_init_kib": _rss_kib()}
+    target = Target(memory_bytes=TARGET_MEMORY, word_bits=TARGET_WORD_BITS)
+
+    if mode == "time":
+        best: dict[str, float] = {}
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            source = load_policy(path)
+            t1 = time.perf_counter()
+            ruleset = lower(source, target)
+            t2 = time.perf_counter()
+            files = build(ruleset, "nft", source.files)
+            t3 = time.perf_counter()
+            run = {"load": t1 - t0, "lower": t2 - t1, "render": t3 - t2, "total": t3 - t0}
+            best = {k: min(v, best.get(k, v)) for k, v in run.items()}
+            nft_rules = sum(len(chain.rules) for chain in ruleset.chains) + len(ruleset.notrack)
+            result["output_bytes"] = len(files["ruleset.nft"].encode())
+            result["nft_rules"] = nft_rules
+            del source, ruleset, files
+        result.update({f"{k}_s": v for k, v in best.items()})
+        result["rss_peak_kib"] = _rss_kib()
+    elif mode == "trace":
+        import tracemalloc
+
+        tracemalloc.start()
+        peaks = {}
+        source = load_policy(path)
+        peaks["load"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        ruleset = lower(source, target)
+        peaks["lower"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        build(ruleset, "nft", source.files)
+        peaks["render"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        result.update({f"heap_{k}_bytes": v for k, v in peaks.items()})
+        result["heap_peak_bytes"] = max(peaks.values())
+    elif mode == "profile":
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        source = load_policy(path)
+        ruleset = lower(source, target)
+        build(ruleset, "nft", source.files)
+        profiler.disable()
+        stats = pstats.Stats(profiler, stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(40)
+    return result
+
+
+def _run_child(path: str, mode: str, repeat: int) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", path, "--mode", mode]
+    command += ["--repeat", str(repeat)]
+    done = subprocess.run(command, capture_output=mode != "profile", text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"benchmark child failed ({mode}, {path}):\n{done.stderr}")
+    return json.loads(done.stdout) if mode != "profile" else {}
+
+
+# --------------------------------------------------------------------------
+# driver
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of numbers such as 1000,10000") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive numbers")
+    return sizes
+
+
+def _mib(value: float) -> str:
+    return f"{value / (1 << 20):7.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    options.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES, help="rule counts, e.g. 1000,10000")
+    options.add_argument("--repeat", type=int, default=1, help="timing runs per size (best is shown)")
+    options.add_argument("--no-trace", action="store_true", help="skip the tracemalloc run")
+    options.add_argument("--profile", type=int, metavar="SIZE", help="cProfile one size and print hot spots")
+    options.add_argument("--keep", metavar="DIR", help="write the generated policies here and keep them")
+    options.add_argument("--worker", help=argparse.SUPPRESS)
+    options.add_argument("--mode", default="time", help=argparse.SUPPRESS)
+    args = options.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.mode, max(1, args.repeat))))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="nfc-bench-") as scratch:
+        directory = Path(args.keep or scratch)
+        directory.mkdir(parents=True, exist_ok=True)
+        if args.profile:
+            path = directory / f"bench-{args.profile}.yaml"
+            path.write_text(generate_policy(args.profile), encoding="utf-8")
+            _run_child(str(path), "profile", 1)
+            return 0
+        header = (
+            f"{'rules':>7} {'nft rules':>9} {'load s':>7} {'lower s':>7} {'render s':>8} {'total s':>7}"
+            f" {'µs/rule':>7} {'RSS MiB':>7} {'heap MiB':>8}  heap MiB load/lower/render"
+        )
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; best of {max(1, args.repeat)}")
+        print(header)
+        print("-" * len(header))
+        for size in args.sizes:
+            path = directory / f"bench-{size}.yaml"
+            path.write_text(generate_policy(size), encoding="utf-8")
+            timing = _run_child(str(path), "time", max(1, args.repeat))
+            trace = {} if args.no_trace else _run_child(str(path), "trace", 1)
+            heap = _mib(trace["heap_peak_bytes"]) if trace else f"{'-':>7}"
+            stages = (
+                "/".join(_mib(trace[f"heap_{s}_bytes"]).strip() for s in ("load", "lower", "render"))
+                if trace
+                else "-"
+            )
+            print(
+                f"{size:>7} {timing['nft_rules']:>9} {timing['load_s']:>7.3f} {timing['lower_s']:>7.3f}"
+                f" {timing['render_s']:>8.3f} {timing['total_s']:>7.3f}"
+                f" {timing['total_s'] / size * 1e6:>7.1f} {_mib(timing['rss_peak_kib'] * 1024)}"
+                f" {heap:>8}  {stages}",
+                flush=True,
+            )
+        print(
+            "\nRSS: ru_maxrss of the timing child (interpreter, lark and the policy);"
+            " heap: tracemalloc peak per stage in a separate child.\n"
+            "init (imports + lark grammar) is not included in the stage times."
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

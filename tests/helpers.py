@@ -1,0 +1,36 @@
+"""Compile small policies written inline in a test."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from nfc.backends.nft import render
+from nfc.ir import Ruleset
+from nfc.load import load_policy
+from nfc.lower import Target, lower
+
+TARGET = Target(memory_bytes=8 << 30, word_bits=64)
+
+
+def write_policy(directory: Path, text: str, name: str = "policy.yaml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def ruleset_of(directory: Path, text: str) -> Ruleset:
+    return lower(load_policy(write_policy(directory, text)), TARGET)
+
+
+def nft_of(directory: Path, text: str) -> str:
+    return render(ruleset_of(directory, text))
+
+
+def input_rules(directory: Path, *rules: str, extra: str = "") -> str:
+    """The rendered input chain body of a policy with `rules`, state and icmp manual."""
+    body = "\n".join(f"    - {rule!r}" for rule in rules)
+    text = f"nfc: 1\n{extra}\ninput:\n  policy: drop\n  state: manual\n  icmp: manual\n  rules:\n{body}\n"
+    nft = nft_of(directory, text)
+    chain = nft.split("chain input {", 1)[1].split("\n\t}", 1)[0]
+    return "\n".join(line.strip() for line in chain.strip().splitlines()[1:])
