@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from nfc.errors import Loc, PolicyError, did_you_mean
 
 MAX_FILE_BYTES = 8 * 1024 * 1024

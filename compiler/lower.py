@@ -202,7 +202,8 @@ class Defines:
         if isinstance(raw, bool) or not isinstance(raw, int | str):
             raise PolicyError(
                 item.loc,
-                f"a define value must be an address, a port, a port range or a service name, not {type_name(raw)}",
+                "a define value must be an address, a port, a port range or a service name, "
+                f"not {type_name(raw)}",
             )
         if isinstance(raw, int):
             ports.append((check_port(raw, item.loc),) * 2)

@@ -14,6 +14,7 @@ from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+
 from nfc.errors import Loc, PolicyError, did_you_mean
 
 MAX_RULE_CHARS = 4096

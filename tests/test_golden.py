@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from conftest import FEATURES, FLAGSHIP, GOLDEN, TEST_MEMORY, nft_check, run_nfc
 
 POLICIES = FLAGSHIP + FEATURES

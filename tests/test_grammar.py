@@ -38,7 +38,7 @@ def test_verdicts() -> None:
         ("accept proto gre", "proto", "gre"),
         ("accept proto 47", "proto", 47),
         ("accept iif eth0", "iif", "eth0"),
-        ("accept oif \"wg*\"", "oif", "wg*"),
+        ('accept oif "wg*"', "oif", "wg*"),
     ],
 )
 def test_simple_matches(text: str, kind: str, value: object) -> None:
@@ -79,7 +79,11 @@ def test_limit_in_full() -> None:
     ).limit
     assert limit is not None
     assert (limit.over, limit.rate, limit.time_unit, limit.burst, limit.burst_unit) == (
-        True, 10, "second", 20, "packets",
+        True,
+        10,
+        "second",
+        20,
+        "packets",
     )
     assert (limit.per, limit.v4_mask, limit.v6_mask, limit.size, limit.name) == ("saddr", 24, 64, 1000, "dns")
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import write_policy
 
 from nfc.errors import PolicyError
 from nfc.load import load_policy, load_yaml
+
+from helpers import write_policy
 
 
 def test_every_node_carries_its_position(tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from helpers import ruleset_of
 
 from nfc.errors import PolicyError
 from nfc.ir import Family, RuleRole
+
+from helpers import ruleset_of
 
 HEADER = "nfc: 1\n"
 
@@ -41,16 +42,12 @@ def test_answers_go_to_the_chain_where_they_arrive(tmp_path: Path) -> None:
     # served (dport only): the mirrored answers leave through output
     assert [(m.sport.ranges, m.dport) for m in answers["output"]] == [(((53, 53),), None)]
     # queried (sport): the answers arrive as written, in input
-    assert [(m.sport.ranges, m.dport.ranges) for m in answers["input"]] == [
-        (((123, 123),), ((1024, 65535),))
-    ]
+    assert [(m.sport.ranges, m.dport.ranges) for m in answers["input"]] == [(((123, 123),), ((1024, 65535),))]
     assert all(m.ct_state == ("untracked",) for ms in answers.values() for m in ms)
 
 
 def test_untracked_requests_are_not_accepted_wholesale(tmp_path: Path) -> None:
-    ruleset = ruleset_of(
-        tmp_path, HEADER + "conntrack: {notrack: [udp dport 53]}\ninput: {policy: drop}\n"
-    )
+    ruleset = ruleset_of(tmp_path, HEADER + "conntrack: {notrack: [udp dport 53]}\ninput: {policy: drop}\n")
     (chain,) = ruleset.chains
     untracked = [r for r in chain.rules if "untracked" in r.match.ct_state]
     assert untracked == []  # the served entry's answers are output's business
@@ -95,7 +92,10 @@ def test_family_split_never_widens(tmp_path: Path) -> None:
     )
     rules = ruleset.chains[0].rules
     assert [(r.origin.line, r.match.family) for r in rules] == [
-        (8, Family.V4), (8, Family.V6), (9, Family.V4), (10, Family.V4),
+        (8, Family.V4),
+        (8, Family.V6),
+        (9, Family.V4),
+        (10, Family.V4),
     ]
     assert rules[0].match.saddr.networks == (ipaddress.ip_network("10.0.0.0/8"),)
     assert rules[2].match.saddr.set_name == "v4_v4"
@@ -132,9 +132,7 @@ def test_meters(tmp_path: Path) -> None:
 
 
 def test_sysctls(tmp_path: Path) -> None:
-    ruleset = ruleset_of(
-        tmp_path, HEADER + "conntrack: {max: auto, timeouts: {udp: 10}}\n"
-    )
+    ruleset = ruleset_of(tmp_path, HEADER + "conntrack: {max: auto, timeouts: {udp: 10}}\n")
     assert [(s.key, s.value) for s in ruleset.sysctls] == [
         ("net.netfilter.nf_conntrack_max", (8 << 30) // 16384 // 2),
         ("net.netfilter.nf_conntrack_udp_timeout", 10),
@@ -168,7 +166,9 @@ def test_sysctls(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_rules(tmp_path: Path, rule: str, fragment: str) -> None:
-    text = HEADER + "define: {lan: [10.0.0.0/8]}\ninput:\n  policy: drop\n  rules:\n    - " + repr(rule) + "\n"
+    text = (
+        HEADER + "define: {lan: [10.0.0.0/8]}\ninput:\n  policy: drop\n  rules:\n    - " + repr(rule) + "\n"
+    )
     with pytest.raises(PolicyError) as caught:
         ruleset_of(tmp_path, text)
     assert caught.value.loc.line == 6

@@ -31,7 +31,9 @@ def test_every_rule_names_its_source_line(tmp_path: Path) -> None:
     )
     declarations = ("type", "size", "flags", "timeout", "elements", "rate")
     rule_lines = [
-        line for line in text.splitlines() if line.startswith("\t\t") and not line.strip().startswith(declarations)
+        line
+        for line in text.splitlines()
+        if line.startswith("\t\t") and not line.strip().startswith(declarations)
     ]
     assert rule_lines
     assert all('comment "policy.yaml:' in line for line in rule_lines)
@@ -55,7 +57,10 @@ def test_meter_is_a_dynamic_set_and_fails_closed(tmp_path: Path) -> None:
         "nfc: 1\ninput:\n  policy: drop\n  state: manual\n  icmp: manual\n  rules:\n"
         "    - drop ip udp dport 53 limit over 10/second burst 20 per saddr/24 size 1000 name dns\n",
     )
-    assert "set dns_v4 {\n\t\ttype ipv4_addr\n\t\tsize 1000\n\t\tflags dynamic,timeout\n\t\ttimeout 2s\n\t}" in text
+    assert (
+        "set dns_v4 {\n\t\ttype ipv4_addr\n\t\tsize 1000\n\t\tflags dynamic,timeout\n\t\ttimeout 2s\n\t}"
+        in text
+    )
     assert (
         "update @dns_v4 { ip saddr and 255.255.255.0 limit rate over 10/second burst 20 packets } drop"
         in text
@@ -81,7 +86,7 @@ def test_hostile_file_names_cannot_break_out_of_comments(tmp_path: Path) -> None
     name = 'x" ; flush ruleset ; ".yaml'
     (tmp_path / name).write_text("define: {a: 1}\nconntrack: {notrack: [udp dport 53]}\n")
     text = nft_of(tmp_path, f"nfc: 1\ninclude: ['{name}']\n")
-    assert "flush ruleset" not in text.replace('x? ; flush ruleset ; ?.yaml', "")
+    assert "flush ruleset" not in text.replace("x? ; flush ruleset ; ?.yaml", "")
     assert text.count('"') % 2 == 0
     result_file = tmp_path / "out.nft"
     result_file.write_text(text)
