@@ -4,11 +4,13 @@ usage, 3 the kernel refused the ruleset."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
 
 from nfc import __version__
+from nfc import apply as kernel
 from nfc.artifacts import ArtifactError, build, write
 from nfc.backends import BACKENDS
 from nfc.errors import PolicyError
@@ -56,6 +58,68 @@ def _compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(line: str) -> None:
+    print(line, flush=True)
+
+
+def _state(args: argparse.Namespace) -> kernel.State:
+    return kernel.State(args.state_dir or os.environ.get("NFC_STATE_DIR") or kernel.DEFAULT_STATE_DIR)
+
+
+def _check(args: argparse.Namespace) -> int:
+    with kernel.artifact_for(args.target, compile_policy) as artifact:
+        kernel.check(artifact)
+    _report(f"the kernel accepts the ruleset of {args.target}")
+    return EXIT_OK
+
+
+def _apply(args: argparse.Namespace) -> int:
+    with kernel.artifact_for(args.target, compile_policy) as artifact:
+        kernel.apply(artifact, _state(args), _report, args.confirm, args.lock_timeout)
+    return EXIT_OK
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    kernel.confirm(_state(args), _report, args.lock_timeout)
+    return EXIT_OK
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    kernel.rollback(_state(args), _report, args.lock_timeout)
+    return EXIT_OK
+
+
+def _rollback_timer(args: argparse.Namespace) -> int:
+    kernel.rollback_timer(_state(args), args.token, args.deadline)
+    return EXIT_OK
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds between 0 and 86400")
+    return value
+
+
+def _state_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help=f"where apply keeps the saved ruleset and its lock (default $NFC_STATE_DIR or "
+        f"{kernel.DEFAULT_STATE_DIR})",
+    )
+    command.add_argument(
+        "--lock-timeout",
+        type=positive_seconds,
+        default=kernel.LOCK_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait for another nfc holding the lock",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="nfc", description="nftables-native firewall compiler")
     top.add_argument("--version", action="version", version=f"nfc {__version__}")
@@ -79,6 +143,35 @@ def parser() -> argparse.ArgumentParser:
         help="word size of the target host for 'conntrack.max: auto' (default: this host's)",
     )
     compile_.set_defaults(run=_compile)
+
+    check = commands.add_parser("check", help="have the kernel validate a ruleset without loading it")
+    check.add_argument("target", metavar="POLICY|OUTDIR")
+    check.set_defaults(run=_check)
+
+    apply = commands.add_parser("apply", help="load a ruleset in one transaction, saving the old one")
+    apply.add_argument("target", metavar="OUTDIR|POLICY", nargs="?", default="build")
+    apply.add_argument(
+        "--confirm",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="roll back after SECONDS unless 'nfc confirm' runs first",
+    )
+    _state_options(apply)
+    apply.set_defaults(run=_apply)
+
+    confirm = commands.add_parser("confirm", help="keep the ruleset of 'apply --confirm'")
+    _state_options(confirm)
+    confirm.set_defaults(run=_confirm)
+
+    rollback = commands.add_parser("rollback", help="restore the state saved by the last apply")
+    _state_options(rollback)
+    rollback.set_defaults(run=_rollback)
+
+    timer = commands.add_parser("_rollback-timer")  # started by apply --confirm
+    _state_options(timer)
+    timer.add_argument("token")
+    timer.add_argument("deadline", type=float)
+    timer.set_defaults(run=_rollback_timer)
     return top
 
 
@@ -89,9 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
-    except ArtifactError as exc:
+    except (ArtifactError, kernel.ApplyError) as exc:
         print(f"nfc: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except kernel.KernelRefused as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_KERNEL
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug in nfc, never the policy's fault
