@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FLAGSHIP = sorted((ROOT / "policies").glob("*.yaml"))
 FEATURES = sorted((ROOT / "tests" / "policies").glob("features-*.yaml"))
+CONTROL = ROOT / "tests" / "policies" / "control-dns-stateful.yaml"
 GOLDEN = ROOT / "tests" / "golden"
 TEST_MEMORY = str(8 << 30)  # conntrack.max: auto is computed for an 8 GiB, 64-bit host
 
@@ -64,3 +65,6 @@ def run_nfc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         timeout=60,
         cwd=cwd,
     )
+
+
+from lab import lab  # noqa: E402, F401 - the namespace lab fixture
