@@ -50,9 +50,11 @@ def _compile(args: argparse.Namespace) -> int:
     ruleset, sources = compile_policy(args.policy, args.memory, args.word_bits)
     files = build(ruleset, args.backend, sources)
     if args.stdout:
-        for name, text in files.items():
-            if name not in ("manifest.json", "sysctl.conf"):
-                sys.stdout.write(text)
+        rulesets = {n: t for n, t in files.items() if n not in ("manifest.json", "sysctl.conf")}
+        for name, text in rulesets.items():
+            if len(rulesets) > 1:
+                sys.stdout.write(f"# ==> {name} <==\n")
+            sys.stdout.write(text)
         return EXIT_OK
     write(args.output, files)
     return EXIT_OK

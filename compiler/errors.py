@@ -41,7 +41,8 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     """A 'did you mean' hint for a misspelt key or keyword, or None."""
     import difflib
 
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    shuffled = [c for c in choices if sorted(c) == sorted(word)]  # a transposition, say
+    close = shuffled or difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     if close:
         return f"did you mean '{close[0]}'?"
     return "valid: " + ", ".join(sorted(choices))

@@ -119,7 +119,7 @@ class Meter:
     key: str | None = None  # saddr | daddr
     prefix_len: int | None = None
     size: int | None = None
-    timeout: int | None = None  # seconds
+    timeout: int = 1  # seconds without packets before a bucket may be forgotten
     origin: Origin | None = None
 
 

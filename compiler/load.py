@@ -54,9 +54,9 @@ class YNode:
     value: Any
     loc: Loc
     key_locs: dict[str, Loc] = field(default_factory=dict, compare=False, repr=False)
-    # Where the first character of a string scalar's text sits, when the text
-    # maps onto the file column by column (single-line scalars).
-    text_start: Loc | None = field(default=None, compare=False, repr=False)
+    # The file (line, col) of each character of a string scalar, where the
+    # text can be traced back to the file character by character.
+    text_map: tuple[tuple[int, int], ...] | None = field(default=None, compare=False, repr=False)
 
     def plain(self) -> Any:
         """The value with locations stripped, for comparing defines."""
@@ -68,9 +68,17 @@ class YNode:
 
     def loc_in_text(self, line: int, col: int) -> Loc:
         """The file position of 1-based (line, col) inside this string scalar."""
-        if self.text_start is None or line != 1:
+        if self.text_map is None:
             return self.loc
-        return Loc(self.text_start.file, self.text_start.line, self.text_start.col + col - 1)
+        lines = str(self.value).split("\n")
+        index = sum(len(text) + 1 for text in lines[: line - 1]) + col - 1
+        if index >= len(self.text_map):  # just past the end: after the last character
+            if not self.text_map:
+                return self.loc
+            last_line, last_col = self.text_map[-1]
+            return Loc(self.loc.file, last_line, last_col + 1)
+        file_line, file_col = self.text_map[index]
+        return Loc(self.loc.file, file_line, file_col)
 
 
 @dataclass(frozen=True)
@@ -159,23 +167,81 @@ def load_yaml(path: str, loc: Loc | None = None) -> YNode:
     text = _read_text(path, loc)
     if not text.strip():
         raise PolicyError(Loc(path, 1, 1), "empty policy file", "a policy starts with 'nfc: 1'")
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise PolicyError(_index_loc(path, text, exc.position), f"YAML: {_reader_problem(exc)}") from None
     try:
         root = loader.get_single_node()
         if root is None:
             raise PolicyError(Loc(path, 1, 1), "policy file holds no YAML document")
-        return _Converter(path, loader).convert(root)
+        if isinstance(root, yaml.ScalarNode) and root.tag == "tag:yaml.org,2002:null":
+            raise PolicyError(Loc(path, 1, 1), "policy file holds no YAML document")
+        return _Converter(path, loader, text).convert(root)
+    except yaml.reader.ReaderError as exc:
+        raise PolicyError(_index_loc(path, text, exc.position), f"YAML: {_reader_problem(exc)}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if mark and exc.context_mark and mark.line >= len(text.splitlines()):
+            mark = exc.context_mark  # ran off the end: say where the open construct began
         where = _mark_loc(path, mark) if mark else Loc(path, 1, 1)
         problem = exc.problem or exc.context or "malformed YAML"
         raise PolicyError(where, f"YAML syntax: {problem}", _yaml_hint(problem)) from None
     except yaml.YAMLError as exc:
         raise PolicyError(Loc(path, 1, 1), f"YAML syntax: {exc}") from None
     except RecursionError:
-        raise PolicyError(Loc(path, 1, 1), "YAML nesting is too deep") from None
+        raise PolicyError(_mark_loc(path, loader.get_mark()), "YAML nesting is too deep") from None
     finally:
         loader.dispose()
+
+
+def _index_loc(path: str, text: str, index: int) -> Loc:
+    line = text.count("\n", 0, index) + 1
+    return Loc(path, line, index - (text.rfind("\n", 0, index) + 1) + 1)
+
+
+def _reader_problem(exc: yaml.reader.ReaderError) -> str:
+    character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return f"the control character U+{character:04X} is not allowed"
+
+
+def _text_map(node: yaml.ScalarNode, value: str, source: str) -> tuple[tuple[int, int], ...] | None:
+    """Trace each character of a scalar's value back to its (line, col) in
+    the file, for plain, quoted and literal-block scalars whose value is the
+    file text with only indentation and line folding removed."""
+    raw = source[node.start_mark.index : node.end_mark.index]
+    first_line, first_col = node.start_mark.line + 1, node.start_mark.column + 1
+    positions: list[tuple[int, int]] = []
+    text: list[str] = []
+    if node.style in ("'", '"'):
+        if "\n" in raw or raw[1:-1] != value:
+            return None
+        return tuple((first_line, first_col + 1 + i) for i in range(len(value)))
+    if node.style == "|":
+        lines = raw.split("\n")[1:]
+        indent = min((len(t) - len(t.lstrip(" ")) for t in lines if t.strip()), default=0)
+        for offset, line in enumerate(lines, start=1):
+            for i, char in enumerate(line[indent:]):
+                positions.append((first_line + offset, indent + i + 1))
+                text.append(char)
+            positions.append((first_line + offset, len(line) + 1))
+            text.append("\n")
+    elif node.style is None:
+        for offset, line in enumerate(raw.split("\n")):
+            stripped = line.strip(" \t")
+            start = (first_col if offset == 0 else 1) + len(line) - len(line.lstrip(" \t"))
+            if text:
+                positions.append(positions[-1])
+                text.append(" ")
+            for i, char in enumerate(stripped):
+                positions.append((first_line + offset, start + i))
+                text.append(char)
+    else:
+        return None
+    joined = "".join(text)
+    if joined.rstrip("\n") != value.rstrip("\n"):
+        return None
+    return tuple(positions[: len(value)])
 
 
 def _yaml_hint(problem: str) -> str | None:
@@ -187,9 +253,10 @@ def _yaml_hint(problem: str) -> str | None:
 
 
 class _Converter:
-    def __init__(self, path: str, loader: yaml.SafeLoader) -> None:
+    def __init__(self, path: str, loader: yaml.SafeLoader, source: str) -> None:
         self.path = path
         self.loader = loader
+        self.source = source
         self.budget = MAX_NODES
 
     def convert(self, node: yaml.Node) -> YNode:
@@ -228,11 +295,8 @@ class _Converter:
             value = self.loader.construct_object(node, deep=True)
         except (ValueError, OverflowError, yaml.constructor.ConstructorError) as exc:
             raise PolicyError(loc, f"invalid YAML value {printable(repr(node.value))}: {exc}") from None
-        text_start = None
-        if node.start_mark.line == node.end_mark.line and isinstance(value, str):
-            quoted = node.style in ("'", '"')
-            text_start = Loc(loc.file, loc.line, loc.col + (1 if quoted else 0))
-        return YNode(value, loc, text_start=text_start)
+        text_map = _text_map(node, value, self.source) if isinstance(value, str) else None
+        return YNode(value, loc, text_map=text_map)
 
 
 # --------------------------------------------------------------------------
@@ -256,6 +320,8 @@ def type_name(value: Any) -> str:
         return "a boolean"
     if isinstance(value, int):
         return "a number"
+    if isinstance(value, float):
+        return "a decimal number"
     if isinstance(value, str):
         return "a string"
     return type(value).__name__
@@ -338,8 +404,14 @@ def _rule_text(node: YNode, what: str) -> RuleText:
         raise PolicyError(
             node.loc, f"{what} must be a string or a mapping with 'rule', not {type_name(node.value)}"
         )
-    check_keys(node, RULE_KEYS, what)
     fields = node.value
+    if "rule" not in fields and any(" " in key for key in fields):
+        raise PolicyError(
+            node.loc,
+            f"this {what} was read as a mapping because it holds ': '",
+            "put the whole rule in single quotes",
+        )
+    check_keys(node, RULE_KEYS, what)
     if "rule" not in fields:
         raise PolicyError(node.loc, f"{what} mapping needs a 'rule' key")
     rule_node = fields["rule"]
@@ -365,10 +437,10 @@ def _rule_text(node: YNode, what: str) -> RuleText:
     return RuleText(rule_node, comment, comment_loc, expires)
 
 
-def _rule_list(node: YNode, what: str) -> tuple[RuleText, ...]:
+def _rule_list(node: YNode, key: str, what: str) -> tuple[RuleText, ...]:
     if node.value is None:
         return ()
-    return tuple(_rule_text(item, what) for item in expect_list(node, f"'{what}s'"))
+    return tuple(_rule_text(item, what) for item in expect_list(node, f"'{key}'"))
 
 
 def _chain(name: str, node: YNode) -> ChainSection:
@@ -382,7 +454,7 @@ def _chain(name: str, node: YNode) -> ChainSection:
     icmp_node = fields.get("icmp")
     default_icmp = "essential" if name in ("input", "forward") and policy == "drop" else "manual"
     icmp = expect_choice(icmp_node, "'icmp'", ("essential", "manual")) if icmp_node else default_icmp
-    rules = _rule_list(fields["rules"], "rule") if "rules" in fields else ()
+    rules = _rule_list(fields["rules"], "rules", "rule") if "rules" in fields else ()
     return ChainSection(
         name=name,
         loc=node.loc,
@@ -399,7 +471,7 @@ def _conntrack(node: YNode, in_include: bool) -> ConntrackSection:
     fields = expect_mapping(node, "'conntrack'")
     allowed = INCLUDE_CONNTRACK_KEYS if in_include else CONNTRACK_KEYS
     check_keys(node, allowed, "an included file's 'conntrack'" if in_include else "'conntrack'")
-    notrack = _rule_list(fields["notrack"], "notrack entry") if "notrack" in fields else ()
+    notrack = _rule_list(fields["notrack"], "notrack", "notrack entry") if "notrack" in fields else ()
     max_value: int | str | None = None
     max_loc = None
     if "max" in fields:

@@ -102,16 +102,12 @@ DefineValue = AddressValue | PortValue
 def parse_network(text: str, loc: Loc) -> Network:
     try:
         return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
+    except ValueError:
         try:
             loose = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise PolicyError(loc, f"'{printable(text)}' is not a valid IP address or prefix") from None
-        raise PolicyError(
-            loc,
-            f"'{printable(text)}' has host bits set ({exc})",
-            f"did you mean {loose}?",
-        ) from None
+        raise PolicyError(loc, f"'{printable(text)}' has host bits set", f"did you mean {loose}?") from None
 
 
 def check_port(value: int, loc: Loc) -> int:
@@ -418,10 +414,10 @@ class RuleLowering:
         self.parts.icmp_types = self._names(match, types, f"{protocol} type")
 
     def _match_icmp_type(self, match: MatchNode) -> None:
-        self._icmp_types(match, "icmp", vocab.ICMP_TYPES)
+        self._icmp_types(match, "icmp", tuple(vocab.ICMP_TYPES))
 
     def _match_icmpv6_type(self, match: MatchNode) -> None:
-        self._icmp_types(match, "icmpv6", vocab.ICMPV6_TYPES)
+        self._icmp_types(match, "icmpv6", tuple(vocab.ICMPV6_TYPES))
 
     def matches(self, parts: _Parts, families: Iterable[Family]) -> list[Match]:
         """IR matches, one per family, or one for both when nothing needs a split."""
@@ -476,7 +472,6 @@ class Lowering:
         self.source = source
         self.target = target
         self.defines = Defines(source.defines)
-        self.base_dir = os.path.dirname(source.path)
         self.address_sets: dict[str, NamedAddressSet] = {}
         self.port_sets: dict[str, NamedPortSet] = {}
         self.meters: dict[str, Meter] = {}  # by nft-independent key: name + family
@@ -507,8 +502,6 @@ class Lowering:
         return name
 
     # helpers ---------------------------------------------------------------
-    def origin(self, loc: Loc) -> Loc:
-        return Loc(os.path.relpath(loc.file, self.base_dir) if self.base_dir else loc.file, loc.line, loc.col)
 
     def parse(self, text: RuleText, entry: bool) -> RuleNode:
         parser = parse_entry if entry else parse_rule
@@ -538,7 +531,7 @@ class Lowering:
             comment = self.comment(text, node)
             lowering = RuleLowering(self, node, chain=None)
             parts = lowering.lower_matches()
-            origin = self.origin(text.loc)
+            origin = text.loc
             for match in lowering.matches(parts, sorted(parts.families, key=lambda f: f.value)):
                 rules.append(NotrackRule("prerouting", match, origin, comment))
                 rules.append(NotrackRule("output", match.mirrored(), origin, comment))
@@ -554,9 +547,9 @@ class Lowering:
         result = []
         if conntrack.max is not None and conntrack.max_loc is not None:
             value = self.target.conntrack_max() if conntrack.max == "auto" else int(conntrack.max)
-            result.append(Sysctl(CONNTRACK_MAX_SYSCTL, value, self.origin(conntrack.max_loc)))
+            result.append(Sysctl(CONNTRACK_MAX_SYSCTL, value, conntrack.max_loc))
         for name, seconds, loc in conntrack.timeouts:
-            result.append(Sysctl(TIMEOUT_SYSCTLS[name], seconds, self.origin(loc)))
+            result.append(Sysctl(TIMEOUT_SYSCTLS[name], seconds, loc))
         return result
 
     # meters ----------------------------------------------------------------------
@@ -602,7 +595,7 @@ class Lowering:
         # Keep a key only as long as its bucket takes to refill: forgetting
         # it sooner would hand an abuser a fresh burst.
         refill = math.ceil(burst / rate.per_second())
-        timeout = max(TIME_UNIT_SECONDS[node.time_unit], refill) if node.per else None
+        timeout = max(TIME_UNIT_SECONDS[node.time_unit], refill)
         signature = (rate, node.over, burst, node.per, v4_mask, v6_mask, size)
         if name is not None:
             first = self.meter_signatures.get(name)
@@ -625,7 +618,7 @@ class Lowering:
             prefix_len=(v4_mask if family is Family.V4 else v6_mask) if node.per else None,
             size=(size or DEFAULT_METER_SIZE) if node.per else None,
             timeout=timeout,
-            origin=self.origin(node.loc),
+            origin=node.loc,
         )
         if name is not None:
             object_name = f"{name}_{family.suffix}" if node.per and family else f"{name}_limit"
@@ -639,7 +632,7 @@ class Lowering:
         if section.icmp == "essential":
             rules.extend(self.essential_icmp(section))
         if section.state == "auto" and (section.policy == "drop" or section.rules):
-            origin = self.origin(section.state_loc)
+            origin = section.state_loc
             rules.append(Rule(Match(ct_state=("invalid",)), Verdict("drop"), origin, role=RuleRole.STATE))
             rules.append(
                 Rule(
@@ -661,7 +654,7 @@ class Lowering:
         return Chain(section.name, section.policy, tuple(rules))
 
     def essential_icmp(self, section: ChainSection) -> list[Rule]:
-        origin = self.origin(section.icmp_loc)
+        origin = section.icmp_loc
         v6_types = vocab.ESSENTIAL_ICMPV6_ERRORS + vocab.ESSENTIAL_ICMPV6_DISCOVERY[section.name]
         return [
             Rule(
@@ -700,7 +693,7 @@ class Lowering:
                 check_text(prefix, node.log.loc, "log prefix", LOG_PREFIX_MAX)
             log = Log(prefix, node.log.level)
         comment = self.comment(text, node)
-        origin = self.origin(text.loc)
+        origin = text.loc
         rules = []
         for match in matches:
             meter = self.meter(node.limit, chain, ordinal, match.family) if node.limit else None

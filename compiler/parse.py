@@ -392,6 +392,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, locate: Locate, start: str) -
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
         shown = repr(char) if not char.isprintable() else f"'{char}'"
+        if char == '"' and "\n" in text[exc.pos_in_stream :]:
+            return PolicyError(loc, "a quoted string cannot hold a line break")
         return PolicyError(loc, f"unexpected character {shown} in rule")
     expected = _expected_words(set(exc.expected))
     if token.type == "$END":
@@ -412,8 +414,6 @@ def _syntax_error(exc: UnexpectedInput, text: str, locate: Locate, start: str) -
 def _parse(text: str, locate: Locate, start: str) -> RuleNode:
     if len(text) > MAX_RULE_CHARS:
         raise PolicyError(locate(1, 1), f"rule is longer than {MAX_RULE_CHARS} characters")
-    if "\n" in text.strip() or "\r" in text:
-        text = " ".join(text.split())
     if not text.strip():
         raise PolicyError(locate(1, 1), "empty rule")
     try:

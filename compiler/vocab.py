@@ -83,44 +83,45 @@ PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 
 CT_STATES = ("new", "established", "related", "invalid", "untracked")
 
-ICMP_TYPES = (
-    "echo-reply",
-    "destination-unreachable",
-    "source-quench",
-    "redirect",
-    "echo-request",
-    "router-advertisement",
-    "router-solicitation",
-    "time-exceeded",
-    "parameter-problem",
-    "timestamp-request",
-    "timestamp-reply",
-    "info-request",
-    "info-reply",
-    "address-mask-request",
-    "address-mask-reply",
-)
+# ICMP and ICMPv6 type names (nft's words) and their numbers.
+ICMP_TYPES: dict[str, int] = {
+    "echo-reply": 0,
+    "destination-unreachable": 3,
+    "source-quench": 4,
+    "redirect": 5,
+    "echo-request": 8,
+    "router-advertisement": 9,
+    "router-solicitation": 10,
+    "time-exceeded": 11,
+    "parameter-problem": 12,
+    "timestamp-request": 13,
+    "timestamp-reply": 14,
+    "info-request": 15,
+    "info-reply": 16,
+    "address-mask-request": 17,
+    "address-mask-reply": 18,
+}
 
-ICMPV6_TYPES = (
-    "destination-unreachable",
-    "packet-too-big",
-    "time-exceeded",
-    "parameter-problem",
-    "echo-request",
-    "echo-reply",
-    "mld-listener-query",
-    "mld-listener-report",
-    "mld-listener-done",
-    "nd-router-solicit",
-    "nd-router-advert",
-    "nd-neighbor-solicit",
-    "nd-neighbor-advert",
-    "nd-redirect",
-    "router-renumbering",
-    "ind-neighbor-solicit",
-    "ind-neighbor-advert",
-    "mld2-listener-report",
-)
+ICMPV6_TYPES: dict[str, int] = {
+    "destination-unreachable": 1,
+    "packet-too-big": 2,
+    "time-exceeded": 3,
+    "parameter-problem": 4,
+    "echo-request": 128,
+    "echo-reply": 129,
+    "mld-listener-query": 130,
+    "mld-listener-report": 131,
+    "mld-listener-done": 132,
+    "nd-router-solicit": 133,
+    "nd-router-advert": 134,
+    "nd-neighbor-solicit": 135,
+    "nd-neighbor-advert": 136,
+    "nd-redirect": 137,
+    "router-renumbering": 138,
+    "ind-neighbor-solicit": 141,
+    "ind-neighbor-advert": 142,
+    "mld2-listener-report": 143,
+}
 
 # What `icmp: essential` accepts. Errors first: they are what ICMP errors of
 # untracked flows look like (ct state invalid), so they come before the

@@ -57,6 +57,21 @@ def nft_check(path: Path | str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def iptables_check(path: Path | str) -> subprocess.CompletedProcess[str]:
+    """`iptables-legacy-restore --test` (ip6tables for rules.v6) in a throwaway namespace."""
+    tool = "ip6tables-legacy-restore" if str(path).endswith("v6") else "iptables-legacy-restore"
+    require_tools(tool)
+    with open(path) as rules:
+        return subprocess.run(
+            [*unshare_prefix(), tool, "--test"],
+            stdin=rules,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "XTABLES_LOCKFILE": "/dev/null"},
+        )
+
+
 def run_nfc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nfc", *args],

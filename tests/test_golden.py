@@ -1,5 +1,7 @@
-"""Golden files: every flagship and feature policy compiles to a committed
-ruleset, byte for byte, and the kernel accepts every committed ruleset.
+"""Golden files: every flagship and feature policy compiles to committed
+artifacts for each backend, byte for byte, and the kernel accepts every
+committed ruleset (`nft -c -f`, `iptables-legacy-restore --test`), each in
+a throwaway network namespace.
 
 Regenerate after an intended change with NFC_UPDATE_GOLDEN=1 and review the
 diff like any other code change."""
@@ -10,24 +12,40 @@ import os
 from pathlib import Path
 
 import pytest
-
-from conftest import FEATURES, FLAGSHIP, GOLDEN, TEST_MEMORY, nft_check, run_nfc
+from conftest import FEATURES, FLAGSHIP, GOLDEN, TEST_MEMORY, iptables_check, nft_check, run_nfc
 
 POLICIES = FLAGSHIP + FEATURES
 UPDATE = bool(os.environ.get("NFC_UPDATE_GOLDEN"))
+# Artifact name in the output directory → suffix of its golden file.
+ARTIFACTS = {
+    "nft": {"ruleset.nft": "nft", "sysctl.conf": "sysctl.conf"},
+    "iptables-legacy": {"rules.v4": "rules.v4", "rules.v6": "rules.v6", "sysctl.conf": "sysctl.conf"},
+}
+# Policies a backend must refuse, with the feature its error names.
+UNSUPPORTED = {("features-bytes", "iptables-legacy"): "a rate in bytes"}
+CASES = [(policy, backend) for policy in POLICIES for backend in ARTIFACTS]
 
 
-def _compile(policy: Path, outdir: Path) -> Path:
-    result = run_nfc("compile", str(policy), "-o", str(outdir), "--memory", TEST_MEMORY, "--word-bits", "64")
+def _compile(policy: Path, outdir: Path, backend: str = "nft") -> Path:
+    result = run_nfc(
+        "compile", str(policy), "-b", backend, "-o", str(outdir), "--memory", TEST_MEMORY, "--word-bits", "64"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     return outdir
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.stem)
-def test_compiles_to_golden(policy: Path, tmp_path: Path) -> None:
-    outdir = _compile(policy, tmp_path / "out")
-    for artifact, suffix in (("ruleset.nft", "nft"), ("sysctl.conf", "sysctl.conf")):
+@pytest.mark.parametrize(("policy", "backend"), CASES, ids=lambda v: getattr(v, "stem", v))
+def test_compiles_to_golden(policy: Path, backend: str, tmp_path: Path) -> None:
+    feature = UNSUPPORTED.get((policy.stem, backend))
+    if feature is not None:
+        result = run_nfc("compile", str(policy), "-b", backend, "-o", str(tmp_path / "out"))
+        assert result.returncode == 2
+        assert f"{policy}:" in result.stderr and feature in result.stderr and backend in result.stderr
+        assert not (tmp_path / "out").exists()
+        return
+    outdir = _compile(policy, tmp_path / "out", backend)
+    for artifact, suffix in ARTIFACTS[backend].items():
         produced = outdir / artifact
         golden = GOLDEN / f"{policy.stem}.{suffix}"
         if not produced.exists():
@@ -40,14 +58,23 @@ def test_compiles_to_golden(policy: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("golden", sorted(GOLDEN.glob("*.nft")), ids=lambda p: p.stem)
-def test_kernel_accepts_golden(golden: Path) -> None:
+def test_kernel_accepts_nft_golden(golden: Path) -> None:
     result = nft_check(golden)
     assert result.returncode == 0, result.stderr
 
 
-def test_every_policy_has_a_golden() -> None:
-    stems = {p.stem for p in GOLDEN.glob("*.nft")}
-    assert stems == {p.stem for p in POLICIES}
+@pytest.mark.parametrize("golden", sorted(GOLDEN.glob("*.rules.v[46]")), ids=lambda p: p.name)
+def test_kernel_accepts_iptables_golden(golden: Path) -> None:
+    result = iptables_check(golden)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_policy_has_its_goldens() -> None:
+    assert {p.stem for p in GOLDEN.glob("*.nft")} == {p.stem for p in POLICIES}
+    refused = {stem for stem, backend in UNSUPPORTED if backend == "iptables-legacy"}
+    expected = {p.stem for p in POLICIES} - refused
+    assert {p.name.split(".")[0] for p in GOLDEN.glob("*.rules.v4")} == expected
+    assert {p.name.split(".")[0] for p in GOLDEN.glob("*.rules.v6")} == expected
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.stem)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network
 
 from nfc import __version__, vocab
+from nfc.backends.common import origin_label
 from nfc.ir import (
     Addresses,
     Family,
@@ -18,6 +19,7 @@ from nfc.ir import (
     Meter,
     Network,
     NotrackRule,
+    Origin,
     Ports,
     Rate,
     Rule,
@@ -60,9 +62,9 @@ def render(ruleset: Ruleset) -> str:
     for hook in ("prerouting", "output"):
         entries = [r for r in ruleset.notrack if r.hook == hook]
         if entries:
-            body.append(_chain(f"raw_{hook}", hook, "raw", "accept", [_notrack(r) for r in entries]))
+            body.append(_chain(f"raw_{hook}", hook, "raw", "accept", [_notrack(ruleset, r) for r in entries]))
     for chain in ruleset.chains:
-        rendered = [line for rule in chain.rules for line in _rule(rule)]
+        rendered = [line for rule in chain.rules for line in _rule(ruleset, rule)]
         body.append(_chain(chain.name, chain.name, "filter", chain.policy, rendered))
     for index, block in enumerate(body):
         if index:
@@ -225,16 +227,12 @@ def _verdict(verdict: Verdict, family: Family | None) -> str:
     return f"reject with icmpx type {vocab.REJECT_ICMPX[kind]}"
 
 
-def _comment(origin_file: str, line: int, note: str | None) -> str:
-    where = f"{printable(origin_file, COMMENT_MAX)}:{line}"
-    text = f"{where}: {note}" if note else where
-    if len(text.encode()) > COMMENT_MAX:
-        where = f"{printable(origin_file.rsplit('/', 1)[-1], 40)}:{line}"
-        text = f"{where}: {note}" if note else where
-    return f'comment "{text}"'
+def _comment(ruleset: Ruleset, origin: Origin, note: str | None) -> str:
+    where = origin_label(ruleset, origin, COMMENT_MAX - 2 - len(note.encode()) if note else COMMENT_MAX)
+    return f'comment "{where}: {note}"' if note else f'comment "{where}"'
 
 
-def _rule(rule: Rule) -> list[str]:
+def _rule(ruleset: Ruleset, rule: Rule) -> list[str]:
     match = _match(rule.match)
     parts = list(match)
     if rule.meter is not None:
@@ -250,7 +248,7 @@ def _rule(rule: Rule) -> list[str]:
         parts.append(log)
     parts.append(_verdict(rule.verdict, rule.match.family))
     note = rule.comment if rule.role is RuleRole.USER else ROLE_NOTES[rule.role]
-    parts.append(_comment(rule.origin.file, rule.origin.line, note))
+    parts.append(_comment(ruleset, rule.origin, note))
     lines = [" ".join(parts)]
     meter = rule.meter
     if meter is not None and meter.key is not None:
@@ -258,11 +256,11 @@ def _rule(rule: Rule) -> list[str]:
         # match and the packet would pass. Drop what the meter could not
         # track instead: fail closed, as hashlimit does.
         guard = [*match, f"{_meter_key(meter)} != @{_meter_set_name(meter)}", "drop"]
-        guard.append(_comment(rule.origin.file, rule.origin.line, "meter full, fail closed"))
+        guard.append(_comment(ruleset, rule.origin, "meter full, fail closed"))
         lines.append(" ".join(guard))
     return lines
 
 
-def _notrack(rule: NotrackRule) -> str:
-    parts = [*_match(rule.match), "notrack", _comment(rule.origin.file, rule.origin.line, rule.comment)]
+def _notrack(ruleset: Ruleset, rule: NotrackRule) -> str:
+    parts = [*_match(rule.match), "notrack", _comment(ruleset, rule.origin, rule.comment)]
     return " ".join(parts)
