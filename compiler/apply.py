@@ -1,9 +1,10 @@
 """Put a compiled ruleset into the kernel: check, apply, confirm, rollback.
 
-`apply` saves the current state of nfc's table before it loads anything, so
+`apply` saves what it is about to replace before it loads anything, so
 `rollback` (or the timer that `apply --confirm` starts) can put it back.
-Everything runs under one lock in the state directory; loading is one nft
-transaction, so a ruleset the kernel refuses leaves the old one in force.
+Everything runs under one lock in the state directory. On nftables, loading
+is one transaction that touches only nfc's table; on iptables-legacy, the
+raw and filter tables are replaced whole, each family tested first.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ DEFAULT_STATE_DIR = "/var/lib/nfc"
 LOCK_TIMEOUT = 60.0
 RULE_ORIGIN = re.compile(r'comment "(?P<file>[^"]+?):(?P<line>\d+)(?::[^"]*)?"')
 NFT_ERROR = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?: Error: (?P<message>.*)$")
+RESTORE_ERROR = re.compile(r"line (?P<line>\d+) failed")
+LEGACY_FILES = {"rules.v4": "iptables-legacy", "rules.v6": "ip6tables-legacy"}
 
 Report = Callable[[str], None]
 
@@ -64,12 +67,16 @@ class Artifact:
     def backend(self) -> str:
         return self.manifest["backend"]
 
-    @property
-    def policy_dir(self) -> Path:
-        return Path(self.manifest["policy"]).parent
-
     def path(self, name: str) -> Path:
         return self.directory / name
+
+    def origin_of(self, generated_line: str) -> Loc | None:
+        """The policy position named in a generated rule's comment."""
+        found = RULE_ORIGIN.search(generated_line)
+        if found is None:
+            return None
+        policy_dir = Path(self.manifest["policy"]).parent
+        return Loc(str(policy_dir / found["file"]), int(found["line"]), 1)
 
 
 def read_artifact(directory: Path, name: str) -> Artifact:
@@ -78,34 +85,54 @@ def read_artifact(directory: Path, name: str) -> Artifact:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise ApplyError(f"{directory} is not an nfc artifact directory: {exc}") from None
-    for name, digest in manifest.get("artifacts", {}).items():
+    for file_name, digest in manifest.get("artifacts", {}).items():
         try:
-            data = (directory / name).read_bytes()
+            data = (directory / file_name).read_bytes()
         except OSError as exc:
-            raise ApplyError(f"{directory / name}: {exc.strerror}") from None
+            raise ApplyError(f"{directory / file_name}: {exc.strerror}") from None
         if hashlib.sha256(data).hexdigest() != digest:
-            raise ApplyError(f"{directory / name} does not match its manifest: edited after compile?")
+            raise ApplyError(f"{directory / file_name} does not match its manifest: edited after compile?")
     return Artifact(directory, manifest, name)
 
 
 @contextlib.contextmanager
-def artifact_for(target: str, compile_policy: Callable[[str], tuple]) -> Iterator[Artifact]:
+def artifact_for(target: str, backend: str, compile_policy: Callable[[str], tuple]) -> Iterator[Artifact]:
     """The artifact of `target`: an artifact directory as it is, or a policy
-    compiled into a temporary directory for the duration of the block."""
+    compiled for `backend` into a temporary directory for the block."""
     path = Path(target)
     if path.is_dir():
         yield read_artifact(path, target)
         return
     ruleset, sources = compile_policy(target)
-    files = build(ruleset, "nft", sources)
+    files = build(ruleset, backend, sources)
     with tempfile.TemporaryDirectory(prefix="nfc-") as scratch:
-        for name, text in files.items():
-            (Path(scratch) / name).write_text(text)
+        for file_name, text in files.items():
+            (Path(scratch) / file_name).write_text(text)
         yield Artifact(Path(scratch), json.loads(files[MANIFEST]), target)
 
 
+def refusal(artifact: Artifact, ruleset: Path, line: int, message: str) -> str:
+    """A kernel error placed at the policy line whose generated rule failed."""
+    lines = ruleset.read_text().splitlines()
+    text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    origin = artifact.origin_of(text)
+    if origin is None:
+        return f"{ruleset}:{line}:1: error: the kernel refused this: {message}"
+    return (
+        f"{origin}: error: the kernel refused this rule: {message}\n"
+        f"{origin}: note: {ruleset.name}:{line}: {text}"
+    )
+
+
+def _permission_problem(error: str) -> bool:
+    return "Operation not permitted" in error or "Permission denied" in error
+
+
+PERMISSION_HINT = "this needs CAP_NET_ADMIN: run as root (or in a user namespace: unshare -rn nfc ...)"
+
+
 # --------------------------------------------------------------------------
-# the kernel
+# nftables
 
 
 class Nft:
@@ -137,58 +164,182 @@ class Nft:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         return None if result.returncode == 0 else result.stderr or "nft failed"
 
-    def list_table(self, table: str) -> str | None:
-        """The table as `nft -s list` prints it, or None if it does not exist."""
-        with tempfile.NamedTemporaryFile("w", suffix=".nft") as script:
-            script.write(f"list table inet {table}\n")
-            script.flush()
-            if self.binding is not None:
-                binding = self.binding
-                binding.set_stateless_output(True)  # type: ignore[attr-defined]
-                rc, output, error = binding.cmd_from_file(script.name)  # type: ignore[attr-defined]
-            else:
-                result = subprocess.run(
-                    ["nft", "-s", "-f", script.name], capture_output=True, text=True, timeout=60
-                )
-                rc, output, error = result.returncode, result.stdout, result.stderr
-        if rc == 0:
-            return output
-        if "No such file or directory" in error:
-            return None
-        raise ApplyError(f"cannot read table inet {table}: {_first_error_line(error)}")
+    def run_text(self, script: str) -> str | None:
+        with tempfile.NamedTemporaryFile("w", suffix=".nft", prefix="nfc-") as handle:
+            handle.write(script)
+            handle.flush()
+            return self.run_file(Path(handle.name))
+
+    def list(self, what: str) -> tuple[str | None, str]:
+        """`nft -s list WHAT`: (output, "") or (None, error)."""
+        if self.binding is not None:
+            binding = self.binding
+            binding.set_stateless_output(True)  # type: ignore[attr-defined]
+            rc, output, error = binding.cmd(f"list {what}")  # type: ignore[attr-defined]
+        else:
+            result = subprocess.run(
+                ["nft", "-s", "list", *what.split()], capture_output=True, text=True, timeout=60
+            )
+            rc, output, error = result.returncode, result.stdout, result.stderr
+        return (output, "") if rc == 0 else (None, error)
 
 
-def _first_error_line(text: str) -> str:
-    for line in text.splitlines():
+def _nft_error(error: str) -> str:
+    for line in error.splitlines():
         if "Error:" in line:
             return line.split("Error:", 1)[1].strip()
-    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return error.strip().splitlines()[0] if error.strip() else "unknown error"
 
 
-def _permission_hint(error: str) -> str | None:
-    if "Operation not permitted" in error:
-        return "this needs CAP_NET_ADMIN: run as root (or in a user namespace: unshare -rn nfc ...)"
-    return None
+class NftBackend:
+    """`table inet <table>`: nothing else is read, saved or replaced."""
+
+    def __init__(self) -> None:
+        self.nft = Nft()
+
+    def _refused(self, artifact: Artifact, error: str) -> KernelRefused:
+        ruleset = artifact.path("ruleset.nft")
+        reports = [
+            refusal(artifact, ruleset, int(found["line"]), found["message"])
+            for found in map(NFT_ERROR.match, error.splitlines())
+            if found
+        ]
+        return KernelRefused(
+            "\n".join(reports or [f"{ruleset}: error: the kernel refused it: {_nft_error(error)}"])
+        )
+
+    def _failed(self, artifact: Artifact, error: str, what: str) -> Exception:
+        if _permission_problem(error):
+            return ApplyError(f"nfc {what}: {_nft_error(error)}; {PERMISSION_HINT}")
+        return self._refused(artifact, error)
+
+    def check(self, artifact: Artifact) -> None:
+        error = self.nft.run_file(artifact.path("ruleset.nft"), dry_run=True)
+        if error is not None:
+            raise self._failed(artifact, error, "check")
+
+    def snapshot(self, artifact: Artifact) -> dict:
+        listing, error = self.nft.list(f"table inet {artifact.table}")
+        if listing is None and "No such file or directory" not in error:
+            if _permission_problem(error):
+                raise ApplyError(f"nfc apply: {_nft_error(error)}; {PERMISSION_HINT}")
+            raise ApplyError(f"cannot read table inet {artifact.table}: {_nft_error(error)}")
+        return {"backend": "nft", "table": artifact.table, "listing": listing}
+
+    def load(self, artifact: Artifact) -> None:
+        error = self.nft.run_file(artifact.path("ruleset.nft"))
+        if error is not None:
+            raise self._failed(artifact, error, "apply")
+
+    def restore(self, saved: dict) -> None:
+        table = saved["table"]
+        script = f"table inet {table}\ndelete table inet {table}\n" + (saved["listing"] or "")
+        error = self.nft.run_text(script)
+        if error is not None:
+            raise KernelRefused(f"rollback failed: the kernel refused the saved state: {_nft_error(error)}")
+
+    def describe(self, saved: dict) -> str:
+        return f"table inet {saved['table']}"
+
+    def foreign_rules(self) -> str | None:
+        """iptables-legacy rules loaded beside nfc's table, which mix badly."""
+        found = []
+        for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+            if shutil.which(tool) is None:
+                continue
+            result = _run([tool], check=False)
+            if any(line.startswith("-A ") for line in result.stdout.splitlines()):
+                found.append(tool.replace("-save", ""))
+        return " and ".join(found) + " rules are loaded too" if found else None
 
 
-def kernel_errors(error: str, artifact: Artifact, ruleset: Path) -> list[str]:
-    """nft's errors, each placed at the policy line whose rule failed."""
-    lines = ruleset.read_text().splitlines()
-    reports = []
-    for line in error.splitlines():
-        found = NFT_ERROR.match(line)
-        if not found:
-            continue
-        number = int(found["line"])
-        text = lines[number - 1].strip() if 0 < number <= len(lines) else ""
-        origin = RULE_ORIGIN.search(text)
-        message = f"the kernel refused this rule: {found['message']}"
-        if origin:
-            loc = Loc(str(artifact.policy_dir / origin["file"]), int(origin["line"]), 1)
-            reports.append(f"{loc}: error: {message}\n{loc}: note: {ruleset.name}:{number}: {text}")
-        else:
-            reports.append(f"{ruleset}:{number}:{found['col']}: error: {message}")
-    return reports or [f"{ruleset}: error: the kernel refused the ruleset: {_first_error_line(error)}"]
+# --------------------------------------------------------------------------
+# iptables-legacy
+
+
+def _run(
+    command: list[str], stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    if shutil.which(command[0]) is None:
+        raise ApplyError(f"'{command[0]}' is not installed")
+    result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0 and _permission_problem(result.stderr):
+        raise ApplyError(f"{command[0]}: {result.stderr.strip()}; {PERMISSION_HINT}")
+    return result
+
+
+class LegacyBackend:
+    """The raw and filter tables of iptables-legacy and ip6tables-legacy,
+    owned whole, as iptables-persistent owns them."""
+
+    TABLES = ("raw", "filter")
+
+    def _restore(self, family_file: str, text: str, test: bool = False) -> subprocess.CompletedProcess[str]:
+        tool = LEGACY_FILES[family_file] + "-restore"
+        return _run([tool, "-w", *(["--test"] if test else [])], stdin=text)
+
+    def _refused(self, artifact: Artifact, family_file: str, error: str) -> KernelRefused:
+        found = RESTORE_ERROR.search(error)
+        if found is None:
+            return KernelRefused(
+                f"{artifact.path(family_file)}: error: the kernel refused it: {error.strip()}"
+            )
+        return KernelRefused(refusal(artifact, artifact.path(family_file), int(found["line"]), error.strip()))
+
+    def check(self, artifact: Artifact) -> None:
+        for family_file in LEGACY_FILES:
+            result = self._restore(family_file, artifact.path(family_file).read_text(), test=True)
+            if result.returncode != 0:
+                raise self._refused(artifact, family_file, result.stderr)
+
+    def snapshot(self, artifact: Artifact) -> dict:
+        saved: dict = {"backend": "iptables-legacy"}
+        for family_file, tool in LEGACY_FILES.items():
+            dumps = []
+            for table in self.TABLES:
+                result = _run([f"{tool}-save", "-t", table])
+                if result.returncode != 0:
+                    raise ApplyError(f"{tool}-save -t {table}: {result.stderr.strip()}")
+                dumps.append(result.stdout)
+            saved[family_file] = "".join(dumps)
+        return saved
+
+    def load(self, artifact: Artifact) -> None:
+        self.check(artifact)  # both families first, so neither is half applied
+        before = self.snapshot(artifact)
+        for family_file in LEGACY_FILES:
+            result = self._restore(family_file, artifact.path(family_file).read_text())
+            if result.returncode != 0:
+                self.restore(before)
+                raise self._refused(artifact, family_file, result.stderr)
+
+    def restore(self, saved: dict) -> None:
+        for family_file in LEGACY_FILES:
+            result = self._restore(family_file, saved[family_file])
+            if result.returncode != 0:
+                raise KernelRefused(
+                    f"rollback failed: {LEGACY_FILES[family_file]}-restore: {result.stderr.strip()}"
+                )
+
+    def describe(self, saved: dict) -> str:
+        return "the iptables-legacy raw and filter tables"
+
+    def foreign_rules(self) -> str | None:
+        """nftables tables beside the legacy ones, which mix badly."""
+        if shutil.which("nft") is None:
+            return None
+        result = _run(["nft", "list", "tables"], check=False)
+        tables = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        return f"nftables tables are loaded too ({', '.join(tables)})" if tables else None
+
+
+BACKENDS = {"nft": NftBackend, "iptables-legacy": LegacyBackend}
+
+
+def backend_for(name: str) -> NftBackend | LegacyBackend:
+    if name not in BACKENDS:
+        raise ApplyError(f"unknown backend '{name}'")
+    return BACKENDS[name]()
 
 
 # --------------------------------------------------------------------------
@@ -196,12 +347,11 @@ def kernel_errors(error: str, artifact: Artifact, ruleset: Path) -> list[str]:
 
 
 class State:
-    """The state directory: lock, saved table, pending confirmation."""
+    """The state directory: lock, saved state, pending confirmation."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
-        self.saved = self.dir / "previous.nft"
-        self.info = self.dir / "previous.json"
+        self.saved = self.dir / "previous.json"
         self.pending = self.dir / "pending.json"
         self.rolled_back = self.dir / "rolled-back.json"
 
@@ -231,10 +381,15 @@ class State:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def write_json(self, path: Path, data: dict) -> None:
-        _write_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    def write(self, path: Path, data: dict) -> None:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        with open(temporary, "w") as handle:
+            handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
 
-    def read_json(self, path: Path) -> dict | None:
+    def read(self, path: Path) -> dict | None:
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
@@ -242,45 +397,39 @@ class State:
         except (OSError, ValueError) as exc:
             raise ApplyError(f"cannot read {path}: {exc}") from None
 
-    def save(self, table: str, listing: str | None) -> None:
-        _write_atomically(self.saved, listing or "")
-        self.write_json(self.info, {"table": table, "existed": listing is not None})
-
-    def restore_script(self) -> tuple[str, str]:
-        """The table name and an nft script that puts the saved state back."""
-        info = self.read_json(self.info)
-        if info is None:
-            raise ApplyError(f"nothing to roll back: no saved state in {self.dir}")
-        table = info["table"]
-        script = f"table inet {table}\ndelete table inet {table}\n"
-        if info["existed"]:
-            script += self.saved.read_text()
-        return table, script
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
 
 # --------------------------------------------------------------------------
 # sysctl
 
 
-def apply_sysctls(conf: Path, report: Report) -> None:
-    """Set what sysctl.conf says where the namespace allows it; say what it refused."""
-    refused = []
+def read_sysctl_conf(conf: Path) -> dict[str, str]:
+    settings = {}
     for line in conf.read_text().splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        key, value = (part.strip() for part in line.split("=", 1))
-        path = Path("/proc/sys") / key.replace(".", "/")
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, value = (part.strip() for part in line.split("=", 1))
+            settings[key] = value
+    return settings
+
+
+def _sysctl_path(key: str) -> Path:
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def current_sysctls(keys: list[str]) -> dict[str, str]:
+    """The present values of `keys`, for rollback; unreadable ones are left out."""
+    values = {}
+    for key in keys:
+        with contextlib.suppress(OSError):
+            values[key] = _sysctl_path(key).read_text().strip()
+    return values
+
+
+def apply_sysctls(settings: dict[str, str], report: Report) -> None:
+    """Set `settings` where the namespace allows it; say in one line what it refused."""
+    refused = []
+    for key, value in settings.items():
         try:
-            path.write_text(value + "\n")
+            _sysctl_path(key).write_text(value + "\n")
         except OSError as exc:
             refused.append(f"{key} ({exc.strerror or exc})")
     if refused:
@@ -296,13 +445,7 @@ def apply_sysctls(conf: Path, report: Report) -> None:
 
 def check(artifact: Artifact) -> None:
     """Have the kernel validate the ruleset without committing it."""
-    ruleset = artifact.path("ruleset.nft")
-    error = Nft().run_file(ruleset, dry_run=True)
-    if error is not None:
-        hint = _permission_hint(error)
-        if hint:
-            raise ApplyError(f"nfc check: {_first_error_line(error)}; {hint}")
-        raise KernelRefused("\n".join(kernel_errors(error, artifact, ruleset)))
+    backend_for(artifact.backend).check(artifact)
 
 
 def apply(
@@ -312,28 +455,28 @@ def apply(
     confirm_seconds: float | None = None,
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
-    """Load the artifact in one transaction after saving the current table."""
-    nft = Nft()
-    ruleset = artifact.path("ruleset.nft")
+    """Load the artifact after saving what it replaces."""
+    backend = backend_for(artifact.backend)
     with state.locked(lock_timeout):
-        pending = state.read_json(state.pending)
-        if pending is None:
+        pending = state.read(state.pending)
+        saved = state.read(state.saved)
+        sysctl = artifact.path("sysctl.conf")
+        settings = read_sysctl_conf(sysctl) if sysctl.exists() else {}
+        if pending is None or saved is None or saved["backend"] != artifact.backend:
             # With a confirmation pending, the saved state is the last
             # confirmed one: keep it, so a rollback goes back to safety.
-            state.save(artifact.table, nft.list_table(artifact.table))
-        error = nft.run_file(ruleset)
-        if error is not None:
-            hint = _permission_hint(error)
-            if hint:
-                raise ApplyError(f"nfc apply: {_first_error_line(error)}; {hint}")
-            raise KernelRefused(
-                "\n".join(kernel_errors(error, artifact, ruleset))
-                + "\nnfc: the previous ruleset is still in force"
-            )
-        report(f"applied {artifact.name} to table inet {artifact.table}")
-        sysctl = artifact.path("sysctl.conf")
-        if sysctl.exists():
-            apply_sysctls(sysctl, report)
+            snapshot = backend.snapshot(artifact)
+            snapshot["sysctl"] = current_sysctls(sorted(settings))
+            state.write(state.saved, snapshot)
+        try:
+            backend.load(artifact)
+        except KernelRefused as exc:
+            raise KernelRefused(f"{exc}\nnfc: the previous ruleset is still in force") from None
+        report(f"applied {artifact.name} ({artifact.backend})")
+        mixed = backend.foreign_rules()
+        if mixed:
+            report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
+        apply_sysctls(settings, report)
         state.rolled_back.unlink(missing_ok=True)
         if confirm_seconds is not None:
             _start_timer(state, confirm_seconds, pending)
@@ -355,7 +498,7 @@ def _start_timer(state: State, seconds: float, previous: dict | None) -> None:
         start_new_session=True,  # survives the deploy's shell and its hangup
         close_fds=True,
     )
-    state.write_json(state.pending, {"token": token, "deadline": deadline, "pid": process.pid})
+    state.write(state.pending, {"token": token, "deadline": deadline, "pid": process.pid})
 
 
 def _stop_timer(pending: dict) -> None:
@@ -363,33 +506,30 @@ def _stop_timer(pending: dict) -> None:
         os.kill(int(pending["pid"]), 15)
 
 
-def restore(state: State, report: Report) -> None:
-    table, script = state.restore_script()
-    with tempfile.NamedTemporaryFile("w", suffix=".nft", prefix="nfc-rollback-") as handle:
-        handle.write(script)
-        handle.flush()
-        error = Nft().run_file(Path(handle.name))
-    if error is not None:
-        raise KernelRefused(
-            f"rollback failed: the kernel refused the saved state: {_first_error_line(error)}"
-        )
+def _restore(state: State, report: Report) -> None:
+    saved = state.read(state.saved)
+    if saved is None:
+        raise ApplyError(f"nothing to roll back: no saved state in {state.dir}")
+    backend = backend_for(saved["backend"])
+    backend.restore(saved)
+    apply_sysctls(saved.get("sysctl", {}), report)
     state.pending.unlink(missing_ok=True)
-    report(f"restored table inet {table} as it was before the last apply")
+    report(f"restored {backend.describe(saved)} as before the last apply")
 
 
 def rollback(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
     with state.locked(lock_timeout):
-        pending = state.read_json(state.pending)
-        restore(state, report)
+        pending = state.read(state.pending)
+        _restore(state, report)
         if pending is not None:
             _stop_timer(pending)
 
 
 def confirm(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
     with state.locked(lock_timeout):
-        pending = state.read_json(state.pending)
+        pending = state.read(state.pending)
         if pending is None:
-            if state.read_json(state.rolled_back) is not None:
+            if state.read(state.rolled_back) is not None:
                 raise KernelRefused("too late: the deadline passed and the previous ruleset was restored")
             raise ApplyError("no apply is waiting for confirmation")
         state.pending.unlink()
@@ -401,8 +541,8 @@ def rollback_timer(state: State, token: str, deadline: float) -> None:
     """The detached process behind `apply --confirm`."""
     time.sleep(max(0.0, deadline - time.time()))
     with state.locked(timeout=LOCK_TIMEOUT * 5):
-        pending = state.read_json(state.pending)
+        pending = state.read(state.pending)
         if pending is None or pending.get("token") != token:
             return  # confirmed, rolled back by hand, or superseded
-        restore(state, lambda _: None)
-        state.write_json(state.rolled_back, {"token": token, "at": time.time()})
+        _restore(state, lambda _: None)
+        state.write(state.rolled_back, {"token": token, "at": time.time()})

@@ -4,6 +4,7 @@ usage, 3 the kernel refused the ruleset."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ EXIT_KERNEL = 3
 EXIT_INTERNAL = 70
 
 SIZE = re.compile(r"(\d+)\s*([KMGT]i?B?|B)?\Z", re.IGNORECASE)
+MIN_MEMORY = 16 * 1024**2
 SIZE_FACTORS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -33,7 +35,10 @@ def memory_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"'{text}' is not a size such as 8G or 8589934592")
     unit = (match[2] or "").lower()[:1]
-    return int(match[1]) * SIZE_FACTORS[unit]
+    size = int(match[1]) * SIZE_FACTORS[unit]
+    if size < MIN_MEMORY:
+        raise argparse.ArgumentTypeError(f"'{text}' is less than 16M, not the RAM of a host")
+    return size
 
 
 def compile_policy(
@@ -46,9 +51,20 @@ def compile_policy(
     return lower(source, target), source.files
 
 
+def _warn_expired(ruleset: Ruleset) -> None:
+    today = dt.date.today()
+    rules = [r for chain in ruleset.chains for r in chain.rules] + list(ruleset.notrack)
+    reported = set()
+    for rule in rules:
+        if rule.expires is not None and rule.expires < today and rule.origin not in reported:
+            reported.add(rule.origin)
+            print(f"{rule.origin}: warning: this rule expired on {rule.expires}", file=sys.stderr)
+
+
 def _compile(args: argparse.Namespace) -> int:
     ruleset, sources = compile_policy(args.policy, args.memory, args.word_bits)
     files = build(ruleset, args.backend, sources)
+    _warn_expired(ruleset)
     if args.stdout:
         rulesets = {n: t for n, t in files.items() if n not in ("manifest.json", "sysctl.conf")}
         for name, text in rulesets.items():
@@ -69,14 +85,14 @@ def _state(args: argparse.Namespace) -> kernel.State:
 
 
 def _check(args: argparse.Namespace) -> int:
-    with kernel.artifact_for(args.target, compile_policy) as artifact:
+    with kernel.artifact_for(args.target, args.backend, compile_policy) as artifact:
         kernel.check(artifact)
     _report(f"the kernel accepts the ruleset of {args.target}")
     return EXIT_OK
 
 
 def _apply(args: argparse.Namespace) -> int:
-    with kernel.artifact_for(args.target, compile_policy) as artifact:
+    with kernel.artifact_for(args.target, args.backend, compile_policy) as artifact:
         kernel.apply(artifact, _state(args), _report, args.confirm, args.lock_timeout)
     return EXIT_OK
 
@@ -106,6 +122,16 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def _backend_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-b",
+        "--backend",
+        choices=sorted(BACKENDS),
+        default="nft",
+        help="backend to compile a POLICY for (an OUTDIR says its own); default nft",
+    )
+
+
 def _state_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--state-dir",
@@ -129,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser("compile", help="compile a policy into an artifact directory")
     compile_.add_argument("policy", metavar="POLICY")
-    compile_.add_argument("-b", "--backend", choices=sorted(BACKENDS), default="nft")
+    _backend_option(compile_)
     compile_.add_argument("-o", "--output", metavar="OUTDIR", default="build")
     compile_.add_argument("--stdout", action="store_true", help="print the ruleset instead of writing OUTDIR")
     compile_.add_argument(
@@ -148,10 +174,12 @@ def parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="have the kernel validate a ruleset without loading it")
     check.add_argument("target", metavar="POLICY|OUTDIR")
+    _backend_option(check)
     check.set_defaults(run=_check)
 
     apply = commands.add_parser("apply", help="load a ruleset in one transaction, saving the old one")
     apply.add_argument("target", metavar="OUTDIR|POLICY", nargs="?", default="build")
+    _backend_option(apply)
     apply.add_argument(
         "--confirm",
         type=positive_seconds,

@@ -165,6 +165,7 @@ class NotrackRule:
     match: Match
     origin: Origin
     comment: str | None = None
+    expires: dt.date | None = None
 
 
 @dataclass(frozen=True)

@@ -452,7 +452,9 @@ def _chain(name: str, node: YNode) -> ChainSection:
     state_node = fields.get("state")
     state = expect_choice(state_node, "'state'", ("auto", "manual")) if state_node else "auto"
     icmp_node = fields.get("icmp")
-    default_icmp = "essential" if name in ("input", "forward") and policy == "drop" else "manual"
+    # Output too: IPv6 neighbour discovery is untracked, so a drop policy
+    # without these accepts would cut the host off its link.
+    default_icmp = "essential" if policy == "drop" else "manual"
     icmp = expect_choice(icmp_node, "'icmp'", ("essential", "manual")) if icmp_node else default_icmp
     rules = _rule_list(fields["rules"], "rules", "rule") if "rules" in fields else ()
     return ChainSection(
@@ -517,7 +519,7 @@ def _defines(node: YNode) -> dict[str, Define]:
             raise PolicyError(
                 key_loc,
                 f"define name '{printable(name)}' is not a valid name",
-                "use letters, digits and '_', starting with a letter, at most 32 characters",
+                "use letters, digits and '_', starting with a letter or '_', at most 32 characters",
             )
         defines[name] = Define(name, key_loc, value)
     return defines
@@ -528,6 +530,7 @@ class _Loading:
     files: list[str] = field(default_factory=list)
     defines: dict[str, Define] = field(default_factory=dict)
     notrack: list[RuleText] = field(default_factory=list)
+    included: set[str] = field(default_factory=set)
 
     def merge_defines(self, new: dict[str, Define]) -> None:
         for name, define in new.items():
@@ -553,6 +556,9 @@ def _includes(node: YNode, path: str, state: _Loading, stack: tuple[str, ...]) -
             raise PolicyError(item.loc, f"include cycle: {printable(shown)} includes itself")
         if len(stack) >= MAX_INCLUDE_DEPTH:
             raise PolicyError(item.loc, f"includes nest deeper than {MAX_INCLUDE_DEPTH} levels")
+        if real in state.included:
+            continue  # one file included from two places counts once
+        state.included.add(real)
         _load_file(shown, state, (*stack, real), include_loc=item.loc)
 
 
@@ -601,7 +607,7 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
             raise PolicyError(
                 fields["table"].loc,
                 f"table name '{printable(table)}' is not valid",
-                "use letters, digits and '_', starting with a letter, at most 32 characters",
+                "use letters, digits and '_', starting with a letter or '_', at most 32 characters",
             )
     main_conntrack = fields["conntrack"].value if "conntrack" in fields else ConntrackSection()
     conntrack = ConntrackSection(

@@ -16,6 +16,7 @@ from nfc import vocab
 from nfc.errors import Loc, PolicyError, did_you_mean
 from nfc.ir import (
     BOTH_FAMILIES,
+    BYTE_UNIT_FACTOR,
     TIME_UNIT_SECONDS,
     Addresses,
     Chain,
@@ -533,8 +534,8 @@ class Lowering:
             parts = lowering.lower_matches()
             origin = text.loc
             for match in lowering.matches(parts, sorted(parts.families, key=lambda f: f.value)):
-                rules.append(NotrackRule("prerouting", match, origin, comment))
-                rules.append(NotrackRule("output", match.mirrored(), origin, comment))
+                rules.append(NotrackRule("prerouting", match, origin, comment, text.expires))
+                rules.append(NotrackRule("output", match.mirrored(), origin, comment, text.expires))
                 if match.sport is not None:
                     answers.append((match, origin, "input"))
                 elif match.dport is not None:
@@ -576,6 +577,7 @@ class Lowering:
             )
         if not 1 <= burst <= MAX_RATE:
             raise PolicyError(node.loc, f"burst {node.burst} is out of range (1-{MAX_RATE})")
+        _check_token_bucket(rate, burst, node.loc)
         size = node.size
         if size is not None and not 1 <= size <= MAX_METER_SIZE:
             raise PolicyError(node.loc, f"meter size {size} is out of range (1-{MAX_METER_SIZE})")
@@ -694,9 +696,13 @@ class Lowering:
             log = Log(prefix, node.log.level)
         comment = self.comment(text, node)
         origin = text.loc
+        limit = node.limit
+        if limit is not None and limit.per is None and limit.name is None and len(matches) > 1:
+            # One rule split in several still has one global bucket.
+            limit = replace(limit, name=f"{chain}_{ordinal}")
         rules = []
         for match in matches:
-            meter = self.meter(node.limit, chain, ordinal, match.family) if node.limit else None
+            meter = self.meter(limit, chain, ordinal, match.family) if limit else None
             rules.append(
                 Rule(
                     match=match,
@@ -748,6 +754,23 @@ class Lowering:
             port_sets=tuple(self.port_sets[n] for n in sorted(self.port_sets)),
             meters=tuple(self.meters[n] for n in sorted(self.meters)),
             sysctls=tuple(self.sysctls()),
+        )
+
+
+def _check_token_bucket(rate: Rate, burst: int, loc: Loc) -> None:
+    """The kernel keeps a limit's bucket in 64-bit nanosecond arithmetic;
+    refuse what would overflow it rather than let the load fail."""
+    unit_ns = TIME_UNIT_SECONDS[rate.time_unit] * 10**9
+    if rate.byte_unit is not None:
+        per_unit = rate.value * BYTE_UNIT_FACTOR[rate.byte_unit]
+        too_big = unit_ns * (per_unit + burst) >= 2**64
+    else:
+        too_big = (unit_ns // rate.value) * burst >= 2**64
+    if too_big:
+        raise PolicyError(
+            loc,
+            "this rate and burst overflow the kernel's token bucket",
+            "use a shorter time unit or a smaller burst",
         )
 
 

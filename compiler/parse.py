@@ -116,6 +116,7 @@ _TERMINAL_WORDS = {
     "PER_KEY": "saddr/daddr",
     "LOG_LEVEL": "a log level",
     "OVER": "over",
+    "NOT": "not",
     "$END": "end of rule",
 }
 
@@ -260,18 +261,11 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def addrs(self, meta: Any, children: list) -> Addrs:
-        return Addrs((children[0],), False, self._loc(meta))
+        negated = isinstance(children[0], Token) and children[0].type == "NOT"
+        items = tuple(c for c in children if isinstance(c, AddrItem))
+        return Addrs(items, negated, self._loc(meta))
 
-    @v_args(meta=True)
-    def addr_set(self, meta: Any, children: list) -> Addrs:
-        return Addrs(tuple(children), False, self._loc(meta))
-
-    @v_args(meta=True)
-    def addr_not(self, meta: Any, children: list) -> Addrs:
-        inner: Addrs = children[0]
-        if inner.negated:
-            raise PolicyError(self._loc(meta), "'not not' is not allowed", "drop both 'not's")
-        return Addrs(inner.items, True, self._loc(meta))
+    addr_set = addrs
 
     def addr_literal(self, children: list) -> AddrItem:
         return AddrItem("literal", str(children[0]), self._loc(children[0]))

@@ -117,7 +117,7 @@ def test_entry_has_no_verdict() -> None:
         ("accept comment 'x'", 16, "unexpected character"),
         ('accept comment "a" comment "b"', 28, "given twice"),
         ("accept counter counter", 16, "given twice"),
-        ("accept from not not 10.0.0.1", 13, "'not not'"),
+        ("accept from not not 10.0.0.1", 17, "unexpected 'not'"),
         ("accept tcp dport 1--2", 20, "unexpected"),
         ("accept log level loud", 18, "unexpected"),
         ("accept ; drop", 8, "unexpected character"),

@@ -13,7 +13,11 @@ def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:
     """`FILE:LINE` for a generated comment, FILE relative to the policy's directory."""
     base = os.path.dirname(ruleset.source)
     path = os.path.relpath(origin.file, base) if base else origin.file
-    label = f"{printable(path, limit)}:{origin.line}"
-    if len(label) > limit:
-        label = f"{printable(os.path.basename(origin.file), limit // 2)}:{origin.line}"
+    line = f":{origin.line}"
+    label = printable(path, limit) + line
+    if len(label.encode()) > limit:
+        name = printable(os.path.basename(origin.file), limit)
+        while len((name + line).encode()) > limit:
+            name = name[1:]
+        label = name + line
     return label

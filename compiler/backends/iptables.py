@@ -64,6 +64,7 @@ def unsupported(origin: Loc, feature: str) -> PolicyError:
 
 
 def generate(ruleset: Ruleset) -> dict[str, str]:
+    _check_global_limits(ruleset)
     return {
         "rules.v4": FamilyFile(ruleset, Family.V4).render(),
         "rules.v6": FamilyFile(ruleset, Family.V6).render(),
@@ -277,6 +278,25 @@ class FamilyFile:
             options += ["--hashlimit-htable-expire", str(meter.timeout * 1000)]
         options += ["--hashlimit-name", _hashlimit_name(meter, rule.origin)]
         return options
+
+
+def _check_global_limits(ruleset: Ruleset) -> None:
+    """A limit without `per` is one bucket; iptables and ip6tables cannot
+    share one, so such a limit must serve a single family."""
+    families: dict[object, set[Family | None]] = {}
+    for chain in ruleset.chains:
+        for rule in chain.rules:
+            meter = rule.meter
+            if meter is None or meter.key is not None:
+                continue
+            seen = families.setdefault(meter.name or id(meter), set())
+            seen.add(rule.match.family)
+            if None in seen or len(seen) > 1:
+                raise unsupported(
+                    rule.origin,
+                    "a limit without 'per' for both IPv4 and IPv6 (iptables keeps a bucket per family; "
+                    "add 'ip' or 'ip6', or give each family its own rule)",
+                )
 
 
 def _network(network: Network) -> str:
