@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from nfc.backends import iptables
 from nfc.backends.nft import render
 from nfc.ir import Ruleset
 from nfc.load import load_policy
@@ -34,3 +35,14 @@ def input_rules(directory: Path, *rules: str, extra: str = "") -> str:
     nft = nft_of(directory, text)
     chain = nft.split("chain input {", 1)[1].split("\n\t}", 1)[0]
     return "\n".join(line.strip() for line in chain.strip().splitlines()[1:])
+
+
+def iptables_of(directory: Path, text: str) -> tuple[str, str]:
+    """rules.v4 and rules.v6 of a policy."""
+    files = iptables.generate(ruleset_of(directory, text))
+    return files["rules.v4"], files["rules.v6"]
+
+
+def input_policy(*rules: str, extra: str = "") -> str:
+    body = "\n".join(f"    - {rule!r}" for rule in rules)
+    return f"nfc: 1\n{extra}\ninput:\n  policy: drop\n  state: manual\n  icmp: manual\n  rules:\n{body}\n"

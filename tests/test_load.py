@@ -74,10 +74,14 @@ def test_include_cycle(tmp_path: Path) -> None:
     assert caught.value.loc.file.endswith("b.yaml")
 
 
-def test_the_same_file_included_twice_is_not_a_cycle(tmp_path: Path) -> None:
-    write_policy(tmp_path, "define: {dns: 53}\n", "inc.yaml")
-    path = write_policy(tmp_path, "nfc: 1\ninclude: [inc.yaml, inc.yaml]\n")
-    assert "dns" in load_policy(path).defines
+def test_a_file_included_twice_counts_once(tmp_path: Path) -> None:
+    write_policy(tmp_path, "define: {dns: 53}\nconntrack: {notrack: [udp dport 53]}\n", "inc.yaml")
+    write_policy(tmp_path, "include: [inc.yaml]\n", "mid.yaml")
+    path = write_policy(tmp_path, "nfc: 1\ninclude: [inc.yaml, mid.yaml]\n")
+    source = load_policy(path)
+    assert "dns" in source.defines
+    assert len(source.conntrack.notrack) == 1
+    assert [Path(f).name for f in source.files] == ["policy.yaml", "inc.yaml", "mid.yaml"]
 
 
 def test_alias_bomb_is_refused(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 from nfc.errors import PolicyError
 from nfc.ir import Family, RuleRole
 
-from helpers import ruleset_of
+from conftest import nft_check
+from helpers import input_policy, nft_of, ruleset_of
 
 HEADER = "nfc: 1\n"
 
@@ -190,3 +191,34 @@ def test_notrack_entries_refuse_state_and_oif(tmp_path: Path) -> None:
     for entry in ("udp dport 53 ct state new", "udp dport 53 oif eth0", "icmp type echo-request"):
         with pytest.raises(PolicyError):
             ruleset_of(tmp_path, HEADER + f"conntrack:\n  notrack: [{entry}]\n")
+
+
+@pytest.mark.parametrize(
+    ("largest", "too_large"),
+    [
+        ("limit 1/day burst 213503", "limit 1/day burst 213504"),
+        ("limit 1 kbytes/hour burst 5123071 bytes", "limit 1 kbytes/hour burst 5123072 bytes"),
+    ],
+)
+def test_token_bucket_bounds_match_the_kernel(tmp_path: Path, largest: str, too_large: str) -> None:
+    """The largest bucket compiles and the kernel takes it; one more is a compile error."""
+    text = nft_of(tmp_path, input_policy(f"accept {largest}"))
+    (tmp_path / "largest.nft").write_text(text)
+    result = nft_check(tmp_path / "largest.nft")
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(PolicyError, match="overflow the kernel's token bucket"):
+        nft_of(tmp_path, input_policy(f"accept {too_large}"))
+
+
+def test_a_global_limit_split_by_family_keeps_one_bucket(tmp_path: Path) -> None:
+    ruleset = ruleset_of(tmp_path, input_policy("accept tcp from {192.0.2.1, 2001:db8::1} limit 5/second"))
+    v4, v6 = ruleset.chains[0].rules
+    assert v4.match.family is Family.V4 and v6.match.family is Family.V6
+    assert v4.meter.name == v6.meter.name == "input_1"
+    assert v4.meter.key is None
+
+
+def test_output_with_policy_drop_keeps_neighbour_discovery(tmp_path: Path) -> None:
+    ruleset = ruleset_of(tmp_path, HEADER + "output: {policy: drop}\n")
+    types = {t for rule in ruleset.chains[0].rules for t in rule.match.icmp_types}
+    assert {"nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit"} <= types

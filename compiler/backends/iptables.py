@@ -59,8 +59,8 @@ ROLE_NOTES = {
 }
 
 
-def unsupported(origin: Loc, feature: str) -> PolicyError:
-    return PolicyError(origin, f"{feature}: the {BACKEND} backend cannot express this exactly")
+def unsupported(origin: Loc, feature: str, hint: str | None = None) -> PolicyError:
+    return PolicyError(origin, f"{feature}: the {BACKEND} backend cannot express this exactly", hint)
 
 
 def generate(ruleset: Ruleset) -> dict[str, str]:
@@ -294,8 +294,8 @@ def _check_global_limits(ruleset: Ruleset) -> None:
             if None in seen or len(seen) > 1:
                 raise unsupported(
                     rule.origin,
-                    "a limit without 'per' for both IPv4 and IPv6 (iptables keeps a bucket per family; "
-                    "add 'ip' or 'ip6', or give each family its own rule)",
+                    "one limit without 'per' for both IPv4 and IPv6",
+                    "iptables keeps a bucket per family: add 'ip' or 'ip6', or write a rule per family",
                 )
 
 
