@@ -33,7 +33,7 @@ DEFAULT_STATE_DIR = "/var/lib/nfc"
 LOCK_TIMEOUT = 60.0
 RULE_ORIGIN = re.compile(r'comment "(?P<file>[^"]+?):(?P<line>\d+)(?::[^"]*)?"')
 NFT_ERROR = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?: Error: (?P<message>.*)$")
-RESTORE_ERROR = re.compile(r"line (?P<line>\d+) failed")
+RESTORE_ERROR = re.compile(r"(?:Error occurred at line: |line )(?P<line>\d+)")
 LEGACY_FILES = {"rules.v4": "iptables-legacy", "rules.v6": "ip6tables-legacy"}
 
 Report = Callable[[str], None]
@@ -279,12 +279,11 @@ class LegacyBackend:
         return _run([tool, "-w", *(["--test"] if test else [])], stdin=text)
 
     def _refused(self, artifact: Artifact, family_file: str, error: str) -> KernelRefused:
+        message = " ".join(line for line in error.splitlines() if line and not line.startswith("Try "))
         found = RESTORE_ERROR.search(error)
         if found is None:
-            return KernelRefused(
-                f"{artifact.path(family_file)}: error: the kernel refused it: {error.strip()}"
-            )
-        return KernelRefused(refusal(artifact, artifact.path(family_file), int(found["line"]), error.strip()))
+            return KernelRefused(f"{artifact.path(family_file)}: error: the kernel refused it: {message}")
+        return KernelRefused(refusal(artifact, artifact.path(family_file), int(found["line"]), message))
 
     def check(self, artifact: Artifact) -> None:
         for family_file in LEGACY_FILES:

@@ -41,6 +41,7 @@ SPREAD6 = [f"fd00:77:1:{i:x}::2" for i in range(1, 201)]  # one per /64
 @dataclass
 class Namespace:
     name: str
+    env: dict[str, str] = field(default_factory=dict)
 
     def run(self, *command: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -48,6 +49,7 @@ class Namespace:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env={**os.environ, **self.env},
         )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} in {self.name}: {result.stderr.strip()}")
@@ -59,6 +61,7 @@ class Namespace:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **self.env},
         )
 
     def nfc(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -86,7 +89,9 @@ class Lab:
     servers: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.server = Namespace(f"nfc-{self.tag}-s")
+        # iptables-legacy's lock is a host file; keep the lab's to itself.
+        lock = {"XTABLES_LOCKFILE": str(self.state_dir.parent / "xtables.lock")}
+        self.server = Namespace(f"nfc-{self.tag}-s", lock)
         self.client_a = Namespace(f"nfc-{self.tag}-a")
         self.client_b = Namespace(f"nfc-{self.tag}-b")
 
@@ -146,8 +151,12 @@ class Lab:
         line = process.stdout.readline()
         assert line.strip() == "ready", process.stderr.read() if process.stderr else line
 
-    def apply(self, target: str | Path, *options: str) -> subprocess.CompletedProcess[str]:
-        return self.server.nfc("apply", str(target), "--state-dir", str(self.state_dir), *options)
+    def apply(
+        self, target: str | Path, *options: str, backend: str = "nft"
+    ) -> subprocess.CompletedProcess[str]:
+        return self.server.nfc(
+            "apply", str(target), "-b", backend, "--state-dir", str(self.state_dir), *options
+        )
 
     def query(self, client: Namespace, server: str, sources: list[str], count: int, **options: float) -> dict:
         args = ["query", "--server", server, "--sources", ",".join(sources), "--count", str(count)]
@@ -189,7 +198,7 @@ def _kill_namespace_processes(name: str) -> None:
 def require_lab() -> None:
     if os.geteuid() != 0:
         missing_prerequisite("the namespace tests need root (ip netns add)")
-    for tool in ("ip", "nft"):
+    for tool in ("ip", "nft", "iptables-legacy-restore", "ip6tables-legacy-restore"):
         if shutil.which(tool) is None:
             missing_prerequisite(f"'{tool}' is not installed (make install sets it up)")
 

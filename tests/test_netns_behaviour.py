@@ -35,39 +35,46 @@ POLICIES = {p.stem: p for p in FLAGSHIP}
 RECURSIVE = POLICIES["dns-recursive"]
 WEB = POLICIES["web-notrack"]
 FLOOD = 2000
+BACKENDS = ["nft", "iptables-legacy"]
+FAMILIES = pytest.mark.parametrize(
+    ("server", "sources"), [(SERVER_A4, SPREAD4), (SERVER_A6, SPREAD6)], ids=["ipv4", "ipv6"]
+)
 
 
-def applied(lab: Lab, policy: Path, *options: str) -> None:
-    result = lab.apply(policy, *options)
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def applied(lab: Lab, policy: Path, *options: str, backend: str = "nft") -> None:
+    result = lab.apply(policy, *options, backend=backend)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(
-    ("server", "sources"), [(SERVER_A4, SPREAD4), (SERVER_A6, SPREAD6)], ids=["ipv4", "ipv6"]
-)
+@FAMILIES
 def test_notrack_keeps_the_conntrack_table_empty_under_a_flood(
-    lab: Lab, server: str, sources: list[str]
+    lab: Lab, backend: str, server: str, sources: list[str]
 ) -> None:
-    applied(lab, RECURSIVE)
+    applied(lab, RECURSIVE, backend=backend)
     lab.start_servers()
     result = lab.query(lab.client_a, server, sources, FLOOD)
     assert result["answered"] >= 0.99 * FLOOD, result
     assert lab.server.conntrack_count() <= 5
 
 
-@pytest.mark.parametrize(
-    ("server", "sources"), [(SERVER_A4, SPREAD4), (SERVER_A6, SPREAD6)], ids=["ipv4", "ipv6"]
-)
-def test_the_same_flood_fills_the_table_without_notrack(lab: Lab, server: str, sources: list[str]) -> None:
-    applied(lab, CONTROL)
+@FAMILIES
+def test_the_same_flood_fills_the_table_without_notrack(
+    lab: Lab, backend: str, server: str, sources: list[str]
+) -> None:
+    applied(lab, CONTROL, backend=backend)
     lab.start_servers()
     result = lab.query(lab.client_a, server, sources, FLOOD)
     assert result["answered"] >= 0.99 * FLOOD, result
     assert lab.server.conntrack_count() >= 1000
 
 
-def test_meter_throttles_an_abusive_client_and_spares_others(lab: Lab) -> None:
-    applied(lab, RECURSIVE)
+def test_meter_throttles_an_abusive_client_and_spares_others(lab: Lab, backend: str) -> None:
+    applied(lab, RECURSIVE, backend=backend)
     lab.start_servers()
     steady = lab.client_b.popen(
         sys.executable, str(ROOT / "tests" / "traffic.py"), "query", "--server", SERVER_B4,
@@ -83,8 +90,8 @@ def test_meter_throttles_an_abusive_client_and_spares_others(lab: Lab) -> None:
     assert json.loads(out.strip().splitlines()[-1])["answered"] == 10
 
 
-def test_ports_sources_and_admin_access(lab: Lab) -> None:
-    applied(lab, RECURSIVE)
+def test_ports_sources_and_admin_access(lab: Lab, backend: str) -> None:
+    applied(lab, RECURSIVE, backend=backend)
     lab.start_servers()
     assert lab.query(lab.client_a, SERVER_A4, [CLIENT_A4], 3)["answered"] == 3
     assert lab.query(lab.client_a, SERVER_A6, [CLIENT_A6], 3)["answered"] == 3
@@ -99,8 +106,8 @@ def test_ports_sources_and_admin_access(lab: Lab) -> None:
     assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 0
 
 
-def test_web_notrack_serves_tcp_80_with_no_conntrack_entry(lab: Lab) -> None:
-    applied(lab, WEB)
+def test_web_notrack_serves_tcp_80_with_no_conntrack_entry(lab: Lab, backend: str) -> None:
+    applied(lab, WEB, backend=backend)
     lab.start_servers()
     assert lab.connects(lab.client_a, SERVER_A4, 80, CLIENT_A4, count=50) == 50
     assert lab.server.conntrack_count() == 0
@@ -147,10 +154,10 @@ def test_check_places_kernel_errors_on_the_policy_line(lab: Lab, tmp_path: Path)
     assert lab.server.nfc("check", str(WEB)).returncode == 0
 
 
-def test_unconfirmed_apply_rolls_back(lab: Lab) -> None:
-    applied(lab, RECURSIVE)
+def test_unconfirmed_apply_rolls_back(lab: Lab, backend: str) -> None:
+    applied(lab, RECURSIVE, backend=backend)
     lab.start_servers()
-    applied(lab, WEB, "--confirm", "2")
+    applied(lab, WEB, "--confirm", "2", backend=backend)
     assert lab.connects(lab.client_a, SERVER_A4, 80, CLIENT_A4) == 1
     assert wait_until(lambda: lab.connects(lab.client_a, SERVER_A4, 80, CLIENT_A4) == 0, timeout=10)
     assert lab.query(lab.client_a, SERVER_A4, [CLIENT_A4], 3)["answered"] == 3
@@ -158,10 +165,10 @@ def test_unconfirmed_apply_rolls_back(lab: Lab) -> None:
     assert late.returncode == 3 and "too late" in late.stderr
 
 
-def test_confirmed_apply_stays(lab: Lab) -> None:
-    applied(lab, RECURSIVE)
+def test_confirmed_apply_stays(lab: Lab, backend: str) -> None:
+    applied(lab, RECURSIVE, backend=backend)
     lab.start_servers()
-    applied(lab, WEB, "--confirm", "2")
+    applied(lab, WEB, "--confirm", "2", backend=backend)
     confirmed = lab.server.nfc("confirm", "--state-dir", str(lab.state_dir))
     assert confirmed.returncode == 0, confirmed.stderr
     time.sleep(3)
@@ -185,6 +192,43 @@ def test_rollback_of_a_first_apply_removes_the_table(lab: Lab) -> None:
     applied(lab, RECURSIVE)
     assert lab.server.nfc("rollback", "--state-dir", str(lab.state_dir)).returncode == 0
     assert "nfc" not in lab.server.nft("list", "tables")
+
+
+def test_legacy_commit_failure_restores_both_tables(lab: Lab, tmp_path: Path) -> None:
+    """iptables-restore --test passes this, but the kernel refuses CT in the
+    filter table at commit, after the raw table is already replaced."""
+    applied(lab, RECURSIVE, backend="iptables-legacy")
+    lab.start_servers()
+    before = lab.server.run("iptables-legacy-save").stdout
+    outdir = tmp_path / "legacy"
+    assert run_nfc("compile", str(WEB), "-b", "iptables-legacy", "-o", str(outdir)).returncode == 0
+    rules = outdir / "rules.v4"
+    rules.write_text(
+        rules.read_text().replace('web, untracked" -j ACCEPT', 'web, untracked" -j CT --notrack')
+    )
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    manifest["artifacts"]["rules.v4"] = hashlib.sha256(rules.read_bytes()).hexdigest()
+    (outdir / "manifest.json").write_text(json.dumps(manifest))
+    result = lab.apply(outdir)
+    assert result.returncode == 3, result.stderr
+    assert "still in force" in result.stderr
+    after = lab.server.run("iptables-legacy-save").stdout
+    assert _without_comments(after) == _without_comments(before)
+    assert lab.query(lab.client_a, SERVER_A4, [CLIENT_A4], 3)["answered"] == 3
+    assert lab.connects(lab.client_a, SERVER_A4, 80, CLIENT_A4) == 0
+
+
+def _without_comments(dump: str) -> list[str]:
+    return [line for line in dump.splitlines() if not line.startswith("#")]
+
+
+def test_applying_beside_the_other_backend_warns(lab: Lab) -> None:
+    applied(lab, RECURSIVE)
+    result = lab.apply(WEB, backend="iptables-legacy")
+    assert result.returncode == 0, result.stderr
+    assert "warning: nftables tables are loaded too (table inet nfc)" in result.stdout
+    again = lab.apply(RECURSIVE)
+    assert "warning: iptables-legacy" in again.stdout
 
 
 def test_concurrent_applies_are_serialised(lab: Lab) -> None:
