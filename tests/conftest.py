@@ -82,4 +82,4 @@ def run_nfc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
-from lab import lab  # noqa: E402, F401 - the namespace lab fixture
+from lab import lab, make_lab  # noqa: E402, F401 - the namespace lab fixtures

@@ -33,6 +33,7 @@ SERVER_A6, CLIENT_A6 = "fd00:77:1::1", "fd00:77:1::2"
 SERVER_B6, CLIENT_B6 = "fd00:77:2::1", "fd00:77:2::2"
 ADMIN4 = "192.0.2.10"  # the flagship policies' $admins, on client B
 OUTSIDER4 = "198.51.100.7"  # not in $internal, on client A
+OUTSIDER6 = "2001:db8:77::7"
 # Many client addresses on A, so that a flood looks like many real clients.
 SPREAD4 = [f"10.77.1.{i}" for i in range(10, 210)]
 SPREAD6 = [f"fd00:77:1:{i:x}::2" for i in range(1, 201)]  # one per /64
@@ -100,6 +101,7 @@ class Lab:
         return [self.server, self.client_a, self.client_b]
 
     def build(self) -> None:
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         for ns in self.namespaces:
             _ip("netns", "add", ns.name)
             ns.run("ip", "link", "set", "lo", "up")
@@ -118,7 +120,7 @@ class Lab:
                 ns.run("ip", "addr", "add", f"{v4}/24", "dev", dev)
                 ns.run("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
                 ns.run("ip", "link", "set", dev, "up")
-        self._extra_addresses(self.client_a, "eth-a", [OUTSIDER4, *SPREAD4], SPREAD6)
+        self._extra_addresses(self.client_a, "eth-a", [OUTSIDER4, *SPREAD4], [OUTSIDER6, *SPREAD6])
         self._extra_addresses(self.client_b, "eth-b", [ADMIN4], [])
 
     def _extra_addresses(self, client: Namespace, server_dev: str, v4: list[str], v6: list[str]) -> None:
@@ -128,6 +130,9 @@ class Lab:
         server_routes = [f"route add {a}/32 dev {server_dev}" for a in v4 if not a.startswith("10.77.")]
         if v6:
             server_routes.append(f"route add fd00:77:1::/48 dev {server_dev}")
+            server_routes += [
+                f"route add {a}/128 dev {server_dev}" for a in v6 if not a.startswith("fd00:77:")
+            ]
         _batch(self.server, server_routes)
         client.run("ip", "route", "add", "default", "dev", "eth0")
         client.run("ip", "-6", "route", "add", "default", "dev", "eth0")
@@ -163,6 +168,10 @@ class Lab:
         for key, value in options.items():
             args += [f"--{key}", str(value)]
         return client.traffic(*args)
+
+    def probe(self, client: Namespace, probes: list[dict], timeout: float = 1.0) -> list[str]:
+        result = client.run(sys.executable, TRAFFIC, "probe", json.dumps(probes), "--timeout", str(timeout))
+        return json.loads(result.stdout.strip().splitlines()[-1])
 
     def connects(self, client: Namespace, server: str, port: int, source: str, count: int = 1) -> int:
         result = client.traffic(
@@ -204,15 +213,28 @@ def require_lab() -> None:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """A fresh server/client/client lab, removed afterwards whatever happens."""
+def make_lab(tmp_path: Path) -> Iterator[Callable[[], Lab]]:
+    """Builds fresh server/client/client labs, all removed afterwards whatever happens."""
     require_lab()
-    built = Lab(secrets.token_hex(3), tmp_path / "state")
+    built: list[Lab] = []
+
+    def make() -> Lab:
+        new = Lab(secrets.token_hex(3), tmp_path / f"lab{len(built)}" / "state")
+        built.append(new)
+        new.build()
+        return new
+
     try:
-        built.build()
-        yield built
+        yield make
     finally:
-        built.teardown()
+        for each in built:
+            each.teardown()
+
+
+@pytest.fixture
+def lab(make_lab: Callable[[], Lab]) -> Lab:
+    """A fresh server/client/client lab."""
+    return make_lab()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:

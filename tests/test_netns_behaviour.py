@@ -260,3 +260,10 @@ def test_apply_reports_what_sysctl_refused_and_goes_on(lab: Lab) -> None:
     assert "nf_conntrack_udp_timeout" not in result.stdout
     timeout = lab.server.run("cat", "/proc/sys/net/netfilter/nf_conntrack_udp_timeout").stdout
     assert timeout.strip() == "10"
+
+
+def test_a_full_meter_fails_closed(lab: Lab, backend: str) -> None:
+    applied(lab, ROOT / "tests" / "policies" / "control-meter-full.yaml", backend=backend)
+    lab.start_servers()
+    result = lab.query(lab.client_a, SERVER_A4, SPREAD4[:10], 10, window=10)
+    assert result["answered"] == 4, result

@@ -150,6 +150,47 @@ def connect(args: argparse.Namespace) -> None:
     print(json.dumps({"attempts": args.count, "connected": ok}), flush=True)
 
 
+def probe(args: argparse.Namespace) -> None:
+    """Send one packet or connection attempt per probe, all at once, and say
+    what became of each: accept (answered), reject (refused) or drop."""
+    probes = json.loads(args.probes)
+    selector = selectors.DefaultSelector()
+    verdicts = ["drop"] * len(probes)
+    for index, item in enumerate(probes):
+        family = _family(item["server"])
+        if item["proto"] == "udp":
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((item["source"], 0))
+            sock.connect((item["server"], item["port"]))
+            sock.send(dns_query(index + 1))
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ, index)
+        else:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.bind((item["source"], 0))
+            sock.setblocking(False)
+            sock.connect_ex((item["server"], item["port"]))
+            selector.register(sock, selectors.EVENT_WRITE, index)
+    deadline = time.monotonic() + args.timeout
+    while selector.get_map() and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
+            sock, index = key.fileobj, key.data
+            selector.unregister(sock)
+            if sock.type == socket.SOCK_DGRAM:
+                try:
+                    sock.recv(4096)
+                    verdicts[index] = "accept"
+                except ConnectionRefusedError:
+                    verdicts[index] = "reject"
+                except OSError:
+                    pass
+            else:
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                verdicts[index] = "accept" if error == 0 else "reject" if error == 111 else "drop"
+            sock.close()
+    print(json.dumps(verdicts), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
@@ -171,8 +212,11 @@ def main() -> None:
     tcp.add_argument("--source", required=True)
     tcp.add_argument("--count", type=int, default=1)
     tcp.add_argument("--timeout", type=float, default=1.5)
+    many = commands.add_parser("probe")
+    many.add_argument("probes", help='JSON list of {"proto", "server", "port", "source"}')
+    many.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args()
-    {"serve": serve, "query": query, "connect": connect}[args.command](args)
+    {"serve": serve, "query": query, "connect": connect, "probe": probe}[args.command](args)
 
 
 if __name__ == "__main__":

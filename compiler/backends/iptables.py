@@ -267,8 +267,8 @@ class FamilyFile:
                 f"{direction}ip",
                 f"--hashlimit-{direction}mask",
                 str(meter.prefix_len),
-                "--hashlimit-htable-size",
-                str(max(16, meter.size // 4)),
+                "--hashlimit-htable-size",  # buckets; the kernel raises max to at least this
+                str(min(meter.size, max(16, meter.size // 4))),
                 "--hashlimit-htable-max",
                 str(meter.size),
                 "--hashlimit-htable-expire",
