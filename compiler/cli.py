@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 
-from nfc import __version__
+from nfc import __version__, explain
 from nfc import apply as kernel
 from nfc.artifacts import ArtifactError, build, write
 from nfc.backends import BACKENDS
@@ -82,6 +83,21 @@ def _report(line: str) -> None:
 
 def _state(args: argparse.Namespace) -> kernel.State:
     return kernel.State(args.state_dir or os.environ.get("NFC_STATE_DIR") or kernel.DEFAULT_STATE_DIR)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    ruleset, _ = compile_policy(args.policy)
+    try:
+        packet = explain.parse_packet(args.packet)
+    except explain.PacketError as exc:
+        print(f"<packet>:1:{exc.column}: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    result = explain.explain(ruleset, packet, over_limit=args.over_limit)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print("\n".join(result.lines()))
+    return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -171,6 +187,17 @@ def parser() -> argparse.ArgumentParser:
         help="word size of the target host for 'conntrack.max: auto' (default: this host's)",
     )
     compile_.set_defaults(run=_compile)
+
+    explain_ = commands.add_parser("explain", help="show which rule decides a packet")
+    explain_.add_argument("policy", metavar="POLICY")
+    explain_.add_argument(
+        "packet", metavar="PACKET", help="e.g. 'udp 198.51.100.7:5353 > 192.0.2.1:53 iif eth0'"
+    )
+    explain_.add_argument("--json", action="store_true", help="machine-readable output")
+    explain_.add_argument(
+        "--over-limit", action="store_true", help="assume the sender is over every limit (default: within)"
+    )
+    explain_.set_defaults(run=_explain)
 
     check = commands.add_parser("check", help="have the kernel validate a ruleset without loading it")
     check.add_argument("target", metavar="POLICY|OUTDIR")

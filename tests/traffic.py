@@ -160,14 +160,15 @@ def probe(args: argparse.Namespace) -> None:
         family = _family(item["server"])
         if item["proto"] == "udp":
             sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.bind((item["source"], 0))
+            sock.bind((item["source"], item.get("sport", 0)))
             sock.connect((item["server"], item["port"]))
             sock.send(dns_query(index + 1))
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ, index)
         else:
             sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.bind((item["source"], 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((item["source"], item.get("sport", 0)))
             sock.setblocking(False)
             sock.connect_ex((item["server"], item["port"]))
             selector.register(sock, selectors.EVENT_WRITE, index)

@@ -1,0 +1,286 @@
+"""nfc's executable semantics: walk a packet through the IR exactly as the
+kernel walks the generated ruleset — the raw-priority notrack chain first,
+then the filter chain of its direction, then that chain's policy.
+
+Meters are the one thing a single packet cannot decide: explain assumes
+the sender is within every limit (or over all of them, with `over_limit`)
+and names each meter the packet passes through."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from nfc import vocab
+from nfc.errors import Loc
+from nfc.ir import Addresses, Family, Match, Meter, Ports, Rule, RuleRole, Ruleset
+
+DIRECTIONS = {"in": ("prerouting", "input"), "fwd": ("prerouting", "forward"), "out": ("output", "output")}
+
+
+class PacketError(Exception):
+    """A packet description that cannot be read; exit code 2."""
+
+    def __init__(self, column: int, message: str) -> None:
+        super().__init__(message)
+        self.column = column
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Packet:
+    family: Family
+    protocol: str
+    saddr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    daddr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    sport: int | None = None
+    dport: int | None = None
+    iif: str | None = None
+    oif: str | None = None
+    ct: str | None = None  # as the user says; None: new unless untracked
+    direction: str = "in"
+    icmp_type: str | None = None
+
+    def describe(self) -> str:
+        def endpoint(address: object, port: int | None) -> str:
+            text = f"[{address}]" if self.family is Family.V6 and port is not None else str(address)
+            return f"{text}:{port}" if port is not None else text
+
+        words = [self.protocol, endpoint(self.saddr, self.sport), ">", endpoint(self.daddr, self.dport)]
+        for key, value in (("type", self.icmp_type), ("iif", self.iif), ("oif", self.oif), ("ct", self.ct)):
+            if value is not None:
+                words += [key, value]
+        return " ".join([*words, "dir", self.direction])
+
+
+def _endpoint(word: str, column: int) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]:
+    if word.startswith("["):
+        host, _, rest = word[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and port_text is None:
+            raise PacketError(column, f"'{word}' is not ADDRESS, ADDRESS:PORT or [IPV6]:PORT")
+    elif word.count(":") == 1:
+        host, port_text = word.split(":")
+    else:
+        host, port_text = word, None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise PacketError(column, f"'{host}' is not an IP address") from None
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise PacketError(column, f"'{port_text}' is not a port (1-65535)")
+        port = int(port_text)
+    return address, port
+
+
+def parse_packet(text: str) -> Packet:
+    """`PROTO SRC[:PORT] > DST[:PORT] [type T] [iif N] [oif N] [ct STATE] [dir in|out|fwd]`."""
+    words: list[tuple[str, int]] = []
+    for found in re.finditer(r"\S+", text):
+        words.append((found.group(), found.start() + 1))
+    if len(words) < 4 or words[2][0] != ">":
+        raise PacketError(1, "a packet is written PROTO SRC[:PORT] > DST[:PORT] ..., e.g. "
+                          "'udp 198.51.100.7:5353 > 192.0.2.1:53 iif eth0'")  # fmt: skip
+    protocol, column = words[0]
+    if protocol.isdigit():
+        numbers = {number: name for name, number in vocab.PROTOCOLS.items()}
+        protocol = numbers.get(int(protocol), protocol)
+    elif protocol not in vocab.PROTOCOLS:
+        raise PacketError(column, f"unknown protocol '{protocol}'")
+    saddr, sport = _endpoint(*words[1])
+    daddr, dport = _endpoint(*words[3])
+    if saddr.version != daddr.version:
+        raise PacketError(words[3][1], "source and destination are of different IP versions")
+    has_ports = protocol in vocab.PORT_PROTOCOLS
+    if (sport is not None or dport is not None) and not has_ports:
+        raise PacketError(words[1][1], f"'{protocol}' has no ports")
+    options: dict[str, str] = {}
+    rest = words[4:]
+    if len(rest) % 2:
+        raise PacketError(rest[-1][1], f"'{rest[-1][0]}' needs a value")
+    for (key, column), (value, value_column) in zip(rest[::2], rest[1::2], strict=True):
+        if key not in ("iif", "oif", "ct", "dir", "type"):
+            raise PacketError(column, f"unknown word '{key}': expected iif, oif, ct, dir or type")
+        if key in options:
+            raise PacketError(column, f"'{key}' is given twice")
+        if key == "ct" and value not in vocab.CT_STATES:
+            raise PacketError(value_column, f"unknown connection state '{value}'")
+        if key == "dir" and value not in DIRECTIONS:
+            raise PacketError(value_column, "dir is in, out or fwd")
+        options[key] = value
+    family = Family.V4 if saddr.version == 4 else Family.V6
+    icmp_type = options.get("type")
+    if icmp_type is not None:
+        types = vocab.ICMP_TYPES if protocol == "icmp" else vocab.ICMPV6_TYPES if protocol == "icmpv6" else {}
+        if icmp_type not in types:
+            raise PacketError(1, f"'{icmp_type}' is not a type of '{protocol}'")
+    wrong_family = {"icmp": Family.V6, "icmpv6": Family.V4}.get(protocol)
+    if family is wrong_family:
+        raise PacketError(1, f"'{protocol}' does not travel over {'IPv6' if family is Family.V6 else 'IPv4'}")
+    return Packet(
+        family=family,
+        protocol=protocol,
+        saddr=saddr,
+        daddr=daddr,
+        sport=sport if has_ports else None,
+        dport=dport if has_ports else None,
+        iif=options.get("iif"),
+        oif=options.get("oif"),
+        ct=options.get("ct"),
+        direction=options.get("dir", "in"),
+        icmp_type=icmp_type,
+    )
+
+
+# --------------------------------------------------------------------------
+# matching
+
+
+def _ports_match(ports: Ports | None, port: int | None) -> bool:
+    if ports is None:
+        return True
+    return port is not None and any(low <= port <= high for low, high in ports.ranges)
+
+
+def _addresses_match(
+    addresses: Addresses | None, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> bool:
+    if addresses is None:
+        return True
+    if addresses.family.value != ("ipv4" if address.version == 4 else "ipv6"):
+        return False
+    inside = any(address in network for network in addresses.networks)
+    return inside != addresses.negated
+
+
+def _interface_match(pattern: str | None, name: str | None) -> bool:
+    if pattern is None:
+        return True
+    return name is not None and fnmatch.fnmatchcase(name, pattern)
+
+
+def matches(match: Match, packet: Packet, ct: str | None) -> bool:
+    """Whether `packet`, in connection state `ct`, matches `match`."""
+    if match.family is not None and match.family is not packet.family:
+        return False
+    if match.protocol is not None and match.protocol != packet.protocol:
+        return False
+    if match.icmp_types and packet.icmp_type not in match.icmp_types:
+        return False
+    if match.ct_state and ct not in match.ct_state:
+        return False
+    return (
+        _ports_match(match.sport, packet.sport)
+        and _ports_match(match.dport, packet.dport)
+        and _addresses_match(match.saddr, packet.saddr)
+        and _addresses_match(match.daddr, packet.daddr)
+        and _interface_match(match.iifname, packet.iif)
+        and _interface_match(match.oifname, packet.oif)
+    )
+
+
+# --------------------------------------------------------------------------
+# the walk
+
+
+@dataclass(frozen=True)
+class MeterStep:
+    meter: Meter
+    origin: Loc
+    matched: bool  # whether the rule matched under the assumption made
+
+
+@dataclass
+class Explanation:
+    packet: Packet
+    untracked_by: Loc | None = None
+    ct: str | None = None
+    chain: str | None = None
+    verdict: str = "accept"  # accept | drop | reject
+    rule: Rule | None = None  # None: the chain's policy (or no chain)
+    policy_origin: str | None = None
+    meters: list[MeterStep] = field(default_factory=list)
+    over_limit: bool = False
+
+    def to_json(self) -> dict:
+        rule = self.rule
+        return {
+            "packet": self.packet.describe(),
+            "untracked": self.untracked_by is not None,
+            "notrack_entry": str(self.untracked_by) if self.untracked_by else None,
+            "ct_state": self.ct,
+            "chain": self.chain,
+            "verdict": self.verdict,
+            "decided_by": (
+                {"file": rule.origin.file, "line": rule.origin.line, "role": rule.role.value}
+                if rule
+                else {"chain_policy": self.chain}
+            ),
+            "meters": [
+                {
+                    "name": step.meter.name,
+                    "file": step.origin.file,
+                    "line": step.origin.line,
+                    "rule_matched": step.matched,
+                }
+                for step in self.meters
+            ],
+            "assumed": "over every limit" if self.over_limit else "within every limit",
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"packet: {self.packet.describe()}"]
+        if self.untracked_by:
+            out.append(f"{self.untracked_by}: untracked by this notrack entry (ct state untracked)")
+        else:
+            out.append(f"connection state: {self.ct}")
+        for step in self.meters:
+            meter = step.meter
+            name = f"meter {meter.name}" if meter.name else "a limit"
+            key = f" per {meter.key}/{meter.prefix_len}" if meter.key else ""
+            over = "over " if meter.over else ""
+            rate = f"{over}{meter.rate.value}/{meter.rate.time_unit} burst {meter.burst}"
+            effect = "the rule matches" if step.matched else "the rule does not match"
+            assumed = "over the limit" if self.over_limit else "within the limit"
+            out.append(f"{step.origin}: passes {name} ({rate}{key}): {assumed}, {effect}")
+        if self.chain is None:
+            out.append(f"verdict: {self.verdict.upper()}: no {DIRECTIONS[self.packet.direction][1]} chain")
+        elif self.rule is None:
+            out.append(f"verdict: {self.verdict.upper()} by the policy of chain {self.chain}")
+        else:
+            role = "" if self.rule.role is RuleRole.USER else f" ({self.rule.role.value})"
+            out.append(f"{self.rule.origin}: verdict: {self.verdict.upper()} in chain {self.chain}{role}")
+        return out
+
+
+def explain(ruleset: Ruleset, packet: Packet, over_limit: bool = False) -> Explanation:
+    hook, chain_name = DIRECTIONS[packet.direction]
+    result = Explanation(packet, over_limit=over_limit)
+    for entry in ruleset.notrack:
+        if entry.hook == hook and matches(entry.match, packet, None):
+            result.untracked_by = entry.origin
+            break
+    result.ct = "untracked" if result.untracked_by else (packet.ct or "new")
+    chain = next((c for c in ruleset.chains if c.name == chain_name), None)
+    if chain is None:
+        return result  # no base chain at this hook: the kernel accepts
+    result.chain = chain.name
+    for rule in chain.rules:
+        if not matches(rule.match, packet, result.ct):
+            continue
+        if rule.meter is not None:
+            # Within the limit a `limit over` rule does not match, a plain
+            # `limit` rule does; over the limit the reverse.
+            matched = rule.meter.over == over_limit
+            result.meters.append(MeterStep(rule.meter, rule.origin, matched))
+            if not matched:
+                continue
+        result.verdict = rule.verdict.kind
+        result.rule = rule
+        return result
+    result.verdict = chain.policy
+    return result
