@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from nfc import __version__, explain
+from nfc import __version__, explain, lint
 from nfc import apply as kernel
 from nfc.artifacts import ArtifactError, build, write
 from nfc.backends import BACKENDS
@@ -83,6 +83,22 @@ def _report(line: str) -> None:
 
 def _state(args: argparse.Namespace) -> kernel.State:
     return kernel.State(args.state_dir or os.environ.get("NFC_STATE_DIR") or kernel.DEFAULT_STATE_DIR)
+
+
+def _lint(args: argparse.Namespace) -> int:
+    findings = []
+    for policy in args.policies:
+        ruleset, _ = compile_policy(policy)
+        findings += lint.lint(ruleset, today=args.today, management_port=args.management_port)
+    sys.stdout.write(lint.render(findings, args.format))
+    return EXIT_FINDINGS if any(f.severity == "error" for f in findings) else EXIT_OK
+
+
+def iso_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date written YYYY-MM-DD") from None
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -187,6 +203,15 @@ def parser() -> argparse.ArgumentParser:
         help="word size of the target host for 'conntrack.max: auto' (default: this host's)",
     )
     compile_.set_defaults(run=_compile)
+
+    lint_ = commands.add_parser("lint", help="static checks with stable codes; exit 1 on any error")
+    lint_.add_argument("policies", metavar="POLICY", nargs="+")
+    lint_.add_argument("--format", choices=("text", "json", "github", "sarif"), default="text")
+    lint_.add_argument("--today", type=iso_date, help="the date expiry is judged against (default: today)")
+    lint_.add_argument(
+        "--management-port", type=int, default=22, metavar="PORT", help="port whose absence is a lockout risk"
+    )
+    lint_.set_defaults(run=_lint)
 
     explain_ = commands.add_parser("explain", help="show which rule decides a packet")
     explain_.add_argument("policy", metavar="POLICY")

@@ -121,6 +121,7 @@ class Meter:
     size: int | None = None
     timeout: int = 1  # seconds without packets before a bucket may be forgotten
     origin: Origin | None = None
+    defaulted: tuple[str, ...] = ()  # parameters the policy left to defaults, for lint
 
 
 @dataclass(frozen=True)

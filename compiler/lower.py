@@ -621,6 +621,11 @@ class Lowering:
             size=(size or DEFAULT_METER_SIZE) if node.per else None,
             timeout=timeout,
             origin=node.loc,
+            defaulted=tuple(
+                name
+                for name, given in (("ipv4 mask", node.v4_mask), ("ipv6 mask", node.v6_mask), ("size", size))
+                if node.per and given is None
+            ),
         )
         if name is not None:
             object_name = f"{name}_{family.suffix}" if node.per and family else f"{name}_limit"

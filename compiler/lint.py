@@ -1,0 +1,521 @@
+"""Static checks of a policy, each a small function with a stable code.
+
+A check receives the compiled policy and yields findings; it reasons over
+the IR's match space (nfc.space), so reordering or rewording that changes
+no packet's fate changes no finding."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from nfc import __version__
+from nfc.errors import Loc
+from nfc.ir import Chain, Family, Match, NotrackRule, Ports, Rule, RuleRole, Ruleset
+from nfc.space import Cube, Space, minus, overlap
+
+SEVERITIES = ("error", "warning", "note")
+SENSITIVE_PORTS = {
+    22: "ssh",
+    23: "telnet",
+    445: "smb",
+    2375: "docker",
+    3306: "mysql",
+    3389: "rdp",
+    5432: "postgresql",
+    5900: "vnc",
+    6379: "redis",
+    9200: "elasticsearch",
+    11211: "memcache",
+    27017: "mongodb",
+}
+HIGH_RATE_UDP = {53: "DNS", 123: "NTP", 514: "syslog"}
+SOON = dt.timedelta(days=14)
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: str
+    message: str
+    loc: Loc
+    hint: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "file": self.loc.file,
+            "line": self.loc.line,
+            "col": self.loc.col,
+            "hint": self.hint,
+        }
+
+
+@dataclass(frozen=True)
+class Context:
+    ruleset: Ruleset
+    space: Space
+    today: dt.date
+    management_port: int
+
+    def chain(self, name: str) -> Chain | None:
+        return next((c for c in self.ruleset.chains if c.name == name), None)
+
+    def user_rules(self, chain: Chain) -> list[Rule]:
+        return [r for r in chain.rules if r.role is RuleRole.USER]
+
+    def entries(self, hook: str) -> list[NotrackRule]:
+        return [n for n in self.ruleset.notrack if n.hook == hook]
+
+
+@dataclass(frozen=True)
+class Check:
+    code: str
+    name: str
+    severity: str
+    rationale: str
+    run: Callable[[Context], Iterator[tuple[Loc, str, str | None]]]
+
+
+CHECKS: list[Check] = []
+
+
+def check(code: str, name: str, severity: str, rationale: str) -> Callable:
+    def register(function: Callable[[Context], Iterator[tuple[Loc, str, str | None]]]) -> Callable:
+        CHECKS.append(Check(code, name, severity, rationale, function))
+        return function
+
+    return register
+
+
+def _ports_text(ports: Ports) -> str:
+    parts = [str(low) if low == high else f"{low}-{high}" for low, high in ports.ranges]
+    return parts[0] if len(parts) == 1 else "{" + ", ".join(parts) + "}"
+
+
+def _accepts(rule: Rule) -> bool:
+    return rule.verdict.kind == "accept"
+
+
+def _terminal(rule: Rule) -> bool:
+    """Decides every packet it matches (a meter decides only some)."""
+    return rule.meter is None
+
+
+# ---------------------------------------------------------------------------
+# conntrack
+
+
+@check(
+    "NFC001",
+    "stateful-udp-service",
+    "warning",
+    "Every UDP query served statefully takes a conntrack entry: the seeds' 'table full' failure.",
+)
+def stateful_udp_service(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    chain = ctx.chain("input")
+    if chain is None:
+        return
+    untracked = [c for entry in ctx.entries("prerouting") for c in ctx.space.cubes(entry.match)]
+    for rule in ctx.user_rules(chain):
+        match = rule.match
+        if not _accepts(rule) or match.protocol != "udp" or match.dport is None:
+            continue
+        tracked = minus(ctx.space.cubes(match, ct=ctx.space.ct_states), untracked)
+        if tracked:
+            ports = _ports_text(match.dport)
+            known = [
+                name
+                for port, name in HIGH_RATE_UDP.items()
+                if any(lo <= port <= hi for lo, hi in match.dport.ranges)
+            ]
+            what = f"{', '.join(known)} (udp {ports})" if known else f"udp dport {ports}"
+            yield (
+                rule.origin,
+                f"{what} is accepted with connection tracking: each query costs a conntrack entry",
+                f"untrack it in both directions: add '- udp dport {ports}' under conntrack.notrack",
+            )
+
+
+@check(
+    "NFC010",
+    "untracked-requests-dropped",
+    "error",
+    "Untracked requests need an accept of their own; otherwise the policy drops the service.",
+)
+def untracked_requests_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    chain = ctx.chain("input")
+    if chain is None or chain.policy != "drop":
+        return
+    for entry in ctx.entries("prerouting"):
+        if entry.match.dport is None or entry.match.sport is not None:
+            continue  # only served entries bring requests
+        requests = ctx.space.cubes(entry.match, ct=["untracked"])
+        if not any(_accepts(r) and overlap(requests, ctx.space.cubes(r.match)) for r in chain.rules):
+            yield (
+                entry.origin,
+                "no input rule accepts the requests this entry untracks: the policy drops them all",
+                "add an accept rule for them, e.g. 'accept udp dport ...' with its from restriction",
+            )
+
+
+@check(
+    "NFC011",
+    "untracked-answers-dropped",
+    "error",
+    "With state: manual nothing accepts untracked answers unless a rule does.",
+)
+def untracked_answers_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for entry in ctx.entries("prerouting"):
+        match = entry.match
+        if match.sport is not None:
+            chain_name, answers = "input", match
+        elif match.dport is not None:
+            chain_name, answers = "output", match.mirrored()
+        else:
+            continue
+        chain = ctx.chain(chain_name)
+        if chain is None or chain.policy != "drop":
+            continue
+        cubes = ctx.space.cubes(answers, ct=["untracked"])
+        if not any(_accepts(r) and overlap(cubes, ctx.space.cubes(r.match)) for r in chain.rules):
+            yield (
+                entry.origin,
+                f"the answers of this entry arrive untracked in {chain_name}, where nothing accepts them",
+                f"use state: auto in {chain_name}, or accept them with 'ct state untracked' "
+                "and the entry's ports",
+            )
+
+
+@check(
+    "NFC012",
+    "blanket-untracked-accept",
+    "error",
+    "A broad 'ct state untracked accept' ahead of meters or source checks lets requests bypass them.",
+)
+def blanket_untracked_accept(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for chain in ctx.ruleset.chains:
+        rules = ctx.user_rules(chain)
+        for index, rule in enumerate(rules):
+            if not _accepts(rule) or "untracked" not in rule.match.ct_state:
+                continue
+            mine = ctx.space.cubes(rule.match)
+            for later in rules[index + 1 :]:
+                guarded = later.meter is not None or later.match.saddr is not None
+                if guarded and overlap(mine, ctx.space.cubes(later.match, ct=["untracked"])):
+                    what = "meter" if later.meter is not None else "source restriction"
+                    yield (
+                        rule.origin,
+                        f"accepts untracked packets before the {what} at line {later.origin.line}, "
+                        "which they bypass",
+                        "drop this rule: state: auto accepts only the untracked answers",
+                    )
+                    break
+
+
+@check(
+    "NFC013",
+    "unrestricted-backending-entry",
+    "warning",
+    "A 'sport' entry without 'from' or 'dport' makes its answers acceptable to any local port.",
+)
+def unrestricted_backending_entry(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for entry in ctx.entries("prerouting"):
+        match = entry.match
+        if match.sport is not None and match.dport is None and match.saddr is None:
+            yield (
+                entry.origin,
+                f"any packet from {match.protocol or 'any protocol'} port {_ports_text(match.sport)} is "
+                "accepted as an answer, to any local port, from anywhere",
+                "restrict it: 'dport 1024-65535' (the ephemeral ports) or 'from $upstream_servers'",
+            )
+
+
+@check(
+    "NFC020",
+    "notrack-needs-conntrack",
+    "warning",
+    "A rule that needs connection state cannot match packets that bypass connection tracking.",
+)
+def notrack_needs_conntrack(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    hooks = {"input": "prerouting", "forward": "prerouting", "output": "output"}
+    for chain in ctx.ruleset.chains:
+        untracked = [c for e in ctx.entries(hooks[chain.name]) for c in ctx.space.cubes(e.match)]
+        for rule in ctx.user_rules(chain):
+            states = set(rule.match.ct_state)
+            if not states or not states <= {"established", "related", "new"}:
+                continue
+            if overlap(ctx.space.cubes(rule.match, ct=ctx.space.ct_states), untracked):
+                yield (
+                    rule.origin,
+                    f"matches ct state {','.join(rule.match.ct_state)}, but a notrack entry makes some of "
+                    "these packets untracked: for them this rule never matches",
+                    "add 'untracked' to the states, or narrow the notrack entry",
+                )
+
+
+# ---------------------------------------------------------------------------
+# reachability
+
+
+def _coverage(ctx: Context, chain: Chain) -> Iterator[tuple[Rule, list[Cube], list[Rule]]]:
+    """Each user rule, the part of its packets earlier rules leave to it, and
+    the earlier terminal rules that take the rest."""
+    earlier: list[tuple[Rule, list[Cube]]] = []
+    for rule in chain.rules:
+        cubes = ctx.space.cubes(rule.match)
+        remaining = cubes
+        takers = []
+        for other, other_cubes in earlier:
+            if overlap(remaining, other_cubes):
+                takers.append(other)
+                remaining = minus(remaining, other_cubes)
+            if not remaining:
+                break
+        if rule.role is RuleRole.USER:
+            yield rule, remaining, takers
+        if _terminal(rule):
+            earlier.append((rule, cubes))
+
+
+def _contradicting(rule: Rule, takers: list[Rule]) -> list[Rule]:
+    """The earlier rules that decide some of `rule`'s packets otherwise. The
+    implied state rules count only where no user rule takes part: `accept
+    tcp dport 80` does not mean to accept invalid packets."""
+    users = [t for t in takers if t.role is RuleRole.USER]
+    return [t for t in (users or takers) if t.verdict.kind != rule.verdict.kind]
+
+
+@check(
+    "NFC030",
+    "shadowed-rule",
+    "error",
+    "Earlier rules decide every packet this rule matches, some differently: it never takes effect.",
+)
+def shadowed_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for chain in ctx.ruleset.chains:
+        for rule, remaining, takers in _coverage(ctx, chain):
+            if not remaining and ctx.space.cubes(rule.match):
+                lines = ", ".join(str(t.origin.line) for t in takers)
+                if _contradicting(rule, takers):
+                    yield (
+                        rule.origin,
+                        f"never matches a packet: the rules at lines {lines} decide them all first",
+                        "move it above them, or delete it",
+                    )
+
+
+@check("NFC031", "redundant-rule", "warning", "Removing this rule would change no packet's fate.")
+def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for chain in ctx.ruleset.chains:
+        rules = list(chain.rules)
+        for rule, remaining, takers in _coverage(ctx, chain):
+            if not ctx.space.cubes(rule.match) or rule.log is not None or rule.counter or rule.meter:
+                continue
+            if not remaining:
+                if not _contradicting(rule, takers):
+                    lines = ", ".join(str(t.origin.line) for t in takers)
+                    yield (
+                        rule.origin,
+                        f"the rules at lines {lines} already decide its packets alike",
+                        "delete it",
+                    )
+                continue
+            if rule.verdict.kind != chain.policy:
+                continue
+            later = rules[rules.index(rule) + 1 :]
+            if not any(
+                (other.verdict.kind != chain.policy or other.meter is not None)
+                and overlap(remaining, ctx.space.cubes(other.match))
+                for other in later
+            ):
+                yield rule.origin, f"does what the chain's policy ({chain.policy}) does anyway", "delete it"
+
+
+@check("NFC080", "matches-nothing", "error", "A rule whose match is empty in every family is dead text.")
+def matches_nothing(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for chain in ctx.ruleset.chains:
+        for rule in ctx.user_rules(chain):
+            if not ctx.space.cubes(rule.match):
+                yield rule.origin, "matches no packet in any family", "check its 'not' and address lists"
+
+
+# ---------------------------------------------------------------------------
+# hygiene
+
+
+@check("NFC040", "expired-rule", "error", "An expired rule is still in force until someone deletes it.")
+def expired_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for origin, expires in _expiring(ctx):
+        if expires < ctx.today:
+            yield origin, f"expired on {expires}", "delete the rule, or extend 'expires' on purpose"
+
+
+@check("NFC041", "expires-soon", "warning", "A rule about to expire needs a decision before it does.")
+def expires_soon(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for origin, expires in _expiring(ctx):
+        if ctx.today <= expires <= ctx.today + SOON:
+            yield origin, f"expires on {expires}, within {SOON.days} days", "renew or remove it"
+
+
+def _expiring(ctx: Context) -> list[tuple[Loc, dt.date]]:
+    found = {r.origin: r.expires for c in ctx.ruleset.chains for r in c.rules if r.expires}
+    found.update({n.origin: n.expires for n in ctx.ruleset.notrack if n.expires})
+    return sorted(found.items())
+
+
+@check(
+    "NFC050",
+    "lockout-risk",
+    "warning",
+    "An input policy of drop without an accept for the management port locks the operator out.",
+)
+def lockout_risk(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    chain = ctx.chain("input")
+    if chain is None or chain.policy != "drop":
+        return
+    ssh = ctx.space.cubes(
+        Match(protocol="tcp", dport=Ports(((ctx.management_port,) * 2,))), ct=["new", "untracked"]
+    )
+    if not any(_accepts(r) and overlap(ssh, ctx.space.cubes(r.match)) for r in ctx.user_rules(chain)):
+        origin = chain.rules[0].origin if chain.rules else Loc(ctx.ruleset.source, 1, 1)
+        yield (
+            origin,
+            f"input drops by default and nothing accepts tcp/{ctx.management_port}: applying this "
+            "can lock you out",
+            f"accept tcp dport {ctx.management_port} from your admin addresses",
+        )
+
+
+@check(
+    "NFC060",
+    "sensitive-service-open",
+    "warning",
+    "Management and database ports open to every address are what scanners look for.",
+)
+def sensitive_service_open(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    chain = ctx.chain("input")
+    if chain is None:
+        return
+    for rule in ctx.user_rules(chain):
+        match = rule.match
+        if not _accepts(rule) or match.dport is None or (match.saddr is not None and not match.saddr.negated):
+            continue
+        open_ports = [
+            f"{name} ({port})"
+            for port, name in SENSITIVE_PORTS.items()
+            if any(lo <= port <= hi for lo, hi in match.dport.ranges)
+        ]
+        if open_ports:
+            yield rule.origin, f"{', '.join(open_ports)} open to any address", "add 'from $admins' or similar"
+
+
+@check(
+    "NFC070",
+    "meter-mask-trap",
+    "warning",
+    "Per-source IPv6 meters at /128 are evaded by a host that owns a whole /64.",
+)
+def meter_mask_trap(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    seen = set()
+    for chain in ctx.ruleset.chains:
+        for rule in chain.rules:
+            meter = rule.meter
+            if (
+                meter
+                and meter.family is Family.V6
+                and "ipv6 mask" in meter.defaulted
+                and rule.origin not in seen
+            ):
+                seen.add(rule.origin)
+                yield (
+                    rule.origin,
+                    f"meter keeps one bucket per IPv6 /128 {meter.key}: one client owns a /64 and evades it",
+                    f"write 'per {meter.key}/32,/64' (or /56)",
+                )
+
+
+# ---------------------------------------------------------------------------
+# running and reporting
+
+
+def lint(ruleset: Ruleset, today: dt.date | None = None, management_port: int = 22) -> list[Finding]:
+    ctx = Context(ruleset, Space(ruleset), today or dt.date.today(), management_port)
+    findings = {
+        Finding(each.code, each.severity, message, loc, hint)
+        for each in CHECKS
+        for loc, message, hint in each.run(ctx)
+    }  # a rule split per family is one finding
+    return sorted(findings, key=lambda f: (f.loc, f.code, f.message))
+
+
+def render(findings: list[Finding], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([f.to_json() for f in findings], indent=2) + "\n"
+    if fmt == "github":
+        return "".join(
+            f"::{'notice' if f.severity == 'note' else f.severity} file={f.loc.file},line={f.loc.line},"
+            f"col={f.loc.col},title={f.code}::{_escape_github(f.message)}\n"
+            for f in findings
+        )
+    if fmt == "sarif":
+        return json.dumps(sarif(findings), indent=2) + "\n"
+    lines = []
+    for f in findings:
+        lines.append(f"{f.loc}: {f.severity}: {f.code} {f.message}")
+        if f.hint:
+            lines.append(f"{f.loc}: note: {f.hint}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _escape_github(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def sarif(findings: list[Finding]) -> dict:
+    levels = {"error": "error", "warning": "warning", "note": "note"}
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "nfc",
+                        "version": __version__,
+                        "informationUri": "https://example.invalid/nfc",
+                        "rules": [
+                            {
+                                "id": each.code,
+                                "name": each.name,
+                                "shortDescription": {"text": each.rationale},
+                                "defaultConfiguration": {"level": levels[each.severity]},
+                            }
+                            for each in CHECKS
+                        ],
+                    }
+                },
+                "results": [
+                    {
+                        "ruleId": f.code,
+                        "ruleIndex": [c.code for c in CHECKS].index(f.code),
+                        "level": levels[f.severity],
+                        "message": {"text": f.message + (f" ({f.hint})" if f.hint else "")},
+                        "locations": [
+                            {
+                                "physicalLocation": {
+                                    "artifactLocation": {"uri": f.loc.file},
+                                    "region": {"startLine": f.loc.line, "startColumn": f.loc.col},
+                                }
+                            }
+                        ],
+                    }
+                    for f in findings
+                ],
+            }
+        ],
+    }

@@ -1,0 +1,226 @@
+"""The match space: sets of packets as unions of cubes, one interval or
+finite set per dimension. lint and diff reason over it, so two rules are
+compared by the packets they match, never by their text."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from nfc import vocab
+from nfc.ir import Addresses, Family, Match, Ports, Ruleset
+
+OTHER = "*other*"  # every value of a finite dimension that no rule names
+Intervals = tuple[tuple[int, int], ...]
+PORT_SPACE: Intervals = ((0, 65535),)
+ADDRESS_SPACE = {Family.V4: ((0, 2**32 - 1),), Family.V6: ((0, 2**128 - 1),)}
+
+
+def intersect(a: Intervals, b: Intervals) -> Intervals:
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if low <= high:
+            out.append((low, high))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+def subtract(a: Intervals, b: Intervals) -> Intervals:
+    out = []
+    for low, high in a:
+        start = low
+        for b_low, b_high in b:
+            if b_high < start or b_low > high:
+                continue
+            if b_low > start:
+                out.append((start, b_low - 1))
+            start = max(start, b_high + 1)
+            if start > high:
+                break
+        if start <= high:
+            out.append((start, high))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Cube:
+    """Packets of one family whose every field lies in its dimension's set."""
+
+    family: Family
+    protocol: frozenset[str]
+    sport: Intervals
+    dport: Intervals
+    saddr: Intervals
+    daddr: Intervals
+    iif: frozenset[str]
+    oif: frozenset[str]
+    ct: frozenset[str]
+    icmp: frozenset[str]
+
+    INTERVALS = ("sport", "dport", "saddr", "daddr")
+    FINITE = ("protocol", "iif", "oif", "ct", "icmp")
+
+    def dims(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in (*self.INTERVALS, *self.FINITE)}
+
+    def empty(self) -> bool:
+        return any(not value for value in self.dims().values())
+
+    def __and__(self, other: Cube) -> Cube | None:
+        if self.family is not other.family:
+            return None
+        fields = {
+            **{n: intersect(getattr(self, n), getattr(other, n)) for n in self.INTERVALS},
+            **{n: getattr(self, n) & getattr(other, n) for n in self.FINITE},
+        }
+        cube = Cube(self.family, **fields)
+        return None if cube.empty() else cube
+
+    def __sub__(self, other: Cube) -> list[Cube]:
+        if (self & other) is None:
+            return [self]
+        pieces = []
+        current = self.dims()
+        for name in (*self.INTERVALS, *self.FINITE):
+            mine, theirs = current[name], getattr(other, name)
+            if name in self.INTERVALS:
+                outside, inside = subtract(mine, theirs), intersect(mine, theirs)
+            else:
+                outside, inside = mine - theirs, mine & theirs
+            if outside:
+                pieces.append(Cube(self.family, **{**current, name: outside}))
+            current[name] = inside
+        return pieces
+
+
+def minus(cubes: Iterable[Cube], others: Iterable[Cube]) -> list[Cube]:
+    remaining = list(cubes)
+    for other in others:
+        remaining = [piece for cube in remaining for piece in cube - other]
+        if not remaining:
+            break
+    return remaining
+
+
+def overlap(cubes: Sequence[Cube], others: Sequence[Cube]) -> list[Cube]:
+    return [both for a in cubes for b in others if (both := a & b) is not None]
+
+
+class Space:
+    """The finite dimensions' universes, from every ruleset compared."""
+
+    def __init__(self, *rulesets: Ruleset) -> None:
+        matches = [m for r in rulesets for m in _matches(r)]
+        self.protocols = frozenset({*vocab.PORT_PROTOCOLS, "icmp", "icmpv6", OTHER} | {
+            m.protocol for m in matches if m.protocol
+        })  # fmt: skip
+        self.interfaces = frozenset({OTHER} | {n for m in matches for n in (m.iifname, m.oifname) if n})
+        self.icmp_types = frozenset({OTHER} | set(vocab.ICMP_TYPES) | set(vocab.ICMPV6_TYPES))
+        self.ct_states = frozenset(vocab.CT_STATES)
+
+    def interfaces_of(self, pattern: str | None) -> frozenset[str]:
+        if pattern is None:
+            return self.interfaces
+        return frozenset(
+            atom for atom in self.interfaces if atom == pattern or fnmatch.fnmatchcase(atom, pattern)
+        )
+
+    def cubes(self, match: Match, ct: Iterable[str] | None = None) -> list[Cube]:
+        """The packets `match` matches, as cubes (one or two families)."""
+        families = [match.family] if match.family else [Family.V4, Family.V6]
+        result = []
+        for family in families:
+            saddr = _addresses(match.saddr, family)
+            daddr = _addresses(match.daddr, family)
+            if saddr is None or daddr is None:
+                continue
+            cube = Cube(
+                family=family,
+                protocol=frozenset({match.protocol}) if match.protocol else self.protocols,
+                sport=_ports(match.sport),
+                dport=_ports(match.dport),
+                saddr=saddr,
+                daddr=daddr,
+                iif=self.interfaces_of(match.iifname),
+                oif=self.interfaces_of(match.oifname),
+                ct=frozenset(ct if ct is not None else (match.ct_state or self.ct_states)),
+                icmp=frozenset(match.icmp_types) if match.icmp_types else self.icmp_types,
+            )
+            if not cube.empty():
+                result.append(cube)
+        return result
+
+
+def _matches(ruleset: Ruleset) -> list[Match]:
+    return [r.match for c in ruleset.chains for r in c.rules] + [n.match for n in ruleset.notrack]
+
+
+def _ports(ports: Ports | None) -> Intervals:
+    return PORT_SPACE if ports is None else ports.ranges
+
+
+def _addresses(addresses: Addresses | None, family: Family) -> Intervals | None:
+    """The address intervals of `family`, or None where the family cannot match."""
+    if addresses is None:
+        return ADDRESS_SPACE[family]
+    if addresses.family is not family:
+        return None
+    ranges = tuple(sorted((int(n.network_address), int(n.broadcast_address)) for n in addresses.networks))
+    return subtract(ADDRESS_SPACE[family], ranges) if addresses.negated else ranges
+
+
+def describe(cube: Cube, space: Space) -> str:
+    """A cube in the words of the rule grammar."""
+    words = []
+    if cube.protocol != space.protocols:
+        words.append(
+            "{" + ", ".join(sorted(cube.protocol)) + "}"
+            if len(cube.protocol) > 1
+            else next(iter(cube.protocol))
+        )
+    if cube.icmp != space.icmp_types:
+        words.append("type " + ",".join(sorted(cube.icmp)))
+    for name in ("sport", "dport"):
+        value = getattr(cube, name)
+        if value != PORT_SPACE:
+            words.append(f"{name} " + _interval_text(value, str))
+    for name, word in (("saddr", "from"), ("daddr", "to")):
+        value = getattr(cube, name)
+        words.append(
+            f"{word} {_address_text(value, cube.family)}" if value != ADDRESS_SPACE[cube.family] else ""
+        )
+    for name, word in (("iif", "iif"), ("oif", "oif")):
+        value = getattr(cube, name)
+        if value != space.interfaces:
+            words.append(f"{word} " + ",".join(sorted(value)))
+    if cube.ct != space.ct_states:
+        words.append("ct state " + ",".join(s for s in vocab.CT_STATES if s in cube.ct))
+    family = "ip" if cube.family is Family.V4 else "ip6"
+    text = " ".join(w for w in words if w)
+    if cube.saddr == ADDRESS_SPACE[cube.family]:
+        text += " from any"
+    return f"{family} {text}".strip()
+
+
+def _interval_text(intervals: Intervals, show: Callable[[int], str]) -> str:
+    parts = [show(low) if low == high else f"{show(low)}-{show(high)}" for low, high in intervals]
+    return parts[0] if len(parts) == 1 else "{" + ", ".join(parts) + "}"
+
+
+def _address_text(intervals: Intervals, family: Family) -> str:
+    make = ipaddress.IPv4Address if family is Family.V4 else ipaddress.IPv6Address
+    networks = [
+        str(network) if network.prefixlen != network.max_prefixlen else str(network.network_address)
+        for low, high in intervals
+        for network in ipaddress.summarize_address_range(make(low), make(high))
+    ]
+    if len(networks) > 6:
+        networks = [*networks[:5], f"... ({len(networks)} prefixes)"]
+    return networks[0] if len(networks) == 1 else "{" + ", ".join(networks) + "}"
