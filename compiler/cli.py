@@ -9,9 +9,10 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 
-from nfc import __version__, explain, lint
+from nfc import __version__, diff, explain, lint
 from nfc import apply as kernel
 from nfc.artifacts import ArtifactError, build, write
 from nfc.backends import BACKENDS
@@ -99,6 +100,30 @@ def iso_date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a date written YYYY-MM-DD") from None
+
+
+def _diff(args: argparse.Namespace) -> int:
+    if args.base is not None:
+        if len(args.policies) != 1:
+            print("nfc: error: with --base, name one POLICY", file=sys.stderr)
+            return EXIT_USAGE
+        with tempfile.TemporaryDirectory(prefix="nfc-diff-") as scratch:
+            try:
+                old_path = diff.checkout_base(args.base, args.policies[0], scratch)
+            except diff.BaseError as exc:
+                print(f"nfc: error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            old, _ = compile_policy(old_path)
+        new, _ = compile_policy(args.policies[0])
+    else:
+        if len(args.policies) != 2:
+            print("nfc: error: diff takes OLD NEW, or --base GITREV POLICY", file=sys.stderr)
+            return EXIT_USAGE
+        old, _ = compile_policy(args.policies[0])
+        new, _ = compile_policy(args.policies[1])
+    changes = diff.diff(old, new)
+    sys.stdout.write(diff.render(changes, args.format))
+    return EXIT_FINDINGS if changes and args.exit_code else EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -212,6 +237,13 @@ def parser() -> argparse.ArgumentParser:
         "--management-port", type=int, default=22, metavar="PORT", help="port whose absence is a lockout risk"
     )
     lint_.set_defaults(run=_lint)
+
+    diff_ = commands.add_parser("diff", help="what a policy change newly allows, blocks or untracks")
+    diff_.add_argument("policies", metavar="OLD NEW | POLICY", nargs="+")
+    diff_.add_argument("--base", metavar="GITREV", help="compare POLICY with itself at GITREV")
+    diff_.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    diff_.add_argument("--exit-code", action="store_true", help="exit 1 when the behaviour changed")
+    diff_.set_defaults(run=_diff)
 
     explain_ = commands.add_parser("explain", help="show which rule decides a packet")
     explain_.add_argument("policy", metavar="POLICY")

@@ -190,7 +190,7 @@ def describe(cube: Cube, space: Space) -> str:
     for name in ("sport", "dport"):
         value = getattr(cube, name)
         if value != PORT_SPACE:
-            words.append(f"{name} " + _interval_text(value, str))
+            words.append(f"{name} " + _ports_text(value))
     for name, word in (("saddr", "from"), ("daddr", "to")):
         value = getattr(cube, name)
         words.append(
@@ -214,13 +214,28 @@ def _interval_text(intervals: Intervals, show: Callable[[int], str]) -> str:
     return parts[0] if len(parts) == 1 else "{" + ", ".join(parts) + "}"
 
 
-def _address_text(intervals: Intervals, family: Family) -> str:
+def _ports_text(intervals: Intervals) -> str:
+    """Ports, or 'not PORTS' where the complement is the shorter list."""
+    outside = subtract(PORT_SPACE, intervals)
+    if len(outside) < len(intervals):
+        return "not " + _interval_text(outside, str)
+    return _interval_text(intervals, str)
+
+
+def _networks(intervals: Intervals, family: Family) -> list[str]:
     make = ipaddress.IPv4Address if family is Family.V4 else ipaddress.IPv6Address
-    networks = [
+    return [
         str(network) if network.prefixlen != network.max_prefixlen else str(network.network_address)
         for low, high in intervals
         for network in ipaddress.summarize_address_range(make(low), make(high))
     ]
+
+
+def _address_text(intervals: Intervals, family: Family) -> str:
+    """Networks, or 'not NETWORKS' where the complement is the shorter list."""
+    inside = _networks(intervals, family)
+    outside = _networks(subtract(ADDRESS_SPACE[family], intervals), family)
+    prefix, networks = ("not ", outside) if len(outside) < len(inside) else ("", inside)
     if len(networks) > 6:
         networks = [*networks[:5], f"... ({len(networks)} prefixes)"]
-    return networks[0] if len(networks) == 1 else "{" + ", ".join(networks) + "}"
+    return prefix + (networks[0] if len(networks) == 1 else "{" + ", ".join(networks) + "}")

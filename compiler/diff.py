@@ -1,0 +1,221 @@
+"""What a policy change does to traffic: per chain, the packets whose fate
+changes, computed over the match space (never by comparing text), plus the
+changes in what is untracked, in meters and in conntrack settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nfc.errors import Loc
+from nfc.ir import Match, Meter, Ruleset
+from nfc.space import Cube, Space, describe, minus, overlap
+
+CHAINS = ("input", "forward", "output")
+
+
+class BaseError(Exception):
+    """The old policy cannot be read from git; exit code 2."""
+
+
+@dataclass(frozen=True)
+class Change:
+    section: str  # a chain, "notrack", "meter" or "conntrack"
+    kind: str  # newly ACCEPTS, newly DROPS, newly REJECTS, UNTRACKED, ...
+    what: str
+    was: str
+    origin: Loc | None = None
+
+    def text(self) -> str:
+        where = f" ({self.origin})" if self.origin else ""
+        return f"{self.section}: {self.kind} {self.what}{where} (was: {self.was})"
+
+    def to_json(self) -> dict:
+        return {
+            "section": self.section,
+            "change": self.kind,
+            "what": self.what,
+            "was": self.was,
+            "origin": str(self.origin) if self.origin else None,
+        }
+
+
+Decision = tuple[Cube, str, Loc | None]  # packets, verdict, the rule (None: policy)
+
+
+def decisions(ruleset: Ruleset, space: Space, chain_name: str) -> list[Decision]:
+    """The chain's verdict for every packet, as disjoint cubes, with every
+    sender assumed within its limits (as `nfc explain` assumes)."""
+    remaining = space.cubes(Match())
+    chain = next((c for c in ruleset.chains if c.name == chain_name), None)
+    if chain is None:
+        return [(cube, "accept", None) for cube in remaining]  # no hook: the kernel accepts
+    result: list[Decision] = []
+    for rule in chain.rules:
+        if rule.meter is not None and rule.meter.over:
+            continue  # matches only senders over the limit
+        cubes = space.cubes(rule.match)
+        result += [(cube, rule.verdict.kind, rule.origin) for cube in overlap(remaining, cubes)]
+        remaining = minus(remaining, cubes)
+        if not remaining:
+            break
+    return result + [(cube, chain.policy, None) for cube in remaining]
+
+
+def _merge(cubes: list[Cube]) -> list[Cube]:
+    """Join cubes that differ in one dimension only, for shorter reports."""
+    merged = list(cubes)
+    changed = True
+    while changed:
+        changed = False
+        for i, a in enumerate(merged):
+            for j in range(i + 1, len(merged)):
+                joined = _join(a, merged[j])
+                if joined is not None:
+                    merged[i] = joined
+                    del merged[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return merged
+
+
+def _join(a: Cube, b: Cube) -> Cube | None:
+    if a.family is not b.family:
+        return None
+    dims_a, dims_b = a.dims(), b.dims()
+    different = [name for name in dims_a if dims_a[name] != dims_b[name]]
+    if len(different) != 1:
+        return None
+    name = different[0]
+    if name in Cube.FINITE:
+        value: object = dims_a[name] | dims_b[name]
+    else:
+        points = sorted(dims_a[name] + dims_b[name])  # type: ignore[operator]
+        joined: list[tuple[int, int]] = []
+        for low, high in points:
+            if joined and low <= joined[-1][1] + 1:
+                joined[-1] = (joined[-1][0], max(joined[-1][1], high))
+            else:
+                joined.append((low, high))
+        value = tuple(joined)
+    return Cube(a.family, **{**dims_a, name: value})
+
+
+def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iterator[Change]:
+    before = decisions(old, space, chain)
+    after = decisions(new, space, chain)
+    groups: dict[tuple[str, str, Loc | None], list[Cube]] = {}
+    for new_cube, new_verdict, origin in after:
+        for old_cube, old_verdict, _ in before:
+            if new_verdict == old_verdict:
+                continue
+            both = new_cube & old_cube
+            if both is not None:
+                groups.setdefault((old_verdict, new_verdict, origin), []).append(both)
+    for (old_verdict, new_verdict, origin), cubes in sorted(groups.items(), key=lambda g: str(g[0])):
+        for cube in _merge(cubes):
+            yield Change(
+                chain, f"newly {new_verdict.upper()}S", describe(cube, space), old_verdict.upper(), origin
+            )
+
+
+def _notrack_changes(old: Ruleset, new: Ruleset, space: Space) -> Iterator[Change]:
+    for hook in ("prerouting", "output"):
+        before = [c for n in old.notrack if n.hook == hook for c in space.cubes(n.match)]
+        after = [c for n in new.notrack if n.hook == hook for c in space.cubes(n.match)]
+        for cube in _merge(minus(after, before)):
+            yield Change(f"notrack {hook}", "newly UNTRACKED:", describe(cube, space), "tracked")
+        for cube in _merge(minus(before, after)):
+            yield Change(f"notrack {hook}", "newly TRACKED:", describe(cube, space), "untracked")
+
+
+def _meter_text(meter: Meter) -> str:
+    over = "over " if meter.over else ""
+    text = f"{over}{meter.rate.value}/{meter.rate.time_unit} burst {meter.burst}"
+    if meter.key:
+        text += f" per {meter.key}/{meter.prefix_len} size {meter.size}"
+    return text
+
+
+def _meter_changes(old: Ruleset, new: Ruleset) -> Iterator[Change]:
+    def named(ruleset: Ruleset) -> dict[str, str]:
+        meters = {}
+        for chain in ruleset.chains:
+            for rule in chain.rules:
+                if rule.meter and rule.meter.name:
+                    family = f" ({rule.meter.family.value})" if rule.meter.family else ""
+                    meters[f"{rule.meter.name}{family}"] = _meter_text(rule.meter)
+        return meters
+
+    before, after = named(old), named(new)
+    for name in sorted(before.keys() | after.keys()):
+        if before.get(name) != after.get(name):
+            yield Change("meter", name + ":", after.get(name, "removed"), before.get(name, "absent"))
+
+
+def _sysctl_changes(old: Ruleset, new: Ruleset) -> Iterator[Change]:
+    before = {s.key: s.value for s in old.sysctls}
+    after = {s.key: s.value for s in new.sysctls}
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key) != after.get(key):
+            yield Change("conntrack", key + ":", str(after.get(key, "unset")), str(before.get(key, "unset")))
+
+
+def diff(old: Ruleset, new: Ruleset) -> list[Change]:
+    space = Space(old, new)
+    changes: list[Change] = []
+    for chain in CHAINS:
+        changes += _chain_changes(old, new, space, chain)
+    changes += _notrack_changes(old, new, space)
+    changes += _meter_changes(old, new)
+    changes += _sysctl_changes(old, new)
+    return changes
+
+
+def render(changes: list[Change], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([c.to_json() for c in changes], indent=2) + "\n"
+    if fmt == "markdown":
+        if not changes:
+            return "**nfc diff:** no change in what traffic is allowed, blocked or untracked.\n"
+        lines = ["### nfc diff: what this change does to traffic", ""]
+        lines += [f"- **{c.section}**: {c.kind} `{c.what}` (was: {c.was})" for c in changes]
+        return "\n".join(lines) + "\n"
+    return "".join(c.text() + "\n" for c in changes)
+
+
+def checkout_base(revision: str, policy: str, scratch: str) -> str:
+    """The policy as it was at `revision`, with every YAML file of the
+    repository beside it, extracted under `scratch`; the path to read."""
+    policy_path = Path(policy).resolve()
+    try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=policy_path.parent, capture_output=True,
+            text=True, check=True, timeout=30,
+        ).stdout.strip()  # fmt: skip
+        files = subprocess.run(
+            ["git", "ls-tree", "-r", "--name-only", revision], cwd=top, capture_output=True,
+            text=True, check=True, timeout=30,
+        ).stdout.split()  # fmt: skip
+        wanted = [f for f in files if f.endswith((".yaml", ".yml"))]
+        archive = os.path.join(scratch, "base.tar")
+        with open(archive, "wb") as out:
+            subprocess.run(
+                ["git", "archive", revision, "--", *wanted], cwd=top, stdout=out, check=True, timeout=60
+            )
+    except (subprocess.CalledProcessError, FileNotFoundError, OSError) as exc:
+        raise BaseError(f"cannot read {revision} from git: {getattr(exc, 'stderr', '') or exc}") from None
+    with tarfile.open(archive) as tar:
+        tar.extractall(scratch, filter="data")
+    relative = os.path.relpath(policy_path, top)
+    old = os.path.join(scratch, relative)
+    if not os.path.exists(old):
+        raise BaseError(f"{relative} does not exist at {revision}")
+    return old
