@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from nfc import __version__, diff, explain, lint
+from nfc import __version__, diff, doctor, explain, lint
 from nfc import apply as kernel
 from nfc.artifacts import ArtifactError, build, write
 from nfc.backends import BACKENDS
@@ -124,6 +124,25 @@ def _diff(args: argparse.Namespace) -> int:
     changes = diff.diff(old, new)
     sys.stdout.write(diff.render(changes, args.format))
     return EXIT_FINDINGS if changes and args.exit_code else EXIT_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    policy = compile_policy(args.policy)[0] if args.policy else None
+    host = Target.this_host()
+    target = Target(args.memory or host.memory_bytes, host.word_bits)
+    diagnosis = doctor.diagnose(doctor.read_system(args.log_window), target, args.warn_fill, policy)
+    sys.stdout.write(doctor.render(diagnosis, args.json))
+    return diagnosis.exit_code
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a fraction between 0 and 1")
+    return value
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -244,6 +263,26 @@ def parser() -> argparse.ArgumentParser:
     diff_.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     diff_.add_argument("--exit-code", action="store_true", help="exit 1 when the behaviour changed")
     diff_.set_defaults(run=_diff)
+
+    doctor_ = commands.add_parser("doctor", help="is connection tracking the problem here?")
+    doctor_.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor_.add_argument("--policy", metavar="POLICY", help="say which suggestions POLICY already covers")
+    doctor_.add_argument(
+        "--warn-fill",
+        type=fraction,
+        default=doctor.DEFAULT_WARN_FILL,
+        metavar="FRACTION",
+        help=f"table fill that is a WARNING (default {doctor.DEFAULT_WARN_FILL})",
+    )
+    doctor_.add_argument("--memory", type=memory_size, metavar="SIZE", help="RAM for the suggested max")
+    doctor_.add_argument(
+        "--log-window",
+        type=positive_seconds,
+        default=doctor.DEFAULT_LOG_WINDOW,
+        metavar="SECONDS",
+        help="how far back kernel log messages count (default 3600)",
+    )
+    doctor_.set_defaults(run=_doctor)
 
     explain_ = commands.add_parser("explain", help="show which rule decides a packet")
     explain_.add_argument("policy", metavar="POLICY")

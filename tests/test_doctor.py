@@ -1,0 +1,95 @@
+"""doctor's readers on captured kernel output, odd and partial included,
+and its verdicts on made-up readings."""
+
+from __future__ import annotations
+
+from nfc.doctor import (
+    Flow,
+    Readings,
+    count_table_full,
+    diagnose,
+    parse_conntrack_stats,
+    parse_flows,
+    parse_proc_stats,
+)
+from nfc.lower import Target
+
+from conftest import ROOT
+
+TARGET = Target(memory_bytes=8 << 30, word_bits=64)
+CAPTURED = ROOT / "tests" / "data" / "doctor"  # real output, trimmed, and damaged on purpose
+
+CONNTRACK_S = (CAPTURED / "conntrack-S.txt").read_text()
+PROC_STAT = (CAPTURED / "proc-net-stat-nf_conntrack.txt").read_text()
+CONNTRACK_L = (CAPTURED / "conntrack-L.txt").read_text()
+PROC_TABLE = (CAPTURED / "proc-net-nf_conntrack.txt").read_text()
+
+
+def test_conntrack_s_is_summed_over_cpus() -> None:
+    stats = parse_conntrack_stats(CONNTRACK_S)
+    assert (stats["drop"], stats["early_drop"], stats["insert_failed"], stats["search_restart"]) == (
+        925,
+        75,
+        1,
+        2,
+    )
+
+
+def test_proc_stat_is_hex_and_skips_entries() -> None:
+    stats = parse_proc_stats(PROC_STAT)
+    assert (stats["drop"], stats["early_drop"], stats["insert_failed"], stats["search_restart"]) == (
+        15,
+        2,
+        1,
+        3,
+    )
+    assert "entries" not in stats
+    assert parse_proc_stats("") == {}
+    assert parse_proc_stats("entries drop\n00000001 zz\n") == {}  # a mangled row is skipped
+
+
+def test_flows_from_conntrack_and_proc() -> None:
+    flows = parse_flows(CONNTRACK_L)
+    assert len(flows) == 4
+    assert flows[0] == Flow("udp", "10.77.1.10", "10.77.1.1", 41000, 53)  # the original direction
+    proc = parse_flows(PROC_TABLE)
+    assert [f.protocol for f in proc] == ["udp", "icmpv6", "udp"]  # unknown protocols and junk skipped
+    assert proc[2].dport is None  # a truncated last line
+
+
+def test_table_full_lines_old_and_new_kernels() -> None:
+    log = (
+        "[  100.000001] nf_conntrack: table full, dropping packet\n"
+        "[  200.000001] nf_conntrack: nf_conntrack: table full in netns 4026532179, dropping packet\n"
+        "[  300.000001] nf_conntrack: nf_conntrack: table full in netns 4026530000, dropping packet\n"
+        "[  301.000000] something else\n"
+    )
+    assert count_table_full(log)[0] == 3
+    assert count_table_full(log, netns="4026532179")[0] == 2
+    assert count_table_full(log, netns="4026532179", since=150.0)[0] == 1
+
+
+def readings(**values: object) -> Readings:
+    base = Readings(count=10, max=1000, buckets=1024, udp_timeout=30, udp_stream_timeout=120)
+    for key, value in values.items():
+        setattr(base, key, value)
+    return base
+
+
+def test_verdicts() -> None:
+    assert diagnose(readings(), TARGET).verdict == "OK"
+    assert diagnose(readings(count=800), TARGET).verdict == "WARNING"
+    assert diagnose(readings(count=950), TARGET).verdict == "CRITICAL"
+    assert diagnose(readings(stats={"drop": 1}), TARGET).verdict == "CRITICAL"
+    assert diagnose(readings(table_full=2), TARGET).verdict == "CRITICAL"
+    assert diagnose(readings(count=None, max=None), TARGET).verdict == "OK"  # nothing readable
+
+
+def test_suggestions_for_served_and_queried_traffic() -> None:
+    flows = parse_flows(CONNTRACK_L) + parse_flows(CONNTRACK_L)[:2] * 5
+    result = diagnose(readings(count=990, flows=flows, local_addresses={"10.77.1.1", "10.77.2.1"}), TARGET)
+    entries = [s.entry for s in result.suggestions]
+    assert entries[0] == "udp dport 53"
+    assert "udp sport 53 dport 1024-65535" in entries  # this host queried 192.0.2.53
+    assert "    - udp dport 53\n" in result.yaml()
+    assert f"max: {TARGET.conntrack_max()}" in result.yaml()
