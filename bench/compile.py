@@ -141,7 +141,7 @@ def generate_policy(rules: int, seed: int = 1) -> str:
         f"name: bench-{rules}",
         "define:",
         '  internal: [10.0.0.0/8, 192.168.0.0/16, "fd00::/8"]',
-        "  admins: [192.0.2.10, 192.0.2.11, \"2001:db8::10\"]",
+        '  admins: [192.0.2.10, 192.0.2.11, "2001:db8::10"]',
         '  partners: [198.51.100.0/24, 203.0.113.0/24, "2001:db8:1000::/36"]',
         "  monitoring: 192.0.2.50",
         "  web: [80, 443, 8000-8080]",
@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         print(
-            "\nRSS: ru_maxrss of the timing child (interpreter, lark and the policy);"
-            " heap: tracemalloc peak per stage in a separate child.\n"
-            "init (imports + lark grammar) is not included in the stage times."
+            "\nRSS: ru_maxrss of the timing child (interpreter, lark and the policy)."
+            "\nheap: tracemalloc peak in a separate child; per stage, it includes what the"
+            " earlier stages still hold.\ninit (imports + lark grammar) is not in the stage times."
         )
     return 0
 
