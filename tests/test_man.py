@@ -1,5 +1,6 @@
 """The man pages: groff formats them without a warning, and they name every
-subcommand, option and policy key that the code knows.
+subcommand, option, backend, artifact, state file and policy key that the
+code knows; the tables and numbers they give are the code's.
 
 groff is a prerequisite like nft: a missing groff skips these tests locally
 and fails them under CI (the CI variable set)."""
@@ -7,6 +8,7 @@ and fails them under CI (the CI variable set)."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
 import shutil
@@ -15,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from nfc import cli, load, vocab
+from nfc import apply, artifacts, cli, doctor, explain, lint, load, vocab
+from nfc.backends import BACKENDS, iptables
+from nfc.errors import PolicyError
+from nfc.lower import lower
+
+from helpers import TARGET, input_policy, ruleset_of, write_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"
@@ -149,3 +156,238 @@ def test_nfc_policy_5_lists_every_service_name() -> None:
         for name, port in zip(cells[::2], cells[1::2], strict=True):
             listed[name] = int(port)
     assert listed == vocab.SERVICES
+
+
+def example_blocks(text: str) -> list[str]:
+    """The bodies of the .EX/.EE blocks in `text`."""
+    return re.findall(r"^\.EX\n(.*?)^\.EE$", text, re.M | re.S)
+
+
+def columns(block: str, headings: tuple[str, ...]) -> list[list[str]]:
+    """The rows of a monospace table, cut at the columns of its heading line."""
+    head, *rows = block.splitlines()
+    starts = [head.index(heading) for heading in headings]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    return [[row[low:high].strip() for low, high in bounds] for row in rows]
+
+
+def test_nfc_1_documents_every_backend() -> None:
+    text = plain(NFC_1)
+    synopsis = section(text, "SYNOPSIS")
+    backends = section(text, "BACKENDS")
+    for name in BACKENDS:
+        assert mentions(synopsis, name), f"backend '{name}' is missing from the SYNOPSIS of nfc(1)"
+        assert re.search(rf"^\.TP\n\.B {re.escape(name)}$", backends, re.M), (
+            f"backend '{name}' has no entry of its own under BACKENDS in nfc(1)"
+        )
+        assert mentions(plain(NFC_POLICY_5), name), f"backend '{name}' is missing from nfc-policy(5)"
+
+
+def test_nfc_1_documents_every_artifact_file(tmp_path: Path) -> None:
+    """Each file that some backend writes has an entry under ARTIFACTS."""
+    policy = write_policy(
+        tmp_path,
+        "nfc: 1\nconntrack: {notrack: [udp dport 53], timeouts: {udp: 10}}\ninput: {policy: drop}\n",
+    )
+    ruleset = lower(load.load_policy(policy), TARGET)
+    tags = re.findall(r"^\.TP\n\.BR? (.*)$", section(plain(NFC_1), "ARTIFACTS"), re.M)
+    documented = {word for tag in tags for word in re.findall(r"[\w.-]+", tag)}
+    for backend in BACKENDS:
+        for name in artifacts.build(ruleset, backend, (str(policy),)):
+            assert name in documented, f"{backend} writes {name}, which ARTIFACTS in nfc(1) does not list"
+
+
+def test_nfc_1_documents_every_state_file(tmp_path: Path) -> None:
+    state = apply.State(tmp_path)
+    files = {"lock"} | {path.name for path in (state.saved, state.pending, state.rolled_back)}
+    listed = section(plain(NFC_1), "FILES")
+    for name in files:
+        assert re.search(rf"^\.TP\n\.B {re.escape(name)}$", listed, re.M), (
+            f"state file {name} has no entry under FILES in nfc(1)"
+        )
+    stale = set(re.findall(r"[\w-]+\.(?:json|nft)\b", listed)) - files
+    assert not stale, f"FILES in nfc(1) names state files that apply does not write: {stale}"
+
+
+def test_nfc_1_has_a_deploy_script_that_confirms_after_a_health_check() -> None:
+    examples = section(plain(NFC_1), "EXAMPLES")
+    scripts = [block for block in example_blocks(examples) if block.startswith("#!/bin/sh")]
+    assert len(scripts) == 1, "nfc(1) should show one deploy script under EXAMPLES"
+    script = scripts[0]
+    steps = [r"\bnfc compile ", r"\bnfc check ", r"\bnfc apply .*--confirm 60\b", r"\bnfc confirm\b"]
+    lines = script.splitlines()
+    found = [next((n for n, line in enumerate(lines) if re.search(step, line)), None) for step in steps]
+    assert None not in found and found == sorted(found), f"the deploy script misses a step: {found}"
+    between = [line for line in lines[found[2] + 1 : found[3]] if line.strip() and "#" not in line[:1]]
+    checks = [line for line in between if not line.lstrip().startswith("#") and "nfc " not in line]
+    assert checks, "the deploy script confirms without a health check between apply and confirm"
+    assert re.search(r"connection is lost", examples), "EXAMPLES should say what a lost connection does"
+    shell = shutil.which("sh")
+    if shell is not None:
+        result = subprocess.run([shell, "-n"], input=script, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"the deploy script is not valid sh: {result.stderr}"
+
+
+def test_planned_commands_are_not_yet_commands() -> None:
+    """A command that NOTES calls planned must not exist yet: once it does,
+    it is documented as a command instead."""
+    notes = section(plain(NFC_1), "NOTES")
+    paragraphs = [text for text in re.split(r"^\.PP$", notes, flags=re.M) if "planned" in text]
+    words = r"(?<![\w-])(lint|diff|explain|doctor)(?![\w-])"
+    planned = {word for text in paragraphs for word in re.findall(words, text)}
+    assert not planned & set(subcommands()), (
+        f"nfc(1) calls {sorted(planned & set(subcommands()))} planned, but nfc has them"
+    )
+
+
+def test_nfc_1_documents_every_lint_check() -> None:
+    checks = section(plain(NFC_1), "LINT CHECKS")
+    tags = re.findall(r'^\.TP\n\.BR (NFC\d+) " ([\w-]+) \((\w+)\)"$', checks, re.M)
+    assert tags == sorted(tags), "LINT CHECKS in nfc(1) should be in code order"
+    assert set(tags) == {(c.code, c.name, c.severity) for c in lint.CHECKS}
+    entry = checks.split("NFC060", 1)[1].split(".TP", 1)[0]
+    for port, name in lint.SENSITIVE_PORTS.items():
+        assert f"{name} ({port})" in entry, f"NFC060 in nfc(1) does not name {name} ({port})"
+    assert f"within {lint.SOON.days} days" in checks
+
+
+def test_nfc_1_states_the_memory_minimum() -> None:
+    assert cli.MIN_MEMORY % 1024**2 == 0
+    megabytes = cli.MIN_MEMORY // 1024**2
+    assert re.search(rf"^\.B {megabytes}M$", section(plain(NFC_1), "OPTIONS"), re.M), (
+        f"nfc(1) should say that --memory is at least {megabytes}M"
+    )
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.memory_size(f"{megabytes - 1}M")
+
+
+def test_nfc_1_documents_every_key_of_explain_json(tmp_path: Path) -> None:
+    ruleset = ruleset_of(tmp_path, input_policy("accept udp dport 53 limit 5/second per saddr"))
+    result = explain.explain(ruleset, explain.parse_packet("udp 192.0.2.7:4000 > 192.0.2.1:53"))
+    data = result.to_json()
+    keys = set(data) | set(data["decided_by"]) | {"chain_policy"} | {k for m in data["meters"] for k in m}
+    options = section(plain(NFC_1), "OPTIONS")
+    for key in keys:
+        assert mentions(options, key), f"explain --json key '{key}' is missing from nfc(1)"
+
+
+def test_nfc_1_documents_doctor_as_it_judges() -> None:
+    text = plain(NFC_1)
+    data = doctor.diagnose(doctor.Readings(), TARGET).to_json()
+    keys = set(data) | set(data["counters"]) | {"service", "source", "entries", "notrack", "covered"}
+    options = section(text, "OPTIONS")
+    for key in keys:
+        assert mentions(options, key), f"doctor --json key '{key}' is missing from nfc(1)"
+    entry = prose(text.split(".B nfc doctor\nSay", 1)[1].split(".TP\n.BI", 1)[0])
+    assert f"at least {doctor.CRITICAL_FILL:.0%} full" in entry
+    assert f"(default {doctor.DEFAULT_WARN_FILL:.0%})" in entry
+    assert f"the {('five' if doctor.TOP == 5 else doctor.TOP)} services" in entry
+    assert f"dport {doctor.EPHEMERAL}" in entry
+    assert f"default {doctor.DEFAULT_LOG_WINDOW:g}" in prose(options)
+
+
+def test_the_expired_rule_warning_is_the_documented_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = write_policy(
+        tmp_path, "nfc: 1\ninput:\n  policy: drop\n  rules:\n    - {rule: accept tcp, expires: 2000-01-01}\n"
+    )
+    assert cli.main(["compile", str(policy), "--stdout"]) == cli.EXIT_OK
+    warning = capsys.readouterr().err.strip()
+    assert re.fullmatch(r".+:5:\d+: warning: this rule expired on 2000-01-01", warning), warning
+    for page in PAGES:
+        assert ": warning: this rule expired on " in plain(page), f"{page.name} lacks the expiry warning"
+    assert dt.date(2000, 1, 1) < dt.date.today()
+
+
+def test_nfc_policy_5_lists_the_essential_icmp_types_of_every_chain() -> None:
+    chains = section(plain(NFC_POLICY_5), "CHAINS")
+    table = next(b for b in example_blocks(chains) if b.startswith("chain "))
+    listed: dict[str, tuple[list[str], list[str]]] = {}
+    chain = ""
+    for name, v4, v6 in columns(table, ("chain", "ICMP (IPv4)", "ICMPv6 (IPv6)")):
+        chain = name or chain
+        types = listed.setdefault(chain, ([], []))
+        types[0].extend([v4] if v4 else [])
+        types[1].extend([v6] if v6 else [])
+    assert set(listed) == set(load.CHAIN_NAMES)
+    for name, (v4, v6) in listed.items():
+        assert v4 == list(vocab.ESSENTIAL_ICMP_ERRORS), name
+        assert v6 == [*vocab.ESSENTIAL_ICMPV6_ERRORS, *vocab.ESSENTIAL_ICMPV6_DISCOVERY[name]], name
+
+
+def test_nfc_policy_5_gives_the_icmp_essential_default_of_the_code(tmp_path: Path) -> None:
+    for chain in load.CHAIN_NAMES:
+        for policy, default in (("drop", "essential"), ("accept", "manual")):
+            text = f"nfc: 1\n{chain}: {{policy: {policy}}}\n"
+            assert load.load_policy(write_policy(tmp_path, text)).chains[chain].icmp == default
+    chains = section(plain(NFC_POLICY_5), "CHAINS")
+    assert re.search(r"for every chain\s+whose policy is drop", chains), "CHAINS: the icmp default"
+
+
+def test_nfc_policy_5_lists_every_icmp_type_with_its_number() -> None:
+    blocks = example_blocks(section(plain(NFC_POLICY_5), "ICMP TYPES"))
+    assert len(blocks) == 2, "ICMP TYPES should hold an icmp and an icmpv6 table"
+    for block, types in zip(blocks, (vocab.ICMP_TYPES, vocab.ICMPV6_TYPES), strict=True):
+        cells = block.split()
+        listed = {name: int(number) for name, number in zip(cells[::2], cells[1::2], strict=True)}
+        assert listed == types
+
+
+def test_nfc_policy_5_maps_every_reject_type_for_iptables() -> None:
+    generated = section(plain(NFC_POLICY_5), "THE GENERATED RULESET")
+    table = next(b for b in example_blocks(generated) if b.startswith("reject with"))
+    rows = {kind: (v4, v6) for kind, v4, v6 in columns(table, ("reject with", "rules.v4", "rules.v6"))}
+    expected = {"tcp reset": ("tcp-reset", "tcp-reset")}
+    for kind, v4 in iptables.REJECT_V4.items():
+        v6_kind = vocab.REJECT_ICMP_TYPES[kind]
+        expected[f"icmp {kind}"] = (v4, iptables.REJECT_V6[v6_kind] if v6_kind else "(IPv4 only)")
+    assert rows == expected
+
+
+def test_nfc_policy_5_states_the_limits_of_iptables() -> None:
+    text = plain(NFC_POLICY_5)
+    assert f"at most {iptables.LOG_PREFIX_MAX} bytes" in text
+    assert re.search(rf"at most {iptables.MULTIPORT_MAX} ports in one match,\s+a range counting as two", text)
+    assert re.search(rf"names of at most {iptables.HASHLIMIT_NAME_MAX} bytes", text)
+    assert f"longer than {iptables.LOG_PREFIX_MAX} bytes" in plain(NFC_1)
+
+
+def prose(text: str) -> str:
+    """Roff source as running text: macros and their quotes dropped, lines joined."""
+    words = []
+    for line in text.splitlines():
+        if line.startswith(".") and not re.match(r"\.[A-Z]{1,2}( |$)", line):
+            continue
+        words.append(re.sub(r"^\.[A-Z]{1,2} ?", "", line).replace('"', ""))
+    return re.sub(r"\s+", " ", " ".join(words))
+
+
+@pytest.mark.parametrize(
+    ("rate", "largest", "unit"),
+    [("1/day", 213503, ""), ("1 kbytes/hour", 5123071, " bytes")],
+)
+def test_nfc_policy_5_gives_the_token_bucket_bounds_of_the_code(
+    tmp_path: Path, rate: str, largest: int, unit: str
+) -> None:
+    documented = prose(section(plain(NFC_POLICY_5), "RATE LIMITS AND METERS"))
+    assert re.search(rf"{re.escape(rate)} (takes )?a burst of at most {largest}\b", documented), rate
+    ruleset_of(tmp_path, input_policy(f"accept limit {rate} burst {largest}{unit}"))
+    with pytest.raises(PolicyError, match="token bucket"):
+        ruleset_of(tmp_path, input_policy(f"accept limit {rate} burst {largest + 1}{unit}"))
+
+
+@pytest.mark.parametrize("rate", ["10 mbytes/hour", "1 mbytes/day"])
+def test_nfc_policy_5_names_byte_rates_that_overflow(tmp_path: Path, rate: str) -> None:
+    documented = prose(section(plain(NFC_POLICY_5), "RATE LIMITS AND METERS"))
+    assert rate in documented and "are refused even with their default burst" in documented
+    with pytest.raises(PolicyError, match="token bucket"):
+        ruleset_of(tmp_path, input_policy(f"accept limit {rate}"))
+
+
+@pytest.mark.parametrize(("limit", "seconds"), [("10/second burst 20", 2), ("1/minute", 300)])
+def test_nfc_policy_5_gives_the_meter_timeouts_of_the_code(tmp_path: Path, limit: str, seconds: int) -> None:
+    documented = prose(section(plain(NFC_POLICY_5), "RATE LIMITS AND METERS"))
+    assert f"{seconds} seconds for {limit}" in documented, limit
+    ruleset = ruleset_of(tmp_path, input_policy(f"accept udp limit {limit} per saddr"))
+    assert {meter.timeout for meter in ruleset.meters} == {seconds}
