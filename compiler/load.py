@@ -54,9 +54,8 @@ class YNode:
     value: Any
     loc: Loc
     key_locs: dict[str, Loc] = field(default_factory=dict, compare=False, repr=False)
-    # The file (line, col) of each character of a string scalar, where the
-    # text can be traced back to the file character by character.
-    text_map: tuple[tuple[int, int], ...] | None = field(default=None, compare=False, repr=False)
+    # Where a string scalar's text lies in the file, to place errors inside it.
+    span: TextSpan | None = field(default=None, compare=False, repr=False)
 
     def plain(self) -> Any:
         """The value with locations stripped, for comparing defines."""
@@ -68,17 +67,38 @@ class YNode:
 
     def loc_in_text(self, line: int, col: int) -> Loc:
         """The file position of 1-based (line, col) inside this string scalar."""
-        if self.text_map is None:
+        if self.span is None:
+            return self.loc
+        if line == 1 and self.span.single_line:
+            return Loc(self.loc.file, self.span.line, self.span.text_col + col - 1)
+        text_map = self.span.text_map(str(self.value))
+        if not text_map:
             return self.loc
         lines = str(self.value).split("\n")
         index = sum(len(text) + 1 for text in lines[: line - 1]) + col - 1
-        if index >= len(self.text_map):  # just past the end: after the last character
-            if not self.text_map:
-                return self.loc
-            last_line, last_col = self.text_map[-1]
+        if index >= len(text_map):  # just past the end: after the last character
+            last_line, last_col = text_map[-1]
             return Loc(self.loc.file, last_line, last_col + 1)
-        file_line, file_col = self.text_map[index]
+        file_line, file_col = text_map[index]
         return Loc(self.loc.file, file_line, file_col)
+
+
+@dataclass(frozen=True)
+class TextSpan:
+    """A string scalar's place in its file. Positions inside it are worked
+    out only when an error needs one."""
+
+    source: str  # the whole file, shared by every span of it
+    start: int
+    end: int
+    line: int
+    col: int
+    style: str | None
+    single_line: bool  # and its value is the file text as it stands
+    text_col: int  # the column of its first character, when single_line
+
+    def text_map(self, value: str) -> tuple[tuple[int, int], ...] | None:
+        return _text_map(self, value)
 
 
 @dataclass(frozen=True)
@@ -205,19 +225,35 @@ def _reader_problem(exc: yaml.reader.ReaderError) -> str:
     return f"the control character U+{character:04X} is not allowed"
 
 
-def _text_map(node: yaml.ScalarNode, value: str, source: str) -> tuple[tuple[int, int], ...] | None:
+def _span(node: yaml.ScalarNode, value: str, source: str) -> TextSpan:
+    raw = source[node.start_mark.index : node.end_mark.index]
+    quoted = node.style in ("'", '"')
+    single_line = "\n" not in raw and (raw[1:-1] if quoted else raw) == value
+    return TextSpan(
+        source,
+        node.start_mark.index,
+        node.end_mark.index,
+        node.start_mark.line + 1,
+        node.start_mark.column + 1,
+        node.style,
+        single_line,
+        node.start_mark.column + 1 + (1 if quoted else 0),
+    )
+
+
+def _text_map(span: TextSpan, value: str) -> tuple[tuple[int, int], ...] | None:
     """Trace each character of a scalar's value back to its (line, col) in
     the file, for plain, quoted and literal-block scalars whose value is the
     file text with only indentation and line folding removed."""
-    raw = source[node.start_mark.index : node.end_mark.index]
-    first_line, first_col = node.start_mark.line + 1, node.start_mark.column + 1
+    raw = span.source[span.start : span.end]
+    first_line, first_col = span.line, span.col
     positions: list[tuple[int, int]] = []
     text: list[str] = []
-    if node.style in ("'", '"'):
+    if span.style in ("'", '"'):
         if "\n" in raw or raw[1:-1] != value:
             return None
         return tuple((first_line, first_col + 1 + i) for i in range(len(value)))
-    if node.style == "|":
+    if span.style == "|":
         lines = raw.split("\n")[1:]
         indent = min((len(t) - len(t.lstrip(" ")) for t in lines if t.strip()), default=0)
         for offset, line in enumerate(lines, start=1):
@@ -226,7 +262,7 @@ def _text_map(node: yaml.ScalarNode, value: str, source: str) -> tuple[tuple[int
                 text.append(char)
             positions.append((first_line + offset, len(line) + 1))
             text.append("\n")
-    elif node.style is None:
+    elif span.style is None:
         for offset, line in enumerate(raw.split("\n")):
             stripped = line.strip(" \t")
             start = (first_col if offset == 0 else 1) + len(line) - len(line.lstrip(" \t"))
@@ -295,8 +331,8 @@ class _Converter:
             value = self.loader.construct_object(node, deep=True)
         except (ValueError, OverflowError, yaml.constructor.ConstructorError) as exc:
             raise PolicyError(loc, f"invalid YAML value {printable(repr(node.value))}: {exc}") from None
-        text_map = _text_map(node, value, self.source) if isinstance(value, str) else None
-        return YNode(value, loc, text_map=text_map)
+        span = _span(node, value, self.source) if isinstance(value, str) else None
+        return YNode(value, loc, span=span)
 
 
 # --------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from nfc.parse import Addrs, LimitNode, MatchNode, PortItem, RuleNode, parse_ent
 
 MAX_RATE = 2**32 - 1
 MAX_METER_SIZE = 1 << 24
+MAX_TIMEOUT_MS = 2**32 - 1  # hashlimit's htable-expire, and what nft takes for a set timeout
 DEFAULT_METER_SIZE = 65535
 DEFAULT_PACKET_BURST = 5
 LOG_PREFIX_MAX = 64
@@ -598,6 +599,13 @@ class Lowering:
         # it sooner would hand an abuser a fresh burst.
         refill = math.ceil(burst / rate.per_second())
         timeout = max(TIME_UNIT_SECONDS[node.time_unit], refill)
+        if node.per and timeout * 1000 > MAX_TIMEOUT_MS:
+            raise PolicyError(
+                node.loc,
+                f"this meter would have to remember each {node.per} for {timeout} s, beyond the kernel's "
+                f"{MAX_TIMEOUT_MS // 1000} s (burst / rate)",
+                "use a shorter time unit or a smaller burst",
+            )
         signature = (rate, node.over, burst, node.per, v4_mask, v6_mask, size)
         if name is not None:
             first = self.meter_signatures.get(name)

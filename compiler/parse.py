@@ -135,9 +135,9 @@ def _expected_words(names: set[str]) -> list[str]:
 class _ToAst(Transformer):
     """lark tree → RuleNode. Positions become file locations via `locate`."""
 
-    def __init__(self, locate: Locate) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.locate = locate
+        self.locate: Locate = lambda line, col: Loc("<rule>", line, col)
 
     def _loc(self, meta_or_token: Any) -> Loc:
         return self.locate(meta_or_token.line, meta_or_token.column)
@@ -373,6 +373,9 @@ class _ToAst(Transformer):
         return RuleNode(verdict, tuple(matches), limit, log, counter, comment, comment_loc, self._loc(meta))
 
 
+_TRANSFORMER = _ToAst()
+
+
 def _syntax_error(exc: UnexpectedInput, text: str, locate: Locate, start: str) -> PolicyError:
     if isinstance(exc, UnexpectedEOF):
         loc = locate(1, len(text) + 1)
@@ -410,9 +413,11 @@ def _parse(text: str, locate: Locate, start: str) -> RuleNode:
         raise PolicyError(locate(1, 1), f"rule is longer than {MAX_RULE_CHARS} characters")
     if not text.strip():
         raise PolicyError(locate(1, 1), "empty rule")
+    # One Transformer serves every rule (lark builds its callbacks once per
+    # instance); it is pointed at this rule's source position first.
+    _TRANSFORMER.locate = locate
     try:
-        tree = _parser().parse(text, start=start)
-        return _ToAst(locate).transform(tree)
+        return _TRANSFORMER.transform(_parser().parse(text, start=start))
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, locate, start) from None
     except VisitError as exc:

@@ -143,3 +143,25 @@ def test_output_is_accepted_by_the_kernel(tmp_path: Path) -> None:
         path.write_text(text)
         result = iptables_check(path)
         assert result.returncode == 0, result.stderr
+
+
+def test_rules_sharing_a_long_meter_name_share_one_hashlimit_table(tmp_path: Path) -> None:
+    v4, _ = iptables_of(
+        tmp_path,
+        input_policy(
+            "drop udp dport 53 limit over 10/second per saddr/32,/64 name a_rather_long_meter_name",
+            "drop tcp dport 53 limit over 10/second per saddr/32,/64 name a_rather_long_meter_name",
+        ),
+    )
+    names = {line.split("--hashlimit-name ")[1].split()[0] for line in input_lines(v4)}
+    assert len(names) == 1 and len(names.pop()) <= 15
+
+
+def test_fast_plain_limits_move_to_hashlimit(tmp_path: Path) -> None:
+    v4, _ = iptables_of(tmp_path, input_policy("accept ip limit 20000/second burst 5"))
+    assert "-m hashlimit --hashlimit-upto 20000/sec" in v4
+    path = tmp_path / "rules.v4"
+    path.write_text(v4)
+    assert iptables_check(path).returncode == 0
+    with pytest.raises(PolicyError, match="over 1000000/second"):
+        iptables_of(tmp_path, input_policy("accept ip limit 2000000/second"))

@@ -222,3 +222,10 @@ def test_output_with_policy_drop_keeps_neighbour_discovery(tmp_path: Path) -> No
     ruleset = ruleset_of(tmp_path, HEADER + "output: {policy: drop}\n")
     types = {t for rule in ruleset.chains[0].rules for t in rule.match.icmp_types}
     assert {"nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit"} <= types
+
+
+def test_meter_timeouts_stay_within_what_the_kernel_takes(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="remember each saddr"):
+        ruleset_of(tmp_path, input_policy("accept limit 1/day burst 5000 per saddr"))
+    ruleset = ruleset_of(tmp_path, input_policy("accept limit 1/day burst 49 per saddr"))
+    assert ruleset.meters[0].timeout == 49 * 86400

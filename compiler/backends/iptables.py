@@ -34,6 +34,9 @@ BACKEND = "iptables-legacy"
 MULTIPORT_MAX = 15  # multiport's limit; a range counts as two
 LOG_PREFIX_MAX = 29
 HASHLIMIT_NAME_MAX = 15
+LIMIT_MAX_RATE = 10000  # per second, and burst, for -m limit
+HASHLIMIT_MAX_RATE = 1_000_000  # per second
+EXPIRE_MAX_MS = 2**32 - 1
 COMMENT_MAX = 256
 LOG_LEVELS = {"warn": "warning"}
 TIME_UNITS = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
@@ -249,7 +252,15 @@ class FamilyFile:
         if meter.rate.byte_unit is not None:
             raise unsupported(rule.origin, "a rate in bytes (hashlimit rounds byte bursts)")
         rate = f"{meter.rate.value}/{TIME_UNITS[meter.rate.time_unit]}"
-        if meter.key is None and meter.name is None and not meter.over and not shared:
+        per_second = meter.rate.per_second()
+        if per_second > HASHLIMIT_MAX_RATE:
+            raise unsupported(rule.origin, f"a rate over {HASHLIMIT_MAX_RATE}/second")
+        if meter.timeout * 1000 > EXPIRE_MAX_MS:
+            raise unsupported(
+                rule.origin, f"a limit whose bucket refills over more than {EXPIRE_MAX_MS // 1000} s"
+            )
+        fits_limit = per_second <= LIMIT_MAX_RATE and meter.burst <= LIMIT_MAX_RATE
+        if meter.key is None and meter.name is None and not meter.over and not shared and fits_limit:
             return ["-m", "limit", "--limit", rate, "--limit-burst", str(meter.burst)]
         options = [
             "-m",
@@ -328,9 +339,12 @@ def _port_range(bounds: tuple[int, int]) -> str:
 
 
 def _hashlimit_name(meter: Meter, origin: Loc) -> str:
-    """hashlimit names its table in at most 15 bytes; longer names get a digest."""
+    """hashlimit names its table in at most 15 bytes: a longer meter name is
+    shortened with a digest of the name alone, so rules that share the
+    meter still share the table; an unnamed limit is named after its rule."""
+    if meter.name is not None and len(meter.name) <= HASHLIMIT_NAME_MAX:
+        return meter.name
+    identity = meter.name if meter.name is not None else f"{origin.file}:{origin.line}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:4]
     base = meter.name or f"l{origin.line}"
-    digest = hashlib.sha256(f"{meter.name}|{origin.file}|{origin.line}".encode()).hexdigest()
-    if meter.name is not None and len(base) <= HASHLIMIT_NAME_MAX:
-        return base
-    return f"{base[: HASHLIMIT_NAME_MAX - 5]}_{digest[:4]}"
+    return f"{base[: HASHLIMIT_NAME_MAX - 5]}_{digest}"
