@@ -44,8 +44,12 @@ def table_full_messages() -> int:
     return count_table_full(log)[0]
 
 
-def doctor(lab: Lab, *args: str) -> tuple[int, dict]:
-    result = lab.server.nfc("doctor", "--json", "--memory", "8G", *args)
+def doctor(lab: Lab, started: float, *args: str) -> tuple[int, dict]:
+    """Run doctor in the server namespace. The kernel reuses namespace
+    numbers, so 'table full' lines of earlier tests' namespaces could pass
+    for this one's: only the log since `started` counts."""
+    window = f"{time.monotonic() - started + 1:.0f}"
+    result = lab.server.nfc("doctor", "--json", "--memory", "8G", "--log-window", window, *args)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
 
@@ -56,12 +60,13 @@ def flood(lab: Lab) -> dict:
 
 
 def test_doctor_names_the_real_failure_and_its_fix(make_lab: Callable[[], Lab], tmp_path: Path) -> None:
+    started = time.monotonic()
     lab = make_lab()
     assert lab.apply(CONTROL).returncode == 0
     before = table_full_messages()
     with global_conntrack_max(PRESSURE):
         result = flood(lab)
-        code, report = doctor(lab)
+        code, report = doctor(lab, started)
     assert result["answered"] < FLOOD, "the flood should have lost queries"
     assert table_full_messages() > before, "the kernel should have logged 'table full'"
     assert code == 1 and report["verdict"] == "CRITICAL"
@@ -72,26 +77,28 @@ def test_doctor_names_the_real_failure_and_its_fix(make_lab: Callable[[], Lab], 
     # the suggested YAML, pasted into the policy, holds under the same pressure
     fixed = tmp_path / "fixed.yaml"
     fixed.write_text(CONTROL.read_text() + report["yaml"])
+    started = time.monotonic()
     again = make_lab()
     assert again.apply(fixed).returncode == 0
     with global_conntrack_max(PRESSURE):
         result = flood(again)
         count = again.server.conntrack_count()
-        code, report = doctor(again, "--policy", str(fixed))
+        code, report = doctor(again, started, "--policy", str(fixed))
     assert result["answered"] == FLOOD
     assert count <= 5
     assert code == 0 and report["verdict"] == "OK"
 
 
 def test_a_flood_below_the_limit_is_a_warning_only_on_request(lab: Lab) -> None:
+    started = time.monotonic()
     assert lab.apply(CONTROL).returncode == 0
     assert flood(lab)["answered"] >= 0.99 * FLOOD
-    code, report = doctor(lab)
+    code, report = doctor(lab, started)
     assert (code, report["verdict"]) == (0, "OK")
     assert report["top_services"][0]["service"] == "udp/53"
-    code, report = doctor(lab, "--warn-fill", "0.001")
+    code, report = doctor(lab, started, "--warn-fill", "0.001")
     assert (code, report["verdict"]) == (1, "WARNING")
-    code, report = doctor(lab, "--warn-fill", "0.001", "--policy", str(CONTROL))
+    code, report = doctor(lab, started, "--warn-fill", "0.001", "--policy", str(CONTROL))
     assert any(s["notrack"] == "udp dport 53" and s["covered"] is False for s in report["suggestions"])
 
 
@@ -99,10 +106,7 @@ def test_a_healthy_policy_is_ok(lab: Lab) -> None:
     started = time.monotonic()
     assert lab.apply(RECURSIVE).returncode == 0
     assert flood(lab)["answered"] >= 0.99 * FLOOD
-    # other tests' namespaces (whose numbers the kernel reuses) may have
-    # logged 'table full' earlier: count only this test's time
-    window = f"{time.monotonic() - started + 1:.0f}"
-    code, report = doctor(lab, "--policy", str(RECURSIVE), "--log-window", window)
+    code, report = doctor(lab, started, "--policy", str(RECURSIVE))
     assert (code, report["verdict"]) == (0, "OK")
     assert report["count"] <= 5
 
