@@ -4,6 +4,7 @@ imply. Every mistake in the policy is a PolicyError at its file:line:col."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -101,9 +102,18 @@ class PortValue:
 DefineValue = AddressValue | PortValue
 
 
+@functools.lru_cache(maxsize=65536)
+def _network(text: str) -> Network:
+    """A network written in a policy; ValueError if it is none. Cached: the
+    same addresses recur across rules."""
+    if ":" in text:
+        return ipaddress.IPv6Network(text, strict=True)
+    return ipaddress.IPv4Network(text, strict=True)
+
+
 def parse_network(text: str, loc: Loc) -> Network:
     try:
-        return ipaddress.ip_network(text, strict=True)
+        return _network(text)
     except ValueError:
         try:
             loose = ipaddress.ip_network(text, strict=False)
@@ -145,8 +155,16 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ..
 
 
 def collapse(networks: Iterable[Network]) -> tuple[Network, ...]:
-    networks = list(networks)
-    return tuple(sorted(ipaddress.collapse_addresses(networks))) if networks else ()
+    networks = tuple(networks)
+    if len(networks) < 2:
+        return networks
+    return _collapsed(networks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _collapsed(networks: tuple[Network, ...]) -> tuple[Network, ...]:
+    """Cached: a define's list is collapsed again in every rule that uses it."""
+    return tuple(sorted(ipaddress.collapse_addresses(networks)))
 
 
 class Defines:

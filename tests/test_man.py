@@ -20,7 +20,7 @@ import pytest
 from nfc import apply, artifacts, cli, doctor, explain, lint, load, vocab
 from nfc.backends import BACKENDS, iptables
 from nfc.errors import PolicyError
-from nfc.lower import lower
+from nfc.lower import Target, lower
 
 from helpers import TARGET, input_policy, ruleset_of, write_policy
 
@@ -278,12 +278,139 @@ def test_nfc_1_documents_doctor_as_it_judges() -> None:
     options = section(text, "OPTIONS")
     for key in keys:
         assert mentions(options, key), f"doctor --json key '{key}' is missing from nfc(1)"
-    entry = prose(text.split(".B nfc doctor\nSay", 1)[1].split(".TP\n.BI", 1)[0])
+    entry = prose(doctor_entry(text))
     assert f"at least {doctor.CRITICAL_FILL:.0%} full" in entry
     assert f"(default {doctor.DEFAULT_WARN_FILL:.0%})" in entry
     assert f"the {('five' if doctor.TOP == 5 else doctor.TOP)} services" in entry
     assert f"dport {doctor.EPHEMERAL}" in entry
     assert f"default {doctor.DEFAULT_LOG_WINDOW:g}" in prose(options)
+
+
+def doctor_entry(text: str) -> str:
+    """The entry of `nfc doctor` under COMMANDS."""
+    return text.split(".B nfc doctor\nSay", 1)[1].split('.TP\n.BI "nfc check ', 1)[0]
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "drop",
+        "early_drop",
+        "insert_failed",
+        "search_restart",
+        "buckets",
+        "UDP timeout",
+        "--log-window",
+        "netns",
+        "(queried)",
+        "skipped:",
+        "OK",
+        "WARNING",
+        "CRITICAL",
+    ],
+)
+def test_nfc_1_explains_every_figure_of_doctor(word: str) -> None:
+    assert mentions(doctor_entry(plain(NFC_1)), word), f"the doctor entry of nfc(1) does not explain {word}"
+
+
+def test_nfc_1_says_what_to_do_at_each_doctor_verdict() -> None:
+    entry = doctor_entry(plain(NFC_1))
+    advice = re.search(r"^What to do:\n\.RS\n(.*?)^\.RE$", entry, re.M | re.S)
+    assert advice, "the doctor entry of nfc(1) has no 'What to do:' list"
+    assert re.findall(r"^\.TP\n\.B (\w+)$", advice.group(1), re.M) == ["OK", "WARNING", "CRITICAL"]
+    ok, findings, usage = cli.EXIT_OK, cli.EXIT_FINDINGS, cli.EXIT_USAGE
+    exits = f"Exits {ok} for OK, {findings} for WARNING or CRITICAL, and {usage} for a usage error"
+    assert exits in prose(entry), "the doctor entry of nfc(1) should give its exit codes"
+
+
+def doctor_example_readings() -> dict[str, doctor.Readings]:
+    """The readings behind the sample outputs of nfc(1), by verdict."""
+    idle = doctor.Readings(
+        count=0,
+        max=262144,
+        buckets=262144,
+        stats=dict.fromkeys(("drop", "early_drop", "insert_failed", "search_restart"), 0),
+        table_full=0,
+        udp_timeout=30,
+        udp_stream_timeout=120,
+    )
+    host, flow = "192.0.2.1", doctor.Flow
+    heavy = {"203.0.113.7": 41210, "203.0.113.9": 12873, "198.51.100.23": 9644, "198.51.100.40": 7002}
+    flows = [
+        flow("udp", source, host, 40000, 53)
+        for source, n in {**heavy, "203.0.113.77": 4806}.items()
+        for _ in range(n)
+    ]
+    flows += [
+        flow("udp", f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}", host, 40000, 53)
+        for i in range(253912 - len(flows))
+    ]
+    flows += [flow("udp", host, "198.51.100.53", 33000 + i % 30000, 53) for i in range(5120)]
+    flows += [flow("tcp", f"100.64.{i >> 8}.{i & 255}", host, 50000, 443) for i in range(2311)]
+    flows += [flow("tcp", f"100.65.{i >> 8}.{i & 255}", host, 50000, 53) for i in range(601)]
+    flows += [flow("icmp", f"100.66.{i >> 8}.{i & 255}", host, None, None) for i in range(200)]
+    log = [
+        f"[{t}] nf_conntrack: nf_conntrack: table full, dropping packet"
+        for t in ("86101.225410", "86106.231977", "86111.240353")
+    ]
+    full = doctor.Readings(
+        count=len(flows),
+        max=262144,
+        buckets=65536,
+        stats={"drop": 18342, "early_drop": 1203, "insert_failed": 0, "search_restart": 57},
+        table_full=24,
+        table_full_lines=log,
+        udp_timeout=30,
+        udp_stream_timeout=120,
+        flows=flows,
+        local_addresses={host, "127.0.0.1", "::1"},
+    )
+    return {"OK": idle, "CRITICAL": full}
+
+
+def test_the_doctor_samples_of_nfc_1_are_what_doctor_prints() -> None:
+    samples = [b for b in example_blocks(doctor_entry(plain(NFC_1))) if b.startswith("verdict: ")]
+    shown = {block.split()[1]: block for block in samples}
+    target = Target(memory_bytes=16 << 30, word_bits=64)  # the 16 GiB host of the CRITICAL sample
+    for verdict, readings in doctor_example_readings().items():
+        assert verdict in shown, f"nfc(1) shows no sample {verdict} diagnosis of doctor"
+        assert shown[verdict] == doctor.diagnose(readings, target).text(), verdict
+
+
+def lint_check_entries() -> dict[str, str]:
+    """The entries of LINT CHECKS in nfc(1), by code."""
+    checks = section(plain(NFC_1), "LINT CHECKS")
+    parts = re.split(r"^\.TP\n\.BR (NFC\d+) ", checks, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.parametrize("check", lint.CHECKS, ids=lambda c: c.code)
+def test_every_lint_check_has_an_example_that_lint_prints(
+    check: lint.Check, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each LINT CHECKS entry shows a policy, the finding nfc lint prints
+    for it (the same, line and column included) and the fix."""
+    checks = section(plain(NFC_1), "LINT CHECKS")
+    elided = re.search(r'^\.B \.\.\.\nstands for the rule\n\.BR "(.*)" ,$', checks, re.M)
+    assert elided, "LINT CHECKS in nfc(1) should say what '...' in its examples stands for"
+    entry = lint_check_entries()[check.code]
+    examples = [b for b in example_blocks(entry) if b.startswith("$ cat p.yaml\n")]
+    assert len(examples) == 1, f"{check.code} in nfc(1) should show one example"
+    lines = examples[0].splitlines()[1:]
+    command = next(n for n, line in enumerate(lines) if line.startswith("$ nfc lint p.yaml"))
+    policy = [re.sub(r"^( *)\.\.\.$", rf"\g<1>{elided.group(1)}", line) for line in lines[:command]]
+    shown = lines[command + 1 :]
+    assert any(
+        line.startswith("p.yaml:") and f": {check.severity}: {check.code} " in line for line in shown
+    ), f"{check.code} in nfc(1) does not show its finding"
+    (tmp_path / "p.yaml").write_text("\n".join(policy) + "\n")
+    monkeypatch.chdir(tmp_path)
+    status = cli.main(lines[command].split()[2:])
+    assert status == (cli.EXIT_FINDINGS if check.severity == "error" else cli.EXIT_OK), check.code
+    printed = capsys.readouterr().out.splitlines()
+    for line in shown:
+        assert line in printed, f"{check.code}: nfc lint does not print this line of nfc(1):\n{line}"
+    assert re.search(r"^\.EE\n\.IP\nFix: ", entry, re.M), f"{check.code} in nfc(1) does not show the fix"
 
 
 def test_the_expired_rule_warning_is_the_documented_one(
