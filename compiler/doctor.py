@@ -7,6 +7,7 @@ fix what it found. What it cannot read it says it skipped."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -92,13 +93,21 @@ def parse_flows(text: str) -> list[Flow]:
         flows.append(
             Flow(
                 protocol,
-                fields["src"],
-                fields["dst"],
+                _address(fields["src"]),
+                _address(fields["dst"]),
                 int(fields["sport"]) if fields.get("sport", "").isdigit() else None,
                 int(fields["dport"]) if fields.get("dport", "").isdigit() else None,
             )
         )
     return flows
+
+
+def _address(text: str) -> str:
+    """/proc/net/nf_conntrack writes IPv6 in full; `ip` in short. Compare alike."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
 
 
 def count_table_full(
@@ -285,7 +294,11 @@ class Diagnosis:
         if r.table_full is not None:
             out.append(f"kernel log: {r.table_full} recent '{TABLE_FULL}' messages")
             out += [f"  {line}" for line in r.table_full_lines]
-        out.append(f"udp timeouts: {r.udp_timeout}s, stream {r.udp_stream_timeout}s")
+
+        def seconds(value: int | None) -> str:
+            return "?" if value is None else f"{value}s"
+
+        out.append(f"udp timeouts: {seconds(r.udp_timeout)}, stream {seconds(r.udp_stream_timeout)}")
         if self.by_service:
             out.append("top flows by service: " + ", ".join(f"{s} {n}" for s, n in self.by_service))
             out.append("top flows by source: " + ", ".join(f"{s} {n}" for s, n in self.by_source))
@@ -314,7 +327,13 @@ def _service(flow: Flow, local: set[str]) -> tuple[str, str]:
         return flow.protocol, flow.protocol
     if served:
         return f"{flow.protocol}/{flow.dport}", f"{flow.protocol} dport {flow.dport}"
-    return f"{flow.protocol}/{flow.dport} (queried)", f"{flow.protocol} sport {flow.dport} dport {EPHEMERAL}"
+    # the answers come back to the port the query left from: ephemeral, or
+    # a fixed low one (NTP clients query from 123)
+    local_port = EPHEMERAL if flow.sport is None or flow.sport >= 1024 else str(flow.sport)
+    return (
+        f"{flow.protocol}/{flow.dport} (queried)",
+        f"{flow.protocol} sport {flow.dport} dport {local_port}",
+    )
 
 
 def diagnose(
@@ -329,9 +348,8 @@ def diagnose(
     verdict = "OK"
     if drops:
         verdict = "CRITICAL"
-        reasons.append(
-            f"the kernel dropped or failed to insert {drops} new connections (drop/early_drop/insert_failed)"
-        )
+        counts = ", ".join(f"{k}={readings.stats[k]}" for k in DROP_COUNTERS if readings.stats.get(k))
+        reasons.append(f"the table has overflowed: new connections dropped or old ones evicted ({counts})")
     if readings.table_full:
         verdict = "CRITICAL"
         reasons.append(f"the kernel log has {readings.table_full} '{TABLE_FULL}' messages")
@@ -360,11 +378,16 @@ def diagnose(
     return Diagnosis(
         readings=readings,
         verdict=verdict,
-        reasons=reasons or ["no drops, no 'table full' messages, the table has room"],
+        reasons=reasons
+        or (
+            ["no drops, no 'table full' messages, the table has room"]
+            if fill is not None
+            else ["nothing showed a problem, but the table could not be read (see skipped)"]
+        ),
         by_service=services.most_common(TOP),
         by_source=sources.most_common(TOP),
         suggestions=suggestions,
-        suggested_max=target.conntrack_max(),
+        suggested_max=max(target.conntrack_max(), readings.max or 0),
         max_in_policy=None
         if policy is None
         else any(s.key.endswith("nf_conntrack_max") for s in policy.sysctls),

@@ -212,7 +212,7 @@ def blanket_untracked_accept(ctx: Context) -> Iterator[tuple[Loc, str, str | Non
                         rule.origin,
                         f"accepts untracked packets before the {what} at line {later.origin.line}, "
                         "which they bypass",
-                        "drop this rule: state: auto accepts only the untracked answers",
+                        "remove it and use state: auto, which accepts only the untracked answers",
                     )
                     break
 
@@ -282,6 +282,14 @@ def _coverage(ctx: Context, chain: Chain) -> Iterator[tuple[Rule, list[Cube], li
             earlier.append((rule, cubes))
 
 
+def _named(rules: list[Rule]) -> str:
+    """'the rules at lines 4, 7' in words a reader can find."""
+    names = sorted(
+        {f"line {r.origin.line}" if r.role is RuleRole.USER else f"the {r.role.value} rules" for r in rules}
+    )
+    return ", ".join(names)
+
+
 def _contradicting(rule: Rule, takers: list[Rule]) -> list[Rule]:
     """The earlier rules that decide some of `rule`'s packets otherwise. The
     implied state rules count only where no user rule takes part: `accept
@@ -299,14 +307,12 @@ def _contradicting(rule: Rule, takers: list[Rule]) -> list[Rule]:
 def shadowed_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
         for rule, remaining, takers in _coverage(ctx, chain):
-            if not remaining and ctx.space.cubes(rule.match):
-                lines = ", ".join(str(t.origin.line) for t in takers)
-                if _contradicting(rule, takers):
-                    yield (
-                        rule.origin,
-                        f"never matches a packet: the rules at lines {lines} decide them all first",
-                        "move it above them, or delete it",
-                    )
+            if not remaining and ctx.space.cubes(rule.match) and _contradicting(rule, takers):
+                yield (
+                    rule.origin,
+                    f"never matches a packet: {_named(takers)} decide them all first",
+                    "move it above them, or delete it",
+                )
 
 
 @check("NFC031", "redundant-rule", "warning", "Removing this rule would change no packet's fate.")
@@ -318,10 +324,9 @@ def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
                 continue
             if not remaining:
                 if not _contradicting(rule, takers):
-                    lines = ", ".join(str(t.origin.line) for t in takers)
                     yield (
                         rule.origin,
-                        f"the rules at lines {lines} already decide its packets alike",
+                        f"{_named(takers)} already decide its packets alike",
                         "delete it",
                     )
                 continue

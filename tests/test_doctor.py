@@ -93,3 +93,19 @@ def test_suggestions_for_served_and_queried_traffic() -> None:
     assert "udp sport 53 dport 1024-65535" in entries  # this host queried 192.0.2.53
     assert "    - udp dport 53\n" in result.yaml()
     assert f"max: {TARGET.conntrack_max()}" in result.yaml()
+
+
+def test_full_form_ipv6_and_fixed_client_ports() -> None:
+    proc = "ipv6     10 udp      17 29 src=fd00:0000:0000:0000:0000:0000:0000:0002 dst=2001:0db8:0000:0000:0000:0000:0000:0001 sport=123 dport=123 mark=0 use=1"  # noqa: E501
+    (flow,) = parse_flows(proc)
+    assert (flow.src, flow.dst) == ("fd00::2", "2001:db8::1")
+    result = diagnose(readings(count=990, flows=[flow] * 3, local_addresses={"fd00::2"}), TARGET)
+    assert [s.entry for s in result.suggestions] == ["udp sport 123 dport 123"]  # answers come to 123
+
+
+def test_unreadable_table_says_so_and_max_is_never_lowered() -> None:
+    result = diagnose(readings(count=None, max=None, udp_timeout=None), TARGET)
+    assert "could not be read" in result.reasons[0]
+    assert "udp timeouts: ?" in result.text()
+    small = Target(memory_bytes=1 << 30, word_bits=64)
+    assert diagnose(readings(max=262144, count=262144), small).suggested_max == 262144
