@@ -511,6 +511,8 @@ class Lowering:
         if len(networks) < 2:
             return None
         name = f"{define}_{family.suffix}"
+        if name in self.address_sets:
+            return name
         self._claim(name, f"define '{define}'", self.source.defines[define].loc)
         self.address_sets[name] = NamedAddressSet(name, family, networks)
         return name
