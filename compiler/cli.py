@@ -135,14 +135,18 @@ def _doctor(args: argparse.Namespace) -> int:
     return diagnosis.exit_code
 
 
-def fraction(text: str) -> float:
+def _number_in(text: str, high: float, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a fraction between 0 and 1")
+    if not 0 < value <= high:
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
     return value
+
+
+def fraction(text: str) -> float:
+    return _number_in(text, 1, "a fraction between 0 and 1")
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -189,13 +193,7 @@ def _rollback_timer(args: argparse.Namespace) -> int:
 
 
 def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds between 0 and 86400")
-    return value
+    return _number_in(text, 86400, "a number of seconds between 0 and 86400")
 
 
 def _backend_option(command: argparse.ArgumentParser) -> None:

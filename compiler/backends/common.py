@@ -5,8 +5,26 @@ from __future__ import annotations
 import os
 
 from nfc.errors import Loc
-from nfc.ir import Ruleset
+from nfc.ir import Network, Rule, RuleRole, Ruleset
 from nfc.load import printable
+
+ROLE_NOTES = {
+    RuleRole.ESSENTIAL_ICMP: "icmp essential",
+    RuleRole.STATE: "state auto",
+    RuleRole.UNTRACKED_ANSWER: "answers of notrack entry",
+}
+
+
+def rule_note(rule: Rule) -> str | None:
+    """The text after FILE:LINE in a generated rule's comment."""
+    return rule.comment if rule.role is RuleRole.USER else ROLE_NOTES[rule.role]
+
+
+def network_text(network: Network) -> str:
+    """A network as both tools write it: a host without its /32 or /128."""
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
 
 
 def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:

@@ -14,18 +14,16 @@ import itertools
 from dataclasses import dataclass, field
 
 from nfc import __version__, vocab
-from nfc.backends.common import origin_label
+from nfc.backends.common import network_text, origin_label, rule_note
 from nfc.errors import Loc, PolicyError
 from nfc.ir import (
     Addresses,
     Family,
     Match,
     Meter,
-    Network,
     NotrackRule,
     Ports,
     Rule,
-    RuleRole,
     Ruleset,
 )
 from nfc.load import printable
@@ -54,11 +52,6 @@ REJECT_V6 = {
     "addr-unreachable": "icmp6-addr-unreachable",
     "no-route": "icmp6-no-route",
     "admin-prohibited": "icmp6-adm-prohibited",
-}
-ROLE_NOTES = {
-    RuleRole.ESSENTIAL_ICMP: "icmp essential",
-    RuleRole.STATE: "state auto",
-    RuleRole.UNTRACKED_ANSWER: "answers of notrack entry",
 }
 
 
@@ -142,8 +135,8 @@ class FamilyFile:
         if addresses is None or (addresses.negated and len(addresses.networks) > 1):
             return [[]]  # a negated list is matched by _exclusions
         if addresses.negated:
-            return [["!", flag, _network(addresses.networks[0])]]
-        return [[flag, _network(n)] for n in addresses.networks]
+            return [["!", flag, network_text(addresses.networks[0])]]
+        return [[flag, network_text(n)] for n in addresses.networks]
 
     def _exclusions(self, match: Match) -> list[list[str]]:
         """RETURN rules for negated lists of several networks, which iptables
@@ -151,7 +144,7 @@ class FamilyFile:
         exclusions = []
         for flag, addresses in (("-s", match.saddr), ("-d", match.daddr)):
             if addresses is not None and addresses.negated and len(addresses.networks) > 1:
-                exclusions += [[flag, _network(n), "-j", "RETURN"] for n in addresses.networks]
+                exclusions += [[flag, network_text(n), "-j", "RETURN"] for n in addresses.networks]
         return exclusions
 
     def _protocol(self, protocol: str | None) -> str | None:
@@ -201,7 +194,7 @@ class FamilyFile:
         target = self._target(rule)
         if rule.log is not None:
             target = self._log_chain(rule, target)
-        note = rule.comment if rule.role is RuleRole.USER else ROLE_NOTES[rule.role]
+        note = rule_note(rule)
         comment = self._comment(rule.origin, note)
         exclusions = self._exclusions(rule.match)
         if exclusions:
@@ -308,12 +301,6 @@ def _check_global_limits(ruleset: Ruleset) -> None:
                     "one limit without 'per' for both IPv4 and IPv6",
                     "iptables keeps a bucket per family: add 'ip' or 'ip6', or write a rule per family",
                 )
-
-
-def _network(network: Network) -> str:
-    if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return str(network)
 
 
 def _port_options(module: str, direction: str, ports: Ports) -> list[list[str]]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network
 
 from nfc import __version__, vocab
-from nfc.backends.common import origin_label
+from nfc.backends.common import network_text, origin_label, rule_note
 from nfc.ir import (
     Addresses,
     Family,
@@ -23,7 +23,6 @@ from nfc.ir import (
     Ports,
     Rate,
     Rule,
-    RuleRole,
     Ruleset,
     Verdict,
 )
@@ -32,11 +31,6 @@ from nfc.load import printable
 COMMENT_MAX = 128  # bytes, the kernel's limit for a rule comment
 ADDRESS_KEYWORD = {Family.V4: "ip", Family.V6: "ip6"}
 ADDRESS_TYPE = {Family.V4: "ipv4_addr", Family.V6: "ipv6_addr"}
-ROLE_NOTES = {
-    RuleRole.ESSENTIAL_ICMP: "icmp essential",
-    RuleRole.STATE: "state auto",
-    RuleRole.UNTRACKED_ANSWER: "answers of notrack entry",
-}
 
 
 def generate(ruleset: Ruleset) -> dict[str, str]:
@@ -86,7 +80,7 @@ def _address_set(name: str, family: Family, networks: Iterable[Network]) -> list
         f"set {name} {{",
         f"\ttype {ADDRESS_TYPE[family]}",
         "\tflags interval",
-        f"\telements = {{ {', '.join(_network(n) for n in networks)} }}",
+        f"\telements = {{ {', '.join(network_text(n) for n in networks)} }}",
         "}",
     ]
 
@@ -139,16 +133,10 @@ def _addresses(addresses: Addresses) -> str:
     if addresses.set_name:
         value = f"@{addresses.set_name}"
     elif len(addresses.networks) == 1:
-        value = _network(addresses.networks[0])
+        value = network_text(addresses.networks[0])
     else:
-        value = "{ " + ", ".join(_network(n) for n in addresses.networks) + " }"
+        value = "{ " + ", ".join(network_text(n) for n in addresses.networks) + " }"
     return negation + value
-
-
-def _network(network: Network) -> str:
-    if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return str(network)
 
 
 def _names(names: tuple[str, ...]) -> str:
@@ -247,7 +235,7 @@ def _rule(ruleset: Ruleset, rule: Rule) -> list[str]:
             log += f" level {rule.log.level}"
         parts.append(log)
     parts.append(_verdict(rule.verdict, rule.match.family))
-    note = rule.comment if rule.role is RuleRole.USER else ROLE_NOTES[rule.role]
+    note = rule_note(rule)
     parts.append(_comment(ruleset, rule.origin, note))
     lines = [" ".join(parts)]
     meter = rule.meter
