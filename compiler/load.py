@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from nfc.errors import Loc, PolicyError, did_you_mean
+from nfc.vocab import NFT_KEYWORDS
 
 # libyaml's parser where PyYAML was built with it: the same marks, 15x faster.
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -576,6 +577,7 @@ class _Loading:
     defines: dict[str, Define] = field(default_factory=dict)
     notrack: list[RuleText] = field(default_factory=list)
     included: set[str] = field(default_factory=set)
+    main_conntrack: ConntrackSection = field(default_factory=ConntrackSection)
 
     def merge_defines(self, new: dict[str, Define]) -> None:
         for name, define in new.items():
@@ -626,7 +628,7 @@ def _load_file(
         section = _conntrack(fields["conntrack"], in_include)
         state.notrack.extend(section.notrack)
         if not in_include:
-            fields = {**fields, "conntrack": YNode(section, fields["conntrack"].loc)}
+            state.main_conntrack = section
     return fields
 
 
@@ -654,7 +656,11 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
                 f"table name '{printable(table)}' is not valid",
                 "use letters, digits and '_', starting with a letter or '_', at most 32 characters",
             )
-    main_conntrack = fields["conntrack"].value if "conntrack" in fields else ConntrackSection()
+        if table in NFT_KEYWORDS:
+            raise PolicyError(
+                fields["table"].loc, f"'{table}' is an nft keyword and cannot name a table", "try 'nfc'"
+            )
+    main_conntrack = state.main_conntrack
     conntrack = ConntrackSection(
         tuple(state.notrack), main_conntrack.max, main_conntrack.max_loc, main_conntrack.timeouts
     )

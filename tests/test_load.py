@@ -100,3 +100,24 @@ def test_expires_takes_a_date(tmp_path: Path) -> None:
     rule = load_policy(path).chains["input"].rules[0]
     assert str(rule.expires) == "2027-03-01"
     assert rule.comment == "tmp"
+
+
+def test_nft_keywords_cannot_name_the_table(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, "nfc: 1\ntable: counter\n")
+    with pytest.raises(PolicyError, match="nft keyword") as caught:
+        load_policy(path)
+    assert (caught.value.loc.line, caught.value.loc.col) == (2, 8)
+
+
+@pytest.mark.parametrize("word", ["ip", "counter", "limit", "accept", "meta"])
+def test_the_keyword_list_is_what_nft_refuses(tmp_path: Path, word: str) -> None:
+    from nfc.vocab import NFT_KEYWORDS
+
+    from conftest import nft_check
+
+    assert word in NFT_KEYWORDS
+    script = tmp_path / "t.nft"
+    script.write_text(f"table inet {word}\n")
+    assert nft_check(script).returncode != 0
+    script.write_text(f"table inet {word}x\n")
+    assert nft_check(script).returncode == 0
