@@ -9,6 +9,7 @@ diff like any other code change."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,20 @@ def test_stdout_matches_artifact(tmp_path: Path) -> None:
     printed = run_nfc("compile", str(policy), "--stdout", "--memory", TEST_MEMORY, "--word-bits", "64")
     assert printed.returncode == 0
     assert printed.stdout == (outdir / "ruleset.nft").read_text()
+
+
+@pytest.mark.parametrize("backend", sorted(ARTIFACTS))
+def test_output_does_not_depend_on_where_the_policy_lives(backend: str, tmp_path: Path) -> None:
+    """A checkout elsewhere compiles to the same bytes: no absolute path
+    leaks into names, comments or digests."""
+    for policy in POLICIES:
+        if (policy.stem, backend) in UNSUPPORTED:
+            continue
+        moved = tmp_path / "elsewhere" / policy.parent.name
+        if not moved.exists():
+            shutil.copytree(policy.parent, moved)
+        outdir = _compile(moved / policy.name, tmp_path / f"{policy.stem}-{backend}", backend)
+        for artifact, suffix in ARTIFACTS[backend].items():
+            golden = GOLDEN / f"{policy.stem}.{suffix}"
+            if golden.exists():
+                assert (outdir / artifact).read_text() == golden.read_text(), (policy.stem, artifact)

@@ -280,7 +280,7 @@ class FamilyFile:
             ]
         else:
             options += ["--hashlimit-htable-expire", str(meter.timeout * 1000)]
-        options += ["--hashlimit-name", _hashlimit_name(meter, rule.origin)]
+        options += ["--hashlimit-name", _hashlimit_name(meter, origin_label(self.ruleset, rule.origin, 200))]
         return options
 
 
@@ -325,13 +325,15 @@ def _port_range(bounds: tuple[int, int]) -> str:
     return str(low) if low == high else f"{low}:{high}"
 
 
-def _hashlimit_name(meter: Meter, origin: Loc) -> str:
+def _hashlimit_name(meter: Meter, rule_label: str) -> str:
     """hashlimit names its table in at most 15 bytes: a longer meter name is
     shortened with a digest of the name alone, so rules that share the
-    meter still share the table; an unnamed limit is named after its rule."""
+    meter still share the table; an unnamed limit is named after its rule
+    (FILE:LINE relative to the policy, so the name is the same wherever the
+    policy is checked out)."""
     if meter.name is not None and len(meter.name) <= HASHLIMIT_NAME_MAX:
         return meter.name
-    identity = meter.name if meter.name is not None else f"{origin.file}:{origin.line}"
+    identity = meter.name if meter.name is not None else rule_label
     digest = hashlib.sha256(identity.encode()).hexdigest()[:4]
-    base = meter.name or f"l{origin.line}"
+    base = meter.name or "l" + rule_label.rsplit(":", 1)[-1]
     return f"{base[: HASHLIMIT_NAME_MAX - 5]}_{digest}"
