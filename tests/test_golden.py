@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FEATURES, FLAGSHIP, GOLDEN, TEST_MEMORY, iptables_check, nft_check, run_nfc
+from conftest import FEATURES, FLAGSHIP, GOLDEN, ROOT, TEST_MEMORY, iptables_check, nft_check, run_nfc
 
 POLICIES = FLAGSHIP + FEATURES
 UPDATE = bool(os.environ.get("NFC_UPDATE_GOLDEN"))
@@ -104,9 +104,9 @@ def test_output_does_not_depend_on_where_the_policy_lives(backend: str, tmp_path
     for policy in POLICIES:
         if (policy.stem, backend) in UNSUPPORTED:
             continue
-        moved = tmp_path / "elsewhere" / policy.parent.name
+        moved = tmp_path / "elsewhere" / policy.parent.relative_to(ROOT)
         if not moved.exists():
-            shutil.copytree(policy.parent, moved)
+            shutil.copytree(policy.parent, moved)  # includes travel along
         outdir = _compile(moved / policy.name, tmp_path / f"{policy.stem}-{backend}", backend)
         for artifact, suffix in ARTIFACTS[backend].items():
             golden = GOLDEN / f"{policy.stem}.{suffix}"
