@@ -16,10 +16,6 @@ class Loc:
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
 
-    def shifted(self, line_offset: int, col: int) -> Loc:
-        """The position `line_offset` lines below this one, at column `col`."""
-        return Loc(self.file, self.line + line_offset, col)
-
 
 class PolicyError(Exception):
     """Bad input: reported as FILE:LINE:COL: error: MESSAGE and exit code 2."""

@@ -202,7 +202,6 @@ class Explanation:
     chain: str | None = None
     verdict: str = "accept"  # accept | drop | reject
     rule: Rule | None = None  # None: the chain's policy (or no chain)
-    policy_origin: str | None = None
     meters: list[MeterStep] = field(default_factory=list)
     over_limit: bool = False
 

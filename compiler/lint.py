@@ -16,7 +16,6 @@ from nfc.errors import Loc
 from nfc.ir import Chain, Family, Match, NotrackRule, Ports, Rule, RuleRole, Ruleset
 from nfc.space import Cube, Space, minus, overlap
 
-SEVERITIES = ("error", "warning", "note")
 SENSITIVE_PORTS = {
     22: "ssh",
     23: "telnet",
