@@ -35,6 +35,8 @@ bench: install
 	$(BIN)/python bench/compile.py
 
 install: $(INSTALLED)
+	@# put this checkout's nfc on PATH (as root), whichever checkout ran last
+	@if [ "$$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then ln -sfn "$(CURDIR)/$(BIN)/nfc" /usr/local/bin/nfc; fi
 
 $(INSTALLED): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +49,6 @@ $(INSTALLED): pyproject.toml | system-deps
 	  if [ -n "$$src" ]; then ln -sfn "$$(dirname "$$src")" "$$site/nftables"; \
 	  else echo "warning: python3-nftables is not installed; nfc falls back to the nft command"; fi; \
 	fi
-	@if [ "$$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then ln -sfn "$(CURDIR)/$(BIN)/nfc" /usr/local/bin/nfc; fi
 	touch $@
 
 system-deps:
