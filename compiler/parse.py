@@ -416,6 +416,15 @@ def _parse(text: str, locate: Locate, start: str) -> RuleNode:
     # One Transformer serves every rule (lark builds its callbacks once per
     # instance); it is pointed at this rule's source position first.
     _TRANSFORMER.locate = locate
+    fast = fastparse.parse(text, locate, start, _TRANSFORMER)
+    if fast is not None:
+        return fast
+    return _lark_parse(text, locate, start)
+
+
+def _lark_parse(text: str, locate: Locate, start: str) -> RuleNode:
+    """The reference parser, and the only one that reports syntax errors."""
+    _TRANSFORMER.locate = locate
     try:
         return _TRANSFORMER.transform(_parser().parse(text, start=start))
     except UnexpectedInput as exc:
@@ -434,3 +443,6 @@ def parse_rule(text: str, locate: Locate) -> RuleNode:
 def parse_entry(text: str, locate: Locate) -> RuleNode:
     """Parse a conntrack.notrack entry: matches and an optional comment."""
     return _parse(text, locate, "entry")
+
+
+from nfc import fastparse  # noqa: E402 - it builds the trees defined above

@@ -1,0 +1,342 @@
+"""A hand-written fast path for well-formed single-line rules.
+
+lark stays the reference: this parser accepts only what it can read with
+certainty, builds exactly the tree the grammar's Transformer would, and
+returns None for anything else, which then goes to lark (and to lark's
+error messages). tests/test_fastparse.py holds the two equal."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+from nfc.parse import AddrItem, Addrs, LimitNode, LogNode, MatchNode, PortItem, RuleNode, VerdictNode
+
+if TYPE_CHECKING:
+    from nfc.parse import Locate, _ToAst
+
+TOKEN = re.compile(r'"[^"]*"|[{},]|[^ {},"]+')
+INT = re.compile(r"[0-9]+\Z")
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+VAR = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\Z")
+ADDRESS = re.compile(r"[0-9A-Fa-f]*[.:][0-9A-Fa-f.:]*(/[0-9]+)?\Z")
+IFNAME = re.compile(r"[A-Za-z0-9_.:@+-]+\*?\Z")
+RANGE = re.compile(r"([0-9]+)-([0-9]+)\Z")
+TIME_UNITS = "second|minute|hour|day"
+RATE = re.compile(rf"([0-9]+)/({TIME_UNITS})\Z")
+BYTE_RATE = re.compile(rf"(bytes|kbytes|mbytes)/({TIME_UNITS})\Z")
+PER = re.compile(r"(saddr|daddr)(?:/([0-9]+))?\Z")
+SECOND_MASK = re.compile(r"/([0-9]+)\Z")
+BURST_UNITS = ("packets", "bytes", "kbytes", "mbytes")
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
+
+
+class _Unsure(Exception):
+    """Not certain to read this as lark would: leave it to lark."""
+
+
+class _Reader:
+    def __init__(self, text: str, locate: Locate) -> None:
+        self.tokens = [(m.group(), m.start() + 1) for m in TOKEN.finditer(text)]
+        self.at = 0
+        self.locate = locate
+
+    def peek(self) -> str | None:
+        return self.tokens[self.at][0] if self.at < len(self.tokens) else None
+
+    def take(self) -> tuple[str, int]:
+        if self.at >= len(self.tokens):
+            raise _Unsure
+        token = self.tokens[self.at]
+        self.at += 1
+        return token
+
+    def expect(self, word: str) -> int:
+        text, col = self.take()
+        if text != word:
+            raise _Unsure
+        return col
+
+    def matching(self, pattern: re.Pattern[str]) -> tuple[str, int]:
+        text, col = self.take()
+        if not pattern.match(text):
+            raise _Unsure
+        return text, col
+
+    def loc(self, col: int):
+        return self.locate(1, col)
+
+
+def parse(text: str, locate: Locate, start: str, transformer: _ToAst) -> RuleNode | None:
+    """The rule's tree, or None where only lark can say."""
+    if not text.isascii() or not text.isprintable() or '""' in text:
+        return None
+    reader = _Reader(text, locate)
+    if not reader.tokens:
+        return None
+    try:
+        verdict = _verdict(reader) if start == "rule" else None
+        parts: list = []
+        while reader.peek() in MATCHES:
+            parts.append(MATCHES[reader.peek()](reader))  # type: ignore[index]
+        if start == "entry" and not parts:
+            raise _Unsure
+        clauses = CLAUSES if start == "rule" else {"comment": _comment}
+        while reader.peek() is not None:
+            word = reader.peek()
+            if word not in clauses:
+                raise _Unsure
+            parts.append(clauses[word](reader))
+    except _Unsure:
+        return None
+    meta = SimpleNamespace(line=1, column=reader.tokens[0][1])
+    return transformer._rule(verdict, parts, meta)
+
+
+def _verdict(reader: _Reader) -> VerdictNode:
+    word, col = reader.take()
+    if word in ("accept", "drop"):
+        return VerdictNode(word, None, reader.loc(col))
+    if word != "reject":
+        raise _Unsure
+    if reader.peek() != "with":
+        return VerdictNode("reject", None, reader.loc(col))
+    reader.take()
+    kind = reader.take()[0]
+    if kind == "tcp":
+        reader.expect("reset")
+        return VerdictNode("reject", "tcp reset", reader.loc(col))
+    if kind != "icmp":
+        raise _Unsure
+    name, _ = reader.matching(NAME)
+    return VerdictNode("reject", name, reader.loc(col))
+
+
+def _keyword_match(kind: str, value: str) -> object:
+    def read(reader: _Reader) -> MatchNode:
+        _, col = reader.take()
+        return MatchNode(kind, value, reader.loc(col))
+
+    return read
+
+
+def _icmp(protocol: str) -> object:
+    def read(reader: _Reader) -> MatchNode:
+        _, col = reader.take()
+        if reader.peek() != "type":
+            return MatchNode("proto", protocol, reader.loc(col))
+        reader.take()
+        kind = "icmp_type" if protocol == "icmp" else "icmpv6_type"
+        return MatchNode(kind, _names(reader), reader.loc(col))
+
+    return read
+
+
+def _names(reader: _Reader) -> tuple[tuple[str, object], ...]:
+    names = []
+    while True:
+        name, col = reader.matching(NAME)
+        names.append((name, reader.loc(col)))
+        if reader.peek() != ",":
+            return tuple(names)
+        reader.take()
+
+
+def _proto(reader: _Reader) -> MatchNode:
+    reader.take()
+    word, col = reader.take()
+    if INT.match(word):
+        return MatchNode("proto", int(word), reader.loc(col))
+    if NAME.match(word):
+        return MatchNode("proto", word, reader.loc(col))
+    raise _Unsure
+
+
+def _port(reader: _Reader) -> PortItem:
+    word, col = reader.take()
+    loc = reader.loc(col)
+    if INT.match(word):
+        return PortItem("number", int(word), None, loc)
+    if found := RANGE.match(word):
+        return PortItem("range", int(found[1]), int(found[2]), loc)
+    if NAME.match(word):
+        return PortItem("service", word, None, loc)
+    if VAR.match(word):
+        return PortItem("var", word[1:], None, loc)
+    raise _Unsure
+
+
+def _set(reader: _Reader, item: object) -> tuple:
+    """'{' item (',' item)* ','? '}' after the '{'."""
+    items = [item(reader)]  # type: ignore[operator]
+    while reader.peek() == ",":
+        reader.take()
+        if reader.peek() == "}":
+            break
+        items.append(item(reader))  # type: ignore[operator]
+    reader.expect("}")
+    return tuple(items)
+
+
+def _ports(kind: str) -> object:
+    def read(reader: _Reader) -> MatchNode:
+        _, col = reader.take()
+        if reader.peek() == "{":
+            reader.take()
+            items = _set(reader, _port)
+        else:
+            items = (_port(reader),)
+        return MatchNode(kind, items, reader.loc(col))
+
+    return read
+
+
+def _address(reader: _Reader) -> AddrItem:
+    word, col = reader.take()
+    if ADDRESS.match(word):
+        return AddrItem("literal", word, reader.loc(col))
+    if VAR.match(word):
+        return AddrItem("var", word[1:], reader.loc(col))
+    raise _Unsure
+
+
+def _addresses(kind: str) -> object:
+    def read(reader: _Reader) -> MatchNode:
+        _, col = reader.take()
+        start = reader.tokens[reader.at][1] if reader.at < len(reader.tokens) else col
+        negated = reader.peek() == "not"
+        if negated:
+            reader.take()
+        if reader.peek() == "{":
+            reader.take()
+            items = _set(reader, _address)
+        else:
+            items = (_address(reader),)
+        return MatchNode(kind, Addrs(items, negated, reader.loc(start)), reader.loc(col))
+
+    return read
+
+
+def _interface(kind: str) -> object:
+    def read(reader: _Reader) -> MatchNode:
+        _, col = reader.take()
+        word, _ = reader.take()
+        if word.startswith('"'):
+            name = word[1:-1]
+        elif IFNAME.match(word):
+            name = word
+        else:
+            raise _Unsure
+        return MatchNode(kind, name, reader.loc(col))
+
+    return read
+
+
+def _ct(reader: _Reader) -> MatchNode:
+    _, col = reader.take()
+    reader.expect("state")
+    return MatchNode("ct_state", _names(reader), reader.loc(col))
+
+
+MATCHES = {
+    "ip": _keyword_match("family", "ip"),
+    "ip6": _keyword_match("family", "ip6"),
+    "tcp": _keyword_match("proto", "tcp"),
+    "udp": _keyword_match("proto", "udp"),
+    "sctp": _keyword_match("proto", "sctp"),
+    "icmp": _icmp("icmp"),
+    "icmpv6": _icmp("icmpv6"),
+    "proto": _proto,
+    "dport": _ports("dport"),
+    "sport": _ports("sport"),
+    "from": _addresses("saddr"),
+    "to": _addresses("daddr"),
+    "iif": _interface("iif"),
+    "oif": _interface("oif"),
+    "ct": _ct,
+}
+
+
+def _int(reader: _Reader) -> int:
+    return int(reader.matching(INT)[0])
+
+
+def _limit(reader: _Reader) -> LimitNode:
+    _, col = reader.take()
+    over = reader.peek() == "over"
+    if over:
+        reader.take()
+    word, _ = reader.take()
+    if found := RATE.match(word):
+        rate, byte_unit, time_unit = int(found[1]), None, found[2]
+    elif INT.match(word):
+        unit = BYTE_RATE.match(reader.take()[0])
+        if not unit:
+            raise _Unsure
+        rate, byte_unit, time_unit = int(word), unit[1], unit[2]
+    else:
+        raise _Unsure
+    burst = burst_unit = per = v4_mask = v6_mask = size = name = None
+    if reader.peek() == "burst":
+        reader.take()
+        burst = _int(reader)
+        if reader.peek() in BURST_UNITS:
+            burst_unit = reader.take()[0]
+    if reader.peek() == "per":
+        reader.take()
+        key = PER.match(reader.take()[0])
+        if not key:
+            raise _Unsure
+        per = key[1]
+        if key[2] is not None:
+            v4_mask = int(key[2])
+            if reader.peek() == ",":
+                reader.take()
+                second = SECOND_MASK.match(reader.take()[0])
+                if not second:
+                    raise _Unsure
+                v6_mask = int(second[1])
+    if reader.peek() == "size":
+        reader.take()
+        size = _int(reader)
+    if reader.peek() == "name":
+        reader.take()
+        name = reader.matching(NAME)[0]
+    return LimitNode(over, rate, byte_unit, time_unit, burst, burst_unit, per, v4_mask, v6_mask, size, name,
+                     reader.loc(col))  # fmt: skip
+
+
+def _string(reader: _Reader) -> tuple[str, int]:
+    word, col = reader.take()
+    if len(word) < 2 or not (word.startswith('"') and word.endswith('"')):
+        raise _Unsure
+    return word[1:-1], col
+
+
+def _log(reader: _Reader) -> LogNode:
+    _, col = reader.take()
+    prefix = level = None
+    if reader.peek() == "prefix":
+        reader.take()
+        prefix = _string(reader)[0]
+    if reader.peek() == "level":
+        reader.take()
+        level = reader.take()[0]
+        if level not in LOG_LEVELS:
+            raise _Unsure
+    return LogNode(prefix, level, reader.loc(col))
+
+
+def _counter(reader: _Reader) -> tuple[str, object]:
+    _, col = reader.take()
+    return "counter", reader.loc(col)
+
+
+def _comment(reader: _Reader) -> tuple[str, str, object]:
+    reader.take()
+    text, col = _string(reader)
+    return "comment", text, reader.loc(col)
+
+
+CLAUSES = {"limit": _limit, "log": _log, "counter": _counter, "comment": _comment}
