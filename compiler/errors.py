@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, order=True)
-class Loc:
-    """A 1-based position in a policy file."""
+class Loc(NamedTuple):
+    """A 1-based position in a policy file (a tuple: cheap to make by the
+    hundred thousand, ordered by file, line, column)."""
 
     file: str
     line: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,20 @@ class YNode:
         if isinstance(self.value, list):
             return [v.plain() for v in self.value]
         return self.value
+
+    def locator(self) -> Callable[[int, int], Loc]:
+        """`loc_in_text`, specialised for this scalar: the parser asks for a
+        position per token, so single-line rules get a shortcut."""
+        span = self.span
+        if span is not None and span.single_line:
+            file, first_line, offset = self.loc.file, span.line, span.text_col - 1
+            make = tuple.__new__  # Loc from its fields in order, minus NamedTuple's argument handling
+            return (
+                lambda line, col: make(Loc, (file, first_line, offset + col))
+                if line == 1
+                else self.loc_in_text(line, col)
+            )
+        return self.loc_in_text
 
     def loc_in_text(self, line: int, col: int) -> Loc:
         """The file position of 1-based (line, col) inside this string scalar."""

@@ -527,7 +527,7 @@ class Lowering:
 
     def parse(self, text: RuleText, entry: bool) -> RuleNode:
         parser = parse_entry if entry else parse_rule
-        return parser(text.text, text.node.loc_in_text)
+        return parser(text.text, text.node.locator())
 
     def comment(self, text: RuleText, node: RuleNode) -> str | None:
         if text.comment is not None and node.comment is not None:
