@@ -64,9 +64,6 @@ class _Reader:
             raise _Unsure
         return text, col
 
-    def loc(self, col: int):
-        return self.locate(1, col)
-
 
 def parse(text: str, locate: Locate, start: str, transformer: _ToAst) -> RuleNode | None:
     """The rule's tree, or None where only lark can say."""
@@ -97,26 +94,26 @@ def parse(text: str, locate: Locate, start: str, transformer: _ToAst) -> RuleNod
 def _verdict(reader: _Reader) -> VerdictNode:
     word, col = reader.take()
     if word in ("accept", "drop"):
-        return VerdictNode(word, None, reader.loc(col))
+        return VerdictNode(word, None, reader.locate(1, col))
     if word != "reject":
         raise _Unsure
     if reader.peek() != "with":
-        return VerdictNode("reject", None, reader.loc(col))
+        return VerdictNode("reject", None, reader.locate(1, col))
     reader.take()
     kind = reader.take()[0]
     if kind == "tcp":
         reader.expect("reset")
-        return VerdictNode("reject", "tcp reset", reader.loc(col))
+        return VerdictNode("reject", "tcp reset", reader.locate(1, col))
     if kind != "icmp":
         raise _Unsure
     name, _ = reader.matching(NAME)
-    return VerdictNode("reject", name, reader.loc(col))
+    return VerdictNode("reject", name, reader.locate(1, col))
 
 
 def _keyword_match(kind: str, value: str) -> object:
     def read(reader: _Reader) -> MatchNode:
         _, col = reader.take()
-        return MatchNode(kind, value, reader.loc(col))
+        return MatchNode(kind, value, reader.locate(1, col))
 
     return read
 
@@ -125,10 +122,10 @@ def _icmp(protocol: str) -> object:
     def read(reader: _Reader) -> MatchNode:
         _, col = reader.take()
         if reader.peek() != "type":
-            return MatchNode("proto", protocol, reader.loc(col))
+            return MatchNode("proto", protocol, reader.locate(1, col))
         reader.take()
         kind = "icmp_type" if protocol == "icmp" else "icmpv6_type"
-        return MatchNode(kind, _names(reader), reader.loc(col))
+        return MatchNode(kind, _names(reader), reader.locate(1, col))
 
     return read
 
@@ -137,7 +134,7 @@ def _names(reader: _Reader) -> tuple[tuple[str, object], ...]:
     names = []
     while True:
         name, col = reader.matching(NAME)
-        names.append((name, reader.loc(col)))
+        names.append((name, reader.locate(1, col)))
         if reader.peek() != ",":
             return tuple(names)
         reader.take()
@@ -147,15 +144,15 @@ def _proto(reader: _Reader) -> MatchNode:
     reader.take()
     word, col = reader.take()
     if INT.match(word):
-        return MatchNode("proto", int(word), reader.loc(col))
+        return MatchNode("proto", int(word), reader.locate(1, col))
     if NAME.match(word):
-        return MatchNode("proto", word, reader.loc(col))
+        return MatchNode("proto", word, reader.locate(1, col))
     raise _Unsure
 
 
 def _port(reader: _Reader) -> PortItem:
     word, col = reader.take()
-    loc = reader.loc(col)
+    loc = reader.locate(1, col)
     if INT.match(word):
         return PortItem("number", int(word), None, loc)
     if found := RANGE.match(word):
@@ -187,7 +184,7 @@ def _ports(kind: str) -> object:
             items = _set(reader, _port)
         else:
             items = (_port(reader),)
-        return MatchNode(kind, items, reader.loc(col))
+        return MatchNode(kind, items, reader.locate(1, col))
 
     return read
 
@@ -195,9 +192,9 @@ def _ports(kind: str) -> object:
 def _address(reader: _Reader) -> AddrItem:
     word, col = reader.take()
     if ADDRESS.match(word):
-        return AddrItem("literal", word, reader.loc(col))
+        return AddrItem("literal", word, reader.locate(1, col))
     if VAR.match(word):
-        return AddrItem("var", word[1:], reader.loc(col))
+        return AddrItem("var", word[1:], reader.locate(1, col))
     raise _Unsure
 
 
@@ -213,7 +210,7 @@ def _addresses(kind: str) -> object:
             items = _set(reader, _address)
         else:
             items = (_address(reader),)
-        return MatchNode(kind, Addrs(items, negated, reader.loc(start)), reader.loc(col))
+        return MatchNode(kind, Addrs(items, negated, reader.locate(1, start)), reader.locate(1, col))
 
     return read
 
@@ -228,7 +225,7 @@ def _interface(kind: str) -> object:
             name = word
         else:
             raise _Unsure
-        return MatchNode(kind, name, reader.loc(col))
+        return MatchNode(kind, name, reader.locate(1, col))
 
     return read
 
@@ -236,7 +233,7 @@ def _interface(kind: str) -> object:
 def _ct(reader: _Reader) -> MatchNode:
     _, col = reader.take()
     reader.expect("state")
-    return MatchNode("ct_state", _names(reader), reader.loc(col))
+    return MatchNode("ct_state", _names(reader), reader.locate(1, col))
 
 
 MATCHES = {
@@ -304,7 +301,7 @@ def _limit(reader: _Reader) -> LimitNode:
         reader.take()
         name = reader.matching(NAME)[0]
     return LimitNode(over, rate, byte_unit, time_unit, burst, burst_unit, per, v4_mask, v6_mask, size, name,
-                     reader.loc(col))  # fmt: skip
+                     reader.locate(1, col))  # fmt: skip
 
 
 def _string(reader: _Reader) -> tuple[str, int]:
@@ -325,18 +322,18 @@ def _log(reader: _Reader) -> LogNode:
         level = reader.take()[0]
         if level not in LOG_LEVELS:
             raise _Unsure
-    return LogNode(prefix, level, reader.loc(col))
+    return LogNode(prefix, level, reader.locate(1, col))
 
 
 def _counter(reader: _Reader) -> tuple[str, object]:
     _, col = reader.take()
-    return "counter", reader.loc(col)
+    return "counter", reader.locate(1, col)
 
 
 def _comment(reader: _Reader) -> tuple[str, str, object]:
     reader.take()
     text, col = _string(reader)
-    return "comment", text, reader.loc(col)
+    return "comment", text, reader.locate(1, col)
 
 
 CLAUSES = {"limit": _limit, "log": _log, "counter": _counter, "comment": _comment}
