@@ -467,9 +467,15 @@ def apply(
             snapshot = backend.snapshot(artifact)
             snapshot["sysctl"] = current_sysctls(sorted(settings))
             state.write(state.saved, snapshot)
+        if confirm_seconds is not None:
+            # Armed before the load, so no moment passes with the new rules
+            # in force and nothing to take them back.
+            _start_timer(state, time.time() + confirm_seconds, pending)
         try:
             backend.load(artifact)
         except KernelRefused as exc:
+            if confirm_seconds is not None:
+                _disarm(state, pending)
             raise KernelRefused(f"{exc}\nnfc: the previous ruleset is still in force") from None
         report(f"applied {artifact.name} ({artifact.backend})")
         mixed = backend.foreign_rules()
@@ -478,17 +484,15 @@ def apply(
         apply_sysctls(settings, report)
         state.rolled_back.unlink(missing_ok=True)
         if confirm_seconds is not None:
-            _start_timer(state, confirm_seconds, pending)
             report(
                 f"rolls back in {confirm_seconds:g}s unless 'nfc confirm' runs (state directory {state.dir})"
             )
 
 
-def _start_timer(state: State, seconds: float, previous: dict | None) -> None:
+def _start_timer(state: State, deadline: float, previous: dict | None) -> None:
     if previous is not None:
         _stop_timer(previous)
     token = secrets.token_hex(8)
-    deadline = time.time() + seconds
     process = subprocess.Popen(
         [sys.executable, "-m", "nfc", "_rollback-timer", "--state-dir", str(state.dir), token, str(deadline)],
         stdin=subprocess.DEVNULL,
@@ -498,6 +502,18 @@ def _start_timer(state: State, seconds: float, previous: dict | None) -> None:
         close_fds=True,
     )
     state.write(state.pending, {"token": token, "deadline": deadline, "pid": process.pid})
+
+
+def _disarm(state: State, previous: dict | None) -> None:
+    """Undo the arming of a refused apply: back to the earlier pending
+    confirmation, if there was one, with its own deadline."""
+    armed = state.read(state.pending)
+    if armed is not None:
+        _stop_timer(armed)
+    if previous is None:
+        state.pending.unlink(missing_ok=True)
+    else:
+        _start_timer(state, float(previous["deadline"]), None)
 
 
 def _stop_timer(pending: dict) -> None:

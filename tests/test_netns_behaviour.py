@@ -143,6 +143,19 @@ def test_a_refused_ruleset_leaves_the_old_rules_in_force(lab: Lab, tmp_path: Pat
     assert lab.connects(lab.client_a, SERVER_A4, 80, CLIENT_A4) == 0
 
 
+def test_a_refused_apply_with_confirm_leaves_no_timer(lab: Lab, tmp_path: Path) -> None:
+    applied(lab, RECURSIVE)
+    lab.start_servers()
+    before = lab.server.nft("list", "table", "inet", "nfc")
+    result = lab.apply(_tampered_artifact(tmp_path, WEB), "--confirm", "1")
+    assert result.returncode == 3
+    assert not (lab.state_dir / "pending.json").exists()
+    time.sleep(2)
+    assert lab.server.nft("list", "table", "inet", "nfc") == before
+    late = lab.server.nfc("confirm", "--state-dir", str(lab.state_dir))
+    assert late.returncode == 2 and "no apply is waiting" in late.stderr
+
+
 def test_check_places_kernel_errors_on_the_policy_line(lab: Lab, tmp_path: Path) -> None:
     tampered = _tampered_artifact(tmp_path, WEB)
     result = lab.server.nfc("check", str(tampered))
