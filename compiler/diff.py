@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nfc.errors import Loc
 from nfc.ir import Match, Meter, Ruleset
+from nfc.lower import merge_ranges
 from nfc.space import Cube, Space, describe, minus, overlap
 
 CHAINS = ("input", "forward", "output")
@@ -97,14 +98,7 @@ def _join(a: Cube, b: Cube) -> Cube | None:
     if name in Cube.FINITE:
         value: object = dims_a[name] | dims_b[name]
     else:
-        points = sorted(dims_a[name] + dims_b[name])  # type: ignore[operator]
-        joined: list[tuple[int, int]] = []
-        for low, high in points:
-            if joined and low <= joined[-1][1] + 1:
-                joined[-1] = (joined[-1][0], max(joined[-1][1], high))
-            else:
-                joined.append((low, high))
-        value = tuple(joined)
+        value = merge_ranges(dims_a[name] + dims_b[name])  # type: ignore[operator]
     return Cube(a.family, **{**dims_a, name: value})
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nfc import __version__
 from nfc.errors import Loc
 from nfc.ir import Chain, Family, Match, NotrackRule, Ports, Rule, RuleRole, Ruleset
-from nfc.space import Cube, Space, minus, overlap
+from nfc.space import Cube, Space, interval_text, minus, overlap
 
 SENSITIVE_PORTS = {
     22: "ssh",
@@ -92,8 +92,7 @@ def check(code: str, name: str, severity: str, rationale: str) -> Callable:
 
 
 def _ports_text(ports: Ports) -> str:
-    parts = [str(low) if low == high else f"{low}-{high}" for low, high in ports.ranges]
-    return parts[0] if len(parts) == 1 else "{" + ", ".join(parts) + "}"
+    return interval_text(ports.ranges)
 
 
 def _accepts(rule: Rule) -> bool:

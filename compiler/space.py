@@ -209,7 +209,8 @@ def describe(cube: Cube, space: Space) -> str:
     return f"{family} {text}".strip()
 
 
-def _interval_text(intervals: Intervals, show: Callable[[int], str]) -> str:
+def interval_text(intervals: Intervals, show: Callable[[int], str] = str) -> str:
+    """Ranges as the rule grammar writes them: 53, 1024-65535 or {53, 80-82}."""
     parts = [show(low) if low == high else f"{show(low)}-{show(high)}" for low, high in intervals]
     return parts[0] if len(parts) == 1 else "{" + ", ".join(parts) + "}"
 
@@ -218,8 +219,8 @@ def _ports_text(intervals: Intervals) -> str:
     """Ports, or 'not PORTS' where the complement is the shorter list."""
     outside = subtract(PORT_SPACE, intervals)
     if len(outside) < len(intervals):
-        return "not " + _interval_text(outside, str)
-    return _interval_text(intervals, str)
+        return "not " + interval_text(outside, str)
+    return interval_text(intervals, str)
 
 
 def _networks(intervals: Intervals, family: Family) -> list[str]:
