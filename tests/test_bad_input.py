@@ -6,18 +6,29 @@ where the mistake is: `@^` marks the exact position (line and column) the
 error must point at, `@~` marks a line where any column is fine. A case with
 several markers accepts any one of them (for mistakes that sit at two places,
 such as a clash between two definitions). The markers are removed before the
-files are written. The real command line compiles the policy in a subprocess.
+files are written. The corpus runs in-process through `cli.main(argv)`, with
+the working directory, standard streams and exit code of a real run; a few
+cases, and the tests after the corpus, also run the real `python -m nfc` in a
+subprocess, and must print exactly what the in-process run prints.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
 import subprocess
 import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from nfc import cli
 
 ERROR_LINE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): error: ")
 EXACT, LINE_ONLY = "@^", "@~"
@@ -100,6 +111,7 @@ def write_case(directory: Path, case: Case) -> list[Spot]:
 
 
 def nfc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The real command line, `python -m nfc`, in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "nfc", *args],
         capture_output=True,
@@ -107,6 +119,65 @@ def nfc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         errors="replace",
         timeout=TIMEOUT,
         cwd=cwd,
+    )
+
+
+def process_state() -> dict[str, object]:
+    """What one in-process run could leave behind for the next."""
+    return {
+        "cwd": os.getcwd(),
+        "streams": (sys.stdin, sys.stdout, sys.stderr),
+        "environ": dict(os.environ),
+        "argv": list(sys.argv),
+        "path": list(sys.path),
+        "recursion limit": sys.getrecursionlimit(),
+        "threads": threading.active_count(),
+        "open files": sorted(os.listdir("/proc/self/fd")),
+    }
+
+
+@contextlib.contextmanager
+def streams_of_a_process() -> Iterator[tuple[io.BytesIO, io.BytesIO]]:
+    """sys.stdout and sys.stderr as a process has them: UTF-8, strict on
+    stdout and backslashreplace on stderr, so what cannot be encoded fails
+    (or is escaped) as it would in a subprocess."""
+    out, err = io.BytesIO(), io.BytesIO()
+    stdout = io.TextIOWrapper(out, encoding="utf-8", errors="strict", write_through=True)
+    stderr = io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace", write_through=True)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            yield out, err
+    finally:
+        for stream in (stdout, stderr):
+            stream.detach()  # keeps the bytes readable: closing a wrapper closes its buffer
+
+
+def nfc_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`nfc args` run by `cli.main` in this process, from `cwd`: its exit code,
+    and its stdout and stderr decoded as `nfc()` decodes a subprocess's. An
+    exception escaping main is a traceback on stderr, as the interpreter would
+    print it."""
+    before = process_state()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with streams_of_a_process() as (out, err):
+            try:
+                code: object = cli.main(list(args))
+            except SystemExit as exit_:  # argparse exits on usage errors
+                code = exit_.code
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(previous)
+    assert process_state() == before, "the run changed the state of the process"
+    returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    return subprocess.CompletedProcess(
+        ["nfc", *args],
+        returncode,
+        out.getvalue().decode("utf-8", "replace"),
+        err.getvalue().decode("utf-8", "replace"),
     )
 
 
@@ -643,6 +714,9 @@ CASES = [
 ]
 
 
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
 def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> re.Match[str]:
     """Exit 2 with a GCC-style first line, no traceback, nothing on stdout."""
     stderr = result.stderr
@@ -656,12 +730,12 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> re.Match[s
     return match
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_policy(tmp_path: Path, case: Case) -> None:
+def compile_case(tmp_path: Path, case: Case, run: Runner) -> subprocess.CompletedProcess[str]:
+    """Compile `case` with `run` and check the failure is clean and at its mark."""
     spots = write_case(tmp_path, case)
     assert spots, "a case marks where its mistake is"
     out = tmp_path / "out"
-    result = nfc("compile", str(tmp_path / case.main), "-o", str(out), cwd=tmp_path)
+    result = run("compile", str(tmp_path / case.main), "-o", str(out), cwd=tmp_path)
     match = assert_clean_failure(result)
     got = (match["file"], int(match["line"]), int(match["col"]))
     assert any(spot.matches(*got) for spot in spots), (
@@ -671,12 +745,43 @@ def test_bad_policy(tmp_path: Path, case: Case) -> None:
         assert fragment in result.stderr, f"{fragment!r} not in stderr:\n{result.stderr}"
     assert not out.exists(), "bad input wrote an artifact directory"
     assert not list(tmp_path.glob(".out.*")), "bad input left a staging directory"
+    return result
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_policy(tmp_path: Path, case: Case) -> None:
+    compile_case(tmp_path, case, nfc_in_process)
+
+
+# One case of each kind of mistake, through the real entry point.
+IN_A_SUBPROCESS = {
+    "yaml-tab-indentation",
+    "yaml-non-utf8",
+    "yaml-deep-nesting",
+    "nfc-2",
+    "top-key-misspelt",
+    "cidr-host-bits",
+    "include-cycle",
+    "ip6-with-v4-address",
+    "comment-quote-injection",
+    "rule-ends-early",
+}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in IN_A_SUBPROCESS])
+def test_bad_policy_in_a_subprocess(tmp_path: Path, case: Case) -> None:
+    """The real `python -m nfc` fails the same way, and prints exactly what
+    the in-process run prints (run after the whole corpus: no state leaks)."""
+    result = compile_case(tmp_path, case, nfc)
+    again = nfc_in_process(*result.args[3:], cwd=tmp_path)
+    assert (again.returncode, again.stdout, again.stderr) == (result.returncode, result.stdout, result.stderr)
 
 
 def test_enough_cases() -> None:
     ids = [param.id for param in CASES]
     assert len(ids) == len(set(ids))
     assert len(ids) >= 30
+    assert set(ids) >= IN_A_SUBPROCESS
 
 
 def test_bad_policy_keeps_previous_artifacts(tmp_path: Path) -> None:
