@@ -7,13 +7,13 @@ no packet's fate changes no finding."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from nfc import __version__
+from nfc import lint_report
 from nfc.errors import Loc
 from nfc.ir import Chain, Family, Match, NotrackRule, Ports, Rule, RuleRole, Ruleset
+from nfc.lint_report import Finding
 from nfc.space import Cube, Space, interval_text, minus, overlap
 
 SENSITIVE_PORTS = {
@@ -32,26 +32,6 @@ SENSITIVE_PORTS = {
 }
 HIGH_RATE_UDP = {53: "DNS", 123: "NTP", 514: "syslog"}
 SOON = dt.timedelta(days=14)
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    severity: str
-    message: str
-    loc: Loc
-    hint: str | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "message": self.message,
-            "file": self.loc.file,
-            "line": self.loc.line,
-            "col": self.loc.col,
-            "hint": self.hint,
-        }
 
 
 @dataclass(frozen=True)
@@ -457,68 +437,5 @@ def lint(ruleset: Ruleset, today: dt.date | None = None, management_port: int = 
 
 
 def render(findings: list[Finding], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps([f.to_json() for f in findings], indent=2) + "\n"
-    if fmt == "github":
-        return "".join(
-            f"::{'notice' if f.severity == 'note' else f.severity} file={f.loc.file},line={f.loc.line},"
-            f"col={f.loc.col},title={f.code}::{_escape_github(f.message)}\n"
-            for f in findings
-        )
-    if fmt == "sarif":
-        return json.dumps(sarif(findings), indent=2) + "\n"
-    lines = []
-    for f in findings:
-        lines.append(f"{f.loc}: {f.severity}: {f.code} {f.message}")
-        if f.hint:
-            lines.append(f"{f.loc}: note: {f.hint}")
-    return "".join(line + "\n" for line in lines)
-
-
-def _escape_github(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def sarif(findings: list[Finding]) -> dict:
-    levels = {"error": "error", "warning": "warning", "note": "note"}
-    return {
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "nfc",
-                        "version": __version__,
-                        "informationUri": "https://example.invalid/nfc",
-                        "rules": [
-                            {
-                                "id": each.code,
-                                "name": each.name,
-                                "shortDescription": {"text": each.rationale},
-                                "defaultConfiguration": {"level": levels[each.severity]},
-                            }
-                            for each in CHECKS
-                        ],
-                    }
-                },
-                "results": [
-                    {
-                        "ruleId": f.code,
-                        "ruleIndex": [c.code for c in CHECKS].index(f.code),
-                        "level": levels[f.severity],
-                        "message": {"text": f.message + (f" ({f.hint})" if f.hint else "")},
-                        "locations": [
-                            {
-                                "physicalLocation": {
-                                    "artifactLocation": {"uri": f.loc.file},
-                                    "region": {"startLine": f.loc.line, "startColumn": f.loc.col},
-                                }
-                            }
-                        ],
-                    }
-                    for f in findings
-                ],
-            }
-        ],
-    }
+    """The findings as text, json, github or sarif (which lists every check)."""
+    return lint_report.render(findings, fmt, CHECKS)
