@@ -12,10 +12,33 @@ import datetime as dt
 import enum
 import ipaddress
 from dataclasses import dataclass
+from typing import Literal
 
 from nfc.errors import Loc as Origin
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The closed vocabularies of the IR, as the policy writes them.
+VerdictKind = Literal["accept", "drop", "reject"]
+ChainName = Literal["input", "forward", "output"]
+ChainPolicy = Literal["accept", "drop"]
+NotrackHook = Literal["prerouting", "output"]  # raw priority: arriving packets, locally sent ones
+CtState = Literal["new", "established", "related", "invalid", "untracked"]
+MeterKey = Literal["saddr", "daddr"]
+TimeUnit = Literal["second", "minute", "hour", "day"]
+ByteUnit = Literal["bytes", "kbytes", "mbytes"]
+LogLevel = Literal["emerg", "alert", "crit", "err", "warn", "notice", "info", "debug"]
+# `reject with icmp TYPE` as written (ICMP names; the backends map them to ICMPv6).
+RejectIcmpType = Literal[
+    "port-unreachable",
+    "host-unreachable",
+    "net-unreachable",
+    "admin-prohibited",
+    "host-prohibited",
+    "net-prohibited",
+    "prot-unreachable",
+]
+RejectWith = Literal["tcp reset"] | RejectIcmpType
 
 
 class Family(enum.Enum):
@@ -32,8 +55,8 @@ class Family(enum.Enum):
 
 
 BOTH_FAMILIES = (Family.V4, Family.V6)
-TIME_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-BYTE_UNIT_FACTOR = {"bytes": 1, "kbytes": 1024, "mbytes": 1024 * 1024}
+TIME_UNIT_SECONDS: dict[TimeUnit, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+BYTE_UNIT_FACTOR: dict[ByteUnit, int] = {"bytes": 1, "kbytes": 1024, "mbytes": 1024 * 1024}
 
 
 @dataclass(frozen=True)
@@ -72,7 +95,7 @@ class Match:
     daddr: Addresses | None = None
     iifname: str | None = None
     oifname: str | None = None
-    ct_state: tuple[str, ...] = ()
+    ct_state: tuple[CtState, ...] = ()
     icmp_types: tuple[str, ...] = ()  # of `protocol` (icmp or icmpv6)
 
     def mirrored(self) -> Match:
@@ -94,8 +117,8 @@ class Match:
 @dataclass(frozen=True)
 class Rate:
     value: int
-    time_unit: str  # second | minute | hour | day
-    byte_unit: str | None = None  # None: packets; else bytes | kbytes | mbytes
+    time_unit: TimeUnit
+    byte_unit: ByteUnit | None = None  # None: packets
 
     def per_second(self) -> float:
         factor = BYTE_UNIT_FACTOR[self.byte_unit] if self.byte_unit else 1
@@ -116,7 +139,7 @@ class Meter:
     burst: int
     burst_bytes: bool
     family: Family | None = None
-    key: str | None = None  # saddr | daddr
+    key: MeterKey | None = None
     prefix_len: int | None = None
     size: int | None = None
     timeout: int = 1  # seconds without packets before a bucket may be forgotten
@@ -127,13 +150,13 @@ class Meter:
 @dataclass(frozen=True)
 class Log:
     prefix: str | None = None
-    level: str | None = None
+    level: LogLevel | None = None
 
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # accept | drop | reject
-    reject_with: str | None = None  # None (default), "tcp reset", or an ICMP type name
+    kind: VerdictKind
+    reject_with: RejectWith | None = None  # None: the backend's default
 
 
 class RuleRole(enum.Enum):
@@ -162,7 +185,7 @@ class Rule:
 class NotrackRule:
     """Untrack packets matching `match` at raw priority in `hook`."""
 
-    hook: str  # prerouting | output
+    hook: NotrackHook
     match: Match
     origin: Origin
     comment: str | None = None
@@ -171,8 +194,8 @@ class NotrackRule:
 
 @dataclass(frozen=True)
 class Chain:
-    name: str  # input | forward | output
-    policy: str  # accept | drop
+    name: ChainName
+    policy: ChainPolicy
     rules: tuple[Rule, ...]
 
 

@@ -1,10 +1,15 @@
-"""The shape of the code: no import cycle among nfc's modules, and no module
-over 500 lines. Both are read from the source files, not from an import."""
+"""The shape of the code: no import cycle among nfc's modules and no module
+over 500 lines (both read from the source files, not from an import), and
+the IR's closed vocabularies agree with the grammar and nfc.vocab."""
 
 from __future__ import annotations
 
 import ast
+import re
+import typing
 from pathlib import Path
+
+from nfc import ir, vocab
 
 from conftest import ROOT
 
@@ -103,3 +108,19 @@ def test_no_module_is_over_500_lines() -> None:
     lengths = {path: len(path.read_text(encoding="utf-8").splitlines()) for path in module_files().values()}
     over = sorted(f"{path.relative_to(ROOT)} ({n} lines)" for path, n in lengths.items() if n > MAX_LINES)
     assert not over, f"over {MAX_LINES} lines: {', '.join(over)}"
+
+
+def grammar_terminal(name: str) -> set[str]:
+    rules = (ROOT / "grammar" / "rules.lark").read_text(encoding="utf-8")
+    line = re.search(rf"^{name}: (.*)$", rules, re.M)
+    assert line, name
+    return set(re.findall(r'"([^"]+)"', line[1]))
+
+
+def test_the_ir_literals_name_what_the_policy_can_say() -> None:
+    assert set(typing.get_args(ir.TimeUnit)) == grammar_terminal("TIME_UNIT") == set(ir.TIME_UNIT_SECONDS)
+    assert set(typing.get_args(ir.ByteUnit)) == grammar_terminal("BYTE_UNIT") == set(ir.BYTE_UNIT_FACTOR)
+    assert set(typing.get_args(ir.MeterKey)) == grammar_terminal("PER_KEY")
+    assert set(typing.get_args(ir.LogLevel)) == grammar_terminal("LOG_LEVEL") == set(vocab.LOG_LEVELS)
+    assert set(typing.get_args(ir.CtState)) == set(vocab.CT_STATES)
+    assert set(typing.get_args(ir.RejectIcmpType)) == set(vocab.REJECT_ICMP_TYPES)
