@@ -28,8 +28,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# mypy --strict checks compiler/ as the package nfc, through a link
+# (pyproject's [tool.mypy] says why). tests/ are not type-checked: pytest runs
+# every line of them, and their asserts narrow Optional values in ways mypy
+# does not follow, so checking them would add casts, not find bugs.
 lint: install
 	$(BIN)/ruff check compiler grammar tests bench
+	$(BIN)/ruff format --check compiler
+	@mkdir -p build/typecheck && ln -sfn ../../compiler build/typecheck/nfc
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/compile.py

@@ -36,7 +36,7 @@ class Change:
         where = f" ({self.origin})" if self.origin else ""
         return f"{self.section}: {self.kind} {self.what}{where} (was: {self.was})"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {
             "section": self.section,
             "change": self.kind,
@@ -95,10 +95,7 @@ def _join(a: Cube, b: Cube) -> Cube | None:
     if len(different) != 1:
         return None
     name = different[0]
-    if name in Cube.FINITE:
-        value: object = dims_a[name] | dims_b[name]
-    else:
-        value = merge_ranges(dims_a[name] + dims_b[name])  # type: ignore[operator]
+    value = dims_a[name] | dims_b[name] if name in Cube.FINITE else merge_ranges(dims_a[name] + dims_b[name])
     return Cube(a.family, **{**dims_a, name: value})
 
 

@@ -255,7 +255,7 @@ class Diagnosis:
             lines.append(f"  max: {self.suggested_max}   # RAM / 16384 / (word bits / 32); or 'max: auto'")
         return "\n".join(lines) + "\n"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         r = self.readings
         return {
             "verdict": self.verdict,

@@ -205,7 +205,7 @@ class Explanation:
     meters: list[MeterStep] = field(default_factory=list)
     over_limit: bool = False
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         rule = self.rule
         return {
             "packet": self.packet.describe(),

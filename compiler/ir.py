@@ -14,9 +14,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from nfc.errors import Loc as Origin
+from nfc.errors import Loc
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Origin = Loc  # where a rule came from in the policy
 
 # The closed vocabularies of the IR, as the policy writes them.
 VerdictKind = Literal["accept", "drop", "reject"]

@@ -51,20 +51,24 @@ class Context:
         return [n for n in self.ruleset.notrack if n.hook == hook]
 
 
+# A check yields where, what and how to fix it (None: no hint).
+CheckFunction = Callable[[Context], Iterator[tuple[Loc, str, str | None]]]
+
+
 @dataclass(frozen=True)
 class Check:
     code: str
     name: str
     severity: str
     rationale: str
-    run: Callable[[Context], Iterator[tuple[Loc, str, str | None]]]
+    run: CheckFunction
 
 
 CHECKS: list[Check] = []
 
 
-def check(code: str, name: str, severity: str, rationale: str) -> Callable:
-    def register(function: Callable[[Context], Iterator[tuple[Loc, str, str | None]]]) -> Callable:
+def check(code: str, name: str, severity: str, rationale: str) -> Callable[[CheckFunction], CheckFunction]:
+    def register(function: CheckFunction) -> CheckFunction:
         CHECKS.append(Check(code, name, severity, rationale, function))
         return function
 

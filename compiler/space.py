@@ -8,6 +8,7 @@ import fnmatch
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nfc import vocab
 from nfc.ir import Addresses, Family, Match, Ports, Ruleset
@@ -67,7 +68,7 @@ class Cube:
     INTERVALS = ("sport", "dport", "saddr", "daddr")
     FINITE = ("protocol", "iif", "oif", "ct", "icmp")
 
-    def dims(self) -> dict[str, object]:
+    def dims(self) -> dict[str, Any]:  # Intervals or frozenset[str], by dimension
         return {name: getattr(self, name) for name in (*self.INTERVALS, *self.FINITE)}
 
     def empty(self) -> bool:
