@@ -81,11 +81,12 @@ class State:
 
     def read(self, path: Path) -> Json | None:
         try:
-            return json.loads(path.read_text())
+            data: Json = json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             raise ApplyError(f"cannot read {path}: {exc}") from None
+        return data
 
 
 # --------------------------------------------------------------------------

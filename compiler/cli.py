@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from nfc import __version__, api, diff, doctor, explain, lint
 from nfc.apply import DEFAULT_STATE_DIR, LOCK_TIMEOUT
@@ -293,8 +293,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return args.run(args)
+        return run(args)
     except PolicyError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
