@@ -16,6 +16,8 @@ Generator = Callable[[Ruleset], dict[str, str]]
 
 @dataclass(frozen=True)
 class Backend:
+    """A target of nfc, as `nfc -b NAME` names it."""
+
     name: str
     files: tuple[str, ...]  # what `generate` returns, in its order
     generate: Generator  # pure: no subprocess, no filesystem

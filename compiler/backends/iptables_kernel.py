@@ -1,5 +1,6 @@
-"""The iptables-legacy kernel side: the raw and filter tables of both
-families, tested first and replaced whole, as iptables-persistent owns them."""
+"""The iptables-legacy kernel side: iptables-legacy-restore and
+ip6tables-legacy-restore, each family tested before either is loaded, and
+the -save tools for what a load replaces."""
 
 from __future__ import annotations
 
