@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nfc import api
+from nfc.apply import State
 from nfc.backends import BACKENDS
 from nfc.backends.iptables import TOOLS
 from nfc.backends.nft import BACKEND as NFT
@@ -63,7 +64,7 @@ def test_check_apply_and_rollback_through_the_api(lab: Lab, backend: str, tmp_pa
 
     assert _api(lab, "apply", outdir, backend).startswith(f"applied {outdir} ({backend})\n")
     assert "web-notrack.yaml:" in _rules_in_force(lab, backend)
-    saved = json.loads((lab.state_dir / "previous.json").read_text())
+    saved = json.loads(State(lab.state_dir).saved.read_text())
     state = {"table", "listing"} if backend == NFT else set(record.files)
     assert saved["backend"] == backend and set(saved) == {"backend", "sysctl", *state}
 
