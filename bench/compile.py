@@ -185,6 +185,7 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
     started = time.perf_counter()
     from nfc import parse
     from nfc.artifacts import build
+    from nfc.backends.nft import RULESET
     from nfc.load import load_policy
     from nfc.lower import Target, lower
 
@@ -205,7 +206,7 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
             run = {"load": t1 - t0, "lower": t2 - t1, "render": t3 - t2, "total": t3 - t0}
             best = {k: min(v, best.get(k, v)) for k, v in run.items()}
             nft_rules = sum(len(chain.rules) for chain in ruleset.chains) + len(ruleset.notrack)
-            result["output_bytes"] = len(files["ruleset.nft"].encode())
+            result["output_bytes"] = len(files[RULESET].encode())
             result["nft_rules"] = nft_rules
             del source, ruleset, files
         result.update({f"{k}_s": v for k, v in best.items()})

@@ -1,5 +1,5 @@
 """The artifact directory: backend output, sysctl.conf and manifest.json,
-written all at once or not at all."""
+written all at once or not at all, and read back checked against the manifest."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nfc import __version__
 from nfc.backends import BACKENDS
 from nfc.backends.common import origin_label
+from nfc.backends.kernel import ApplyError, Artifact
 from nfc.ir import Ruleset
 
 MANIFEST = "manifest.json"
+SYSCTL_CONF = "sysctl.conf"
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
@@ -42,10 +46,10 @@ def _sha256(data: bytes) -> str:
 
 def build(ruleset: Ruleset, backend: str, sources: tuple[str, ...]) -> dict[str, str]:
     """Every file of the artifact directory, by name."""
-    files = dict(BACKENDS[backend](ruleset))
+    files = dict(BACKENDS[backend].generate(ruleset))
     sysctl = sysctl_conf(ruleset)
     if sysctl is not None:
-        files["sysctl.conf"] = sysctl
+        files[SYSCTL_CONF] = sysctl
     policy_hash = hashlib.sha256()
     for path in sources:
         policy_hash.update(Path(path).read_bytes())
@@ -110,3 +114,28 @@ def write(outdir: str, files: dict[str, str]) -> None:
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise ArtifactError(f"cannot write {outdir}: {exc.strerror}") from None
+
+
+def read(directory: Path, name: str) -> Artifact:
+    """An artifact directory, its files checked against manifest.json."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise ApplyError(f"{directory} is not an nfc artifact directory: {exc}") from None
+    for file_name, digest in manifest.get("artifacts", {}).items():
+        try:
+            data = (directory / file_name).read_bytes()
+        except OSError as exc:
+            raise ApplyError(f"{directory / file_name}: {exc.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ApplyError(f"{directory / file_name} does not match its manifest: edited after compile?")
+    return Artifact(directory, manifest, name)
+
+
+@contextmanager
+def scratch(files: dict[str, str], name: str) -> Iterator[Artifact]:
+    """`files` (from `build`) as an artifact in a temporary directory, for the block."""
+    with tempfile.TemporaryDirectory(prefix="nfc-") as directory:
+        for file_name, text in files.items():
+            (Path(directory) / file_name).write_text(text)
+        yield Artifact(Path(directory), json.loads(files[MANIFEST]), name)

@@ -6,20 +6,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from nfc import __version__, diff, doctor, explain, lint
-from nfc import apply as kernel
-from nfc.artifacts import ArtifactError, build, write
-from nfc.backends import BACKENDS
+from nfc import __version__, api, diff, doctor, explain, lint
+from nfc.apply import DEFAULT_STATE_DIR, LOCK_TIMEOUT
+from nfc.artifacts import ArtifactError
+from nfc.backends import BACKENDS, DEFAULT_BACKEND
+from nfc.backends.kernel import ApplyError, KernelRefused
 from nfc.errors import PolicyError
-from nfc.ir import Ruleset
-from nfc.load import load_policy
-from nfc.lower import Target, lower
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -43,38 +39,19 @@ def memory_size(text: str) -> int:
     return size
 
 
-def compile_policy(
-    path: str, memory: int | None = None, word_bits: int | None = None
-) -> tuple[Ruleset, tuple[str, ...]]:
-    """Load and lower a policy; PolicyError on bad input."""
-    source = load_policy(path)
-    host = Target.this_host()
-    target = Target(memory or host.memory_bytes, word_bits or host.word_bits)
-    return lower(source, target), source.files
-
-
-def _warn_expired(ruleset: Ruleset) -> None:
-    today = dt.date.today()
-    rules = [r for chain in ruleset.chains for r in chain.rules] + list(ruleset.notrack)
-    reported = set()
-    for rule in rules:
-        if rule.expires is not None and rule.expires < today and rule.origin not in reported:
-            reported.add(rule.origin)
-            print(f"{rule.origin}: warning: this rule expired on {rule.expires}", file=sys.stderr)
-
-
 def _compile(args: argparse.Namespace) -> int:
-    ruleset, sources = compile_policy(args.policy, args.memory, args.word_bits)
-    files = build(ruleset, args.backend, sources)
-    _warn_expired(ruleset)
+    ruleset, sources = api.compile_policy(args.policy, args.memory, args.word_bits)
+    files = api.build(ruleset, args.backend, sources)
+    for rule in api.expired(ruleset):
+        print(f"{rule.origin}: warning: this rule expired on {rule.expires}", file=sys.stderr)
     if args.stdout:
-        rulesets = {n: t for n, t in files.items() if n not in ("manifest.json", "sysctl.conf")}
+        rulesets = {name: files[name] for name in BACKENDS[args.backend].files}
         for name, text in rulesets.items():
             if len(rulesets) > 1:
                 sys.stdout.write(f"# ==> {name} <==\n")
             sys.stdout.write(text)
         return EXIT_OK
-    write(args.output, files)
+    api.write(args.output, files)
     return EXIT_OK
 
 
@@ -82,15 +59,8 @@ def _report(line: str) -> None:
     print(line, flush=True)
 
 
-def _state(args: argparse.Namespace) -> kernel.State:
-    return kernel.State(args.state_dir or os.environ.get("NFC_STATE_DIR") or kernel.DEFAULT_STATE_DIR)
-
-
 def _lint(args: argparse.Namespace) -> int:
-    findings = []
-    for policy in args.policies:
-        ruleset, _ = compile_policy(policy)
-        findings += lint.lint(ruleset, today=args.today, management_port=args.management_port)
+    findings = api.lint(args.policies, today=args.today, management_port=args.management_port)
     sys.stdout.write(lint.render(findings, args.format))
     return EXIT_FINDINGS if any(f.severity == "error" for f in findings) else EXIT_OK
 
@@ -107,30 +77,22 @@ def _diff(args: argparse.Namespace) -> int:
         if len(args.policies) != 1:
             print("nfc: error: with --base, name one POLICY", file=sys.stderr)
             return EXIT_USAGE
-        with tempfile.TemporaryDirectory(prefix="nfc-diff-") as scratch:
-            try:
-                old_path = diff.checkout_base(args.base, args.policies[0], scratch)
-            except diff.BaseError as exc:
-                print(f"nfc: error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            old, _ = compile_policy(old_path)
-        new, _ = compile_policy(args.policies[0])
+        try:
+            changes = api.diff_base(args.base, args.policies[0])
+        except diff.BaseError as exc:
+            print(f"nfc: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     else:
         if len(args.policies) != 2:
             print("nfc: error: diff takes OLD NEW, or --base GITREV POLICY", file=sys.stderr)
             return EXIT_USAGE
-        old, _ = compile_policy(args.policies[0])
-        new, _ = compile_policy(args.policies[1])
-    changes = diff.diff(old, new)
+        changes = api.diff(args.policies[0], args.policies[1])
     sys.stdout.write(diff.render(changes, args.format))
     return EXIT_FINDINGS if changes and args.exit_code else EXIT_OK
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    policy = compile_policy(args.policy)[0] if args.policy else None
-    host = Target.this_host()
-    target = Target(args.memory or host.memory_bytes, host.word_bits)
-    diagnosis = doctor.diagnose(doctor.read_system(args.log_window), target, args.warn_fill, policy)
+    diagnosis = api.doctor(args.policy, args.memory, args.warn_fill, args.log_window)
     sys.stdout.write(doctor.render(diagnosis, args.json))
     return diagnosis.exit_code
 
@@ -150,13 +112,11 @@ def fraction(text: str) -> float:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    ruleset, _ = compile_policy(args.policy)
     try:
-        packet = explain.parse_packet(args.packet)
+        result = api.explain(args.policy, args.packet, over_limit=args.over_limit)
     except explain.PacketError as exc:
         print(f"<packet>:1:{exc.column}: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    result = explain.explain(ruleset, packet, over_limit=args.over_limit)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -165,30 +125,35 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    with kernel.artifact_for(args.target, args.backend, compile_policy) as artifact:
-        kernel.check(artifact)
+    api.check(args.target, args.backend)
     _report(f"the kernel accepts the ruleset of {args.target}")
     return EXIT_OK
 
 
 def _apply(args: argparse.Namespace) -> int:
-    with kernel.artifact_for(args.target, args.backend, compile_policy) as artifact:
-        kernel.apply(artifact, _state(args), _report, args.confirm, args.lock_timeout)
+    api.apply(
+        args.target,
+        report=_report,
+        backend=args.backend,
+        state_dir=args.state_dir,
+        confirm_seconds=args.confirm,
+        lock_timeout=args.lock_timeout,
+    )
     return EXIT_OK
 
 
 def _confirm(args: argparse.Namespace) -> int:
-    kernel.confirm(_state(args), _report, args.lock_timeout)
+    api.confirm(report=_report, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
     return EXIT_OK
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    kernel.rollback(_state(args), _report, args.lock_timeout)
+    api.rollback(report=_report, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
     return EXIT_OK
 
 
 def _rollback_timer(args: argparse.Namespace) -> int:
-    kernel.rollback_timer(_state(args), args.token, args.deadline)
+    api.rollback_timer(args.token, args.deadline, args.state_dir)
     return EXIT_OK
 
 
@@ -201,7 +166,7 @@ def _backend_option(command: argparse.ArgumentParser) -> None:
         "-b",
         "--backend",
         choices=sorted(BACKENDS),
-        default="nft",
+        default=DEFAULT_BACKEND,
         help="backend to compile a POLICY for (an OUTDIR says its own); default nft",
     )
 
@@ -211,12 +176,12 @@ def _state_options(command: argparse.ArgumentParser) -> None:
         "--state-dir",
         metavar="DIR",
         help=f"where apply keeps the saved ruleset and its lock (default $NFC_STATE_DIR or "
-        f"{kernel.DEFAULT_STATE_DIR})",
+        f"{DEFAULT_STATE_DIR})",
     )
     command.add_argument(
         "--lock-timeout",
         type=positive_seconds,
-        default=kernel.LOCK_TIMEOUT,
+        default=LOCK_TIMEOUT,
         metavar="SECONDS",
         help="how long to wait for another nfc holding the lock",
     )
@@ -328,15 +293,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return args.run(args)
+        return run(args)
     except PolicyError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
-    except (ArtifactError, kernel.ApplyError) as exc:
+    except (ArtifactError, ApplyError) as exc:
         print(f"nfc: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except kernel.KernelRefused as exc:
+    except KernelRefused as exc:
         print(exc, file=sys.stderr)
         return EXIT_KERNEL
     except KeyboardInterrupt:

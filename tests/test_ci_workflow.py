@@ -13,6 +13,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from nfc.backends.iptables import RULES_V4
+
 from conftest import ROOT
 
 WORKFLOW = ROOT / "docs" / "ci.md"
@@ -65,7 +67,7 @@ def test_workflow_commands_on_a_fixture_repository(tmp_path: Path) -> None:
         else:
             assert result.returncode == 0, (step["name"], result.stderr)
     assert len(ran) == 4
-    assert (repo / "build" / "legacy" / "web-notrack" / "rules.v4").exists()
+    assert (repo / "build" / "legacy" / "web-notrack" / RULES_V4).exists()
     sarif = json.loads((repo / "nfc.sarif").read_text())
     jsonschema.validate(sarif, json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text()))
     comment = (repo / "nfc-diff.md").read_text()

@@ -54,7 +54,7 @@ def test_first_matching_rule_decides(tmp_path: Path) -> None:
 
 
 def test_meters_under_and_over_the_limit() -> None:
-    from nfc.cli import compile_policy
+    from nfc.api import compile_policy
 
     ruleset, _ = compile_policy(str(RECURSIVE))
     packet = parse_packet("udp 10.1.2.3:5353 > 10.0.0.1:53")
@@ -66,7 +66,7 @@ def test_meters_under_and_over_the_limit() -> None:
 
 
 def test_answers_of_backending_are_accepted_untracked_requests_are_not(tmp_path: Path) -> None:
-    from nfc.cli import compile_policy
+    from nfc.api import compile_policy
 
     ruleset, _ = compile_policy(str(RECURSIVE))
     answer = explain(ruleset, parse_packet("udp 192.0.2.53:53 > 10.0.0.1:40000"))

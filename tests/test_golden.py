@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from nfc.artifacts import SYSCTL_CONF
+from nfc.backends import iptables, nft
+from nfc.backends.iptables import RULES_V4, RULES_V6
+
 from conftest import FEATURES, FLAGSHIP, GOLDEN, ROOT, TEST_MEMORY, iptables_check, nft_check, run_nfc
 
 POLICIES = FLAGSHIP + FEATURES
 UPDATE = bool(os.environ.get("NFC_UPDATE_GOLDEN"))
 # Artifact name in the output directory → suffix of its golden file.
 ARTIFACTS = {
-    "nft": {"ruleset.nft": "nft", "sysctl.conf": "sysctl.conf"},
-    "iptables-legacy": {"rules.v4": "rules.v4", "rules.v6": "rules.v6", "sysctl.conf": "sysctl.conf"},
+    nft.BACKEND: {nft.RULESET: "nft", SYSCTL_CONF: "sysctl.conf"},
+    iptables.BACKEND: {RULES_V4: "rules.v4", RULES_V6: "rules.v6", SYSCTL_CONF: "sysctl.conf"},
 }
 # Policies a backend must refuse, with the feature its error names.
 UNSUPPORTED = {("features-nft-only", "iptables-legacy"): "cannot express this exactly"}
@@ -94,7 +98,7 @@ def test_stdout_matches_artifact(tmp_path: Path) -> None:
     outdir = _compile(policy, tmp_path / "out")
     printed = run_nfc("compile", str(policy), "--stdout", "--memory", TEST_MEMORY, "--word-bits", "64")
     assert printed.returncode == 0
-    assert printed.stdout == (outdir / "ruleset.nft").read_text()
+    assert printed.stdout == (outdir / nft.RULESET).read_text()
 
 
 @pytest.mark.parametrize("backend", sorted(ARTIFACTS))

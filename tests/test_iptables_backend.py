@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nfc.backends.iptables import RULES_V4, RULES_V6
 from nfc.errors import PolicyError
 
 from conftest import iptables_check
@@ -138,7 +139,7 @@ def test_output_is_accepted_by_the_kernel(tmp_path: Path) -> None:
             "drop udp dport 53 limit over 10/second burst 20 per saddr/24,/56",
         ),
     )
-    for name, text in (("rules.v4", v4), ("rules.v6", v6)):
+    for name, text in ((RULES_V4, v4), (RULES_V6, v6)):
         path = tmp_path / name
         path.write_text(text)
         result = iptables_check(path)
@@ -160,7 +161,7 @@ def test_rules_sharing_a_long_meter_name_share_one_hashlimit_table(tmp_path: Pat
 def test_fast_plain_limits_move_to_hashlimit(tmp_path: Path) -> None:
     v4, _ = iptables_of(tmp_path, input_policy("accept ip limit 20000/second burst 5"))
     assert "-m hashlimit --hashlimit-upto 20000/sec" in v4
-    path = tmp_path / "rules.v4"
+    path = tmp_path / RULES_V4
     path.write_text(v4)
     assert iptables_check(path).returncode == 0
     with pytest.raises(PolicyError, match="over 1000000/second"):

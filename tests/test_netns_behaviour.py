@@ -15,6 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from nfc.artifacts import MANIFEST
+from nfc.backends import BACKENDS
+from nfc.backends.iptables import RULES_V4
+from nfc.backends.nft import RULESET
+
 from conftest import CONTROL, FLAGSHIP, ROOT, run_nfc
 from lab import (
     ADMIN4,
@@ -35,13 +40,12 @@ POLICIES = {p.stem: p for p in FLAGSHIP}
 RECURSIVE = POLICIES["dns-recursive"]
 WEB = POLICIES["web-notrack"]
 FLOOD = 2000
-BACKENDS = ["nft", "iptables-legacy"]
 FAMILIES = pytest.mark.parametrize(
     ("server", "sources"), [(SERVER_A4, SPREAD4), (SERVER_A6, SPREAD6)], ids=["ipv4", "ipv6"]
 )
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -119,14 +123,14 @@ def _tampered_artifact(tmp_path: Path, policy: Path) -> Path:
     outdir = tmp_path / "tampered"
     result = run_nfc("compile", str(policy), "-o", str(outdir))
     assert result.returncode == 0, result.stderr
-    ruleset = outdir / "ruleset.nft"
+    ruleset = outdir / RULESET
     lines = ruleset.read_text().splitlines()
     index = next(i for i, line in enumerate(lines) if "tcp dport 80-82 accept" in line)
     lines[index] = lines[index].replace("accept", 'ct helper set "no-such-helper" accept')
     ruleset.write_text("\n".join(lines) + "\n")
-    manifest = json.loads((outdir / "manifest.json").read_text())
-    manifest["artifacts"]["ruleset.nft"] = hashlib.sha256(ruleset.read_bytes()).hexdigest()
-    (outdir / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((outdir / MANIFEST).read_text())
+    manifest["artifacts"][RULESET] = hashlib.sha256(ruleset.read_bytes()).hexdigest()
+    (outdir / MANIFEST).write_text(json.dumps(manifest))
     return outdir
 
 
@@ -215,13 +219,13 @@ def test_legacy_commit_failure_restores_both_tables(lab: Lab, tmp_path: Path) ->
     before = lab.server.run("iptables-legacy-save").stdout
     outdir = tmp_path / "legacy"
     assert run_nfc("compile", str(WEB), "-b", "iptables-legacy", "-o", str(outdir)).returncode == 0
-    rules = outdir / "rules.v4"
+    rules = outdir / RULES_V4
     rules.write_text(
         rules.read_text().replace('web, untracked" -j ACCEPT', 'web, untracked" -j CT --notrack')
     )
-    manifest = json.loads((outdir / "manifest.json").read_text())
-    manifest["artifacts"]["rules.v4"] = hashlib.sha256(rules.read_bytes()).hexdigest()
-    (outdir / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((outdir / MANIFEST).read_text())
+    manifest["artifacts"][RULES_V4] = hashlib.sha256(rules.read_bytes()).hexdigest()
+    (outdir / MANIFEST).write_text(json.dumps(manifest))
     result = lab.apply(outdir)
     assert result.returncode == 3, result.stderr
     assert "still in force" in result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nfc.cli import compile_policy
+from nfc.api import compile_policy
 from nfc.explain import explain, parse_packet
 
 from conftest import FLAGSHIP

@@ -20,9 +20,9 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from nfc.api import compile_policy
 from nfc.artifacts import MANIFEST, build
 from nfc.backends import BACKENDS
-from nfc.cli import compile_policy
 from nfc.errors import PolicyError
 
 MEMORY = 8 << 30
@@ -452,7 +452,7 @@ def test_valid_policy_compiles_deterministically(policy_dir: Path, policy: dict[
 _CHILD = f"""
 import json, sys
 from nfc.artifacts import build
-from nfc.cli import compile_policy
+from nfc.api import compile_policy
 from nfc.errors import PolicyError
 out = {{}}
 for path in sys.argv[1:]:

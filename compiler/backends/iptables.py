@@ -29,6 +29,10 @@ from nfc.ir import (
 from nfc.load import printable
 
 BACKEND = "iptables-legacy"
+RULES_V4 = "rules.v4"
+RULES_V6 = "rules.v6"
+TOOLS = {RULES_V4: "iptables-legacy", RULES_V6: "ip6tables-legacy"}
+"""Each output file and its tool: TOOL-restore loads it, TOOL-save saves what it replaces."""
 MULTIPORT_MAX = 15  # multiport's limit; a range counts as two
 LOG_PREFIX_MAX = 29
 HASHLIMIT_NAME_MAX = 15
@@ -62,8 +66,8 @@ def unsupported(origin: Loc, feature: str, hint: str | None = None) -> PolicyErr
 def generate(ruleset: Ruleset) -> dict[str, str]:
     _check_global_limits(ruleset)
     return {
-        "rules.v4": FamilyFile(ruleset, Family.V4).render(),
-        "rules.v6": FamilyFile(ruleset, Family.V6).render(),
+        RULES_V4: FamilyFile(ruleset, Family.V4).render(),
+        RULES_V6: FamilyFile(ruleset, Family.V6).render(),
     }
 
 

@@ -28,13 +28,15 @@ from nfc.ir import (
 )
 from nfc.load import printable
 
+BACKEND = "nft"
+RULESET = "ruleset.nft"
 COMMENT_MAX = 128  # bytes, the kernel's limit for a rule comment
 ADDRESS_KEYWORD = {Family.V4: "ip", Family.V6: "ip6"}
 ADDRESS_TYPE = {Family.V4: "ipv4_addr", Family.V6: "ipv6_addr"}
 
 
 def generate(ruleset: Ruleset) -> dict[str, str]:
-    return {"ruleset.nft": render(ruleset)}
+    return {RULESET: render(ruleset)}
 
 
 def render(ruleset: Ruleset) -> str:

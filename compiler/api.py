@@ -1,0 +1,203 @@
+"""nfc as a library: what the `nfc` command does, for a program (an Ansible
+module, a test) to call.
+
+    from nfc import api
+
+    ruleset, sources = api.compile_policy("policies/dns-recursive.yaml")
+    api.write("build", api.build(ruleset, "nft", sources))
+    api.check("build")  # the kernel validates, nothing is loaded
+    api.apply("build", report=print, confirm_seconds=60)
+    api.confirm(report=print)
+
+Bad input raises `nfc.errors.PolicyError` (its `render()` is the compiler
+message); an artifact directory that cannot be written raises
+`nfc.artifacts.ArtifactError`; `nfc.backends.kernel.ApplyError` means apply
+could not run and `KernelRefused` that the kernel refused a ruleset, the
+previous one still in force. Functions that take a TARGET accept an
+artifact directory or a policy, which they compile for `backend` first.
+Apply, confirm and rollback keep their state in `state_dir`: by default
+$NFC_STATE_DIR, else /var/lib/nfc.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import nfc.apply
+import nfc.artifacts
+import nfc.diff
+import nfc.doctor
+import nfc.explain
+import nfc.lint
+from nfc.artifacts import build, write
+from nfc.backends import DEFAULT_BACKEND
+from nfc.backends.kernel import Artifact
+from nfc.errors import Loc
+from nfc.ir import NotrackRule, Rule, Ruleset
+from nfc.load import load_policy
+from nfc.lower import Target, lower
+
+__all__ = [
+    "Compiled",
+    "apply",
+    "artifact",
+    "build",
+    "check",
+    "compile_policy",
+    "confirm",
+    "diff",
+    "diff_base",
+    "doctor",
+    "expired",
+    "explain",
+    "lint",
+    "rollback",
+    "rollback_timer",
+    "write",
+]
+
+StateDir = str | os.PathLike[str] | None
+
+
+class Compiled(NamedTuple):
+    """A lowered policy and the files it was read from (for the manifest)."""
+
+    ruleset: Ruleset
+    sources: tuple[str, ...]
+
+
+def compile_policy(path: str, memory: int | None = None, word_bits: int | None = None) -> Compiled:
+    """Load and lower a policy; PolicyError on bad input. `memory` (bytes) and
+    `word_bits` size 'conntrack.max: auto' for the target host (default: this one)."""
+    source = load_policy(path)
+    host = Target.this_host()
+    target = Target(memory or host.memory_bytes, word_bits or host.word_bits)
+    return Compiled(lower(source, target), source.files)
+
+
+def expired(ruleset: Ruleset, today: dt.date | None = None) -> list[Rule | NotrackRule]:
+    """The rules whose expiry date is before `today`, one per policy line."""
+    today = today or dt.date.today()
+    rules: list[Rule | NotrackRule] = [r for chain in ruleset.chains for r in chain.rules]
+    rules += ruleset.notrack
+    found: dict[Loc, Rule | NotrackRule] = {}
+    for rule in rules:
+        if rule.expires is not None and rule.expires < today:
+            found.setdefault(rule.origin, rule)
+    return list(found.values())
+
+
+# --------------------------------------------------------------------------
+# the kernel
+
+
+@contextmanager
+def artifact(target: str, backend: str = DEFAULT_BACKEND) -> Iterator[Artifact]:
+    """The artifact of `target`: an artifact directory as it is, or a policy
+    compiled for `backend` into a temporary directory for the block."""
+    path = Path(target)
+    if path.is_dir():
+        yield nfc.artifacts.read(path, target)
+        return
+    ruleset, sources = compile_policy(target)
+    with nfc.artifacts.scratch(build(ruleset, backend, sources), target) as compiled:
+        yield compiled
+
+
+def check(target: str, backend: str = DEFAULT_BACKEND) -> None:
+    """Have the kernel validate `target`'s ruleset without loading it."""
+    with artifact(target, backend) as loadable:
+        nfc.apply.check(loadable)
+
+
+def _state(state_dir: StateDir) -> nfc.apply.State:
+    return nfc.apply.State(state_dir or os.environ.get("NFC_STATE_DIR") or nfc.apply.DEFAULT_STATE_DIR)
+
+
+def apply(
+    target: str,
+    *,
+    report: nfc.apply.Report,
+    backend: str = DEFAULT_BACKEND,
+    state_dir: StateDir = None,
+    confirm_seconds: float | None = None,
+    lock_timeout: float = nfc.apply.LOCK_TIMEOUT,
+) -> None:
+    """Load `target`'s ruleset after saving what it replaces; with
+    `confirm_seconds`, roll back then unless `confirm` runs first."""
+    with artifact(target, backend) as loadable:
+        nfc.apply.apply(loadable, _state(state_dir), report, confirm_seconds, lock_timeout)
+
+
+def confirm(
+    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.apply.LOCK_TIMEOUT
+) -> None:
+    """Keep the ruleset of an `apply` with `confirm_seconds`."""
+    nfc.apply.confirm(_state(state_dir), report, lock_timeout)
+
+
+def rollback(
+    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.apply.LOCK_TIMEOUT
+) -> None:
+    """Restore what the last `apply` replaced."""
+    nfc.apply.rollback(_state(state_dir), report, lock_timeout)
+
+
+def rollback_timer(token: str, deadline: float, state_dir: StateDir = None) -> None:
+    """The detached process `apply` starts with `confirm_seconds` (nfc _rollback-timer)."""
+    nfc.apply.rollback_timer(_state(state_dir), token, deadline)
+
+
+# --------------------------------------------------------------------------
+# analysis
+
+
+def lint(
+    policies: Sequence[str], today: dt.date | None = None, management_port: int = 22
+) -> list[nfc.lint.Finding]:
+    """The findings of every check on each policy, in order."""
+    findings: list[nfc.lint.Finding] = []
+    for policy in policies:
+        ruleset, _ = compile_policy(policy)
+        findings += nfc.lint.lint(ruleset, today=today, management_port=management_port)
+    return findings
+
+
+def explain(policy: str, packet: str, over_limit: bool = False) -> nfc.explain.Explanation:
+    """Which rule decides `packet` (e.g. 'udp 198.51.100.7:5353 > 192.0.2.1:53')
+    under `policy`; PacketError if the packet cannot be read."""
+    ruleset, _ = compile_policy(policy)
+    return nfc.explain.explain(ruleset, nfc.explain.parse_packet(packet), over_limit=over_limit)
+
+
+def diff(old: str, new: str) -> list[nfc.diff.Change]:
+    """What policy `new` newly allows, blocks or untracks compared with `old`."""
+    return nfc.diff.diff(compile_policy(old).ruleset, compile_policy(new).ruleset)
+
+
+def diff_base(base: str, policy: str) -> list[nfc.diff.Change]:
+    """`diff` of `policy` as it is against itself at git revision `base`;
+    BaseError if git cannot show it."""
+    with tempfile.TemporaryDirectory(prefix="nfc-diff-") as scratch:
+        old = compile_policy(nfc.diff.checkout_base(base, policy, scratch)).ruleset
+    return nfc.diff.diff(old, compile_policy(policy).ruleset)
+
+
+def doctor(
+    policy: str | None = None,
+    memory: int | None = None,
+    warn_fill: float = nfc.doctor.DEFAULT_WARN_FILL,
+    log_window: float = nfc.doctor.DEFAULT_LOG_WINDOW,
+) -> nfc.doctor.Diagnosis:
+    """Whether connection tracking is the problem on this host; with `policy`,
+    which suggestions it already covers. `memory` sizes the suggested max."""
+    ruleset = compile_policy(policy).ruleset if policy else None
+    host = Target.this_host()
+    target = Target(memory or host.memory_bytes, host.word_bits)
+    return nfc.doctor.diagnose(nfc.doctor.read_system(log_window), target, warn_fill, ruleset)

@@ -1,0 +1,76 @@
+"""The iptables-legacy kernel side: iptables-legacy-restore and
+ip6tables-legacy-restore, each family tested before either is loaded, and
+the -save tools for what a load replaces."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from nfc.backends.iptables import BACKEND, TOOLS
+from nfc.backends.kernel import ApplyError, Artifact, Json, KernelRefused, refusal, run_tool
+
+RESTORE_ERROR = re.compile(r"(?:Error occurred at line: |line )(?P<line>\d+)")
+
+
+class LegacyKernel:
+    """The raw and filter tables of iptables-legacy and ip6tables-legacy,
+    owned whole, as iptables-persistent owns them."""
+
+    TABLES = ("raw", "filter")
+
+    def _restore(self, family_file: str, text: str, test: bool = False) -> subprocess.CompletedProcess[str]:
+        tool = TOOLS[family_file] + "-restore"
+        return run_tool([tool, "-w", *(["--test"] if test else [])], stdin=text)
+
+    def _refused(self, artifact: Artifact, family_file: str, error: str) -> KernelRefused:
+        message = " ".join(line for line in error.splitlines() if line and not line.startswith("Try "))
+        found = RESTORE_ERROR.search(error)
+        if found is None:
+            return KernelRefused(f"{artifact.path(family_file)}: error: the kernel refused it: {message}")
+        return KernelRefused(refusal(artifact, artifact.path(family_file), int(found["line"]), message))
+
+    def check(self, artifact: Artifact) -> None:
+        for family_file in TOOLS:
+            result = self._restore(family_file, artifact.path(family_file).read_text(), test=True)
+            if result.returncode != 0:
+                raise self._refused(artifact, family_file, result.stderr)
+
+    def snapshot(self, artifact: Artifact) -> Json:
+        saved: Json = {"backend": BACKEND}
+        for family_file, tool in TOOLS.items():
+            dumps = []
+            for table in self.TABLES:
+                result = run_tool([f"{tool}-save", "-t", table])
+                if result.returncode != 0:
+                    raise ApplyError(f"{tool}-save -t {table}: {result.stderr.strip()}")
+                dumps.append(result.stdout)
+            saved[family_file] = "".join(dumps)
+        return saved
+
+    def load(self, artifact: Artifact) -> None:
+        self.check(artifact)  # both families first, so neither is half applied
+        before = self.snapshot(artifact)
+        for family_file in TOOLS:
+            result = self._restore(family_file, artifact.path(family_file).read_text())
+            if result.returncode != 0:
+                self.restore(before)
+                raise self._refused(artifact, family_file, result.stderr)
+
+    def restore(self, saved: Json) -> None:
+        for family_file in TOOLS:
+            result = self._restore(family_file, saved[family_file])
+            if result.returncode != 0:
+                raise KernelRefused(f"rollback failed: {TOOLS[family_file]}-restore: {result.stderr.strip()}")
+
+    def describe(self, saved: Json) -> str:
+        return "the iptables-legacy raw and filter tables"
+
+    def foreign_rules(self) -> str | None:
+        """nftables tables beside the legacy ones, which mix badly."""
+        if shutil.which("nft") is None:
+            return None
+        result = run_tool(["nft", "list", "tables"], check=False)
+        tables = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        return f"nftables tables are loaded too ({', '.join(tables)})" if tables else None

@@ -1,0 +1,109 @@
+"""What the kernel sides of all backends share: the artifact they load, the
+interface `apply` drives them through, their errors, and running a tool."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from nfc.errors import Loc
+
+RULE_ORIGIN = re.compile(r'comment "(?P<file>[^"]+?):(?P<line>\d+)(?::[^"]*)?"')
+PERMISSION_HINT = "this needs CAP_NET_ADMIN: run as root (or in a user namespace: unshare -rn nfc ...)"
+
+Json = dict[str, Any]
+"""A JSON object as read from manifest.json or the state directory."""
+
+
+class ApplyError(Exception):
+    """Apply could not run (usage, permissions, state); exit code 2."""
+
+
+class KernelRefused(Exception):
+    """The kernel refused a ruleset; the previous one is in force. Exit code 3."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A compiled ruleset ready to load: its files and where it came from."""
+
+    directory: Path  # holds the files on disk
+    manifest: Json
+    name: str  # what the user named: the policy or the artifact directory
+
+    @property
+    def table(self) -> str:
+        return str(self.manifest["table"])
+
+    @property
+    def backend(self) -> str:
+        return str(self.manifest["backend"])
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def origin_of(self, generated_line: str) -> Loc | None:
+        """The policy position named in a generated rule's comment."""
+        found = RULE_ORIGIN.search(generated_line)
+        if found is None:
+            return None
+        policy_dir = Path(self.manifest["policy"]).parent
+        return Loc(str(policy_dir / found["file"]), int(found["line"]), 1)
+
+
+class Kernel(Protocol):
+    """A backend's kernel side: what `apply` needs to load its artifacts.
+
+    `snapshot` saves what `load` would replace, as JSON with a "backend"
+    key; `restore` puts such a snapshot back."""
+
+    def check(self, artifact: Artifact) -> None:
+        """Have the kernel validate the artifact without committing it."""
+
+    def snapshot(self, artifact: Artifact) -> Json:
+        """What loading the artifact would replace."""
+
+    def load(self, artifact: Artifact) -> None:
+        """Replace the rules in force with the artifact's, or leave them as they were."""
+
+    def restore(self, saved: Json) -> None:
+        """Put back what `snapshot` saved."""
+
+    def describe(self, saved: Json) -> str:
+        """What `restore` puts back, for a report."""
+
+    def foreign_rules(self) -> str | None:
+        """Rules of the other kind loaded beside ours, which mix badly."""
+
+
+def refusal(artifact: Artifact, ruleset: Path, line: int, message: str) -> str:
+    """A kernel error placed at the policy line whose generated rule failed."""
+    lines = ruleset.read_text().splitlines()
+    text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    origin = artifact.origin_of(text)
+    if origin is None:
+        return f"{ruleset}:{line}:1: error: the kernel refused this: {message}"
+    return (
+        f"{origin}: error: the kernel refused this rule: {message}\n"
+        f"{origin}: note: {ruleset.name}:{line}: {text}"
+    )
+
+
+def permission_problem(error: str) -> bool:
+    return "Operation not permitted" in error or "Permission denied" in error
+
+
+def run_tool(
+    command: list[str], stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a netfilter tool; ApplyError if it is missing or (with `check`) lacks permission."""
+    if shutil.which(command[0]) is None:
+        raise ApplyError(f"'{command[0]}' is not installed")
+    result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0 and permission_problem(result.stderr):
+        raise ApplyError(f"{command[0]}: {result.stderr.strip()}; {PERMISSION_HINT}")
+    return result

@@ -1,0 +1,142 @@
+"""The nftables kernel side: `table inet <table>` loaded in one transaction
+through libnftables, and nothing else read, saved or replaced."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from nfc.backends.kernel import (
+    PERMISSION_HINT,
+    ApplyError,
+    Artifact,
+    Json,
+    KernelRefused,
+    permission_problem,
+    refusal,
+    run_tool,
+)
+from nfc.backends.nft import BACKEND, RULESET
+
+NFT_ERROR = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?: Error: (?P<message>.*)$")
+
+
+class Nft:
+    """libnftables through its Python binding, or the nft command without it."""
+
+    def __init__(self) -> None:
+        try:
+            import nftables  # Debian's python3-nftables, matching libnftables1
+
+            self.binding: object | None = nftables.Nftables()
+        except (ImportError, OSError):
+            self.binding = None
+            if shutil.which("nft") is None:
+                raise ApplyError(
+                    "neither the nftables Python binding nor the nft command is installed"
+                ) from None
+
+    def run_file(self, path: Path, dry_run: bool = False) -> str | None:
+        """Run an nft script; None on success, else nft's error text."""
+        if self.binding is not None:
+            binding = self.binding
+            binding.set_dry_run(dry_run)  # type: ignore[attr-defined]
+            try:
+                rc, _, error = binding.cmd_from_file(str(path))  # type: ignore[attr-defined]
+            finally:
+                binding.set_dry_run(False)  # type: ignore[attr-defined]
+            return None if rc == 0 else error or "nft failed"
+        command = ["nft", "-c", "-f", str(path)] if dry_run else ["nft", "-f", str(path)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        return None if result.returncode == 0 else result.stderr or "nft failed"
+
+    def run_text(self, script: str) -> str | None:
+        with tempfile.NamedTemporaryFile("w", suffix=".nft", prefix="nfc-") as handle:
+            handle.write(script)
+            handle.flush()
+            return self.run_file(Path(handle.name))
+
+    def list(self, what: str) -> tuple[str | None, str]:
+        """`nft -s list WHAT`: (output, "") or (None, error)."""
+        if self.binding is not None:
+            binding = self.binding
+            binding.set_stateless_output(True)  # type: ignore[attr-defined]
+            rc, output, error = binding.cmd(f"list {what}")  # type: ignore[attr-defined]
+        else:
+            result = subprocess.run(
+                ["nft", "-s", "list", *what.split()], capture_output=True, text=True, timeout=60
+            )
+            rc, output, error = result.returncode, result.stdout, result.stderr
+        return (output, "") if rc == 0 else (None, error)
+
+
+def _nft_error(error: str) -> str:
+    for line in error.splitlines():
+        if "Error:" in line:
+            return line.split("Error:", 1)[1].strip()
+    return error.strip().splitlines()[0] if error.strip() else "unknown error"
+
+
+class NftKernel:
+    """`table inet <table>`: nothing else is read, saved or replaced."""
+
+    def __init__(self) -> None:
+        self.nft = Nft()
+
+    def _refused(self, artifact: Artifact, error: str) -> KernelRefused:
+        ruleset = artifact.path(RULESET)
+        reports = [
+            refusal(artifact, ruleset, int(found["line"]), found["message"])
+            for found in map(NFT_ERROR.match, error.splitlines())
+            if found
+        ]
+        return KernelRefused(
+            "\n".join(reports or [f"{ruleset}: error: the kernel refused it: {_nft_error(error)}"])
+        )
+
+    def _failed(self, artifact: Artifact, error: str, what: str) -> Exception:
+        if permission_problem(error):
+            return ApplyError(f"nfc {what}: {_nft_error(error)}; {PERMISSION_HINT}")
+        return self._refused(artifact, error)
+
+    def check(self, artifact: Artifact) -> None:
+        error = self.nft.run_file(artifact.path(RULESET), dry_run=True)
+        if error is not None:
+            raise self._failed(artifact, error, "check")
+
+    def snapshot(self, artifact: Artifact) -> Json:
+        listing, error = self.nft.list(f"table inet {artifact.table}")
+        if listing is None and "No such file or directory" not in error:
+            if permission_problem(error):
+                raise ApplyError(f"nfc apply: {_nft_error(error)}; {PERMISSION_HINT}")
+            raise ApplyError(f"cannot read table inet {artifact.table}: {_nft_error(error)}")
+        return {"backend": BACKEND, "table": artifact.table, "listing": listing}
+
+    def load(self, artifact: Artifact) -> None:
+        error = self.nft.run_file(artifact.path(RULESET))
+        if error is not None:
+            raise self._failed(artifact, error, "apply")
+
+    def restore(self, saved: Json) -> None:
+        table = saved["table"]
+        script = f"table inet {table}\ndelete table inet {table}\n" + (saved["listing"] or "")
+        error = self.nft.run_text(script)
+        if error is not None:
+            raise KernelRefused(f"rollback failed: the kernel refused the saved state: {_nft_error(error)}")
+
+    def describe(self, saved: Json) -> str:
+        return f"table inet {saved['table']}"
+
+    def foreign_rules(self) -> str | None:
+        """iptables-legacy rules loaded beside nfc's table, which mix badly."""
+        found = []
+        for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+            if shutil.which(tool) is None:
+                continue
+            result = run_tool([tool], check=False)
+            if any(line.startswith("-A ") for line in result.stdout.splitlines()):
+                found.append(tool.replace("-save", ""))
+        return " and ".join(found) + " rules are loaded too" if found else None
