@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from nfc import vocab
-from nfc.errors import Loc, PolicyError, did_you_mean
+from nfc.errors import Loc, PolicyError, did_you_mean, printable
 from nfc.ir import (
     BOTH_FAMILIES,
     BYTE_UNIT_FACTOR,
@@ -46,12 +46,11 @@ from nfc.load import (
     Define,
     PolicySource,
     RuleText,
-    YNode,
     check_text,
-    printable,
     type_name,
 )
 from nfc.parse import Addrs, LimitNode, MatchNode, PortItem, RuleNode, parse_entry, parse_rule
+from nfc.yaml_source import YNode
 
 MAX_RATE = 2**32 - 1
 MAX_METER_SIZE = 1 << 24
