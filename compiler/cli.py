@@ -19,7 +19,9 @@ from nfc.backends import BACKENDS
 from nfc.errors import PolicyError
 from nfc.ir import Ruleset
 from nfc.load import load_policy
-from nfc.lower import Target, lower
+from nfc.lower import lower
+from nfc.parse import parse_policy
+from nfc.target import Target
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -46,11 +48,11 @@ def memory_size(text: str) -> int:
 def compile_policy(
     path: str, memory: int | None = None, word_bits: int | None = None
 ) -> tuple[Ruleset, tuple[str, ...]]:
-    """Load and lower a policy; PolicyError on bad input."""
+    """Load, parse and lower a policy; PolicyError on bad input."""
     source = load_policy(path)
     host = Target.this_host()
     target = Target(memory or host.memory_bytes, word_bits or host.word_bits)
-    return lower(source, target), source.files
+    return lower(parse_policy(source), target), source.files
 
 
 def _warn_expired(ruleset: Ruleset) -> None:
