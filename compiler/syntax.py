@@ -19,7 +19,7 @@ from nfc.load import PolicySource, RuleText
 Locate = Callable[[int, int], Loc]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortItem:
     kind: str  # number | range | service | var
     value: str | int
@@ -27,21 +27,21 @@ class PortItem:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddrItem:
     kind: str  # literal | var
     text: str
     loc: Loc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Addrs:
     items: tuple[AddrItem, ...]
     negated: bool
     loc: Loc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MatchNode:
     """One match clause: `kind` is family, proto, dport, sport, saddr, daddr,
     iif, oif, ct_state, icmp_type or icmpv6_type."""
@@ -51,14 +51,14 @@ class MatchNode:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VerdictNode:
     kind: str  # accept | drop | reject
     reject_with: str | None  # None, "tcp reset" or an ICMP type name
     loc: Loc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LimitNode:
     over: bool
     rate: int
@@ -74,19 +74,19 @@ class LimitNode:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LogNode:
     prefix: str | None
     level: str | None
     loc: Loc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CounterClause:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CommentClause:
     text: str
     loc: Loc  # of the quoted string
@@ -96,7 +96,7 @@ class CommentClause:
 RulePart = MatchNode | LimitNode | LogNode | CounterClause | CommentClause
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleNode:
     verdict: VerdictNode | None  # None for a notrack entry
     matches: tuple[MatchNode, ...]
@@ -134,7 +134,7 @@ def assemble_rule(verdict: VerdictNode | None, parts: Iterable[RulePart], loc: L
     return RuleNode(verdict, tuple(matches), limit, log, counter, comment, comment_loc, loc)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParsedRule:
     """A rule or notrack entry: as written, and as parsed."""
 
@@ -142,7 +142,7 @@ class ParsedRule:
     node: RuleNode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicyTree:
     """The parse stage's result: the loaded policy with every rule parsed."""
 
