@@ -174,7 +174,7 @@ class RuleChecker:
         self.parts.daddr = self._addresses(match, "to")
 
     def _interface(self, match: MatchNode, hook_without: str) -> str:
-        name = match.value
+        name: str = match.value
         if not IFNAME.match(name):
             raise PolicyError(
                 match.loc,

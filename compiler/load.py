@@ -56,7 +56,8 @@ class RuleText:
 
     @property
     def text(self) -> str:
-        return self.node.value
+        text: str = self.node.value  # checked to be a string when loaded
+        return text
 
     @property
     def loc(self) -> Loc:

@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from nfc import fastparse, grammar
 from nfc.errors import Loc, PolicyError, did_you_mean
@@ -305,11 +305,15 @@ def _syntax_error(exc: UnexpectedInput, text: str, locate: Locate, start: str) -
     else:
         loc = locate(exc.line, exc.column)
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        at = exc.pos_in_stream
+        assert at is not None  # lark sets it where it refuses a character
+        char = text[at] if at < len(text) else "?"
         shown = repr(char) if not char.isprintable() else f"'{char}'"
-        if char == '"' and "\n" in text[exc.pos_in_stream :]:
+        if char == '"' and "\n" in text[at:]:
             return PolicyError(loc, "a quoted string cannot hold a line break")
         return PolicyError(loc, f"unexpected character {shown} in rule")
+    assert isinstance(exc, UnexpectedToken)  # the one kind of UnexpectedInput left
+    token = exc.token
     expected = _expected_words(set(exc.expected))
     if token.type == "$END":
         return PolicyError(loc, "rule ends too early", "expected " + " or ".join(expected))
@@ -341,7 +345,8 @@ def lark_parse(text: str, locate: Locate, start: str) -> RuleNode:
     """The reference parser, and the only one that reports syntax errors.
     `start` is "rule" or "entry"."""
     try:
-        return _ToAst(locate).transform(_parser().parse(text, start=start))
+        node: RuleNode = _ToAst(locate).transform(_parser().parse(text, start=start))
+        return node
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, locate, start) from None
     except VisitError as exc:

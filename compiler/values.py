@@ -92,5 +92,7 @@ def collapse(networks: Iterable[Network]) -> tuple[Network, ...]:
 
 @functools.lru_cache(maxsize=4096)
 def _collapsed(networks: tuple[Network, ...]) -> tuple[Network, ...]:
-    """Cached: a define's list is collapsed again in every rule that uses it."""
-    return tuple(sorted(ipaddress.collapse_addresses(networks)))
+    """Cached: a define's list is collapsed again in every rule that uses it.
+    The networks are of one IP version (callers split them by family), which
+    the type of `collapse_addresses` cannot be told."""
+    return tuple(sorted(ipaddress.collapse_addresses(networks)))  # type: ignore[type-var]

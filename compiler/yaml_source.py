@@ -236,6 +236,7 @@ class _Converter:
             return self._mapping(node, loc, depth)
         if isinstance(node, yaml.SequenceNode):
             return YNode([self.convert(item, depth + 1) for item in node.value], loc)
+        assert isinstance(node, yaml.ScalarNode)  # the one kind of node left
         return self._scalar(node, loc)
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc, depth: int) -> YNode:
