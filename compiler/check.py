@@ -271,6 +271,7 @@ def _match_word(match: MatchNode) -> str:
 
 
 def check_verdict(node: RuleNode, parts: RuleParts) -> Verdict:
+    """The rule's verdict, where its reject type fits the rule's protocol and families."""
     verdict = node.verdict
     assert verdict is not None
     if verdict.reject_with == "tcp reset":
@@ -292,6 +293,7 @@ def check_verdict(node: RuleNode, parts: RuleParts) -> Verdict:
 
 
 def check_comment(text: RuleText, node: RuleNode) -> str | None:
+    """The comment written in the rule or as `comment:`, not both."""
     if text.comment is not None and node.comment is not None:
         raise PolicyError(node.comment_loc or text.loc, "comment given both in the rule and as 'comment:'")
     if node.comment is not None:
@@ -300,6 +302,7 @@ def check_comment(text: RuleText, node: RuleNode) -> str | None:
 
 
 def check_log(node: LogNode | None) -> Log | None:
+    """The rule's log clause, with a prefix that fits in a quoted string."""
     if node is None:
         return None
     if node.prefix is not None:
