@@ -1,4 +1,4 @@
-"""Compile-time benchmark: load + lower + nft render of large generated policies.
+"""Compile-time benchmark: load + parse + lower + nft render of large generated policies.
 
     .venv/bin/python bench/compile.py                    # 1,000, 10,000 and 50,000 rules
     .venv/bin/python bench/compile.py --sizes 1000,10000 --repeat 3
@@ -187,7 +187,8 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
     from nfc.artifacts import build
     from nfc.backends.nft import RULESET
     from nfc.load import load_policy
-    from nfc.lower import Target, lower
+    from nfc.lower import lower
+    from nfc.target import Target
 
     parse._parser()  # build the lark parser once, outside the measured stages
     result: dict = {"init_s": time.perf_counter() - started, "rss_init_kib": _rss_kib()}
@@ -199,16 +200,18 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
             t0 = time.perf_counter()
             source = load_policy(path)
             t1 = time.perf_counter()
-            ruleset = lower(source, target)
+            tree = parse.parse_policy(source)
             t2 = time.perf_counter()
-            files = build(ruleset, "nft", source.files)
+            ruleset = lower(tree, target)
             t3 = time.perf_counter()
-            run = {"load": t1 - t0, "lower": t2 - t1, "render": t3 - t2, "total": t3 - t0}
+            files = build(ruleset, "nft", source.files)
+            t4 = time.perf_counter()
+            run = {"load": t1 - t0, "parse": t2 - t1, "lower": t3 - t2, "render": t4 - t3, "total": t4 - t0}
             best = {k: min(v, best.get(k, v)) for k, v in run.items()}
             nft_rules = sum(len(chain.rules) for chain in ruleset.chains) + len(ruleset.notrack)
             result["output_bytes"] = len(files[RULESET].encode())
             result["nft_rules"] = nft_rules
-            del source, ruleset, files
+            del source, tree, ruleset, files
         result.update({f"{k}_s": v for k, v in best.items()})
         result["rss_peak_kib"] = _rss_kib()
     elif mode == "trace":
@@ -219,7 +222,10 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
         source = load_policy(path)
         peaks["load"] = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
-        ruleset = lower(source, target)
+        tree = parse.parse_policy(source)
+        peaks["parse"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        ruleset = lower(tree, target)
         peaks["lower"] = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
         build(ruleset, "nft", source.files)
@@ -234,7 +240,7 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
         profiler = cProfile.Profile()
         profiler.enable()
         source = load_policy(path)
-        ruleset = lower(source, target)
+        ruleset = lower(parse.parse_policy(source), target)
         build(ruleset, "nft", source.files)
         profiler.disable()
         stats = pstats.Stats(profiler, stream=sys.stderr)
@@ -294,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_child(str(path), "profile", 1)
             return 0
         header = (
-            f"{'rules':>7} {'nft rules':>9} {'load s':>7} {'lower s':>7} {'render s':>8} {'total s':>7}"
-            f" {'µs/rule':>7} {'RSS MiB':>7} {'heap MiB':>8}  heap MiB load/lower/render"
+            f"{'rules':>7} {'nft rules':>9} {'load s':>7} {'parse s':>7} {'lower s':>7} {'render s':>8}"
+            f" {'total s':>7} {'µs/rule':>7} {'RSS MiB':>7} {'heap MiB':>8}  heap MiB load/parse/lower/render"
         )
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; best of {max(1, args.repeat)}")
         print(header)
@@ -307,13 +313,13 @@ def main(argv: list[str] | None = None) -> int:
             trace = {} if args.no_trace else _run_child(str(path), "trace", 1)
             heap = _mib(trace["heap_peak_bytes"]) if trace else f"{'-':>7}"
             stages = (
-                "/".join(_mib(trace[f"heap_{s}_bytes"]).strip() for s in ("load", "lower", "render"))
+                "/".join(_mib(trace[f"heap_{s}_bytes"]).strip() for s in ("load", "parse", "lower", "render"))
                 if trace
                 else "-"
             )
             print(
-                f"{size:>7} {timing['nft_rules']:>9} {timing['load_s']:>7.3f} {timing['lower_s']:>7.3f}"
-                f" {timing['render_s']:>8.3f} {timing['total_s']:>7.3f}"
+                f"{size:>7} {timing['nft_rules']:>9} {timing['load_s']:>7.3f} {timing['parse_s']:>7.3f}"
+                f" {timing['lower_s']:>7.3f} {timing['render_s']:>8.3f} {timing['total_s']:>7.3f}"
                 f" {timing['total_s'] / size * 1e6:>7.1f} {_mib(timing['rss_peak_kib'] * 1024)}"
                 f" {heap:>8}  {stages}",
                 flush=True,

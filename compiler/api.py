@@ -41,7 +41,9 @@ from nfc.backends.kernel import Artifact
 from nfc.errors import Loc
 from nfc.ir import NotrackRule, Rule, Ruleset
 from nfc.load import load_policy
-from nfc.lower import Target, lower
+from nfc.lower import lower
+from nfc.parse import parse_policy
+from nfc.target import Target
 
 __all__ = [
     "Compiled",
@@ -73,12 +75,12 @@ class Compiled(NamedTuple):
 
 
 def compile_policy(path: str, memory: int | None = None, word_bits: int | None = None) -> Compiled:
-    """Load and lower a policy; PolicyError on bad input. `memory` (bytes) and
+    """Load, parse and lower a policy; PolicyError on bad input. `memory` (bytes) and
     `word_bits` size 'conntrack.max: auto' for the target host (default: this one)."""
     source = load_policy(path)
     host = Target.this_host()
     target = Target(memory or host.memory_bytes, word_bits or host.word_bits)
-    return Compiled(lower(source, target), source.files)
+    return Compiled(lower(parse_policy(source), target), source.files)
 
 
 def expired(ruleset: Ruleset, today: dt.date | None = None) -> list[Rule | NotrackRule]:

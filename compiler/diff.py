@@ -14,8 +14,8 @@ from pathlib import Path
 
 from nfc.errors import Loc
 from nfc.ir import Match, Meter, Ruleset
-from nfc.lower import merge_ranges
 from nfc.space import Cube, Space, describe, minus, overlap
+from nfc.values import merge_ranges
 
 CHAINS = ("input", "forward", "output")
 

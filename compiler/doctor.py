@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nfc.ir import Match, Ports, Ruleset
-from nfc.lower import Target
 from nfc.space import Space, minus
+from nfc.target import Target
 
 PROC_SYS = Path("/proc/sys/net/netfilter")
 STAT_FILE = Path("/proc/net/stat/nf_conntrack")

@@ -42,3 +42,9 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     if close:
         return f"did you mean '{close[0]}'?"
     return "valid: " + ", ".join(sorted(choices))
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` made safe to echo in a message or a generated comment."""
+    cleaned = "".join(ch if ch.isprintable() and ch not in '"\\' else "?" for ch in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."

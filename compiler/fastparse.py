@@ -1,35 +1,65 @@
 """A hand-written fast path for well-formed single-line rules.
 
 lark stays the reference: this parser accepts only what it can read with
-certainty, builds exactly the tree the grammar's Transformer would, and
-returns None for anything else, which then goes to lark (and to lark's
-error messages). tests/test_fastparse.py holds the two equal."""
+certainty, builds exactly the tree lark's Transformer would (both finish a
+rule with `syntax.assemble_rule`), and returns None for anything else,
+which then goes to lark (and to lark's error messages).
+tests/test_fastparse.py holds the two equal."""
 
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TypeVar
 
-from nfc.parse import AddrItem, Addrs, LimitNode, LogNode, MatchNode, PortItem, RuleNode, VerdictNode
+from nfc.errors import Loc
+from nfc.grammar import PATTERNS, WORDS
+from nfc.syntax import (
+    AddrItem,
+    Addrs,
+    CommentClause,
+    CounterClause,
+    LimitNode,
+    Locate,
+    LogNode,
+    MatchNode,
+    PortItem,
+    RuleNode,
+    RulePart,
+    VerdictNode,
+    assemble_rule,
+)
 
-if TYPE_CHECKING:
-    from nfc.parse import Locate, _ToAst
 
+def _whole(pattern: str) -> re.Pattern[str]:
+    """A pattern that must match a whole token."""
+    return re.compile(rf"(?:{pattern})\Z")
+
+
+def _words(terminal: str) -> str:
+    return "|".join(WORDS[terminal])
+
+
+# A token is a quoted string, a brace or comma, or a run of anything else
+# up to a space: the grammar's words as written in the usual way.
 TOKEN = re.compile(r'"[^"]*"|[{},]|[^ {},"]+')
-INT = re.compile(r"[0-9]+\Z")
-NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
-VAR = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\Z")
-ADDRESS = re.compile(r"[0-9A-Fa-f]*[.:][0-9A-Fa-f.:]*(/[0-9]+)?\Z")
-IFNAME = re.compile(r"[A-Za-z0-9_.:@+-]+\*?\Z")
-RANGE = re.compile(r"([0-9]+)-([0-9]+)\Z")
-TIME_UNITS = "second|minute|hour|day"
-RATE = re.compile(rf"([0-9]+)/({TIME_UNITS})\Z")
-BYTE_RATE = re.compile(rf"(bytes|kbytes|mbytes)/({TIME_UNITS})\Z")
-PER = re.compile(r"(saddr|daddr)(?:/([0-9]+))?\Z")
-SECOND_MASK = re.compile(r"/([0-9]+)\Z")
-BURST_UNITS = ("packets", "bytes", "kbytes", "mbytes")
-LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
+# The grammar's terminals (grammar/__init__.py); fastparse reads "10/second"
+# or "saddr/24" as one token where lark sees three, so some are combined.
+INT = _whole(PATTERNS["INT"])
+NAME = _whole(PATTERNS["NAME"])
+VAR = _whole(PATTERNS["VAR"])
+ADDRESS = _whole(PATTERNS["ADDRESS"])
+IFNAME = _whole(PATTERNS["IFNAME"])
+RANGE = _whole(f"({PATTERNS['INT']})-({PATTERNS['INT']})")
+RATE = _whole(f"({PATTERNS['INT']})/({_words('TIME_UNIT')})")
+BYTE_RATE = _whole(f"({_words('BYTE_UNIT')})/({_words('TIME_UNIT')})")
+PER = _whole(f"({_words('PER_KEY')})(?:/({PATTERNS['INT']}))?")
+SECOND_MASK = _whole(f"/({PATTERNS['INT']})")
+BURST_UNITS = WORDS["BURST_UNIT"]
+LOG_LEVELS = WORDS["LOG_LEVEL"]
+
+
+Item = TypeVar("Item")
 
 
 class _Unsure(Exception):
@@ -65,7 +95,10 @@ class _Reader:
         return text, col
 
 
-def parse(text: str, locate: Locate, start: str, transformer: _ToAst) -> RuleNode | None:
+ReadMatch = Callable[[_Reader], MatchNode]
+
+
+def parse(text: str, locate: Locate, start: str) -> RuleNode | None:
     """The rule's tree, or None where only lark can say."""
     if not text.isascii() or not text.isprintable() or '""' in text:
         return None
@@ -74,21 +107,19 @@ def parse(text: str, locate: Locate, start: str, transformer: _ToAst) -> RuleNod
         return None
     try:
         verdict = _verdict(reader) if start == "rule" else None
-        parts: list = []
-        while reader.peek() in MATCHES:
-            parts.append(MATCHES[reader.peek()](reader))  # type: ignore[index]
+        parts: list[RulePart] = []
+        while (word := reader.peek()) is not None and word in MATCHES:
+            parts.append(MATCHES[word](reader))
         if start == "entry" and not parts:
             raise _Unsure
-        clauses = CLAUSES if start == "rule" else {"comment": _comment}
-        while reader.peek() is not None:
-            word = reader.peek()
+        clauses = CLAUSES if start == "rule" else ENTRY_CLAUSES
+        while (word := reader.peek()) is not None:
             if word not in clauses:
                 raise _Unsure
             parts.append(clauses[word](reader))
+        return assemble_rule(verdict, parts, locate(1, reader.tokens[0][1]))
     except _Unsure:
         return None
-    meta = SimpleNamespace(line=1, column=reader.tokens[0][1])
-    return transformer._rule(verdict, parts, meta)
 
 
 def _verdict(reader: _Reader) -> VerdictNode:
@@ -110,7 +141,7 @@ def _verdict(reader: _Reader) -> VerdictNode:
     return VerdictNode("reject", name, reader.locate(1, col))
 
 
-def _keyword_match(kind: str, value: str) -> object:
+def _keyword_match(kind: str, value: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
         _, col = reader.take()
         return MatchNode(kind, value, reader.locate(1, col))
@@ -118,7 +149,7 @@ def _keyword_match(kind: str, value: str) -> object:
     return read
 
 
-def _icmp(protocol: str) -> object:
+def _icmp(protocol: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
         _, col = reader.take()
         if reader.peek() != "type":
@@ -130,7 +161,7 @@ def _icmp(protocol: str) -> object:
     return read
 
 
-def _names(reader: _Reader) -> tuple[tuple[str, object], ...]:
+def _names(reader: _Reader) -> tuple[tuple[str, Loc], ...]:
     names = []
     while True:
         name, col = reader.matching(NAME)
@@ -164,19 +195,19 @@ def _port(reader: _Reader) -> PortItem:
     raise _Unsure
 
 
-def _set(reader: _Reader, item: object) -> tuple:
+def _set(reader: _Reader, item: Callable[[_Reader], Item]) -> tuple[Item, ...]:
     """'{' item (',' item)* ','? '}' after the '{'."""
-    items = [item(reader)]  # type: ignore[operator]
+    items = [item(reader)]
     while reader.peek() == ",":
         reader.take()
         if reader.peek() == "}":
             break
-        items.append(item(reader))  # type: ignore[operator]
+        items.append(item(reader))
     reader.expect("}")
     return tuple(items)
 
 
-def _ports(kind: str) -> object:
+def _ports(kind: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
         _, col = reader.take()
         if reader.peek() == "{":
@@ -198,7 +229,7 @@ def _address(reader: _Reader) -> AddrItem:
     raise _Unsure
 
 
-def _addresses(kind: str) -> object:
+def _addresses(kind: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
         _, col = reader.take()
         start = reader.tokens[reader.at][1] if reader.at < len(reader.tokens) else col
@@ -215,7 +246,7 @@ def _addresses(kind: str) -> object:
     return read
 
 
-def _interface(kind: str) -> object:
+def _interface(kind: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
         _, col = reader.take()
         word, _ = reader.take()
@@ -236,7 +267,7 @@ def _ct(reader: _Reader) -> MatchNode:
     return MatchNode("ct_state", _names(reader), reader.locate(1, col))
 
 
-MATCHES = {
+MATCHES: dict[str, ReadMatch] = {
     "ip": _keyword_match("family", "ip"),
     "ip6": _keyword_match("family", "ip6"),
     "tcp": _keyword_match("proto", "tcp"),
@@ -325,15 +356,21 @@ def _log(reader: _Reader) -> LogNode:
     return LogNode(prefix, level, reader.locate(1, col))
 
 
-def _counter(reader: _Reader) -> tuple[str, object]:
+def _counter(reader: _Reader) -> CounterClause:
     _, col = reader.take()
-    return "counter", reader.locate(1, col)
+    return CounterClause(reader.locate(1, col))
 
 
-def _comment(reader: _Reader) -> tuple[str, str, object]:
+def _comment(reader: _Reader) -> CommentClause:
     reader.take()
     text, col = _string(reader)
-    return "comment", text, reader.locate(1, col)
+    return CommentClause(text, reader.locate(1, col))
 
 
-CLAUSES = {"limit": _limit, "log": _log, "counter": _counter, "comment": _comment}
+CLAUSES: dict[str, Callable[[_Reader], RulePart]] = {
+    "limit": _limit,
+    "log": _log,
+    "counter": _counter,
+    "comment": _comment,
+}
+ENTRY_CLAUSES: dict[str, Callable[[_Reader], RulePart]] = {"comment": _comment}

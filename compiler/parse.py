@@ -1,105 +1,49 @@
-"""Rule strings → syntax trees, with the lark grammar in grammar/rules.lark.
+"""The parse stage: every rule string of a loaded policy → a syntax tree
+(`nfc.syntax`), with the lark grammar in grammar/rules.lark.
 
-The trees keep the rule's words and the file position of each; meaning
-(what a `$name` holds, which family a rule covers) is `lower`'s job.
+Well-formed single-line rules take the fast path (`fastparse`); lark reads
+the rest and is the only one that reports syntax errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
+from nfc import fastparse, grammar
 from nfc.errors import Loc, PolicyError, did_you_mean
+from nfc.gcpause import collector_paused
+from nfc.load import PolicySource, RuleText
+from nfc.syntax import (
+    AddrItem,
+    Addrs,
+    CommentClause,
+    CounterClause,
+    LimitNode,
+    Locate,
+    LogNode,
+    MatchNode,
+    ParsedRule,
+    PolicyTree,
+    PortItem,
+    RuleNode,
+    VerdictNode,
+    assemble_rule,
+)
 
 MAX_RULE_CHARS = 4096
-
-Locate = Callable[[int, int], Loc]
-
-
-@dataclass(frozen=True)
-class PortItem:
-    kind: str  # number | range | service | var
-    value: str | int
-    end: int | None
-    loc: Loc
-
-
-@dataclass(frozen=True)
-class AddrItem:
-    kind: str  # literal | var
-    text: str
-    loc: Loc
-
-
-@dataclass(frozen=True)
-class Addrs:
-    items: tuple[AddrItem, ...]
-    negated: bool
-    loc: Loc
-
-
-@dataclass(frozen=True)
-class MatchNode:
-    """One match clause: `kind` is family, proto, dport, sport, saddr, daddr,
-    iif, oif, ct_state, icmp_type or icmpv6_type."""
-
-    kind: str
-    value: Any
-    loc: Loc
-
-
-@dataclass(frozen=True)
-class VerdictNode:
-    kind: str  # accept | drop | reject
-    reject_with: str | None  # None, "tcp reset" or an ICMP type name
-    loc: Loc
-
-
-@dataclass(frozen=True)
-class LimitNode:
-    over: bool
-    rate: int
-    byte_unit: str | None  # None for packet rates
-    time_unit: str
-    burst: int | None
-    burst_unit: str | None
-    per: str | None  # saddr | daddr
-    v4_mask: int | None
-    v6_mask: int | None
-    size: int | None
-    name: str | None
-    loc: Loc
-
-
-@dataclass(frozen=True)
-class LogNode:
-    prefix: str | None
-    level: str | None
-    loc: Loc
-
-
-@dataclass(frozen=True)
-class RuleNode:
-    verdict: VerdictNode | None  # None for a notrack entry
-    matches: tuple[MatchNode, ...]
-    limit: LimitNode | None
-    log: LogNode | None
-    counter: bool
-    comment: str | None
-    comment_loc: Loc | None
-    loc: Loc
 
 
 @cache
 def _parser() -> Lark:
-    grammar = resources.files("nfc.grammar").joinpath("rules.lark").read_text(encoding="utf-8")
-    return Lark(grammar, start=["rule", "entry"], parser="lalr", propagate_positions=True)
+    rules = resources.files("nfc.grammar").joinpath("rules.lark").read_text(encoding="utf-8")
+    return Lark(
+        rules + grammar.lark_terminals(), start=["rule", "entry"], parser="lalr", propagate_positions=True
+    )
 
 
 # Human names for the grammar's named terminals, used in "expected ..." messages.
@@ -132,35 +76,35 @@ def _expected_words(names: set[str]) -> list[str]:
     return sorted(words)
 
 
-class _ToAst(Transformer):
+class _ToAst(Transformer[Token, Any]):
     """lark tree → RuleNode. Positions become file locations via `locate`."""
 
-    def __init__(self) -> None:
+    def __init__(self, locate: Locate) -> None:
         super().__init__()
-        self.locate: Locate = lambda line, col: Loc("<rule>", line, col)
+        self.locate = locate
 
     def _loc(self, meta_or_token: Any) -> Loc:
         return self.locate(meta_or_token.line, meta_or_token.column)
 
     # verdicts
     @v_args(meta=True)
-    def accept(self, meta: Any, _: list) -> VerdictNode:
+    def accept(self, meta: Any, _: list[Any]) -> VerdictNode:
         return VerdictNode("accept", None, self._loc(meta))
 
     @v_args(meta=True)
-    def drop(self, meta: Any, _: list) -> VerdictNode:
+    def drop(self, meta: Any, _: list[Any]) -> VerdictNode:
         return VerdictNode("drop", None, self._loc(meta))
 
     @v_args(meta=True)
-    def reject(self, meta: Any, _: list) -> VerdictNode:
+    def reject(self, meta: Any, _: list[Any]) -> VerdictNode:
         return VerdictNode("reject", None, self._loc(meta))
 
     @v_args(meta=True)
-    def reject_tcp_reset(self, meta: Any, _: list) -> VerdictNode:
+    def reject_tcp_reset(self, meta: Any, _: list[Any]) -> VerdictNode:
         return VerdictNode("reject", "tcp reset", self._loc(meta))
 
     @v_args(meta=True)
-    def reject_icmp(self, meta: Any, children: list) -> VerdictNode:
+    def reject_icmp(self, meta: Any, children: list[Any]) -> VerdictNode:
         return VerdictNode("reject", str(children[0]), self._loc(meta))
 
     # matches
@@ -168,139 +112,139 @@ class _ToAst(Transformer):
         return MatchNode(kind, value, self._loc(meta))
 
     @v_args(meta=True)
-    def family_ip(self, meta: Any, _: list) -> MatchNode:
+    def family_ip(self, meta: Any, _: list[Any]) -> MatchNode:
         return self._match("family", "ip", meta)
 
     @v_args(meta=True)
-    def family_ip6(self, meta: Any, _: list) -> MatchNode:
+    def family_ip6(self, meta: Any, _: list[Any]) -> MatchNode:
         return self._match("family", "ip6", meta)
 
     @v_args(meta=True)
-    def proto_tcp(self, meta: Any, _: list) -> MatchNode:
+    def proto_tcp(self, meta: Any, _: list[Any]) -> MatchNode:
         return self._match("proto", "tcp", meta)
 
     @v_args(meta=True)
-    def proto_udp(self, meta: Any, _: list) -> MatchNode:
+    def proto_udp(self, meta: Any, _: list[Any]) -> MatchNode:
         return self._match("proto", "udp", meta)
 
     @v_args(meta=True)
-    def proto_sctp(self, meta: Any, _: list) -> MatchNode:
+    def proto_sctp(self, meta: Any, _: list[Any]) -> MatchNode:
         return self._match("proto", "sctp", meta)
 
     @v_args(meta=True)
-    def proto_icmp(self, meta: Any, _: list) -> MatchNode:
+    def proto_icmp(self, meta: Any, _: list[Any]) -> MatchNode:
         return self._match("proto", "icmp", meta)
 
     @v_args(meta=True)
-    def proto_icmpv6(self, meta: Any, _: list) -> MatchNode:
+    def proto_icmpv6(self, meta: Any, _: list[Any]) -> MatchNode:
         return self._match("proto", "icmpv6", meta)
 
     @v_args(meta=True)
-    def proto_other(self, meta: Any, children: list) -> MatchNode:
+    def proto_other(self, meta: Any, children: list[Any]) -> MatchNode:
         token = children[0]
         value: str | int = int(token) if token.type == "INT" else str(token)
         return MatchNode("proto", value, self._loc(token))
 
     @v_args(meta=True)
-    def dport(self, meta: Any, children: list) -> MatchNode:
+    def dport(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._match("dport", children[0], meta)
 
     @v_args(meta=True)
-    def sport(self, meta: Any, children: list) -> MatchNode:
+    def sport(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._match("sport", children[0], meta)
 
     @v_args(meta=True)
-    def saddr(self, meta: Any, children: list) -> MatchNode:
+    def saddr(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._match("saddr", children[0], meta)
 
     @v_args(meta=True)
-    def daddr(self, meta: Any, children: list) -> MatchNode:
+    def daddr(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._match("daddr", children[0], meta)
 
     @v_args(meta=True)
-    def iif(self, meta: Any, children: list) -> MatchNode:
+    def iif(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._match("iif", children[0], meta)
 
     @v_args(meta=True)
-    def oif(self, meta: Any, children: list) -> MatchNode:
+    def oif(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._match("oif", children[0], meta)
 
     def _names(self, kind: str, meta: Any, tokens: list[Token]) -> MatchNode:
         return self._match(kind, tuple((str(t), self._loc(t)) for t in tokens), meta)
 
     @v_args(meta=True)
-    def ct_state(self, meta: Any, children: list) -> MatchNode:
+    def ct_state(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._names("ct_state", meta, children)
 
     @v_args(meta=True)
-    def icmp_type(self, meta: Any, children: list) -> MatchNode:
+    def icmp_type(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._names("icmp_type", meta, children)
 
     @v_args(meta=True)
-    def icmpv6_type(self, meta: Any, children: list) -> MatchNode:
+    def icmpv6_type(self, meta: Any, children: list[Any]) -> MatchNode:
         return self._names("icmpv6_type", meta, children)
 
     # ports and addresses
-    def ports(self, children: list) -> tuple[PortItem, ...]:
+    def ports(self, children: list[Any]) -> tuple[PortItem, ...]:
         return tuple(children)
 
-    def port_set(self, children: list) -> tuple[PortItem, ...]:
+    def port_set(self, children: list[Any]) -> tuple[PortItem, ...]:
         return tuple(children)
 
-    def port_number(self, children: list) -> PortItem:
+    def port_number(self, children: list[Any]) -> PortItem:
         return PortItem("number", int(children[0]), None, self._loc(children[0]))
 
-    def port_range(self, children: list) -> PortItem:
+    def port_range(self, children: list[Any]) -> PortItem:
         return PortItem("range", int(children[0]), int(children[1]), self._loc(children[0]))
 
-    def port_service(self, children: list) -> PortItem:
+    def port_service(self, children: list[Any]) -> PortItem:
         return PortItem("service", str(children[0]), None, self._loc(children[0]))
 
-    def port_var(self, children: list) -> PortItem:
+    def port_var(self, children: list[Any]) -> PortItem:
         return PortItem("var", str(children[0])[1:], None, self._loc(children[0]))
 
     @v_args(meta=True)
-    def addrs(self, meta: Any, children: list) -> Addrs:
+    def addrs(self, meta: Any, children: list[Any]) -> Addrs:
         negated = isinstance(children[0], Token) and children[0].type == "NOT"
         items = tuple(c for c in children if isinstance(c, AddrItem))
         return Addrs(items, negated, self._loc(meta))
 
     addr_set = addrs
 
-    def addr_literal(self, children: list) -> AddrItem:
+    def addr_literal(self, children: list[Any]) -> AddrItem:
         return AddrItem("literal", str(children[0]), self._loc(children[0]))
 
-    def addr_var(self, children: list) -> AddrItem:
+    def addr_var(self, children: list[Any]) -> AddrItem:
         return AddrItem("var", str(children[0])[1:], self._loc(children[0]))
 
-    def ifname(self, children: list) -> str:
+    def ifname(self, children: list[Any]) -> str:
         text = str(children[0])
         return text[1:-1] if text.startswith('"') else text
 
     # trailing clauses
-    def packet_rate(self, children: list) -> tuple[int, None, str]:
+    def packet_rate(self, children: list[Any]) -> tuple[int, None, str]:
         return int(children[0]), None, str(children[1])
 
-    def byte_rate(self, children: list) -> tuple[int, str, str]:
+    def byte_rate(self, children: list[Any]) -> tuple[int, str, str]:
         return int(children[0]), str(children[1]), str(children[2])
 
-    def burst(self, children: list) -> tuple[str, int, str | None]:
+    def burst(self, children: list[Any]) -> tuple[str, int, str | None]:
         return "burst", int(children[0]), str(children[1]) if len(children) > 1 else None
 
-    def mask(self, children: list) -> tuple[int, ...]:
+    def mask(self, children: list[Any]) -> tuple[int, ...]:
         return tuple(int(c) for c in children)
 
-    def per(self, children: list) -> tuple[str, str, tuple[int, ...]]:
+    def per(self, children: list[Any]) -> tuple[str, str, tuple[int, ...]]:
         return "per", str(children[0]), children[1] if len(children) > 1 else ()
 
-    def size(self, children: list) -> tuple[str, int]:
+    def size(self, children: list[Any]) -> tuple[str, int]:
         return "size", int(children[0])
 
-    def meter_name(self, children: list) -> tuple[str, str]:
+    def meter_name(self, children: list[Any]) -> tuple[str, str]:
         return "name", str(children[0])
 
     @v_args(meta=True)
-    def limit(self, meta: Any, children: list) -> LimitNode:
+    def limit(self, meta: Any, children: list[Any]) -> LimitNode:
         over = bool(children) and isinstance(children[0], Token) and children[0].type == "OVER"
         rest = children[1:] if over else children
         (rate, byte_unit, time_unit), options = rest[0], {c[0]: c[1:] for c in rest[1:]}
@@ -321,59 +265,33 @@ class _ToAst(Transformer):
             loc=self._loc(meta),
         )
 
-    def log_prefix(self, children: list) -> tuple[str, str]:
+    def log_prefix(self, children: list[Any]) -> tuple[str, str]:
         return "prefix", str(children[0])[1:-1]
 
-    def log_level(self, children: list) -> tuple[str, str]:
+    def log_level(self, children: list[Any]) -> tuple[str, str]:
         return "level", str(children[0])
 
     @v_args(meta=True)
-    def log(self, meta: Any, children: list) -> LogNode:
+    def log(self, meta: Any, children: list[Any]) -> LogNode:
         options = dict(children)
         return LogNode(options.get("prefix"), options.get("level"), self._loc(meta))
 
     @v_args(meta=True)
-    def counter(self, meta: Any, _: list) -> tuple[str, Loc]:
-        return "counter", self._loc(meta)
+    def counter(self, meta: Any, _: list[Any]) -> CounterClause:
+        return CounterClause(self._loc(meta))
 
     @v_args(meta=True)
-    def comment(self, meta: Any, children: list) -> tuple[str, str, Loc]:
-        return "comment", str(children[0])[1:-1], self._loc(children[0])
+    def comment(self, meta: Any, children: list[Any]) -> CommentClause:
+        return CommentClause(str(children[0])[1:-1], self._loc(children[0]))
 
     # whole rules
     @v_args(meta=True)
-    def rule(self, meta: Any, children: list) -> RuleNode:
-        return self._rule(children[0], children[1:], meta)
+    def rule(self, meta: Any, children: list[Any]) -> RuleNode:
+        return assemble_rule(children[0], children[1:], self._loc(meta))
 
     @v_args(meta=True)
-    def entry(self, meta: Any, children: list) -> RuleNode:
-        return self._rule(None, children, meta)
-
-    def _rule(self, verdict: VerdictNode | None, parts: list, meta: Any) -> RuleNode:
-        matches = [p for p in parts if isinstance(p, MatchNode)]
-        limit = log = None
-        counter = False
-        comment = comment_loc = None
-        seen: dict[str, Loc] = {}
-        for part in parts:
-            if isinstance(part, MatchNode):
-                continue
-            if isinstance(part, LimitNode):
-                clause, loc, limit = "limit", part.loc, part
-            elif isinstance(part, LogNode):
-                clause, loc, log = "log", part.loc, part
-            elif part[0] == "counter":
-                clause, loc, counter = "counter", part[1], True
-            else:
-                clause, comment, comment_loc = "comment", part[1], part[2]
-                loc = comment_loc
-            if clause in seen:
-                raise PolicyError(loc, f"'{clause}' is given twice (first at {seen[clause]})")
-            seen[clause] = loc
-        return RuleNode(verdict, tuple(matches), limit, log, counter, comment, comment_loc, self._loc(meta))
-
-
-_TRANSFORMER = _ToAst()
+    def entry(self, meta: Any, children: list[Any]) -> RuleNode:
+        return assemble_rule(None, children, self._loc(meta))
 
 
 def _syntax_error(exc: UnexpectedInput, text: str, locate: Locate, start: str) -> PolicyError:
@@ -387,11 +305,15 @@ def _syntax_error(exc: UnexpectedInput, text: str, locate: Locate, start: str) -
     else:
         loc = locate(exc.line, exc.column)
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        at = exc.pos_in_stream
+        assert at is not None  # lark sets it where it refuses a character
+        char = text[at] if at < len(text) else "?"
         shown = repr(char) if not char.isprintable() else f"'{char}'"
-        if char == '"' and "\n" in text[exc.pos_in_stream :]:
+        if char == '"' and "\n" in text[at:]:
             return PolicyError(loc, "a quoted string cannot hold a line break")
         return PolicyError(loc, f"unexpected character {shown} in rule")
+    assert isinstance(exc, UnexpectedToken)  # the one kind of UnexpectedInput left
+    token = exc.token
     expected = _expected_words(set(exc.expected))
     if token.type == "$END":
         return PolicyError(loc, "rule ends too early", "expected " + " or ".join(expected))
@@ -413,20 +335,18 @@ def _parse(text: str, locate: Locate, start: str) -> RuleNode:
         raise PolicyError(locate(1, 1), f"rule is longer than {MAX_RULE_CHARS} characters")
     if not text.strip():
         raise PolicyError(locate(1, 1), "empty rule")
-    # One Transformer serves every rule (lark builds its callbacks once per
-    # instance); it is pointed at this rule's source position first.
-    _TRANSFORMER.locate = locate
-    fast = fastparse.parse(text, locate, start, _TRANSFORMER)
+    fast = fastparse.parse(text, locate, start)
     if fast is not None:
         return fast
-    return _lark_parse(text, locate, start)
+    return lark_parse(text, locate, start)
 
 
-def _lark_parse(text: str, locate: Locate, start: str) -> RuleNode:
-    """The reference parser, and the only one that reports syntax errors."""
-    _TRANSFORMER.locate = locate
+def lark_parse(text: str, locate: Locate, start: str) -> RuleNode:
+    """The reference parser, and the only one that reports syntax errors.
+    `start` is "rule" or "entry"."""
     try:
-        return _TRANSFORMER.transform(_parser().parse(text, start=start))
+        node: RuleNode = _ToAst(locate).transform(_parser().parse(text, start=start))
+        return node
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, locate, start) from None
     except VisitError as exc:
@@ -445,4 +365,17 @@ def parse_entry(text: str, locate: Locate) -> RuleNode:
     return _parse(text, locate, "entry")
 
 
-from nfc import fastparse  # noqa: E402 - it builds the trees defined above
+def _parsed(text: RuleText, start: str) -> ParsedRule:
+    return ParsedRule(text, _parse(text.text, text.node.locator(), start))
+
+
+def parse_policy(source: PolicySource) -> PolicyTree:
+    """Parse every notrack entry, then every chain's rules in order; the
+    first syntax error is raised as a PolicyError at its file position."""
+    with collector_paused():
+        notrack = tuple(_parsed(text, "entry") for text in source.conntrack.notrack)
+        chains = {
+            name: tuple(_parsed(text, "rule") for text in section.rules)
+            for name, section in source.chains.items()
+        }
+    return PolicyTree(source, notrack, chains)

@@ -151,7 +151,6 @@ REJECT_ICMP_TYPES: dict[str, str | None] = {
     "prot-unreachable": None,
 }
 
-LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
 # Types that ICMPv4 and ICMPv6 both have but under different codes, so a
 # dual-family rule is split per family rather than use nft's icmpx.
 REJECT_NEEDS_FAMILY = ("host-prohibited", "net-prohibited")

@@ -9,7 +9,9 @@ from nfc.backends import iptables
 from nfc.backends.nft import render
 from nfc.ir import Ruleset
 from nfc.load import load_policy
-from nfc.lower import Target, lower
+from nfc.lower import lower
+from nfc.parse import parse_policy
+from nfc.target import Target
 
 TARGET = Target(memory_bytes=8 << 30, word_bits=64)
 
@@ -21,7 +23,7 @@ def write_policy(directory: Path, text: str, name: str = "policy.yaml") -> Path:
 
 
 def ruleset_of(directory: Path, text: str) -> Ruleset:
-    return lower(load_policy(write_policy(directory, text)), TARGET)
+    return lower(parse_policy(load_policy(write_policy(directory, text))), TARGET)
 
 
 def nft_of(directory: Path, text: str) -> str:

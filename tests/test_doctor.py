@@ -12,7 +12,7 @@ from nfc.doctor import (
     parse_flows,
     parse_proc_stats,
 )
-from nfc.lower import Target
+from nfc.target import Target
 
 from conftest import ROOT
 

@@ -13,7 +13,7 @@ from test_property import near_grammar, token_soup
 
 from nfc import fastparse
 from nfc.errors import Loc, PolicyError
-from nfc.parse import _TRANSFORMER, _lark_parse
+from nfc.parse import lark_parse
 
 SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -30,12 +30,11 @@ def outcome(parse, text: str, start: str):
 
 
 def fast(text: str, start: str):
-    _TRANSFORMER.locate = locate
-    return fastparse.parse(text, locate, start, _TRANSFORMER)
+    return fastparse.parse(text, locate, start)
 
 
 def lark(text: str, start: str):
-    return _lark_parse(text, locate, start)
+    return lark_parse(text, locate, start)
 
 
 def agree(text: str, start: str) -> bool:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from nfc.errors import PolicyError
-from nfc.load import load_policy, load_yaml
+from nfc.load import load_policy
+from nfc.yaml_source import load_yaml
 
 from helpers import write_policy
 

@@ -20,7 +20,9 @@ import pytest
 from nfc import apply, artifacts, cli, doctor, explain, lint, load, vocab
 from nfc.backends import BACKENDS, iptables
 from nfc.errors import PolicyError
-from nfc.lower import Target, lower
+from nfc.lower import lower
+from nfc.parse import parse_policy
+from nfc.target import Target
 
 from helpers import TARGET, input_policy, ruleset_of, write_policy
 
@@ -189,7 +191,7 @@ def test_nfc_1_documents_every_artifact_file(tmp_path: Path) -> None:
         tmp_path,
         "nfc: 1\nconntrack: {notrack: [udp dport 53], timeouts: {udp: 10}}\ninput: {policy: drop}\n",
     )
-    ruleset = lower(load.load_policy(policy), TARGET)
+    ruleset = lower(parse_policy(load.load_policy(policy)), TARGET)
     tags = re.findall(r"^\.TP\n\.BR? (.*)$", section(plain(NFC_1), "ARTIFACTS"), re.M)
     documented = {word for tag in tags for word in re.findall(r"[\w.-]+", tag)}
     for backend in BACKENDS:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from nfc.errors import Loc
+from nfc.errors import Loc, printable
 from nfc.ir import Network, Rule, RuleRole, Ruleset
-from nfc.load import printable
 
 ROLE_NOTES = {
     RuleRole.ESSENTIAL_ICMP: "icmp essential",

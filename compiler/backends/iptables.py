@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from nfc import __version__, vocab
 from nfc.backends.common import network_text, origin_label, rule_note
-from nfc.errors import Loc, PolicyError
+from nfc.errors import Loc, PolicyError, printable
 from nfc.ir import (
     Addresses,
     Family,
@@ -26,7 +26,6 @@ from nfc.ir import (
     Rule,
     Ruleset,
 )
-from nfc.load import printable
 
 BACKEND = "iptables-legacy"
 RULES_V4 = "rules.v4"

@@ -12,6 +12,7 @@ from ipaddress import IPv4Network, IPv6Network
 
 from nfc import __version__, vocab
 from nfc.backends.common import network_text, origin_label, rule_note
+from nfc.errors import printable
 from nfc.ir import (
     Addresses,
     Family,
@@ -26,7 +27,6 @@ from nfc.ir import (
     Ruleset,
     Verdict,
 )
-from nfc.load import printable
 
 BACKEND = "nft"
 RULESET = "ruleset.nft"

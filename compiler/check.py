@@ -1,0 +1,310 @@
+"""Checking one rule: its matches (names resolved, values in range, one
+protocol, families that agree), its verdict, comment and log prefix. The
+result is IR `Match`es, one per family where the rule needs a split."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from nfc import vocab
+from nfc.defines import Defines
+from nfc.errors import Loc, PolicyError, did_you_mean, printable
+from nfc.ir import BOTH_FAMILIES, Addresses, Family, Log, Match, Network, Ports, Verdict
+from nfc.load import COMMENT_MAX, RuleText, check_text
+from nfc.objects import NamedObjects
+from nfc.syntax import Addrs, LogNode, MatchNode, PortItem, RuleNode
+from nfc.values import (
+    AddressValue,
+    PortValue,
+    check_port,
+    collapse,
+    merge_ranges,
+    parse_network,
+    port_range,
+    service_port,
+)
+
+LOG_PREFIX_MAX = 64
+IFNAME = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}\*?\Z")
+
+
+@dataclass
+class RuleParts:
+    """The matches of one rule, checked and resolved, before family split."""
+
+    families: set[Family] = field(default_factory=lambda: set(BOTH_FAMILIES))
+    protocol: str | None = None
+    sport: Ports | None = None
+    dport: Ports | None = None
+    saddr: tuple[AddressValue, bool, str | None] | None = None
+    daddr: tuple[AddressValue, bool, str | None] | None = None
+    iifname: str | None = None
+    oifname: str | None = None
+    ct_state: tuple[str, ...] = ()
+    icmp_types: tuple[str, ...] = ()
+
+
+def _describe_families(families: Iterable[Family]) -> str:
+    return (
+        " and ".join("IPv4" if f is Family.V4 else "IPv6" for f in sorted(families, key=lambda f: f.value))
+        or "no family"
+    )
+
+
+class RuleChecker:
+    """Checks one parsed rule's matches and turns them into IR matches, one
+    per family it covers. `chain` is None for a notrack entry."""
+
+    def __init__(self, defines: Defines, objects: NamedObjects, node: RuleNode, chain: str | None) -> None:
+        self.defines = defines
+        self.objects = objects
+        self.node = node
+        self.chain = chain
+        self.parts = RuleParts()
+
+    def restrict(self, families: set[Family], why: str, loc: Loc) -> None:
+        remaining = self.parts.families & families
+        if not remaining:
+            raise PolicyError(
+                loc,
+                f"this rule can match no packet: {why} is {_describe_families(families)}-only, "
+                f"but the rest of the rule is {_describe_families(self.parts.families)}-only",
+            )
+        self.parts.families = remaining
+
+    def check_matches(self) -> RuleParts:
+        seen: dict[str, Loc] = {}
+        for match in self.node.matches:
+            key = "icmp_type" if match.kind == "icmpv6_type" else match.kind
+            if key in seen:
+                raise PolicyError(match.loc, f"'{_match_word(match)}' is given twice (first at {seen[key]})")
+            seen[key] = match.loc
+            getattr(self, f"_match_{match.kind}")(match)
+        parts = self.parts
+        for kind in ("sport", "dport"):
+            if getattr(parts, kind) is not None and parts.protocol not in vocab.PORT_PROTOCOLS:
+                raise PolicyError(
+                    seen[kind],
+                    f"'{kind}' needs a protocol with ports",
+                    "add tcp, udp or sctp before it",
+                )
+        return parts
+
+    def _match_family(self, match: MatchNode) -> None:
+        family = Family.V4 if match.value == "ip" else Family.V6
+        self.restrict({family}, f"'{match.value}'", match.loc)
+
+    def _match_proto(self, match: MatchNode) -> None:
+        value = match.value
+        if isinstance(value, int):
+            if not 0 <= value <= 255:
+                raise PolicyError(match.loc, f"protocol number {value} is out of range (0-255)")
+            names = {number: name for name, number in vocab.PROTOCOLS.items()}
+            value = names.get(value, str(value))
+        elif value not in vocab.PROTOCOLS:
+            raise PolicyError(
+                match.loc,
+                f"unknown protocol '{printable(value)}'",
+                did_you_mean(value, tuple(vocab.PROTOCOLS)),
+            )
+        if self.parts.protocol is not None and self.parts.protocol != value:
+            raise PolicyError(
+                match.loc, f"a rule has one protocol; this one already has '{self.parts.protocol}'"
+            )
+        self.parts.protocol = value
+        if value == "icmp":
+            self.restrict({Family.V4}, "'icmp'", match.loc)
+        elif value == "icmpv6":
+            self.restrict({Family.V6}, "'icmpv6'", match.loc)
+
+    def _ports(self, match: MatchNode) -> Ports:
+        ranges: list[tuple[int, int]] = []
+        set_name = None
+        items: tuple[PortItem, ...] = match.value
+        for item in items:
+            if item.kind == "number":
+                ranges.append((check_port(int(item.value), item.loc),) * 2)
+            elif item.kind == "range":
+                ranges.append(port_range(int(item.value), int(item.end or 0), item.loc))
+            elif item.kind == "service":
+                ranges.append((service_port(str(item.value), item.loc),) * 2)
+            else:
+                value = self.defines.value(str(item.value), item.loc)
+                if not isinstance(value, PortValue):
+                    raise PolicyError(item.loc, f"'${item.value}' holds addresses, not ports")
+                ranges.extend(value.ranges)
+                if len(items) == 1 and len(value.ranges) > 1:
+                    set_name = self.objects.port_set(str(item.value), value)
+        return Ports(merge_ranges(ranges), set_name)
+
+    def _match_dport(self, match: MatchNode) -> None:
+        self.parts.dport = self._ports(match)
+
+    def _match_sport(self, match: MatchNode) -> None:
+        self.parts.sport = self._ports(match)
+
+    def _addresses(self, match: MatchNode, direction: str) -> tuple[AddressValue, bool, str | None]:
+        addrs: Addrs = match.value
+        networks: list[Network] = []
+        set_name = None
+        for item in addrs.items:
+            if item.kind == "literal":
+                networks.append(parse_network(item.text, item.loc))
+            else:
+                value = self.defines.value(item.text, item.loc)
+                if not isinstance(value, AddressValue):
+                    raise PolicyError(item.loc, f"'${item.text}' holds ports, not addresses")
+                networks.extend(value.v4 + value.v6)
+                if len(addrs.items) == 1:
+                    set_name = item.text
+        value = AddressValue(
+            collapse(n for n in networks if n.version == 4),
+            collapse(n for n in networks if n.version == 6),
+        )
+        families = {f for f in BOTH_FAMILIES if value.of(f)}
+        self.restrict(families, f"the '{direction}' address list", addrs.loc)
+        return value, addrs.negated, set_name
+
+    def _match_saddr(self, match: MatchNode) -> None:
+        self.parts.saddr = self._addresses(match, "from")
+
+    def _match_daddr(self, match: MatchNode) -> None:
+        self.parts.daddr = self._addresses(match, "to")
+
+    def _interface(self, match: MatchNode, hook_without: str) -> str:
+        name: str = match.value
+        if not IFNAME.match(name):
+            raise PolicyError(
+                match.loc,
+                f"'{printable(name)}' is not a valid interface name",
+                "at most 15 characters of letters, digits and _ . : @ + -, optionally ending in '*'",
+            )
+        if self.chain == hook_without:
+            word = "iif" if hook_without == "output" else "oif"
+            raise PolicyError(match.loc, f"'{word}' can match nothing in the {hook_without} chain")
+        return name
+
+    def _match_iif(self, match: MatchNode) -> None:
+        self.parts.iifname = self._interface(match, "output")
+
+    def _match_oif(self, match: MatchNode) -> None:
+        if self.chain is None:
+            raise PolicyError(
+                match.loc,
+                "a notrack entry is written as the packet arrives: use 'iif'",
+                "the output direction gets the mirrored 'oif' automatically",
+            )
+        self.parts.oifname = self._interface(match, "input")
+
+    def _names(self, match: MatchNode, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+        names: list[str] = []
+        for name, loc in match.value:
+            if name not in allowed:
+                raise PolicyError(loc, f"unknown {what} '{printable(name)}'", did_you_mean(name, allowed))
+            if name not in names:
+                names.append(name)
+        return tuple(names)
+
+    def _match_ct_state(self, match: MatchNode) -> None:
+        if self.chain is None:
+            raise PolicyError(match.loc, "a notrack entry cannot match 'ct state': it runs before conntrack")
+        self.parts.ct_state = self._names(match, vocab.CT_STATES, "connection state")
+
+    def _icmp_types(self, match: MatchNode, protocol: str, types: tuple[str, ...]) -> None:
+        if self.chain is None:
+            raise PolicyError(
+                match.loc, "a notrack entry cannot match ICMP types", f"untrack all of '{protocol}' instead"
+            )
+        self._match_proto(MatchNode("proto", protocol, match.loc))
+        self.parts.icmp_types = self._names(match, types, f"{protocol} type")
+
+    def _match_icmp_type(self, match: MatchNode) -> None:
+        self._icmp_types(match, "icmp", tuple(vocab.ICMP_TYPES))
+
+    def _match_icmpv6_type(self, match: MatchNode) -> None:
+        self._icmp_types(match, "icmpv6", tuple(vocab.ICMPV6_TYPES))
+
+    def matches(self, parts: RuleParts, families: Iterable[Family]) -> list[Match]:
+        """IR matches, one per family, or one for both when nothing needs a split."""
+        needs_split = parts.saddr is not None or parts.daddr is not None
+        if not needs_split and parts.families == set(BOTH_FAMILIES):
+            return [self.match_for(parts, None)]
+        return [self.match_for(parts, f) for f in BOTH_FAMILIES if f in families]
+
+    def match_for(self, parts: RuleParts, family: Family | None) -> Match:
+        only = family or (next(iter(parts.families)) if len(parts.families) == 1 else None)
+
+        def addresses(spec: tuple[AddressValue, bool, str | None] | None) -> Addresses | None:
+            if spec is None or family is None:
+                return None
+            value, negated, define = spec
+            networks = value.of(family)
+            set_name = self.objects.address_set(define, family, networks) if define else None
+            return Addresses(family, networks, negated, set_name)
+
+        return Match(
+            family=only,
+            protocol=parts.protocol,
+            sport=parts.sport,
+            dport=parts.dport,
+            saddr=addresses(parts.saddr),
+            daddr=addresses(parts.daddr),
+            iifname=parts.iifname,
+            oifname=parts.oifname,
+            ct_state=parts.ct_state,
+            icmp_types=parts.icmp_types,
+        )
+
+
+def _match_word(match: MatchNode) -> str:
+    return {
+        "saddr": "from",
+        "daddr": "to",
+        "proto": "protocol",
+        "family": "ip/ip6",
+        "icmp_type": "icmp type",
+        "icmpv6_type": "icmp type",
+        "ct_state": "ct state",
+    }.get(match.kind, match.kind)
+
+
+def check_verdict(node: RuleNode, parts: RuleParts) -> Verdict:
+    """The rule's verdict, where its reject type fits the rule's protocol and families."""
+    verdict = node.verdict
+    assert verdict is not None
+    if verdict.reject_with == "tcp reset":
+        if parts.protocol != "tcp":
+            raise PolicyError(verdict.loc, "'reject with tcp reset' needs 'tcp' in the rule")
+    elif verdict.reject_with is not None:
+        kind = verdict.reject_with
+        if kind not in vocab.REJECT_ICMP_TYPES:
+            raise PolicyError(
+                verdict.loc,
+                f"unknown reject type '{printable(kind)}'",
+                did_you_mean(kind, tuple(vocab.REJECT_ICMP_TYPES)),
+            )
+        if vocab.REJECT_ICMP_TYPES[kind] is None and Family.V6 in parts.families:
+            raise PolicyError(
+                verdict.loc, f"'{kind}' has no ICMPv6 counterpart", "add 'ip' to limit the rule to IPv4"
+            )
+    return Verdict(verdict.kind, verdict.reject_with)
+
+
+def check_comment(text: RuleText, node: RuleNode) -> str | None:
+    """The comment written in the rule or as `comment:`, not both."""
+    if text.comment is not None and node.comment is not None:
+        raise PolicyError(node.comment_loc or text.loc, "comment given both in the rule and as 'comment:'")
+    if node.comment is not None:
+        return check_text(node.comment, node.comment_loc or text.loc, "comment", COMMENT_MAX)
+    return text.comment
+
+
+def check_log(node: LogNode | None) -> Log | None:
+    """The rule's log clause, with a prefix that fits in a quoted string."""
+    if node is None:
+        return None
+    if node.prefix is not None:
+        check_text(node.prefix, node.loc, "log prefix", LOG_PREFIX_MAX)
+    return Log(node.prefix, node.level)

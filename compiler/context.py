@@ -1,0 +1,59 @@
+"""What the lowering passes share: the parsed policy and the target going
+in, the resolved defines and named objects along the way, and the IR parts
+each pass adds. `ruleset()` puts the parts together at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nfc.defines import Defines
+from nfc.errors import Loc
+from nfc.ir import Chain, Match, NotrackRule, Rule, Ruleset, Sysctl
+from nfc.load import CHAIN_NAMES
+from nfc.objects import NamedObjects
+from nfc.syntax import PolicyTree
+from nfc.target import Target
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A reply that a notrack entry implies, and the chain that sees it."""
+
+    match: Match
+    origin: Loc
+    chain: str
+
+
+@dataclass
+class Lowering:
+    tree: PolicyTree
+    target: Target
+    defines: Defines
+    objects: NamedObjects
+    notrack: list[NotrackRule] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+    chain_rules: dict[str, list[Rule]] = field(default_factory=dict)  # by chain name
+    sysctls: list[Sysctl] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, tree: PolicyTree, target: Target) -> Lowering:
+        return cls(tree, target, Defines(tree.source.defines), NamedObjects(tree.source.defines))
+
+    def ruleset(self) -> Ruleset:
+        source = self.tree.source
+        objects = self.objects
+        return Ruleset(
+            name=source.name,
+            table=source.table,
+            source=source.path,
+            notrack=tuple(self.notrack),
+            chains=tuple(
+                Chain(name, source.chains[name].policy, tuple(self.chain_rules.get(name, ())))
+                for name in CHAIN_NAMES
+                if name in source.chains
+            ),
+            address_sets=tuple(objects.address_sets[n] for n in sorted(objects.address_sets)),
+            port_sets=tuple(objects.port_sets[n] for n in sorted(objects.port_sets)),
+            meters=tuple(objects.meters[n] for n in sorted(objects.meters)),
+            sysctls=tuple(self.sysctls),
+        )

@@ -1,0 +1,102 @@
+"""Define resolution: each `$name` resolved once, to addresses or to ports,
+with cycles, unknown names and mixed lists refused at their position."""
+
+from __future__ import annotations
+
+import re
+
+from nfc.errors import Loc, PolicyError, did_you_mean, printable
+from nfc.ir import Network
+from nfc.load import Define, type_name
+from nfc.values import (
+    AddressValue,
+    DefineValue,
+    PortValue,
+    check_port,
+    collapse,
+    merge_ranges,
+    parse_network,
+    port_range,
+    service_port,
+)
+from nfc.yaml_source import YNode
+
+PORT_RANGE = re.compile(r"(\d+)-(\d+)\Z")
+
+
+class Defines:
+    """Resolves `$name` references, each define once, with cycle detection."""
+
+    def __init__(self, defines: dict[str, Define]) -> None:
+        self.defines = defines
+        self.resolved: dict[str, DefineValue] = {}
+        self.resolving: list[str] = []
+
+    def resolve_all(self) -> None:
+        """Resolve every define, used or not, so that a mistake in one is
+        reported even when no rule names it."""
+        for name in sorted(self.defines):
+            self.value(name, self.defines[name].loc)
+
+    def value(self, name: str, use: Loc) -> DefineValue:
+        if name in self.resolved:
+            return self.resolved[name]
+        if name not in self.defines:
+            raise PolicyError(
+                use,
+                f"unknown name '${printable(name)}'",
+                did_you_mean(name, tuple(self.defines)) if self.defines else "add it under 'define'",
+            )
+        if name in self.resolving:
+            cycle = " -> ".join(f"${n}" for n in [*self.resolving[self.resolving.index(name) :], name])
+            raise PolicyError(use, f"define cycle: {cycle}")
+        self.resolving.append(name)
+        define = self.defines[name]
+        node = define.node
+        items = node.value if isinstance(node.value, list) else [node]
+        if not items:
+            raise PolicyError(node.loc, f"define '{name}' is an empty list")
+        addresses: list[Network] = []
+        ports: list[tuple[int, int]] = []
+        for item in items:
+            self._item(item, addresses, ports)
+        if addresses and ports:
+            raise PolicyError(node.loc, f"define '{name}' mixes addresses and ports")
+        self.resolving.pop()
+        value: DefineValue
+        if addresses:
+            value = AddressValue(
+                collapse(n for n in addresses if n.version == 4),
+                collapse(n for n in addresses if n.version == 6),
+            )
+        else:
+            value = PortValue(merge_ranges(ports))
+        self.resolved[name] = value
+        return value
+
+    def _item(self, item: YNode, addresses: list[Network], ports: list[tuple[int, int]]) -> None:
+        raw = item.value
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise PolicyError(
+                item.loc,
+                "a define value must be an address, a port, a port range or a service name, "
+                f"not {type_name(raw)}",
+            )
+        if isinstance(raw, int):
+            ports.append((check_port(raw, item.loc),) * 2)
+            return
+        text = raw.strip()
+        if text.startswith("$"):
+            value = self.value(text[1:], item.loc)
+            if isinstance(value, AddressValue):
+                addresses.extend(value.v4 + value.v6)
+            else:
+                ports.extend(value.ranges)
+        elif match := PORT_RANGE.match(text):
+            ports.append(port_range(int(match[1]), int(match[2]), item.loc))
+        elif text.isdigit():
+            ports.append((check_port(int(text), item.loc),) * 2)
+        elif ":" in text or "." in text:
+            addresses.append(parse_network(text, item.loc))
+        else:
+            ports.append((service_port(text, item.loc),) * 2)

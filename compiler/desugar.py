@@ -1,0 +1,134 @@
+"""The lowering passes that turn checked rules into the IR's plain rules:
+notrack entries mirrored into both directions, the rules that `state: auto`
+and `icmp: essential` imply, and each rule split by family where a keyed
+meter or a reject type needs one copy per family."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from nfc import vocab
+from nfc.check import RuleChecker, check_comment, check_log, check_verdict
+from nfc.context import Answer, Lowering
+from nfc.ir import BOTH_FAMILIES, Family, Match, NotrackRule, Rule, RuleRole, Verdict
+from nfc.load import ChainSection
+from nfc.syntax import ParsedRule
+
+
+def _by_family(families: set[Family]) -> list[Family]:
+    return sorted(families, key=lambda f: f.value)
+
+
+def mirror_notrack(lowering: Lowering) -> None:
+    """Raw-table rules and the answers each entry implies, with the chain
+    that sees those answers. An entry naming `sport` describes this host
+    as a client of that remote port: its answers arrive as written, in
+    input. An entry naming only `dport` describes a service this host
+    offers: its answers are the mirror image, in output. An entry with
+    neither implies no answers."""
+    rules: list[NotrackRule] = []
+    for entry in lowering.tree.notrack:
+        text, node = entry.text, entry.node
+        comment = check_comment(text, node)
+        checker = RuleChecker(lowering.defines, lowering.objects, node, chain=None)
+        parts = checker.check_matches()
+        origin = text.loc
+        for match in checker.matches(parts, _by_family(parts.families)):
+            rules.append(NotrackRule("prerouting", match, origin, comment, text.expires))
+            rules.append(NotrackRule("output", match.mirrored(), origin, comment, text.expires))
+            if match.sport is not None:
+                lowering.answers.append(Answer(match, origin, "input"))
+            elif match.dport is not None:
+                lowering.answers.append(Answer(match.mirrored(), origin, "output"))
+    rules.sort(key=lambda r: r.hook != "prerouting")
+    lowering.notrack.extend(rules)
+
+
+def add_implied_rules(lowering: Lowering) -> None:
+    """What each chain starts with: the essential ICMP accepts, then the
+    connection-state rules and the accepts for untracked answers."""
+    for name, section in lowering.tree.source.chains.items():
+        rules = lowering.chain_rules.setdefault(name, [])
+        if section.icmp == "essential":
+            rules.extend(_essential_icmp(section))
+        if section.state == "auto" and (section.policy == "drop" or section.rules):
+            origin = section.state_loc
+            rules.append(Rule(Match(ct_state=("invalid",)), Verdict("drop"), origin, role=RuleRole.STATE))
+            rules.append(
+                Rule(
+                    Match(ct_state=("established", "related")), Verdict("accept"), origin, role=RuleRole.STATE
+                )
+            )
+            for answer in lowering.answers:
+                if answer.chain == name:
+                    rules.append(
+                        Rule(
+                            replace(answer.match, ct_state=("untracked",)),
+                            Verdict("accept"),
+                            answer.origin,
+                            role=RuleRole.UNTRACKED_ANSWER,
+                        )
+                    )
+
+
+def _essential_icmp(section: ChainSection) -> list[Rule]:
+    origin = section.icmp_loc
+    v6_types = vocab.ESSENTIAL_ICMPV6_ERRORS + vocab.ESSENTIAL_ICMPV6_DISCOVERY[section.name]
+    return [
+        Rule(
+            Match(family=Family.V4, protocol="icmp", icmp_types=vocab.ESSENTIAL_ICMP_ERRORS),
+            Verdict("accept"),
+            origin,
+            role=RuleRole.ESSENTIAL_ICMP,
+        ),
+        Rule(
+            Match(family=Family.V6, protocol="icmpv6", icmp_types=v6_types),
+            Verdict("accept"),
+            origin,
+            role=RuleRole.ESSENTIAL_ICMP,
+        ),
+    ]
+
+
+def lower_rules(lowering: Lowering) -> None:
+    """Each chain's own rules, in order, after what the chain starts with."""
+    for name, rules in lowering.tree.chains.items():
+        chain_rules = lowering.chain_rules.setdefault(name, [])
+        for ordinal, rule in enumerate(rules, start=1):
+            chain_rules.extend(_lower_rule(lowering, rule, name, ordinal))
+
+
+def _lower_rule(lowering: Lowering, rule: ParsedRule, chain: str, ordinal: int) -> list[Rule]:
+    text, node = rule.text, rule.node
+    checker = RuleChecker(lowering.defines, lowering.objects, node, chain)
+    parts = checker.check_matches()
+    verdict = check_verdict(node, parts)
+    # A keyed meter holds addresses of one family, and some reject types
+    # differ between ICMP and ICMPv6: such rules get one copy per family.
+    if (node.limit is not None and node.limit.per is not None) or (
+        verdict.reject_with in vocab.REJECT_NEEDS_FAMILY
+    ):
+        families = [f for f in BOTH_FAMILIES if f in parts.families]
+        matches = [checker.match_for(parts, f) for f in families]
+    else:
+        matches = checker.matches(parts, _by_family(parts.families))
+    log = check_log(node.log)
+    comment = check_comment(text, node)
+    origin = text.loc
+    limit = node.limit
+    if limit is not None and limit.per is None and limit.name is None and len(matches) > 1:
+        # One rule split in several still has one global bucket.
+        limit = replace(limit, name=f"{chain}_{ordinal}")
+    return [
+        Rule(
+            match=match,
+            verdict=verdict,
+            origin=origin,
+            meter=lowering.objects.meter(limit, chain, ordinal, match.family) if limit else None,
+            log=log,
+            counter=node.counter,
+            comment=comment,
+            expires=text.expires,
+        )
+        for match in matches
+    ]

@@ -1,0 +1,151 @@
+"""The syntax tree: what `parse` makes of a policy's rule strings.
+
+The nodes keep the rule's words and the file position of each; meaning
+(what a `$name` holds, which family a rule covers) is `lower`'s job. Both
+parsers (the lark grammar and the fast path) build these nodes and finish a
+rule with `assemble_rule`, so they cannot disagree on what a rule is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nfc.errors import Loc, PolicyError
+from nfc.load import PolicySource, RuleText
+
+# Turns a 1-based (line, col) inside a rule's text into its file position.
+Locate = Callable[[int, int], Loc]
+
+
+@dataclass(frozen=True, slots=True)
+class PortItem:
+    kind: str  # number | range | service | var
+    value: str | int
+    end: int | None
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class AddrItem:
+    kind: str  # literal | var
+    text: str
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class Addrs:
+    items: tuple[AddrItem, ...]
+    negated: bool
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class MatchNode:
+    """One match clause: `kind` is family, proto, dport, sport, saddr, daddr,
+    iif, oif, ct_state, icmp_type or icmpv6_type."""
+
+    kind: str
+    value: Any
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictNode:
+    kind: str  # accept | drop | reject
+    reject_with: str | None  # None, "tcp reset" or an ICMP type name
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class LimitNode:
+    over: bool
+    rate: int
+    byte_unit: str | None  # None for packet rates
+    time_unit: str
+    burst: int | None
+    burst_unit: str | None
+    per: str | None  # saddr | daddr
+    v4_mask: int | None
+    v6_mask: int | None
+    size: int | None
+    name: str | None
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class LogNode:
+    prefix: str | None
+    level: str | None
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class CounterClause:
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class CommentClause:
+    text: str
+    loc: Loc  # of the quoted string
+
+
+# What follows a rule's verdict, in the order written.
+RulePart = MatchNode | LimitNode | LogNode | CounterClause | CommentClause
+
+
+@dataclass(frozen=True, slots=True)
+class RuleNode:
+    verdict: VerdictNode | None  # None for a notrack entry
+    matches: tuple[MatchNode, ...]
+    limit: LimitNode | None
+    log: LogNode | None
+    counter: bool
+    comment: str | None
+    comment_loc: Loc | None
+    loc: Loc
+
+
+def assemble_rule(verdict: VerdictNode | None, parts: Iterable[RulePart], loc: Loc) -> RuleNode:
+    """A rule from its verdict and parts. The grammar lets the trailing
+    clauses come in any order, so a clause given twice is refused here."""
+    matches: list[MatchNode] = []
+    limit = log = None
+    counter = False
+    comment = comment_loc = None
+    seen: dict[str, Loc] = {}
+    for part in parts:
+        if isinstance(part, MatchNode):
+            matches.append(part)
+            continue
+        if isinstance(part, LimitNode):
+            clause, limit = "limit", part
+        elif isinstance(part, LogNode):
+            clause, log = "log", part
+        elif isinstance(part, CounterClause):
+            clause, counter = "counter", True
+        else:
+            clause, comment, comment_loc = "comment", part.text, part.loc
+        if clause in seen:
+            raise PolicyError(part.loc, f"'{clause}' is given twice (first at {seen[clause]})")
+        seen[clause] = part.loc
+    return RuleNode(verdict, tuple(matches), limit, log, counter, comment, comment_loc, loc)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRule:
+    """A rule or notrack entry: as written, and as parsed."""
+
+    text: RuleText
+    node: RuleNode
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTree:
+    """The parse stage's result: the loaded policy with every rule parsed."""
+
+    source: PolicySource
+    notrack: tuple[ParsedRule, ...]
+    chains: dict[str, tuple[ParsedRule, ...]]  # by chain name, in the order of source.chains

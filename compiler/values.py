@@ -1,0 +1,98 @@
+"""Values written in a policy: addresses and networks, ports, port ranges
+and service names, checked and normalised. Used by define resolution, rule
+checking and `diff` alike."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nfc import vocab
+from nfc.errors import Loc, PolicyError, did_you_mean, printable
+from nfc.ir import Family, Network
+
+
+@dataclass(frozen=True)
+class AddressValue:
+    v4: tuple[Network, ...]
+    v6: tuple[Network, ...]
+
+    def of(self, family: Family) -> tuple[Network, ...]:
+        return self.v4 if family is Family.V4 else self.v6
+
+
+@dataclass(frozen=True)
+class PortValue:
+    ranges: tuple[tuple[int, int], ...]
+
+
+DefineValue = AddressValue | PortValue
+
+
+@functools.lru_cache(maxsize=65536)
+def _network(text: str) -> Network:
+    """A network written in a policy; ValueError if it is none. Cached: the
+    same addresses recur across rules."""
+    if ":" in text:
+        return ipaddress.IPv6Network(text, strict=True)
+    return ipaddress.IPv4Network(text, strict=True)
+
+
+def parse_network(text: str, loc: Loc) -> Network:
+    try:
+        return _network(text)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise PolicyError(loc, f"'{printable(text)}' is not a valid IP address or prefix") from None
+        raise PolicyError(loc, f"'{printable(text)}' has host bits set", f"did you mean {loose}?") from None
+
+
+def check_port(value: int, loc: Loc) -> int:
+    if not 1 <= value <= 65535:
+        raise PolicyError(loc, f"port {value} is out of range (1-65535)")
+    return value
+
+
+def port_range(low: int, high: int, loc: Loc) -> tuple[int, int]:
+    check_port(low, loc)
+    check_port(high, loc)
+    if low > high:
+        raise PolicyError(loc, f"port range {low}-{high} is reversed", f"write {high}-{low}")
+    return low, high
+
+
+def service_port(name: str, loc: Loc) -> int:
+    if name not in vocab.SERVICES:
+        raise PolicyError(
+            loc, f"unknown service name '{printable(name)}'", did_you_mean(name, tuple(vocab.SERVICES))
+        )
+    return vocab.SERVICES[name]
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return tuple(merged)
+
+
+def collapse(networks: Iterable[Network]) -> tuple[Network, ...]:
+    networks = tuple(networks)
+    if len(networks) < 2:
+        return networks
+    return _collapsed(networks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _collapsed(networks: tuple[Network, ...]) -> tuple[Network, ...]:
+    """Cached: a define's list is collapsed again in every rule that uses it.
+    The networks are of one IP version (callers split them by family), which
+    the type of `collapse_addresses` cannot be told."""
+    return tuple(sorted(ipaddress.collapse_addresses(networks)))  # type: ignore[type-var]
