@@ -35,7 +35,10 @@ test: install
 lint: install
 	$(BIN)/ruff check compiler grammar tests bench
 	$(BIN)/ruff format --check compiler
-	@mkdir -p build/typecheck && ln -sfn ../../compiler build/typecheck/nfc
+	@# the package nfc as setuptools maps it: compiler/, with grammar/ as nfc.grammar
+	@rm -rf build/typecheck && mkdir -p build/typecheck/nfc
+	@for f in compiler/*; do ln -s "$(CURDIR)/$$f" build/typecheck/nfc/; done
+	@ln -s "$(CURDIR)/grammar" build/typecheck/nfc/grammar
 	$(BIN)/mypy
 
 bench: install

@@ -22,6 +22,7 @@ $NFC_STATE_DIR, else /var/lib/nfc.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,7 @@ from nfc.backends import DEFAULT_BACKEND
 from nfc.backends.kernel import Artifact
 from nfc.errors import Loc
 from nfc.ir import NotrackRule, Rule, Ruleset
+from nfc.lint_report import Finding
 from nfc.load import load_policy
 from nfc.lower import lower
 from nfc.parse import parse_policy
@@ -77,10 +79,30 @@ class Compiled(NamedTuple):
 def compile_policy(path: str, memory: int | None = None, word_bits: int | None = None) -> Compiled:
     """Load, parse and lower a policy; PolicyError on bad input. `memory` (bytes) and
     `word_bits` size 'conntrack.max: auto' for the target host (default: this one)."""
-    source = load_policy(path)
     host = Target.this_host()
     target = Target(memory or host.memory_bytes, word_bits or host.word_bits)
-    return Compiled(lower(parse_policy(source), target), source.files)
+    with _collector_paused():
+        source = load_policy(path)
+        return Compiled(lower(parse_policy(source), target), source.files)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Run the front end with the cyclic garbage collector off.
+
+    Load, parse and lower build large trees of small objects, without
+    reference cycles, that live until the compile ends. Every one counts
+    towards the collector's next full collection, which then walks the whole
+    growing tree again and again for nothing: it doubled the compile time of
+    a 10,000-rule policy. Reference counting still frees everything as
+    usual; only the search for cycles waits until the compile is done."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def expired(ruleset: Ruleset, today: dt.date | None = None) -> list[Rule | NotrackRule]:
@@ -160,11 +182,9 @@ def rollback_timer(token: str, deadline: float, state_dir: StateDir = None) -> N
 # analysis
 
 
-def lint(
-    policies: Sequence[str], today: dt.date | None = None, management_port: int = 22
-) -> list[nfc.lint.Finding]:
+def lint(policies: Sequence[str], today: dt.date | None = None, management_port: int = 22) -> list[Finding]:
     """The findings of every check on each policy, in order."""
-    findings: list[nfc.lint.Finding] = []
+    findings: list[Finding] = []
     for policy in policies:
         ruleset, _ = compile_policy(policy)
         findings += nfc.lint.lint(ruleset, today=today, management_port=management_port)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from nfc import vocab
 from nfc.defines import Defines
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
-from nfc.ir import BOTH_FAMILIES, Addresses, Family, Log, Match, Network, Ports, Verdict
+from nfc.ir import BOTH_FAMILIES, Addresses, CtState, Family, Log, Match, Network, Ports, RejectWith, Verdict
 from nfc.load import COMMENT_MAX, RuleText, check_text
 from nfc.objects import NamedObjects
 from nfc.syntax import Addrs, LogNode, MatchNode, PortItem, RuleNode
@@ -42,7 +43,7 @@ class RuleParts:
     daddr: tuple[AddressValue, bool, str | None] | None = None
     iifname: str | None = None
     oifname: str | None = None
-    ct_state: tuple[str, ...] = ()
+    ct_state: tuple[CtState, ...] = ()
     icmp_types: tuple[str, ...] = ()
 
 
@@ -210,7 +211,10 @@ class RuleChecker:
     def _match_ct_state(self, match: MatchNode) -> None:
         if self.chain is None:
             raise PolicyError(match.loc, "a notrack entry cannot match 'ct state': it runs before conntrack")
-        self.parts.ct_state = self._names(match, vocab.CT_STATES, "connection state")
+        # `_names` admits only vocab.CT_STATES, the words of the IR's CtState
+        self.parts.ct_state = cast(
+            tuple[CtState, ...], self._names(match, vocab.CT_STATES, "connection state")
+        )
 
     def _icmp_types(self, match: MatchNode, protocol: str, types: tuple[str, ...]) -> None:
         if self.chain is None:
@@ -289,7 +293,8 @@ def check_verdict(node: RuleNode, parts: RuleParts) -> Verdict:
             raise PolicyError(
                 verdict.loc, f"'{kind}' has no ICMPv6 counterpart", "add 'ip' to limit the rule to IPv4"
             )
-    return Verdict(verdict.kind, verdict.reject_with)
+    # checked above: None, 'tcp reset' or a key of vocab.REJECT_ICMP_TYPES
+    return Verdict(verdict.kind, cast(RejectWith | None, verdict.reject_with))
 
 
 def check_comment(text: RuleText, node: RuleNode) -> str | None:

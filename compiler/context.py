@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from nfc.defines import Defines
 from nfc.errors import Loc
-from nfc.ir import Chain, Match, NotrackRule, Rule, Ruleset, Sysctl
-from nfc.load import CHAIN_NAMES
+from nfc.ir import CHAIN_NAMES, Chain, Match, NotrackRule, Rule, Ruleset, Sysctl
 from nfc.objects import NamedObjects
 from nfc.syntax import PolicyTree
 from nfc.target import Target

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nfc.errors import Loc
-from nfc.ir import Match, Meter, Ruleset
+from nfc.ir import CHAIN_NAMES, Match, Meter, Ruleset
 from nfc.space import Cube, Space, describe, minus, overlap
 from nfc.values import merge_ranges
-
-CHAINS = ("input", "forward", "output")
 
 
 class BaseError(Exception):
@@ -162,7 +160,7 @@ def _sysctl_changes(old: Ruleset, new: Ruleset) -> Iterator[Change]:
 def diff(old: Ruleset, new: Ruleset) -> list[Change]:
     space = Space(old, new)
     changes: list[Change] = []
-    for chain in CHAINS:
+    for chain in CHAIN_NAMES:
         changes += _chain_changes(old, new, space, chain)
     changes += _notrack_changes(old, new, space)
     changes += _meter_changes(old, new)

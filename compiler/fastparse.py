@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from nfc.errors import Loc
 from nfc.grammar import PATTERNS, WORDS
+from nfc.ir import ByteUnit, LogLevel, MeterKey, TimeUnit, VerdictKind
 from nfc.syntax import (
     AddrItem,
     Addrs,
@@ -125,7 +126,7 @@ def parse(text: str, locate: Locate, start: str) -> RuleNode | None:
 def _verdict(reader: _Reader) -> VerdictNode:
     word, col = reader.take()
     if word in ("accept", "drop"):
-        return VerdictNode(word, None, reader.locate(1, col))
+        return VerdictNode(cast(VerdictKind, word), None, reader.locate(1, col))
     if word != "reject":
         raise _Unsure
     if reader.peek() != "with":
@@ -331,8 +332,21 @@ def _limit(reader: _Reader) -> LimitNode:
     if reader.peek() == "name":
         reader.take()
         name = reader.matching(NAME)[0]
-    return LimitNode(over, rate, byte_unit, time_unit, burst, burst_unit, per, v4_mask, v6_mask, size, name,
-                     reader.locate(1, col))  # fmt: skip
+    # The patterns admit only the grammar's TIME_UNIT, BYTE_UNIT and PER_KEY words.
+    return LimitNode(
+        over,
+        rate,
+        cast(ByteUnit | None, byte_unit),
+        cast(TimeUnit, time_unit),
+        burst,
+        burst_unit,
+        cast(MeterKey | None, per),
+        v4_mask,
+        v6_mask,
+        size,
+        name,
+        reader.locate(1, col),
+    )
 
 
 def _string(reader: _Reader) -> tuple[str, int]:
@@ -344,15 +358,17 @@ def _string(reader: _Reader) -> tuple[str, int]:
 
 def _log(reader: _Reader) -> LogNode:
     _, col = reader.take()
-    prefix = level = None
+    prefix: str | None = None
+    level: LogLevel | None = None
     if reader.peek() == "prefix":
         reader.take()
         prefix = _string(reader)[0]
     if reader.peek() == "level":
         reader.take()
-        level = reader.take()[0]
-        if level not in LOG_LEVELS:
+        word = reader.take()[0]
+        if word not in LOG_LEVELS:
             raise _Unsure
+        level = cast(LogLevel, word)  # one of the grammar's LOG_LEVEL words
     return LogNode(prefix, level, reader.locate(1, col))
 
 

@@ -22,6 +22,7 @@ Origin = Loc  # where a rule came from in the policy
 # The closed vocabularies of the IR, as the policy writes them.
 VerdictKind = Literal["accept", "drop", "reject"]
 ChainName = Literal["input", "forward", "output"]
+CHAIN_NAMES: tuple[ChainName, ...] = ("input", "forward", "output")  # in hook order
 ChainPolicy = Literal["accept", "drop"]
 NotrackHook = Literal["prerouting", "output"]  # raw priority: arriving packets, locally sent ones
 CtState = Literal["new", "established", "related", "invalid", "untracked"]
@@ -132,9 +133,10 @@ class Meter:
     masked address, in a table of at most `size` entries that forgets a key
     after `timeout` seconds without packets; without `key` it is one global
     bucket. A meter with a key belongs to one family. A full meter table
-    drops the packet (fail closed), as hashlimit does."""
+    drops the packet (fail closed), as hashlimit does. An unnamed global
+    limit on one rule has no name: it is written inline."""
 
-    name: str
+    name: str | None
     rate: Rate
     over: bool
     burst: int

@@ -12,16 +12,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
+from nfc.ir import CHAIN_NAMES, ChainName, ChainPolicy
 from nfc.vocab import NFT_KEYWORDS
 from nfc.yaml_source import YNode, load_yaml
 
 MAX_INCLUDE_DEPTH = 32
 FORMAT_VERSION = 1
 
-CHAIN_NAMES = ("input", "forward", "output")
+CHAIN_POLICIES: tuple[ChainPolicy, ...] = ("drop", "accept")
 TOP_KEYS = ("nfc", "name", "table", "include", "define", "conntrack", *CHAIN_NAMES)
 INCLUDE_KEYS = ("nfc", "include", "define", "conntrack")
 CHAIN_KEYS = ("policy", "rules", "state", "icmp")
@@ -66,9 +67,9 @@ class RuleText:
 
 @dataclass(frozen=True)
 class ChainSection:
-    name: str
+    name: ChainName
     loc: Loc
-    policy: str
+    policy: ChainPolicy
     state: str
     state_loc: Loc
     icmp: str
@@ -98,7 +99,7 @@ class PolicySource:
     table: str
     defines: dict[str, Define]
     conntrack: ConntrackSection
-    chains: dict[str, ChainSection]
+    chains: dict[ChainName, ChainSection]
     files: tuple[str, ...]  # every file read, main policy first
 
 
@@ -142,7 +143,10 @@ def expect_str(node: YNode, what: str) -> str:
     return node.value
 
 
-def expect_choice(node: YNode, what: str, choices: tuple[str, ...]) -> str:
+Word = TypeVar("Word", bound=str)
+
+
+def expect_choice(node: YNode, what: str, choices: tuple[Word, ...]) -> Word:
     value = node.value
     if not isinstance(value, str) or value not in choices:
         shown = printable(str(value)) if isinstance(value, str) else type_name(value)
@@ -240,12 +244,12 @@ def _rule_list(node: YNode, key: str, what: str) -> tuple[RuleText, ...]:
     return tuple(_rule_text(item, what) for item in expect_list(node, f"'{key}'"))
 
 
-def _chain(name: str, node: YNode) -> ChainSection:
+def _chain(name: ChainName, node: YNode) -> ChainSection:
     fields = expect_mapping(node, f"'{name}'")
     check_keys(node, CHAIN_KEYS, f"chain '{name}'")
     if "policy" not in fields:
         raise PolicyError(node.loc, f"chain '{name}' needs a 'policy' (drop or accept)")
-    policy = expect_choice(fields["policy"], "'policy'", ("drop", "accept"))
+    policy = expect_choice(fields["policy"], "'policy'", CHAIN_POLICIES)
     state_node = fields.get("state")
     state = expect_choice(state_node, "'state'", ("auto", "manual")) if state_node else "auto"
     icmp_node = fields.get("icmp")

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 from nfc.context import Lowering
 from nfc.desugar import add_implied_rules, lower_rules, mirror_notrack
-from nfc.gcpause import collector_paused
 from nfc.ir import Ruleset
 from nfc.syntax import PolicyTree
 from nfc.target import Target, conntrack_sysctls
@@ -38,7 +37,6 @@ PASSES: tuple[Callable[[Lowering], None], ...] = (
 def lower(tree: PolicyTree, target: Target | None = None) -> Ruleset:
     """Validate a parsed policy and turn it into IR."""
     lowering = Lowering.start(tree, target or Target.this_host())
-    with collector_paused():
-        for lowering_pass in PASSES:
-            lowering_pass(lowering)
-        return lowering.ruleset()
+    for lowering_pass in PASSES:
+        lowering_pass(lowering)
+    return lowering.ruleset()

@@ -16,7 +16,6 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from nfc import fastparse, grammar
 from nfc.errors import Loc, PolicyError, did_you_mean
-from nfc.gcpause import collector_paused
 from nfc.load import PolicySource, RuleText
 from nfc.syntax import (
     AddrItem,
@@ -372,10 +371,9 @@ def _parsed(text: RuleText, start: str) -> ParsedRule:
 def parse_policy(source: PolicySource) -> PolicyTree:
     """Parse every notrack entry, then every chain's rules in order; the
     first syntax error is raised as a PolicyError at its file position."""
-    with collector_paused():
-        notrack = tuple(_parsed(text, "entry") for text in source.conntrack.notrack)
-        chains = {
-            name: tuple(_parsed(text, "rule") for text in section.rules)
-            for name, section in source.chains.items()
-        }
+    notrack = tuple(_parsed(text, "entry") for text in source.conntrack.notrack)
+    chains = {
+        name: tuple(_parsed(text, "rule") for text in section.rules)
+        for name, section in source.chains.items()
+    }
     return PolicyTree(source, notrack, chains)

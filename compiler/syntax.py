@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nfc.errors import Loc, PolicyError
+from nfc.ir import ByteUnit, ChainName, LogLevel, MeterKey, TimeUnit, VerdictKind
 from nfc.load import PolicySource, RuleText
 
 # Turns a 1-based (line, col) inside a rule's text into its file position.
@@ -53,7 +54,7 @@ class MatchNode:
 
 @dataclass(frozen=True, slots=True)
 class VerdictNode:
-    kind: str  # accept | drop | reject
+    kind: VerdictKind
     reject_with: str | None  # None, "tcp reset" or an ICMP type name
     loc: Loc
 
@@ -62,11 +63,11 @@ class VerdictNode:
 class LimitNode:
     over: bool
     rate: int
-    byte_unit: str | None  # None for packet rates
-    time_unit: str
+    byte_unit: ByteUnit | None  # None for packet rates
+    time_unit: TimeUnit
     burst: int | None
     burst_unit: str | None
-    per: str | None  # saddr | daddr
+    per: MeterKey | None
     v4_mask: int | None
     v6_mask: int | None
     size: int | None
@@ -77,7 +78,7 @@ class LimitNode:
 @dataclass(frozen=True, slots=True)
 class LogNode:
     prefix: str | None
-    level: str | None
+    level: LogLevel | None
     loc: Loc
 
 
@@ -148,4 +149,4 @@ class PolicyTree:
 
     source: PolicySource
     notrack: tuple[ParsedRule, ...]
-    chains: dict[str, tuple[ParsedRule, ...]]  # by chain name, in the order of source.chains
+    chains: dict[ChainName, tuple[ParsedRule, ...]]  # by chain name, in the order of source.chains

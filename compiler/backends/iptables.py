@@ -17,6 +17,7 @@ from nfc import __version__, vocab
 from nfc.backends.common import network_text, origin_label, rule_note
 from nfc.errors import Loc, PolicyError, printable
 from nfc.ir import (
+    CHAIN_NAMES,
     Addresses,
     Family,
     Match,
@@ -95,8 +96,8 @@ class FamilyFile:
                 if self._covers(rule.match):
                     body.extend(self._rule(chain.name.upper(), rule))
         lines.append("*filter")
-        for builtin in ("INPUT", "FORWARD", "OUTPUT"):
-            lines.append(f":{builtin} {policies.get(builtin.lower(), 'accept').upper()} [0:0]")
+        for builtin in CHAIN_NAMES:
+            lines.append(f":{builtin.upper()} {policies.get(builtin, 'accept').upper()} [0:0]")
         lines.extend(f":{name} - [0:0]" for name in self.user_chains)
         lines.extend(body)
         for rules in self.user_chains.values():
