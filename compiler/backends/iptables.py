@@ -40,7 +40,7 @@ LIMIT_MAX_RATE = 10000  # per second, and burst, for -m limit
 HASHLIMIT_MAX_RATE = 1_000_000  # per second
 EXPIRE_MAX_MS = 2**32 - 1
 COMMENT_MAX = 256
-LOG_LEVELS = {"warn": "warning"}
+LOG_LEVELS = {"warn": "warning", "err": "error"}  # the LOG target's spellings of nft's words
 TIME_UNITS = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
 REJECT_V4 = {
     "port-unreachable": "icmp-port-unreachable",
