@@ -42,7 +42,7 @@ def input_rules(directory: Path, *rules: str, extra: str = "") -> str:
 def iptables_of(directory: Path, text: str) -> tuple[str, str]:
     """rules.v4 and rules.v6 of a policy."""
     files = iptables.generate(ruleset_of(directory, text))
-    return files["rules.v4"], files["rules.v6"]
+    return files[iptables.RULES_V4], files[iptables.RULES_V6]
 
 
 def input_policy(*rules: str, extra: str = "") -> str:

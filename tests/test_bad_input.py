@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 
 from nfc import cli
+from nfc.artifacts import MANIFEST
+from nfc.backends.nft import RULESET
 
 ERROR_LINE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): error: ")
 EXACT, LINE_ONLY = "@^", "@~"
@@ -791,7 +793,7 @@ def test_bad_policy_keeps_previous_artifacts(tmp_path: Path) -> None:
     first = nfc("compile", str(good), "-o", str(out), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = {path.name: path.read_bytes() for path in out.iterdir()}
-    assert "ruleset.nft" in before and "manifest.json" in before
+    assert RULESET in before and MANIFEST in before
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(VALID.replace("accept udp dport 53", "accept udp dport 65536"))
