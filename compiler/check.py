@@ -28,7 +28,9 @@ from nfc.values import (
 )
 
 LOG_PREFIX_MAX = 64
-IFNAME = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}\*?\Z")
+# IFNAMSIZ holds 15 bytes and a NUL; a final '*' takes a byte of them in nft
+# and in iptables (as '+') alike.
+IFNAME = re.compile(r"(?=.{1,15}\Z)[A-Za-z0-9_.:@+-]+\*?\Z")
 
 
 @dataclass
@@ -180,7 +182,7 @@ class RuleChecker:
             raise PolicyError(
                 match.loc,
                 f"'{printable(name)}' is not a valid interface name",
-                "at most 15 characters of letters, digits and _ . : @ + -, optionally ending in '*'",
+                "at most 15 characters of letters, digits and _ . : @ + -, a final '*' included",
             )
         if self.chain == hook_without:
             word = "iif" if hook_without == "output" else "oif"

@@ -113,15 +113,14 @@ class FamilyFile:
     def _combinations(self, match: Match, origin: Loc) -> list[list[str]]:
         """The option lists of the iptables rules that together match `match`."""
         head: list[str] = []
-        if match.iifname:
-            head += ["-i", match.iifname.replace("*", "+")]
-        if match.oifname:
-            head += ["-o", match.oifname.replace("*", "+")]
+        for flag, name in (("-i", match.iifname), ("-o", match.oifname)):
+            if name:
+                head += [flag, _interface(name, origin)]
         choices: list[list[list[str]]] = [
             self._addresses("-s", match.saddr, origin),
             self._addresses("-d", match.daddr, origin),
         ]
-        protocol = self._protocol(match.protocol)
+        protocol = self._protocol(match.protocol, origin)
         if protocol:
             head += ["-p", protocol]
         if match.icmp_types:
@@ -151,9 +150,11 @@ class FamilyFile:
                 exclusions += [[flag, network_text(n), "-j", "RETURN"] for n in addresses.networks]
         return exclusions
 
-    def _protocol(self, protocol: str | None) -> str | None:
+    def _protocol(self, protocol: str | None, origin: Loc) -> str | None:
         if protocol is None:
             return None
+        if protocol == "0":
+            raise unsupported(origin, "protocol 0 (iptables reads '-p 0' as every protocol)")
         if protocol in ("tcp", "udp", "sctp", "icmp"):
             return protocol
         if protocol == "icmpv6":
@@ -204,7 +205,9 @@ class FamilyFile:
         if exclusions:
             name = self._user_chain("nfc-not", [])
             self.user_chains[name] = [" ".join(["-A", name, *e]) for e in exclusions]
-            self.user_chains[name].append(" ".join(["-A", name, *limit, *comment, *target]))
+            self.user_chains[name].append(
+                " ".join(["-A", name, *_tcp_for_reset(rule), *limit, *comment, *target])
+            )
             return [" ".join(["-A", chain, *options, *comment, "-j", name]) for options in combos]
         return [" ".join(["-A", chain, *options, *limit, *comment, *target]) for options in combos]
 
@@ -240,7 +243,8 @@ class FamilyFile:
         if rule.log.level is not None:
             log += ["--log-level", LOG_LEVELS.get(rule.log.level, rule.log.level)]
         name = self._user_chain("nfc-log", [])
-        self.user_chains[name] += [" ".join(["-A", name, *log]), " ".join(["-A", name, *target])]
+        decide = ["-A", name, *_tcp_for_reset(rule), *target]
+        self.user_chains[name] += [" ".join(["-A", name, *log]), " ".join(decide)]
         return ["-j", name]
 
     def _limit(self, rule: Rule, shared: bool) -> list[str]:
@@ -305,6 +309,23 @@ def _check_global_limits(ruleset: Ruleset) -> None:
                     "one limit without 'per' for both IPv4 and IPv6",
                     "iptables keeps a bucket per family: add 'ip' or 'ip6', or write a rule per family",
                 )
+
+
+def _interface(name: str, origin: Loc) -> str:
+    """An interface name as iptables writes it: nfc's final '*' is its '+'."""
+    if name.endswith("+"):
+        raise unsupported(
+            origin,
+            f"the interface name '{name}' (iptables reads a final '+' as a wildcard)",
+            "nfc's wildcard is a final '*'",
+        )
+    return name[:-1] + "+" if name.endswith("*") else name
+
+
+def _tcp_for_reset(rule: Rule) -> list[str]:
+    """REJECT --reject-with tcp-reset loads only in a rule that says '-p tcp':
+    the rules of nfc's own chains repeat what the jumping rule matched."""
+    return ["-p", "tcp"] if rule.verdict.reject_with == "tcp reset" else []
 
 
 def _port_options(module: str, direction: str, ports: Ports) -> list[list[str]]:
