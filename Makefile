@@ -47,6 +47,12 @@ bench: install
 install: $(INSTALLED)
 	@# put this checkout's nfc on PATH (as root), whichever checkout ran last
 	@if [ "$$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then ln -sfn "$(CURDIR)/$(BIN)/nfc" /usr/local/bin/nfc; fi
+	@# and its man pages, so that man nfc and man nfc-policy work
+	@if [ "$$(id -u)" = 0 ] && [ -d /usr/local/share/man ]; then \
+	  mkdir -p /usr/local/share/man/man1 /usr/local/share/man/man5 && \
+	  ln -sfn "$(CURDIR)/man/nfc.1" /usr/local/share/man/man1/nfc.1 && \
+	  ln -sfn "$(CURDIR)/man/nfc-policy.5" /usr/local/share/man/man5/nfc-policy.5; \
+	fi
 
 $(INSTALLED): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -520,3 +521,11 @@ def test_nfc_policy_5_gives_the_meter_timeouts_of_the_code(tmp_path: Path, limit
     assert f"{seconds} seconds for {limit}" in documented, limit
     ruleset = ruleset_of(tmp_path, input_policy(f"accept udp limit {limit} per saddr"))
     assert {meter.timeout for meter in ruleset.meters} == {seconds}
+
+
+def test_the_package_installs_every_man_page() -> None:
+    """pyproject's data-files put each page where man(1) looks, under the
+    install prefix: share/man/manN for a page of section N."""
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    installed = {Path(page).name: directory for directory, pages in data_files.items() for page in pages}
+    assert installed == {page.name: f"share/man/man{page.suffix[1:]}" for page in MAN.iterdir()}
