@@ -47,7 +47,12 @@ class Lowering:
             source=source.path,
             notrack=tuple(self.notrack),
             chains=tuple(
-                Chain(name, source.chains[name].policy, tuple(self.chain_rules.get(name, ())))
+                Chain(
+                    name,
+                    source.chains[name].policy,
+                    tuple(self.chain_rules.get(name, ())),
+                    source.chains[name].loc,
+                )
                 for name in CHAIN_NAMES
                 if name in source.chains
             ),

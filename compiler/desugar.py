@@ -45,10 +45,15 @@ def mirror_notrack(lowering: Lowering) -> None:
 
 
 def add_implied_rules(lowering: Lowering) -> None:
-    """What each chain starts with: the essential ICMP accepts, then the
-    connection-state rules and the accepts for untracked answers."""
+    """What each chain starts with: the loopback accept, the essential ICMP
+    accepts, then the connection-state rules and the accepts for untracked
+    answers."""
     for name, section in lowering.tree.source.chains.items():
         rules = lowering.chain_rules.setdefault(name, [])
+        if section.loopback == "accept" and (section.policy == "drop" or section.rules):
+            # first, so that no state rule, meter or drop sees the host's talk with itself
+            loopback = Match(iifname="lo") if name == "input" else Match(oifname="lo")
+            rules.append(Rule(loopback, Verdict("accept"), section.loopback_loc, role=RuleRole.LOOPBACK))
         if section.icmp == "essential":
             rules.extend(_essential_icmp(section))
         if section.state == "auto" and (section.policy == "drop" or section.rules):

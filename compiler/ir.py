@@ -84,6 +84,13 @@ class Addresses:
     negated: bool = False
     set_name: str | None = None
 
+    def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Whether a packet with `address` here matches: never one of the
+        other family, as nft's `ip saddr != ...` matches no IPv6 packet."""
+        if (address.version == 4) != (self.family is Family.V4):
+            return False
+        return any(address in network for network in self.networks) != self.negated
+
 
 @dataclass(frozen=True)
 class Match:
@@ -169,6 +176,7 @@ class RuleRole(enum.Enum):
     ESSENTIAL_ICMP = "essential-icmp"
     STATE = "state"
     UNTRACKED_ANSWER = "untracked-answer"
+    LOOPBACK = "loopback"
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,7 @@ class Chain:
     name: ChainName
     policy: ChainPolicy
     rules: tuple[Rule, ...]
+    origin: Origin  # the chain's section in the policy
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ no packet's fate changes no finding."""
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -46,6 +48,11 @@ class Context:
 
     def user_rules(self, chain: Chain) -> list[Rule]:
         return [r for r in chain.rules if r.role is RuleRole.USER]
+
+    def for_other_hosts(self, chain: Chain) -> list[Rule]:
+        """The rules that decide traffic with other hosts: all but the
+        loopback accept, which only sees the host talking to itself."""
+        return [r for r in chain.rules if r.role is not RuleRole.LOOPBACK]
 
     def entries(self, hook: str) -> list[NotrackRule]:
         return [n for n in self.ruleset.notrack if n.hook == hook]
@@ -137,7 +144,9 @@ def untracked_requests_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | N
         if entry.match.dport is None or entry.match.sport is not None:
             continue  # only served entries bring requests
         requests = ctx.space.cubes(entry.match, ct=["untracked"])
-        if not any(_accepts(r) and overlap(requests, ctx.space.cubes(r.match)) for r in chain.rules):
+        if not any(
+            _accepts(r) and overlap(requests, ctx.space.cubes(r.match)) for r in ctx.for_other_hosts(chain)
+        ):
             yield (
                 entry.origin,
                 "no input rule accepts the requests this entry untracks: the policy drops them all",
@@ -164,7 +173,9 @@ def untracked_answers_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | No
         if chain is None or chain.policy != "drop":
             continue
         cubes = ctx.space.cubes(answers, ct=["untracked"])
-        if not any(_accepts(r) and overlap(cubes, ctx.space.cubes(r.match)) for r in chain.rules):
+        if not any(
+            _accepts(r) and overlap(cubes, ctx.space.cubes(r.match)) for r in ctx.for_other_hosts(chain)
+        ):
             yield (
                 entry.origin,
                 f"the answers of this entry arrive untracked in {chain_name}, where nothing accepts them",
@@ -265,7 +276,10 @@ def _coverage(ctx: Context, chain: Chain) -> Iterator[tuple[Rule, list[Cube], li
 
 
 def _named(rules: list[Rule]) -> str:
-    """'the rules at lines 4, 7' in words a reader can find."""
+    """'the rules at lines 4, 7' in words a reader can find. The loopback
+    accept is named only when it alone takes the packets: it takes a share of
+    almost every rule's (those on lo), which is no news."""
+    rules = [r for r in rules if r.role is not RuleRole.LOOPBACK] or rules
     names = sorted(
         {f"line {r.origin.line}" if r.role is RuleRole.USER else f"the {r.role.value} rules" for r in rules}
     )
@@ -376,6 +390,43 @@ def lockout_risk(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
             "can lock you out",
             f"accept tcp dport {ctx.management_port} from your admin addresses",
         )
+
+
+LOOPBACK_ADDRESSES = {Family.V4: ipaddress.ip_address("127.0.0.1"), Family.V6: ipaddress.ip_address("::1")}
+
+
+def _admits(match: Match, family: Family, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether `match` can match a packet of `family` from `address` to itself."""
+    ends = (match.saddr, match.daddr)
+    return match.family in (None, family) and all(a is None or a.admits(address) for a in ends)
+
+
+@check(
+    "NFC051",
+    "loopback-dropped",
+    "warning",
+    "A host whose chains drop its loopback traffic cannot talk to itself: a resolver cannot ask itself.",
+)
+def loopback_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
+    for name, word in (("input", "iif"), ("output", "oif")):
+        chain = ctx.chain(name)
+        if chain is None or chain.policy != "drop" or any(r.role is RuleRole.LOOPBACK for r in chain.rules):
+            continue
+        interface = "iifname" if word == "iif" else "oifname"
+        on_loopback = [
+            r
+            for r in ctx.user_rules(chain)
+            if _accepts(r)
+            and fnmatch.fnmatchcase("lo", getattr(r.match, interface) or "*")
+            and any(_admits(r.match, family, address) for family, address in LOOPBACK_ADDRESSES.items())
+        ]
+        if not on_loopback:
+            yield (
+                chain.origin,
+                f"{name} has 'loopback: manual' and no rule accepts loopback traffic: the host cannot "
+                "reach its own services on 127.0.0.1 and ::1",
+                f"drop 'loopback: manual' (accept is the default) or add 'accept {word} lo'",
+            )
 
 
 @check(

@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 CHAIN_POLICIES: tuple[ChainPolicy, ...] = ("drop", "accept")
 TOP_KEYS = ("nfc", "name", "table", "include", "define", "conntrack", *CHAIN_NAMES)
 INCLUDE_KEYS = ("nfc", "include", "define", "conntrack")
-CHAIN_KEYS = ("policy", "rules", "state", "icmp")
+CHAIN_KEYS = ("policy", "rules", "state", "icmp", "loopback")
 RULE_KEYS = ("rule", "comment", "expires")
 CONNTRACK_KEYS = ("notrack", "max", "timeouts")
 INCLUDE_CONNTRACK_KEYS = ("notrack",)
@@ -74,6 +74,8 @@ class ChainSection:
     state_loc: Loc
     icmp: str
     icmp_loc: Loc
+    loopback: str  # accept | manual
+    loopback_loc: Loc
     rules: tuple[RuleText, ...]
 
 
@@ -257,6 +259,14 @@ def _chain(name: ChainName, node: YNode) -> ChainSection:
     # without these accepts would cut the host off its link.
     default_icmp = "essential" if policy == "drop" else "manual"
     icmp = expect_choice(icmp_node, "'icmp'", ("essential", "manual")) if icmp_node else default_icmp
+    loopback_node = fields.get("loopback")
+    # A host talks to itself over lo (a resolver asks itself on 127.0.0.1):
+    # no rule of the host's own chains should get in the way unless asked to.
+    loopback = "manual" if name == "forward" else "accept"
+    if loopback_node is not None:
+        loopback = expect_choice(loopback_node, "'loopback'", ("accept", "manual"))
+        if name == "forward" and loopback == "accept":
+            raise PolicyError(loopback_node.loc, "the forward chain never sees loopback traffic", "remove it")
     rules = _rule_list(fields["rules"], "rules", "rule") if "rules" in fields else ()
     return ChainSection(
         name=name,
@@ -266,6 +276,8 @@ def _chain(name: ChainName, node: YNode) -> ChainSection:
         state_loc=state_node.loc if state_node else node.loc,
         icmp=icmp,
         icmp_loc=icmp_node.loc if icmp_node else node.loc,
+        loopback=loopback,
+        loopback_loc=loopback_node.loc if loopback_node else node.loc,
         rules=rules,
     )
 

@@ -197,9 +197,12 @@ def describe(cube: Cube, space: Space) -> str:
         words.append(
             f"{word} {_address_text(value, cube.family)}" if value != ADDRESS_SPACE[cube.family] else ""
         )
+    # Every interface but lo is "any interface" to a reader: lo is the host
+    # talking to itself, which 'loopback: accept' decides before every rule.
+    any_interface = (space.interfaces, space.interfaces - {"lo"})
     for name, word in (("iif", "iif"), ("oif", "oif")):
         value = getattr(cube, name)
-        if value != space.interfaces:
+        if value not in any_interface:
             words.append(f"{word} " + ",".join(sorted(value)))
     if cube.ct != space.ct_states:
         words.append("ct state " + ",".join(s for s in vocab.CT_STATES if s in cube.ct))

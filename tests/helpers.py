@@ -31,10 +31,8 @@ def nft_of(directory: Path, text: str) -> str:
 
 
 def input_rules(directory: Path, *rules: str, extra: str = "") -> str:
-    """The rendered input chain body of a policy with `rules`, state and icmp manual."""
-    body = "\n".join(f"    - {rule!r}" for rule in rules)
-    text = f"nfc: 1\n{extra}\ninput:\n  policy: drop\n  state: manual\n  icmp: manual\n  rules:\n{body}\n"
-    nft = nft_of(directory, text)
+    """The rendered input chain body of `input_policy(*rules)`."""
+    nft = nft_of(directory, input_policy(*rules, extra=extra))
     chain = nft.split("chain input {", 1)[1].split("\n\t}", 1)[0]
     return "\n".join(line.strip() for line in chain.strip().splitlines()[1:])
 
@@ -46,5 +44,8 @@ def iptables_of(directory: Path, text: str) -> tuple[str, str]:
 
 
 def input_policy(*rules: str, extra: str = "") -> str:
+    """A policy whose input chain holds `rules` alone: state, icmp and loopback manual."""
     body = "\n".join(f"    - {rule!r}" for rule in rules)
-    return f"nfc: 1\n{extra}\ninput:\n  policy: drop\n  state: manual\n  icmp: manual\n  rules:\n{body}\n"
+    # loopback after the rules keeps each rule on the line it had before loopback existed
+    settings = "  policy: drop\n  state: manual\n  icmp: manual\n"
+    return f"nfc: 1\n{extra}\ninput:\n{settings}  rules:\n{body}\n  loopback: manual\n"

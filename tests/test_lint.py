@@ -99,6 +99,11 @@ CASES = {
         5,
         "nfc: 1\ninput:\n  policy: drop\n  rules:\n    - accept tcp dport {22, 5432} from 192.0.2.0/24\n",
     ),
+    "NFC051": (
+        "nfc: 1\ninput:\n  policy: drop\n  loopback: manual\n  rules:\n" + SSH,
+        3,  # the chain's section
+        "nfc: 1\ninput:\n  policy: drop\n  loopback: manual\n  rules:\n" + SSH + "    - accept iif lo\n",
+    ),
     "NFC070": (
         BASE + "    - drop udp dport 53 limit over 10/second per saddr\n",
         6,
@@ -183,3 +188,20 @@ def test_json_format(tmp_path: Path) -> None:
 def test_render_is_deterministic(tmp_path: Path) -> None:
     findings = lint(ruleset_of(tmp_path, CASES["NFC060"][0]), today=TODAY)
     assert render(findings, "text") == render(list(findings), "text")
+
+
+@pytest.mark.parametrize(
+    ("rule", "fires"),
+    [
+        ("accept from 127.0.0.0/8", False),
+        ("accept ip6 to ::1", False),
+        ("accept iif lo*", False),
+        ("accept from not 127.0.0.0/8", True),  # an IPv4 list makes the rule IPv4-only
+        ("accept from not 10.0.0.0/8", False),
+        ("accept iif eth0", True),
+        ("drop iif lo", True),
+    ],
+)
+def test_loopback_dropped_asks_if_the_host_can_reach_itself(tmp_path: Path, rule: str, fires: bool) -> None:
+    policy = f"nfc: 1\ninput:\n  policy: drop\n  loopback: manual\n  rules:\n    - {rule}\n"
+    assert ("NFC051" in codes_at(tmp_path, policy)) is fires

@@ -58,6 +58,7 @@ def test_state_auto_order(tmp_path: Path) -> None:
     ruleset = ruleset_of(tmp_path, HEADER + "input:\n  policy: drop\n  rules: [accept tcp dport 22]\n")
     roles = [(r.role, r.match.ct_state, r.verdict.kind) for r in ruleset.chains[0].rules]
     assert roles == [
+        (RuleRole.LOOPBACK, (), "accept"),  # first: the host talking to itself meets no other rule
         (RuleRole.ESSENTIAL_ICMP, (), "accept"),
         (RuleRole.ESSENTIAL_ICMP, (), "accept"),
         (RuleRole.STATE, ("invalid",), "drop"),
@@ -69,7 +70,7 @@ def test_state_auto_order(tmp_path: Path) -> None:
 def test_essential_icmp_includes_errors_of_untracked_flows(tmp_path: Path) -> None:
     ruleset = ruleset_of(tmp_path, HEADER + "input: {policy: drop}\nforward: {policy: drop}\n")
     inbound, forward = ruleset.chains
-    v4, v6 = inbound.rules[:2]
+    v4, v6 = [r for r in inbound.rules if r.role is RuleRole.ESSENTIAL_ICMP]
     assert v4.match.family is Family.V4 and "destination-unreachable" in v4.match.icmp_types
     assert {"packet-too-big", "nd-neighbor-solicit", "nd-router-advert"} <= set(v6.match.icmp_types)
     assert "nd-neighbor-solicit" not in forward.rules[1].match.icmp_types
@@ -78,7 +79,8 @@ def test_essential_icmp_includes_errors_of_untracked_flows(tmp_path: Path) -> No
 def test_manual_and_accept_chains_get_no_implicit_rules(tmp_path: Path) -> None:
     ruleset = ruleset_of(
         tmp_path,
-        HEADER + "input: {policy: drop, state: manual, icmp: manual}\noutput: {policy: accept}\n",
+        HEADER
+        + "input: {policy: drop, state: manual, icmp: manual, loopback: manual}\noutput: {policy: accept}\n",
     )
     assert [c.rules for c in ruleset.chains] == [(), ()]
 
@@ -89,7 +91,8 @@ def test_family_split_never_widens(tmp_path: Path) -> None:
         HEADER
         + "define: {lan: [10.0.0.0/8, 'fd00::/8'], v4: [192.0.2.0/24, 198.51.100.0/24]}\n"
         + "input:\n  policy: drop\n  state: manual\n  icmp: manual\n  rules:\n"
-        + "    - accept tcp dport 22 from $lan\n    - accept from $v4\n    - accept from not 10.0.0.0/8\n",
+        + "    - accept tcp dport 22 from $lan\n    - accept from $v4\n    - accept from not 10.0.0.0/8\n"
+        + "  loopback: manual\n",
     )
     rules = ruleset.chains[0].rules
     assert [(r.origin.line, r.match.family) for r in rules] == [
@@ -229,3 +232,26 @@ def test_meter_timeouts_stay_within_what_the_kernel_takes(tmp_path: Path) -> Non
         ruleset_of(tmp_path, input_policy("accept limit 1/day burst 5000 per saddr"))
     ruleset = ruleset_of(tmp_path, input_policy("accept limit 1/day burst 49 per saddr"))
     assert ruleset.meters[0].timeout == 49 * 86400
+
+
+def test_loopback_accept_comes_first_where_the_host_talks_to_itself(tmp_path: Path) -> None:
+    ruleset = ruleset_of(
+        tmp_path,
+        HEADER + "input: {policy: drop, rules: [drop udp dport 53]}\n"
+        "output: {policy: accept, rules: [drop udp dport 53]}\nforward: {policy: drop}\n",
+    )
+    first = {chain.name: chain.rules[0] for chain in ruleset.chains}
+    assert first["input"].role is RuleRole.LOOPBACK and first["input"].match.iifname == "lo"
+    assert first["output"].role is RuleRole.LOOPBACK and first["output"].match.oifname == "lo"
+    assert first["forward"].role is not RuleRole.LOOPBACK  # never sees loopback traffic
+    assert all(r.verdict.kind == "accept" for r in (first["input"], first["output"]))
+
+
+def test_loopback_manual_leaves_it_to_the_rules_and_forward_refuses_accept(tmp_path: Path) -> None:
+    ruleset = ruleset_of(tmp_path, HEADER + "input: {policy: drop, loopback: manual}\n")
+    assert all(r.role is not RuleRole.LOOPBACK for r in ruleset.chains[0].rules)
+    quiet = ruleset_of(tmp_path, HEADER + "output: {policy: accept}\n")
+    assert quiet.chains[0].rules == ()  # nothing to get out of the way of
+    with pytest.raises(PolicyError, match="never sees loopback traffic") as error:
+        ruleset_of(tmp_path, HEADER + "forward:\n  policy: drop\n  loopback: accept\n")
+    assert (error.value.loc.line, error.value.loc.col) == (4, 13)

@@ -54,7 +54,7 @@ def test_defines_become_named_sets(tmp_path: Path) -> None:
 def test_meter_is_a_dynamic_set_and_fails_closed(tmp_path: Path) -> None:
     text = nft_of(
         tmp_path,
-        "nfc: 1\ninput:\n  policy: drop\n  state: manual\n  icmp: manual\n  rules:\n"
+        "nfc: 1\ninput:\n  policy: drop\n  state: manual\n  icmp: manual\n  loopback: manual\n  rules:\n"
         "    - drop ip udp dport 53 limit over 10/second burst 20 per saddr/24 size 1000 name dns\n",
     )
     assert (

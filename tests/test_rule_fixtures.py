@@ -2,7 +2,7 @@
 backend must generate for it (its format is described at the top of that
 file). A new construct is one line to test, like nftables' tests/py/*.t.
 
-Each rule is compiled alone in an input chain with state and icmp manual;
+Each rule is compiled alone in an input chain with state, icmp and loopback manual;
 then all the rules that compile are put in one policy, which the kernel
 validates with both backends in a throwaway namespace."""
 

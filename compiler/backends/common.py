@@ -11,6 +11,7 @@ ROLE_NOTES = {
     RuleRole.ESSENTIAL_ICMP: "icmp essential",
     RuleRole.STATE: "state auto",
     RuleRole.UNTRACKED_ANSWER: "answers of notrack entry",
+    RuleRole.LOOPBACK: "loopback accept",
 }
 
 
