@@ -5,12 +5,13 @@ meter or a reject type needs one copy per family."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 
 from nfc import vocab
 from nfc.check import RuleChecker, check_comment, check_log, check_verdict
 from nfc.context import Answer, Lowering
-from nfc.ir import BOTH_FAMILIES, Family, Match, NotrackRule, Rule, RuleRole, Verdict
+from nfc.ir import BOTH_FAMILIES, Addresses, Family, Match, NotrackRule, Rule, RuleRole, Verdict
 from nfc.load import ChainSection
 from nfc.syntax import ParsedRule
 
@@ -79,6 +80,17 @@ def add_implied_rules(lowering: Lowering) -> None:
 def _essential_icmp(section: ChainSection) -> list[Rule]:
     origin = section.icmp_loc
     v6_types = vocab.ESSENTIAL_ICMPV6_ERRORS + vocab.ESSENTIAL_ICMPV6_DISCOVERY[section.name]
+    mld = []
+    if section.name in vocab.ESSENTIAL_MLD_CHAINS:
+        link_local = Addresses(Family.V6, (ipaddress.IPv6Network(vocab.LINK_LOCAL_V6),))
+        mld.append(
+            Rule(
+                Match(family=Family.V6, protocol="icmpv6", saddr=link_local, icmp_types=vocab.ESSENTIAL_MLD),
+                Verdict("accept"),
+                origin,
+                role=RuleRole.ESSENTIAL_ICMP,
+            )
+        )
     return [
         Rule(
             Match(family=Family.V4, protocol="icmp", icmp_types=vocab.ESSENTIAL_ICMP_ERRORS),
@@ -92,6 +104,7 @@ def _essential_icmp(section: ChainSection) -> list[Rule]:
             origin,
             role=RuleRole.ESSENTIAL_ICMP,
         ),
+        *mld,
     ]
 
 

@@ -138,6 +138,13 @@ ESSENTIAL_ICMPV6_DISCOVERY = {
     "forward": (),
     "output": ("nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"),
 }
+# Multicast listener discovery: routers query (input), the host reports what
+# it listens to (output). Without it an MLD-snooping switch stops forwarding
+# the host's multicast, neighbour solicitations included. MLD is link-local
+# by definition (RFC 2710, 3810), so only from a link-local source.
+ESSENTIAL_MLD = ("mld-listener-query", "mld-listener-report", "mld-listener-done", "mld2-listener-report")
+ESSENTIAL_MLD_CHAINS = ("input", "output")
+LINK_LOCAL_V6 = "fe80::/10"
 
 # `reject with icmp TYPE`: the type as written (ICMP names) → its IPv6
 # counterpart, or None where ICMPv6 has none.

@@ -61,6 +61,7 @@ def test_state_auto_order(tmp_path: Path) -> None:
         (RuleRole.LOOPBACK, (), "accept"),  # first: the host talking to itself meets no other rule
         (RuleRole.ESSENTIAL_ICMP, (), "accept"),
         (RuleRole.ESSENTIAL_ICMP, (), "accept"),
+        (RuleRole.ESSENTIAL_ICMP, (), "accept"),  # MLD
         (RuleRole.STATE, ("invalid",), "drop"),
         (RuleRole.STATE, ("established", "related"), "accept"),
         (RuleRole.USER, (), "accept"),
@@ -70,7 +71,14 @@ def test_state_auto_order(tmp_path: Path) -> None:
 def test_essential_icmp_includes_errors_of_untracked_flows(tmp_path: Path) -> None:
     ruleset = ruleset_of(tmp_path, HEADER + "input: {policy: drop}\nforward: {policy: drop}\n")
     inbound, forward = ruleset.chains
-    v4, v6 = [r for r in inbound.rules if r.role is RuleRole.ESSENTIAL_ICMP]
+    v4, v6, mld = [r for r in inbound.rules if r.role is RuleRole.ESSENTIAL_ICMP]
+    assert set(mld.match.icmp_types) == {
+        "mld-listener-query",
+        "mld-listener-report",
+        "mld-listener-done",
+        "mld2-listener-report",
+    }
+    assert mld.match.saddr is not None and [str(n) for n in mld.match.saddr.networks] == ["fe80::/10"]
     assert v4.match.family is Family.V4 and "destination-unreachable" in v4.match.icmp_types
     assert {"packet-too-big", "nd-neighbor-solicit", "nd-router-advert"} <= set(v6.match.icmp_types)
     assert "nd-neighbor-solicit" not in forward.rules[1].match.icmp_types

@@ -443,7 +443,8 @@ def test_nfc_policy_5_lists_the_essential_icmp_types_of_every_chain() -> None:
     assert set(listed) == set(load.CHAIN_NAMES)
     for name, (v4, v6) in listed.items():
         assert v4 == list(vocab.ESSENTIAL_ICMP_ERRORS), name
-        assert v6 == [*vocab.ESSENTIAL_ICMPV6_ERRORS, *vocab.ESSENTIAL_ICMPV6_DISCOVERY[name]], name
+        mld = [f"{t} *" for t in vocab.ESSENTIAL_MLD] if name in vocab.ESSENTIAL_MLD_CHAINS else []
+        assert v6 == [*vocab.ESSENTIAL_ICMPV6_ERRORS, *vocab.ESSENTIAL_ICMPV6_DISCOVERY[name], *mld], name
 
 
 def test_nfc_policy_5_gives_the_icmp_essential_default_of_the_code(tmp_path: Path) -> None:
