@@ -11,7 +11,18 @@ from dataclasses import replace
 from nfc import vocab
 from nfc.check import RuleChecker, check_comment, check_log, check_verdict
 from nfc.context import Answer, Lowering
-from nfc.ir import BOTH_FAMILIES, Addresses, Family, Match, NotrackRule, Rule, RuleRole, Verdict
+from nfc.ir import (
+    BOTH_FAMILIES,
+    Addresses,
+    Destination,
+    Family,
+    Match,
+    NotrackHook,
+    NotrackRule,
+    Rule,
+    RuleRole,
+    Verdict,
+)
 from nfc.load import ChainSection
 from nfc.syntax import ParsedRule
 
@@ -21,12 +32,18 @@ def _by_family(families: set[Family]) -> list[Family]:
 
 
 def mirror_notrack(lowering: Lowering) -> None:
-    """Raw-table rules and the answers each entry implies, with the chain
-    that sees those answers. An entry naming `sport` describes this host
-    as a client of that remote port: its answers arrive as written, in
-    input. An entry naming only `dport` describes a service this host
-    offers: its answers are the mirror image, in output. An entry with
-    neither implies no answers."""
+    """Raw-table rules for both directions of each entry's flows, and the
+    answers each entry implies, with the chain that sees those answers.
+
+    The host's own flows (scope host) arrive in prerouting addressed to the
+    host and leave through output; forwarded flows (scope routed) pass
+    prerouting both ways, addressed elsewhere. Scope all is both.
+
+    An entry naming `sport` describes a client of that remote port: its
+    answers arrive as written (in input for the host, in forward for routed
+    flows). An entry naming only `dport` describes a service: its answers
+    are the mirror image (in output for the host, in forward for routed
+    flows). An entry with neither implies no answers."""
     rules: list[NotrackRule] = []
     for entry in lowering.tree.notrack:
         text, node = entry.text, entry.node
@@ -34,13 +51,22 @@ def mirror_notrack(lowering: Lowering) -> None:
         checker = RuleChecker(lowering.defines, lowering.objects, node, chain=None)
         parts = checker.check_matches()
         origin = text.loc
+        host, routed = text.scope in ("host", "all"), text.scope in ("routed", "all")
         for match in checker.matches(parts, _by_family(parts.families)):
-            rules.append(NotrackRule("prerouting", match, origin, comment, text.expires))
-            rules.append(NotrackRule("output", match.mirrored(), origin, comment, text.expires))
-            if match.sport is not None:
-                lowering.answers.append(Answer(match, origin, "input"))
-            elif match.dport is not None:
-                lowering.answers.append(Answer(match.mirrored(), origin, "output"))
+            mirrored = match.mirrored()
+            places: list[tuple[NotrackHook, Match, Destination | None]] = [
+                ("prerouting", match, None if host and routed else "host" if host else "routed")
+            ]
+            if host:
+                places.append(("output", mirrored, None))
+            if routed:
+                places.append(("prerouting", mirrored, "routed"))
+            rules += [NotrackRule(h, m, origin, comment, text.expires, d) for h, m, d in places]
+            answers = match if match.sport is not None else mirrored if match.dport is not None else None
+            if answers is not None and host:
+                lowering.answers.append(Answer(answers, origin, "input" if answers is match else "output"))
+            if answers is not None and routed:
+                lowering.answers.append(Answer(answers, origin, "forward"))
     rules.sort(key=lambda r: r.hook != "prerouting")
     lowering.notrack.extend(rules)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nfc.errors import Loc
-from nfc.ir import CHAIN_NAMES, Match, Meter, Ruleset
+from nfc.ir import CHAIN_NAMES, Destination, Match, Meter, NotrackHook, Ruleset
 from nfc.space import Cube, Space, describe, minus, overlap
 from nfc.values import merge_ranges
 
@@ -115,14 +115,34 @@ def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iter
             )
 
 
+# Where raw-table rules act: prerouting on packets addressed to the host, on
+# forwarded ones, and output.
+NOTRACK_PLACES: tuple[tuple[str, NotrackHook, Destination | None], ...] = (
+    ("notrack prerouting", "prerouting", "host"),
+    ("notrack prerouting (routed)", "prerouting", "routed"),
+    ("notrack output", "output", None),
+)
+
+
+def _untracked(
+    ruleset: Ruleset, space: Space, hook: NotrackHook, destination: Destination | None
+) -> list[Cube]:
+    return [
+        cube
+        for n in ruleset.notrack
+        if n.hook == hook and n.destination in (None, destination)
+        for cube in space.cubes(n.match)
+    ]
+
+
 def _notrack_changes(old: Ruleset, new: Ruleset, space: Space) -> Iterator[Change]:
-    for hook in ("prerouting", "output"):
-        before = [c for n in old.notrack if n.hook == hook for c in space.cubes(n.match)]
-        after = [c for n in new.notrack if n.hook == hook for c in space.cubes(n.match)]
+    for section, hook, destination in NOTRACK_PLACES:
+        before = _untracked(old, space, hook, destination)
+        after = _untracked(new, space, hook, destination)
         for cube in _merge(minus(after, before)):
-            yield Change(f"notrack {hook}", "newly UNTRACKED:", describe(cube, space), "tracked")
+            yield Change(section, "newly UNTRACKED:", describe(cube, space), "tracked")
         for cube in _merge(minus(before, after)):
-            yield Change(f"notrack {hook}", "newly TRACKED:", describe(cube, space), "untracked")
+            yield Change(section, "newly TRACKED:", describe(cube, space), "untracked")
 
 
 def _meter_text(meter: Meter) -> str:

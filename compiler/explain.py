@@ -259,7 +259,11 @@ class Explanation:
 def explain(ruleset: Ruleset, packet: Packet, over_limit: bool = False) -> Explanation:
     hook, chain_name = DIRECTIONS[packet.direction]
     result = Explanation(packet, over_limit=over_limit)
+    # In prerouting, a packet `dir in` is addressed to the host, `dir fwd` is not.
+    destination = {"in": "host", "fwd": "routed"}.get(packet.direction)
     for entry in ruleset.notrack:
+        if entry.destination not in (None, destination):
+            continue
         if entry.hook == hook and matches(entry.match, packet, None):
             result.untracked_by = entry.origin
             break

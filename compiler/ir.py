@@ -25,6 +25,8 @@ ChainName = Literal["input", "forward", "output"]
 CHAIN_NAMES: tuple[ChainName, ...] = ("input", "forward", "output")  # in hook order
 ChainPolicy = Literal["accept", "drop"]
 NotrackHook = Literal["prerouting", "output"]  # raw priority: arriving packets, locally sent ones
+NotrackScope = Literal["host", "routed", "all"]  # whose traffic a notrack entry untracks
+Destination = Literal["host", "routed"]  # where a packet arriving in prerouting goes
 CtState = Literal["new", "established", "related", "invalid", "untracked"]
 MeterKey = Literal["saddr", "daddr"]
 TimeUnit = Literal["second", "minute", "hour", "day"]
@@ -194,13 +196,16 @@ class Rule:
 
 @dataclass(frozen=True)
 class NotrackRule:
-    """Untrack packets matching `match` at raw priority in `hook`."""
+    """Untrack packets matching `match` at raw priority in `hook`; in
+    prerouting, only those addressed to this host (`destination` "host") or
+    only those it forwards ("routed"), or both (None)."""
 
     hook: NotrackHook
     match: Match
     origin: Origin
     comment: str | None = None
     expires: dt.date | None = None
+    destination: Destination | None = None
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,13 @@ class Context:
         loopback accept, which only sees the host talking to itself."""
         return [r for r in chain.rules if r.role is not RuleRole.LOOPBACK]
 
-    def entries(self, hook: str) -> list[NotrackRule]:
-        return [n for n in self.ruleset.notrack if n.hook == hook]
+    def entries(self, chain: str) -> list[NotrackRule]:
+        """The notrack rules whose packets go on to `chain`: prerouting's to
+        input when addressed to the host, to forward when not; output's."""
+        if chain == "output":
+            return [n for n in self.ruleset.notrack if n.hook == "output"]
+        other = "routed" if chain == "input" else "host"
+        return [n for n in self.ruleset.notrack if n.hook == "prerouting" and n.destination != other]
 
 
 # A check yields where, what and how to fix it (None: no hint).
@@ -109,7 +114,7 @@ def stateful_udp_service(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     chain = ctx.chain("input")
     if chain is None:
         return
-    untracked = [c for entry in ctx.entries("prerouting") for c in ctx.space.cubes(entry.match)]
+    untracked = [c for entry in ctx.entries("input") for c in ctx.space.cubes(entry.match)]
     for rule in ctx.user_rules(chain):
         match = rule.match
         if not _accepts(rule) or match.protocol != "udp" or match.dport is None:
@@ -140,7 +145,7 @@ def untracked_requests_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | N
     chain = ctx.chain("input")
     if chain is None or chain.policy != "drop":
         return
-    for entry in ctx.entries("prerouting"):
+    for entry in ctx.entries("input"):
         if entry.match.dport is None or entry.match.sport is not None:
             continue  # only served entries bring requests
         requests = ctx.space.cubes(entry.match, ct=["untracked"])
@@ -161,7 +166,7 @@ def untracked_requests_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | N
     "With state: manual nothing accepts untracked answers unless a rule does.",
 )
 def untracked_answers_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
-    for entry in ctx.entries("prerouting"):
+    for entry in ctx.entries("input"):
         match = entry.match
         if match.sport is not None:
             chain_name, answers = "input", match
@@ -217,7 +222,7 @@ def blanket_untracked_accept(ctx: Context) -> Iterator[tuple[Loc, str, str | Non
     "A 'sport' entry without 'from' or 'dport' makes its answers acceptable to any local port.",
 )
 def unrestricted_backending_entry(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
-    for entry in ctx.entries("prerouting"):
+    for entry in ctx.entries("input"):
         match = entry.match
         if match.sport is not None and match.dport is None and match.saddr is None:
             yield (
@@ -235,9 +240,8 @@ def unrestricted_backending_entry(ctx: Context) -> Iterator[tuple[Loc, str, str 
     "A rule that needs connection state cannot match packets that bypass connection tracking.",
 )
 def notrack_needs_conntrack(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
-    hooks = {"input": "prerouting", "forward": "prerouting", "output": "output"}
     for chain in ctx.ruleset.chains:
-        untracked = [c for e in ctx.entries(hooks[chain.name]) for c in ctx.space.cubes(e.match)]
+        untracked = [c for e in ctx.entries(chain.name) for c in ctx.space.cubes(e.match)]
         for rule in ctx.user_rules(chain):
             states = set(rule.match.ct_state)
             if not states or not states <= {"established", "related", "new"}:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
-from nfc.ir import CHAIN_NAMES, ChainName, ChainPolicy
+from nfc.ir import CHAIN_NAMES, ChainName, ChainPolicy, NotrackScope
 from nfc.vocab import NFT_KEYWORDS
 from nfc.yaml_source import YNode, load_yaml
 
@@ -27,6 +27,8 @@ TOP_KEYS = ("nfc", "name", "table", "include", "define", "conntrack", *CHAIN_NAM
 INCLUDE_KEYS = ("nfc", "include", "define", "conntrack")
 CHAIN_KEYS = ("policy", "rules", "state", "icmp", "loopback")
 RULE_KEYS = ("rule", "comment", "expires")
+ENTRY_KEYS = (*RULE_KEYS, "scope")
+SCOPES: tuple[NotrackScope, ...] = ("host", "routed", "all")
 CONNTRACK_KEYS = ("notrack", "max", "timeouts")
 INCLUDE_CONNTRACK_KEYS = ("notrack",)
 # Policy timeout names and the sysctl each one sets.
@@ -54,6 +56,7 @@ class RuleText:
     comment: str | None = None
     comment_loc: Loc | None = None
     expires: dt.date | None = None
+    scope: NotrackScope = "host"  # of a notrack entry
 
     @property
     def text(self) -> str:
@@ -200,7 +203,7 @@ def check_text(text: str, loc: Loc, what: str, max_len: int) -> str:
 COMMENT_MAX = 64
 
 
-def _rule_text(node: YNode, what: str) -> RuleText:
+def _rule_text(node: YNode, what: str, keys: tuple[str, ...] = RULE_KEYS) -> RuleText:
     if isinstance(node.value, str):
         return RuleText(node)
     if not isinstance(node.value, dict):
@@ -214,7 +217,7 @@ def _rule_text(node: YNode, what: str) -> RuleText:
             f"this {what} was read as a mapping because it holds ': '",
             "put the whole rule in single quotes",
         )
-    check_keys(node, RULE_KEYS, what)
+    check_keys(node, keys, what)
     if "rule" not in fields:
         raise PolicyError(node.loc, f"{what} mapping needs a 'rule' key")
     rule_node = fields["rule"]
@@ -237,13 +240,14 @@ def _rule_text(node: YNode, what: str) -> RuleText:
         if not isinstance(value, dt.date):
             raise PolicyError(expires_node.loc, "'expires' must be a date written YYYY-MM-DD")
         expires = value
-    return RuleText(rule_node, comment, comment_loc, expires)
+    scope = expect_choice(fields["scope"], "'scope'", SCOPES) if "scope" in fields else "host"
+    return RuleText(rule_node, comment, comment_loc, expires, scope)
 
 
-def _rule_list(node: YNode, key: str, what: str) -> tuple[RuleText, ...]:
+def _rule_list(node: YNode, key: str, what: str, keys: tuple[str, ...] = RULE_KEYS) -> tuple[RuleText, ...]:
     if node.value is None:
         return ()
-    return tuple(_rule_text(item, what) for item in expect_list(node, f"'{key}'"))
+    return tuple(_rule_text(item, what, keys) for item in expect_list(node, f"'{key}'"))
 
 
 def _chain(name: ChainName, node: YNode) -> ChainSection:
@@ -286,7 +290,9 @@ def _conntrack(node: YNode, in_include: bool) -> ConntrackSection:
     fields = expect_mapping(node, "'conntrack'")
     allowed = INCLUDE_CONNTRACK_KEYS if in_include else CONNTRACK_KEYS
     check_keys(node, allowed, "an included file's 'conntrack'" if in_include else "'conntrack'")
-    notrack = _rule_list(fields["notrack"], "notrack", "notrack entry") if "notrack" in fields else ()
+    notrack = (
+        _rule_list(fields["notrack"], "notrack", "notrack entry", ENTRY_KEYS) if "notrack" in fields else ()
+    )
     max_value: int | str | None = None
     max_loc = None
     if "max" in fields:

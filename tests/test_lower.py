@@ -263,3 +263,37 @@ def test_loopback_manual_leaves_it_to_the_rules_and_forward_refuses_accept(tmp_p
     with pytest.raises(PolicyError, match="never sees loopback traffic") as error:
         ruleset_of(tmp_path, HEADER + "forward:\n  policy: drop\n  loopback: accept\n")
     assert (error.value.loc.line, error.value.loc.col) == (4, 13)
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        # (hook, destination, the entry as written or mirrored)
+        ("host", {("prerouting", "host", "dport"), ("output", None, "sport")}),
+        ("routed", {("prerouting", "routed", "dport"), ("prerouting", "routed", "sport")}),
+        (
+            "all",
+            {("prerouting", None, "dport"), ("output", None, "sport"), ("prerouting", "routed", "sport")},
+        ),
+    ],
+)
+def test_notrack_scope_untracks_both_directions_of_whose_traffic(
+    tmp_path: Path, scope: str, expected: set[tuple[str, str | None, str]]
+) -> None:
+    entry = "udp dport 53" if scope == "host" else f"{{rule: udp dport 53, scope: {scope}}}"
+    ruleset = ruleset_of(
+        tmp_path,
+        HEADER + f"conntrack: {{notrack: [{entry}]}}\ninput: {{policy: drop}}\nforward: {{policy: drop}}\n",
+    )
+    written = {(n.hook, n.destination, "dport" if n.match.dport else "sport") for n in ruleset.notrack}
+    assert written == expected
+    answers = {c.name for c in ruleset.chains for r in c.rules if r.role is RuleRole.UNTRACKED_ANSWER}
+    assert answers == ({"forward"} if scope in ("routed", "all") else set())  # the host's: output has none
+
+
+def test_notrack_scope_is_checked_where_it_is_written(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="'scope' must be one of host, routed, all") as error:
+        ruleset_of(tmp_path, HEADER + "conntrack:\n  notrack:\n    - {rule: udp dport 53, scope: router}\n")
+    assert (error.value.loc.line, error.value.loc.col) == (4, 35)
+    with pytest.raises(PolicyError, match="unknown key 'scope' in rule"):
+        ruleset_of(tmp_path, HEADER + "input:\n  policy: drop\n  rules:\n    - {rule: accept, scope: host}\n")

@@ -59,6 +59,13 @@ REJECT_V6 = {
 }
 
 
+# Whether the routing decision delivers a packet here, as nft's fib says it.
+DESTINATIONS = {
+    "host": ["-m", "addrtype", "--dst-type", "LOCAL"],
+    "routed": ["-m", "addrtype", "!", "--dst-type", "LOCAL"],
+}
+
+
 def unsupported(origin: Loc, feature: str, hint: str | None = None) -> PolicyError:
     return PolicyError(origin, f"{feature}: the {BACKEND} backend cannot express this exactly", hint)
 
@@ -188,8 +195,9 @@ class FamilyFile:
             raise unsupported(notrack.origin, "a notrack entry with 'not' and several networks")
         chain = "PREROUTING" if notrack.hook == "prerouting" else "OUTPUT"
         comment = self._comment(notrack.origin, notrack.comment)
+        destination = DESTINATIONS[notrack.destination] if notrack.destination else []
         return [
-            " ".join(["-A", chain, *options, *comment, "-j", "CT", "--notrack"])
+            " ".join(["-A", chain, *options, *destination, *comment, "-j", "CT", "--notrack"])
             for options in self._combinations(notrack.match, notrack.origin)
         ]
 

@@ -251,6 +251,12 @@ def _rule(ruleset: Ruleset, rule: Rule) -> list[str]:
     return lines
 
 
+# Whether the routing decision delivers a packet here: the kernel's own view
+# of "addressed to this host", whatever addresses the host has at the time.
+DESTINATIONS = {"host": "fib daddr type local", "routed": "fib daddr type != local"}
+
+
 def _notrack(ruleset: Ruleset, rule: NotrackRule) -> str:
-    parts = [*_match(rule.match), "notrack", _comment(ruleset, rule.origin, rule.comment)]
+    destination = [DESTINATIONS[rule.destination]] if rule.destination else []
+    parts = [*_match(rule.match), *destination, "notrack", _comment(ruleset, rule.origin, rule.comment)]
     return " ".join(parts)
