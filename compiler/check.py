@@ -110,7 +110,7 @@ class RuleChecker:
             raise PolicyError(
                 match.loc,
                 f"unknown protocol '{printable(value)}'",
-                did_you_mean(value, tuple(vocab.PROTOCOLS)),
+                vocab.foreign_word_hint(value) or did_you_mean(value, tuple(vocab.PROTOCOLS)),
             )
         if self.parts.protocol is not None and self.parts.protocol != value:
             raise PolicyError(

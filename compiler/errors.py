@@ -33,6 +33,18 @@ class PolicyError(Exception):
         return text
 
 
+class PolicyErrors(PolicyError):
+    """Several mistakes that one stage found, reported together in the
+    order of the policy; `loc` and `message` are the first one's."""
+
+    def __init__(self, errors: list[PolicyError]) -> None:
+        super().__init__(errors[0].loc, errors[0].message, errors[0].hint)
+        self.errors = errors
+
+    def render(self) -> str:
+        return "\n".join(error.render() for error in self.errors)
+
+
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     """A 'did you mean' hint for a misspelt key or keyword, or None."""
     import difflib

@@ -7,6 +7,8 @@ the rest and is the only one that reports syntax errors.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -14,8 +16,8 @@ from typing import Any
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from nfc import fastparse, grammar
-from nfc.errors import Loc, PolicyError, did_you_mean
+from nfc import fastparse, grammar, vocab
+from nfc.errors import Loc, PolicyError, PolicyErrors, did_you_mean, printable
 from nfc.load import PolicySource, RuleText
 from nfc.syntax import (
     AddrItem,
@@ -314,11 +316,15 @@ def _syntax_error(exc: UnexpectedInput, text: str, locate: Locate, start: str) -
     assert isinstance(exc, UnexpectedToken)  # the one kind of UnexpectedInput left
     token = exc.token
     expected = _expected_words(set(exc.expected))
+    previous = exc.token_history[-1] if exc.token_history else None
+    if previous is not None and previous.end_pos == token.start_pos and _wordy(previous) and _wordy(token):
+        # `udpp` is `udp` then an unexpected `p` to the lexer: say what was written
+        return _glued(text, previous, locate, f"put a space between '{previous}' and '{token}'", _keywords())
     if token.type == "$END":
         return PolicyError(loc, "rule ends too early", "expected " + " or ".join(expected))
     keywords = [w.strip("'") for w in expected if w.startswith("'")]
-    hint = None
-    if keywords:
+    hint = vocab.foreign_word_hint(str(token))
+    if hint is None and keywords:
         close = did_you_mean(str(token), keywords)
         hint = close if close and close.startswith("did you mean") else None
     if hint is None and expected:
@@ -344,7 +350,14 @@ def lark_parse(text: str, locate: Locate, start: str) -> RuleNode:
     """The reference parser, and the only one that reports syntax errors.
     `start` is "rule" or "entry"."""
     try:
-        node: RuleNode = _ToAst(locate).transform(_parser().parse(text, start=start))
+        interactive = _parser().parse_interactive(text, start=start)
+        previous: Token | None = None
+        for token in interactive.iter_parse():
+            if previous is not None:
+                _check_separated(previous, token, text, locate)
+            previous = token
+        tree = interactive.feed_eof()  # type: ignore[no-untyped-call]  # lark leaves it unannotated
+        node: RuleNode = _ToAst(locate).transform(tree)
         return node
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, locate, start) from None
@@ -352,6 +365,49 @@ def lark_parse(text: str, locate: Locate, start: str) -> RuleNode:
         if isinstance(exc.orig_exc, PolicyError):
             raise exc.orig_exc from None
         raise
+
+
+# Tokens that need no space around them: `{22,80}`, `1024-65535`, `10/second`.
+PUNCTUATION = frozenset("{},/-")
+WORD = re.compile(r"[^\s{},]+")
+
+
+def _wordy(token: Token) -> bool:
+    """A token that must stand apart from its neighbours (not `{`, `,`, `/`,
+    nor a quoted string, whose quotes end it)."""
+    return str(token) not in PUNCTUATION and token.type != "STRING"
+
+
+@cache
+def _keywords() -> tuple[str, ...]:
+    """Every word of the grammar, for 'did you mean'."""
+    return tuple(
+        sorted(
+            t.pattern.value
+            for t in _parser().terminals
+            if t.pattern.type == "str" and t.pattern.value.isalpha()
+        )
+    )
+
+
+def _check_separated(previous: Token, token: Token, text: str, locate: Locate) -> None:
+    """Words are separated by spaces: lark's lexer would read `acceptudp`
+    as `accept udp`, and `iifname eth0` as `iif name eth0`."""
+    if token.start_pos != previous.end_pos or not (_wordy(previous) and _wordy(token)):
+        return
+    raise _glued(text, previous, locate, f"put a space between '{previous}' and '{token}'", ())
+
+
+def _glued(text: str, first: Token, locate: Locate, hint: str, keywords: Sequence[str]) -> PolicyError:
+    """The error for a word the lexer read as two tokens, the first `first`."""
+    found = WORD.match(text, first.start_pos or 0)
+    word = found.group() if found else str(first)
+    close = did_you_mean(word, tuple(keywords)) if keywords else None
+    return PolicyError(
+        locate(first.line or 1, first.column or 1),
+        f"unknown word '{printable(word[:40])}'",
+        vocab.foreign_word_hint(word) or (close if close and close.startswith("did you mean") else hint),
+    )
 
 
 def parse_rule(text: str, locate: Locate) -> RuleNode:
@@ -364,16 +420,29 @@ def parse_entry(text: str, locate: Locate) -> RuleNode:
     return _parse(text, locate, "entry")
 
 
-def _parsed(text: RuleText, start: str) -> ParsedRule:
-    return ParsedRule(text, _parse(text.text, text.node.locator(), start))
+MAX_SYNTAX_ERRORS = 20  # beyond that, the rest is most likely one mistake repeated
+
+
+def _parsed(texts: tuple[RuleText, ...], start: str, errors: list[PolicyError]) -> tuple[ParsedRule, ...]:
+    """The rules that parse; the syntax errors of the others go to `errors`."""
+    rules = []
+    for text in texts:
+        if len(errors) >= MAX_SYNTAX_ERRORS:
+            break
+        try:
+            rules.append(ParsedRule(text, _parse(text.text, text.node.locator(), start)))
+        except PolicyError as error:
+            errors.append(error)
+    return tuple(rules)
 
 
 def parse_policy(source: PolicySource) -> PolicyTree:
-    """Parse every notrack entry, then every chain's rules in order; the
-    first syntax error is raised as a PolicyError at its file position."""
-    notrack = tuple(_parsed(text, "entry") for text in source.conntrack.notrack)
-    chains = {
-        name: tuple(_parsed(text, "rule") for text in section.rules)
-        for name, section in source.chains.items()
-    }
+    """Parse every notrack entry, then every chain's rules in order. The
+    syntax errors of all of them (up to MAX_SYNTAX_ERRORS) are raised at
+    once, so that one run shows every one."""
+    errors: list[PolicyError] = []
+    notrack = _parsed(source.conntrack.notrack, "entry", errors)
+    chains = {name: _parsed(section.rules, "rule", errors) for name, section in source.chains.items()}
+    if errors:
+        raise errors[0] if len(errors) == 1 else PolicyErrors(errors)
     return PolicyTree(source, notrack, chains)

@@ -169,6 +169,28 @@ REJECT_ICMPX = {
     "admin-prohibited": "admin-prohibited",
 }
 
+# nft's (and iptables') words for what nfc writes otherwise: a policy
+# written by someone who knows nft gets pointed to nfc's word.
+FOREIGN_WORDS = {
+    "saddr": "from",
+    "daddr": "to",
+    "iifname": "iif",
+    "oifname": "oif",
+    "ipv6-icmp": "icmpv6",
+    "icmp6": "icmpv6",
+    "port": "dport' or 'sport",
+    "l4proto": "proto",
+    "nfproto": "ip' or 'ip6",
+    "meta": "proto",
+}
+
+
+def foreign_word_hint(word: str) -> str | None:
+    """'nfc writes X' for a word of nft's that nfc spells otherwise."""
+    ours = FOREIGN_WORDS.get(word)
+    return f"nfc writes '{ours}' where nft writes '{word}'" if ours else None
+
+
 # Words nft 1.0.6 reads as keywords where a table name belongs (found by
 # loading 'table inet WORD' for every word of nft(8)); a table with such a
 # name cannot be loaded, so the policy must not use one.
