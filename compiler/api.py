@@ -39,7 +39,7 @@ import nfc.lint
 from nfc.artifacts import build, write
 from nfc.backends import DEFAULT_BACKEND
 from nfc.backends.kernel import Artifact
-from nfc.errors import Loc
+from nfc.errors import Loc, PolicyError
 from nfc.ir import NotrackRule, Rule, Ruleset
 from nfc.lint_report import Finding
 from nfc.load import load_policy
@@ -76,13 +76,26 @@ class Compiled(NamedTuple):
     sources: tuple[str, ...]
 
 
-def compile_policy(path: str, memory: int | None = None, word_bits: int | None = None) -> Compiled:
+def compile_policy(
+    path: str, memory: int | None = None, word_bits: int | None = None, allow_empty: bool = False
+) -> Compiled:
     """Load, parse and lower a policy; PolicyError on bad input. `memory` (bytes) and
-    `word_bits` size 'conntrack.max: auto' for the target host (default: this one)."""
+    `word_bits` size 'conntrack.max: auto' for the target host (default: this one).
+    A policy with no chain and no notrack entry (an include fragment, say) is
+    refused unless `allow_empty`: loading it would leave the host without a
+    firewall."""
     host = Target.this_host()
     target = Target(memory or host.memory_bytes, word_bits or host.word_bits)
     with _collector_paused():
         source = load_policy(path)
+        if not (source.chains or source.conntrack.notrack or allow_empty):
+            raise PolicyError(
+                Loc(source.path, 1, 1),
+                "this policy has no input, forward or output chain and no notrack entry: "
+                "it would load an empty firewall",
+                "an included file is compiled through the policy that includes it; "
+                "'nfc compile --allow-empty' compiles an empty one on purpose",
+            )
         return Compiled(lower(parse_policy(source), target), source.files)
 
 

@@ -40,7 +40,7 @@ def memory_size(text: str) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    ruleset, sources = api.compile_policy(args.policy, args.memory, args.word_bits)
+    ruleset, sources = api.compile_policy(args.policy, args.memory, args.word_bits, args.allow_empty)
     files = api.build(ruleset, args.backend, sources)
     for rule in api.expired(ruleset):
         print(f"{rule.origin}: warning: this rule expired on {rule.expires}", file=sys.stderr)
@@ -208,6 +208,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         choices=(32, 64),
         help="word size of the target host for 'conntrack.max: auto' (default: this host's)",
+    )
+    compile_.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="compile a policy with no chain and no notrack entry (an empty firewall) without refusing it",
     )
     compile_.set_defaults(run=_compile)
 

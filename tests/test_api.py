@@ -147,3 +147,24 @@ def test_the_analyses_take_policy_paths() -> None:
     assert api.diff(str(RECURSIVE), str(WEB))
     codes = {finding.code for finding in api.lint([str(WEB)])}
     assert codes == {f.code for f in lint.lint(api.compile_policy(str(WEB)).ruleset)}
+
+
+FRAGMENT = "nfc: 1\ndefine:\n  admins: [192.0.2.10]\n"
+
+
+def test_an_empty_firewall_is_refused_unless_asked_for(tmp_path: Path) -> None:
+    fragment = tmp_path / "fragment.yaml"
+    fragment.write_text(FRAGMENT)
+    with pytest.raises(PolicyError, match="it would load an empty firewall") as error:
+        api.compile_policy(str(fragment))
+    assert (error.value.loc.line, error.value.loc.col) == (1, 1)
+    assert api.compile_policy(str(fragment), allow_empty=True).ruleset.chains == ()
+
+    for command in (["compile", "-o", str(tmp_path / "out")], ["check"], ["lint"]):
+        result = run_nfc(command[0], str(fragment), *command[1:])
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.startswith(f"{fragment}:1:1: error: this policy has no input"), result.stderr
+    assert not (tmp_path / "out").exists()
+    allowed = run_nfc("compile", str(fragment), "-o", str(tmp_path / "out"), "--allow-empty")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "table inet nfc {\n}" in (tmp_path / "out" / RULESET).read_text()
