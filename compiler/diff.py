@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nfc.errors import Loc
 from nfc.ir import CHAIN_NAMES, Destination, Match, Meter, NotrackHook, Ruleset
-from nfc.space import Cube, Space, describe, minus, overlap
+from nfc.space import ICMP_OF, Cube, Space, describe, minus, overlap
 from nfc.values import merge_ranges
 
 
@@ -90,6 +90,13 @@ def _join(a: Cube, b: Cube) -> Cube | None:
         return None
     dims_a, dims_b = a.dims(), b.dims()
     different = [name for name in dims_a if dims_a[name] != dims_b[name]]
+    if set(different) == {"protocol", "icmp"}:
+        # ICMP types mean nothing to a cube without ICMP: it joins whatever
+        # types its partner has.
+        for plain, other in ((a, b), (b, a)):
+            if ICMP_OF[a.family][0] not in plain.protocol:
+                return Cube(a.family, **{**other.dims(), "protocol": plain.protocol | other.protocol})
+        return None
     if len(different) != 1:
         return None
     name = different[0]

@@ -177,17 +177,41 @@ def _addresses(addresses: Addresses | None, family: Family) -> Intervals | None:
     return subtract(ADDRESS_SPACE[family], ranges) if addresses.negated else ranges
 
 
+# The ICMP protocol of each family and the names of its types.
+ICMP_OF = {
+    Family.V4: ("icmp", frozenset(vocab.ICMP_TYPES)),
+    Family.V6: ("icmpv6", frozenset(vocab.ICMPV6_TYPES)),
+}
+
+
 def describe(cube: Cube, space: Space) -> str:
-    """A cube in the words of the rule grammar."""
-    words = []
-    if cube.protocol != space.protocols:
-        words.append(
-            "{" + ", ".join(sorted(cube.protocol)) + "}"
-            if len(cube.protocol) > 1
-            else next(iter(cube.protocol))
-        )
-    if cube.icmp != space.icmp_types:
-        words.append("type " + ",".join(sorted(cube.icmp)))
+    """A cube in the words of the rule grammar, for its family: ICMP of the
+    other family never shows, and a set that holds what no rule names
+    (OTHER) is written as everything "except" what it lacks."""
+    icmp, type_names = ICMP_OF[cube.family]
+    protocols_here = space.protocols - {p for p, _ in ICMP_OF.values() if p != icmp}
+    types_here = type_names | {OTHER}
+    words: list[str] = []
+    exceptions: list[str] = []
+
+    def finite(label: str, value: frozenset[str], universe: frozenset[str]) -> None:
+        if value >= universe:
+            return
+        if OTHER in value:
+            exceptions.append(f"{label} {','.join(sorted(universe - value))}")
+        else:
+            words.append(f"{label} {','.join(sorted(value))}")
+
+    protocols = cube.protocol & protocols_here
+    if protocols < protocols_here:
+        if OTHER in protocols:
+            exceptions += sorted(protocols_here - protocols)
+        else:
+            words.append(
+                "{" + ", ".join(sorted(protocols)) + "}" if len(protocols) > 1 else next(iter(protocols))
+            )
+    if icmp in protocols:
+        finite(f"{icmp} type" if OTHER in cube.icmp else "type", cube.icmp & types_here, types_here)
     for name in ("sport", "dport"):
         value = getattr(cube, name)
         if value != PORT_SPACE:
@@ -199,17 +223,17 @@ def describe(cube: Cube, space: Space) -> str:
         )
     # Every interface but lo is "any interface" to a reader: lo is the host
     # talking to itself, which 'loopback: accept' decides before every rule.
-    any_interface = (space.interfaces, space.interfaces - {"lo"})
-    for name, word in (("iif", "iif"), ("oif", "oif")):
-        value = getattr(cube, name)
-        if value not in any_interface:
-            words.append(f"{word} " + ",".join(sorted(value)))
+    interfaces = space.interfaces - {"lo"}
+    for word in ("iif", "oif"):
+        finite(word, getattr(cube, word) - {"lo"}, interfaces)
     if cube.ct != space.ct_states:
         words.append("ct state " + ",".join(s for s in vocab.CT_STATES if s in cube.ct))
     family = "ip" if cube.family is Family.V4 else "ip6"
     text = " ".join(w for w in words if w)
     if cube.saddr == ADDRESS_SPACE[cube.family]:
         text += " from any"
+    if exceptions:
+        text += " except " + " and ".join(exceptions)
     return f"{family} {text}".strip()
 
 

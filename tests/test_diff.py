@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from nfc import vocab
 from nfc.diff import diff
+from nfc.errors import Loc
+from nfc.parse import parse_entry
 
 from conftest import run_nfc
 from helpers import ruleset_of
@@ -120,3 +123,42 @@ def test_base_revision_and_formats(tmp_path: Path) -> None:
     assert {d["change"] for d in data} == {"newly ACCEPTS"}
     missing = run_nfc("diff", "--base", "no-such-rev", str(policy))
     assert missing.returncode == 2 and "no-such-rev" in missing.stderr
+
+
+def rule_text_of(description: str) -> list[str]:
+    """The parts of a description that are rule-language matches: the text
+    before 'except' and each exception, 'from any' (the diff's reminder)
+    dropped."""
+    head, *exceptions = description.split(" except ")
+    return [head.replace(" from any", ""), *(e for part in exceptions for e in part.split(" and "))]
+
+
+PAIRS = [
+    # the issue's case: loopback named in the old policy, a drop removed
+    (
+        "    - accept iif lo\n    - drop from 203.0.113.0/24\n    - accept\n",
+        "    - accept iif lo\n    - accept\n",
+    ),
+    ("    - drop from 203.0.113.0/24\n    - accept\n", "    - accept\n"),
+    ("    - accept icmpv6 type echo-request\n    - accept icmp\n", "    - accept icmp\n"),
+    ("    - accept iif eth0\n", "    - accept\n"),
+    ("    - accept tcp dport 22\n", "    - accept tcp dport 22\n    - accept udp\n"),
+    ("    - drop ip6 from 2001:db8::/32\n    - accept\n", "    - accept\n"),
+]
+
+
+@pytest.mark.parametrize(("old", "new"), PAIRS)
+def test_every_description_is_rule_language_of_its_family(tmp_path: Path, old: str, new: str) -> None:
+    found = changes(tmp_path, old, new)
+    assert found, "each pair changes something"
+    for line in found:
+        description = line.split(": ", 1)[1].split(" ", 2)[2].rsplit(" (was: ", 1)[0]
+        assert "*other*" not in description, line
+        family = description.split()[0]
+        names = vocab.ICMPV6_TYPES if family == "ip6" else vocab.ICMP_TYPES
+        other_names = set(vocab.ICMPV6_TYPES if family == "ip" else vocab.ICMP_TYPES) - set(names)
+        assert not any(name in description.split(" ")[-1].split(",") for name in other_names), line
+        assert ("icmpv6" in description.split()) <= (family == "ip6"), line
+        for text in rule_text_of(description):
+            entry = text if text.startswith(("ip ", "ip6 ")) else f"{family} {text}"
+            parse_entry(entry, lambda line, col: Loc("<diff>", line, col))  # raises if not rule language
