@@ -42,12 +42,12 @@ LINKS = [
 ]
 
 
-def random_probes(seed: int) -> list[tuple[str, dict, str]]:
+def random_probes(seed: int, count: int = PACKETS) -> list[tuple[str, dict, str]]:
     """(client, probe, packet text) triples; every 5-tuple distinct."""
     rng = random.Random(seed)
     used_sports: set[int] = set()
     probes = []
-    while len(probes) < PACKETS:
+    while len(probes) < count:
         client, server, interface, sources = rng.choice(LINKS)
         proto = rng.choice(("udp", "tcp"))
         dport = rng.choice(UDP_PORTS if proto == "udp" else TCP_PORTS)
