@@ -9,9 +9,11 @@ from nfc.errors import Loc, PolicyError, did_you_mean, printable
 from nfc.ir import Network
 from nfc.load import Define, type_name
 from nfc.values import (
+    MAX_DIGITS,
     AddressValue,
     DefineValue,
     PortValue,
+    ascii_int,
     check_port,
     collapse,
     merge_ranges,
@@ -21,7 +23,8 @@ from nfc.values import (
 )
 from nfc.yaml_source import YNode
 
-PORT_RANGE = re.compile(r"(\d+)-(\d+)\Z")
+# [0-9], not \d: that takes every script's digits; and few enough for int()
+PORT_RANGE = re.compile(rf"([0-9]{{1,{MAX_DIGITS}}})-([0-9]{{1,{MAX_DIGITS}}})\Z")
 
 
 class Defines:
@@ -94,8 +97,8 @@ class Defines:
                 ports.extend(value.ranges)
         elif match := PORT_RANGE.match(text):
             ports.append(port_range(int(match[1]), int(match[2]), item.loc))
-        elif text.isdigit():
-            ports.append((check_port(int(text), item.loc),) * 2)
+        elif (number := ascii_int(text)) is not None:
+            ports.append((check_port(number, item.loc),) * 2)
         elif ":" in text or "." in text:
             addresses.append(parse_network(text, item.loc))
         else:

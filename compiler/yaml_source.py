@@ -17,6 +17,9 @@ LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_NODES = 200_000
 MAX_DEPTH = 64
+# More than any number in a policy, and few enough digits to print in a message
+# (int to str stops at 4300 digits; hex and binary YAML ints have no such limit).
+MAX_INT_BITS = 4096
 STR_TAG = "tag:yaml.org,2002:str"
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -372,6 +375,8 @@ class _Composer:
                 value = self.loader.construct_object(node, deep=True)
             except (ValueError, OverflowError, yaml.constructor.ConstructorError) as exc:
                 raise PolicyError(loc, f"invalid YAML value {printable(repr(event.value))}: {exc}") from None
+            if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+                raise PolicyError(loc, f"the number {printable(event.value)} is out of range")
         span = (
             _span(event.start_mark, event.end_mark, event.style, value, self.source)
             if isinstance(value, str)
