@@ -32,7 +32,7 @@ TABLE_FULL = "table full, dropping packet"
 KERNEL_TIME = re.compile(r"\[\s*([0-9]+\.[0-9]+)\]")
 DEFAULT_LOG_WINDOW = 3600  # seconds of kernel log that count as recent
 TABLE_FULL_LINE = re.compile(r"table full(?: in netns (?P<netns>[0-9]+))?, dropping packet")
-COUNTER = re.compile(r"([A-Za-z0-9_]+)=([0-9]+)")
+COUNTER = re.compile(r"([A-Za-z0-9_]+)=([0-9]+)(?!\S)")  # a number to its end, or none
 SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?\Z")
 HEX = re.compile(r"[0-9A-Fa-f]+\Z")
 CRITICAL_FILL = 0.9

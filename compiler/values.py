@@ -71,6 +71,14 @@ def check_port(value: int, loc: Loc) -> int:
     return value
 
 
+def port_number(digits: str, loc: Loc) -> int:
+    """A port written as `digits`, which are 0-9 and nothing else."""
+    value = ascii_int(digits)
+    if value is None:  # more digits than any port has
+        raise PolicyError(loc, f"port {printable(digits)} is out of range (1-65535)")
+    return check_port(value, loc)
+
+
 def port_range(low: int, high: int, loc: Loc) -> tuple[int, int]:
     check_port(low, loc)
     check_port(high, loc)
@@ -81,11 +89,9 @@ def port_range(low: int, high: int, loc: Loc) -> tuple[int, int]:
 
 def service_port(name: str, loc: Loc) -> int:
     if name not in vocab.SERVICES:
-        if all(ch.isnumeric() or ch == "-" for ch in name):  # numbers, but not ones ascii_int reads
+        if all(ch.isnumeric() or ch == "-" for ch in name):  # numbers, in other digits than 0-9
             raise PolicyError(
-                loc,
-                f"'{printable(name)}' is not a port (1-65535)",
-                f"write a port with the digits 0-9, at most {MAX_DIGITS} of them",
+                loc, f"'{printable(name)}' is not a port (1-65535)", "write a port with the digits 0-9"
             )
         raise PolicyError(
             loc, f"unknown service name '{printable(name)}'", did_you_mean(name, tuple(vocab.SERVICES))
