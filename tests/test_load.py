@@ -208,3 +208,13 @@ def test_aliases_load_as_the_node_they_name(tmp_path: Path) -> None:
     root = load_yaml(str(path))
     assert root.plain() == {"a": {"b": [1, 2]}, "c": [{"b": [1, 2]}, {"b": [1, 2]}]}
     assert root.value["c"].value[0].loc == Loc(str(path), 1, 4)  # where the named node is written
+
+
+def test_nfc_policy_5_states_the_limits() -> None:
+    from conftest import ROOT
+
+    text = " ".join((ROOT / "man" / "nfc-policy.5").read_text(encoding="utf-8").split())
+    assert (
+        f"at most 8 MiB and {MAX_NODES} YAML nodes, none of them more than {MAX_DEPTH} levels below" in text
+    )
+    assert yaml_source.MAX_FILE_BYTES == 8 * 1024 * 1024
