@@ -18,6 +18,9 @@ from nfc.errors import Loc, printable
 from nfc.ir import Addresses, Family, Match, Meter, Ports, Rule, RuleRole, Ruleset
 from nfc.values import ascii_int
 
+# A name as a rule's iif takes it, less the wildcard: what no rule can name
+# (a byte that is not UTF-8, a terminal escape) is refused, not echoed.
+INTERFACE = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}\Z")
 DIRECTIONS = {"in": ("prerouting", "input"), "fwd": ("prerouting", "forward"), "out": ("output", "output")}
 
 
@@ -114,6 +117,8 @@ def parse_packet(text: str) -> Packet:
             raise PacketError(value_column, f"unknown connection state '{printable(value)}'")
         if key == "dir" and value not in DIRECTIONS:
             raise PacketError(value_column, "dir is in, out or fwd")
+        if key in ("iif", "oif") and not INTERFACE.match(value):
+            raise PacketError(value_column, f"'{printable(value)}' is not an interface name")
         options[key] = value
     family = Family.V4 if saddr.version == 4 else Family.V6
     icmp_type = options.get("type")

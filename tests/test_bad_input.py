@@ -999,6 +999,8 @@ def test_a_define_of_other_digits_is_an_error_in_every_command(
         ("1⁷ 10.1.2.3 > 10.0.0.1", 1, "unknown protocol '1⁷'"),
         ("999 10.1.2.3 > 10.0.0.1", 1, "protocol number 999 is out of range (0-255)"),
         ("udp 10.1.2.3:5\udcff > 10.0.0.1:53", 5, "'5?' is not a port"),  # a byte that is not UTF-8
+        ("udp 10.1.2.3 > 10.0.0.1 iif \udcff", 29, "'?' is not an interface name"),  # was exit 70 on stdout
+        ("udp 10.1.2.3 > 10.0.0.1 oif a\x1b[2J", 29, "'a?[2J' is not an interface name"),
     ],
 )
 def test_other_digits_in_a_packet_are_located(
