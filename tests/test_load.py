@@ -218,3 +218,13 @@ def test_nfc_policy_5_states_the_limits() -> None:
         f"at most 8 MiB and {MAX_NODES} YAML nodes, none of them more than {MAX_DEPTH} levels below" in text
     )
     assert yaml_source.MAX_FILE_BYTES == 8 * 1024 * 1024
+
+
+def test_a_long_document_is_refused_at_the_node_past_the_budget(tmp_path: Path) -> None:
+    """The top-level mapping, nfc, 1, a and its list are 5 nodes: item
+    MAX_NODES - 4 is one too many, on line MAX_NODES - 2."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("nfc: 1\na:\n" + "- x\n" * MAX_NODES)
+    with pytest.raises(PolicyError, match=f"more than {MAX_NODES} YAML nodes") as caught:
+        load_yaml(str(path))
+    assert caught.value.loc == Loc(str(path), MAX_NODES - 2, 3)
