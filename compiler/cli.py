@@ -15,7 +15,8 @@ from nfc.apply import DEFAULT_STATE_DIR, LOCK_TIMEOUT
 from nfc.artifacts import ArtifactError
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, KernelRefused
-from nfc.errors import PolicyError
+from nfc.errors import PolicyError, printable
+from nfc.values import ascii_int
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -23,19 +24,22 @@ EXIT_USAGE = 2
 EXIT_KERNEL = 3
 EXIT_INTERNAL = 70
 
-SIZE = re.compile(r"(\d+)\s*([KMGT]i?B?|B)?\Z", re.IGNORECASE)
+# Numbers are read in the digits 0-9 only: \d, int() and float() take every script's.
+SIZE = re.compile(r"([0-9]+)\s*([KMGT]i?B?|B)?\Z", re.IGNORECASE | re.ASCII)
+DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
 MIN_MEMORY = 16 * 1024**2
 SIZE_FACTORS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 def memory_size(text: str) -> int:
     match = SIZE.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size such as 8G or 8589934592")
+    number = ascii_int(match[1]) if match else None
+    if match is None or number is None:
+        raise argparse.ArgumentTypeError(f"'{printable(text)}' is not a size such as 8G or 8589934592")
     unit = (match[2] or "").lower()[:1]
-    size = int(match[1]) * SIZE_FACTORS[unit]
+    size = number * SIZE_FACTORS[unit]
     if size < MIN_MEMORY:
-        raise argparse.ArgumentTypeError(f"'{text}' is less than 16M, not the RAM of a host")
+        raise argparse.ArgumentTypeError(f"'{printable(text)}' is less than 16M, not the RAM of a host")
     return size
 
 
@@ -69,7 +73,7 @@ def iso_date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a date written YYYY-MM-DD") from None
+        raise argparse.ArgumentTypeError(f"'{printable(text)}' is not a date written YYYY-MM-DD") from None
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -98,13 +102,26 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _number_in(text: str, high: float, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    value = float(text) if DECIMAL.match(text) else -1.0
     if not 0 < value <= high:
-        raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
+        raise argparse.ArgumentTypeError(f"'{printable(text)}' is not {what}")
     return value
+
+
+def whole_number(text: str) -> int:
+    number = ascii_int(text)
+    if number is None:
+        raise argparse.ArgumentTypeError(
+            f"'{printable(text)}' is not a whole number written with the digits 0-9"
+        )
+    return number
+
+
+def port_number(text: str) -> int:
+    number = ascii_int(text)
+    if number is None or not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"'{printable(text)}' is not a port (1-65535)")
+    return number
 
 
 def fraction(text: str) -> float:
@@ -205,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument(
         "--word-bits",
-        type=int,
+        type=whole_number,
         choices=(32, 64),
         help="word size of the target host for 'conntrack.max: auto' (default: this host's)",
     )
@@ -221,7 +238,11 @@ def parser() -> argparse.ArgumentParser:
     lint_.add_argument("--format", choices=("text", "json", "github", "sarif"), default="text")
     lint_.add_argument("--today", type=iso_date, help="the date expiry is judged against (default: today)")
     lint_.add_argument(
-        "--management-port", type=int, default=22, metavar="PORT", help="port whose absence is a lockout risk"
+        "--management-port",
+        type=port_number,
+        default=22,
+        metavar="PORT",
+        help="port whose absence is a lockout risk",
     )
     lint_.set_defaults(run=_lint)
 

@@ -16,12 +16,14 @@ from nfc.values import (
     collapse,
     merge_ranges,
     parse_network,
+    port_number,
     port_range,
     service_port,
 )
 from nfc.yaml_source import YNode
 
-PORT_RANGE = re.compile(r"(\d+)-(\d+)\Z")
+PORT_RANGE = re.compile(r"([0-9]+)-([0-9]+)\Z")  # [0-9], not \d: that takes every script's digits
+SPACE = " \t\r\n"  # around a value; a space of another script is no more part of a number than its digits
 
 
 class Defines:
@@ -85,7 +87,7 @@ class Defines:
         if isinstance(raw, int):
             ports.append((check_port(raw, item.loc),) * 2)
             return
-        text = raw.strip()
+        text = raw.strip(SPACE)
         if text.startswith("$"):
             value = self.value(text[1:], item.loc)
             if isinstance(value, AddressValue):
@@ -93,9 +95,10 @@ class Defines:
             else:
                 ports.extend(value.ranges)
         elif match := PORT_RANGE.match(text):
-            ports.append(port_range(int(match[1]), int(match[2]), item.loc))
-        elif text.isdigit():
-            ports.append((check_port(int(text), item.loc),) * 2)
+            low, high = port_number(match[1], item.loc), port_number(match[2], item.loc)
+            ports.append(port_range(low, high, item.loc))
+        elif text.isascii() and text.isdigit():
+            ports.append((port_number(text, item.loc),) * 2)
         elif ":" in text or "." in text:
             addresses.append(parse_network(text, item.loc))
         else:

@@ -20,6 +20,7 @@ from pathlib import Path
 from nfc.ir import Match, Ports, Ruleset
 from nfc.space import Space, minus
 from nfc.target import Target
+from nfc.values import ascii_int
 
 PROC_SYS = Path("/proc/sys/net/netfilter")
 STAT_FILE = Path("/proc/net/stat/nf_conntrack")
@@ -27,9 +28,13 @@ TABLE_FILE = Path("/proc/net/nf_conntrack")
 DROP_COUNTERS = ("drop", "early_drop", "insert_failed")
 TABLE_FULL = "table full, dropping packet"
 # Older kernels say "table full, dropping packet"; newer ones name the netns.
-KERNEL_TIME = re.compile(r"\[\s*(\d+\.\d+)\]")
+# [0-9], not \d: the kernel writes ASCII, and anything else must not pass for a number.
+KERNEL_TIME = re.compile(r"\[\s*([0-9]+\.[0-9]+)\]")
 DEFAULT_LOG_WINDOW = 3600  # seconds of kernel log that count as recent
-TABLE_FULL_LINE = re.compile(r"table full(?: in netns (?P<netns>\d+))?, dropping packet")
+TABLE_FULL_LINE = re.compile(r"table full(?: in netns (?P<netns>[0-9]+))?, dropping packet")
+COUNTER = re.compile(r"([A-Za-z0-9_]+)=([0-9]+)(?!\S)")  # a number to its end, or none
+SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?\Z")
+HEX = re.compile(r"[0-9A-Fa-f]+\Z")
 CRITICAL_FILL = 0.9
 DEFAULT_WARN_FILL = 0.75
 TOP = 5
@@ -44,9 +49,10 @@ def parse_conntrack_stats(text: str) -> dict[str, int]:
     """`conntrack -S`: per-CPU key=value lines, summed."""
     totals: Counter[str] = Counter()
     for line in text.splitlines():
-        for key, value in re.findall(r"(\w+)=(\d+)", line):
-            if key != "cpu":
-                totals[key] += int(value)
+        for key, value in COUNTER.findall(line):
+            number = ascii_int(value)
+            if key != "cpu" and number is not None:
+                totals[key] += number
     return dict(totals)
 
 
@@ -61,10 +67,8 @@ def parse_proc_stats(text: str) -> dict[str, int]:
         for name, value in zip(header, row, strict=False):
             if name == "entries":
                 continue  # the same global count on every row
-            try:
+            if HEX.match(value):
                 totals[name] += int(value, 16)
-            except ValueError:
-                continue
     return dict(totals)
 
 
@@ -95,8 +99,8 @@ def parse_flows(text: str) -> list[Flow]:
                 protocol,
                 _address(fields["src"]),
                 _address(fields["dst"]),
-                int(fields["sport"]) if fields.get("sport", "").isdigit() else None,
-                int(fields["dport"]) if fields.get("dport", "").isdigit() else None,
+                ascii_int(fields.get("sport", "")),
+                ascii_int(fields.get("dport", "")),
             )
         )
     return flows
@@ -130,14 +134,15 @@ def count_table_full(
 
 def uptime() -> float | None:
     try:
-        return float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        seconds = Path("/proc/uptime").read_text(errors="replace").split()[0]
+    except (OSError, IndexError):
         return None
+    return float(seconds) if SECONDS.match(seconds) else None
 
 
 def current_netns() -> str | None:
     try:
-        return re.sub(r"\D", "", os.readlink("/proc/self/ns/net")) or None
+        return re.sub(r"[^0-9]", "", os.readlink("/proc/self/ns/net")) or None
     except OSError:
         return None
 
@@ -163,17 +168,20 @@ class Readings:
 
 def _read_int(path: Path, readings: Readings) -> int | None:
     try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        number = ascii_int(path.read_text(errors="replace").split()[0])
+    except (OSError, IndexError):
+        number = None
+    if number is None:
         readings.skipped.append(f"{path}: not readable (is nf_conntrack loaded here?)")
-        return None
+    return number
 
 
 def _run(command: list[str]) -> str | None:
     if shutil.which(command[0]) is None:
         return None
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        # errors="replace": a byte that is not UTF-8 must not stop the diagnosis
+        result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout if result.returncode == 0 else None
@@ -191,7 +199,7 @@ def read_system(log_window: float = DEFAULT_LOG_WINDOW) -> Readings:
         readings.stats = parse_conntrack_stats(stats)
     else:
         try:
-            readings.stats = parse_proc_stats(STAT_FILE.read_text())
+            readings.stats = parse_proc_stats(STAT_FILE.read_text(errors="replace"))
         except OSError:
             readings.skipped.append(
                 "per-CPU counters: neither 'conntrack -S' nor /proc/net/stat/nf_conntrack"
@@ -206,7 +214,7 @@ def read_system(log_window: float = DEFAULT_LOG_WINDOW) -> Readings:
     table = _run(["conntrack", "-L"])
     if table is None:
         try:
-            table = TABLE_FILE.read_text()
+            table = TABLE_FILE.read_text(errors="replace")
         except OSError:
             readings.skipped.append("flows: neither 'conntrack -L' nor /proc/net/nf_conntrack")
     if table is not None:

@@ -14,9 +14,13 @@ import re
 from dataclasses import dataclass, field
 
 from nfc import vocab
-from nfc.errors import Loc
+from nfc.errors import Loc, printable
 from nfc.ir import Addresses, Family, Match, Meter, Ports, Rule, RuleRole, Ruleset
+from nfc.values import ascii_int
 
+# A name as a rule's iif takes it, less the wildcard: what no rule can name
+# (a byte that is not UTF-8, a terminal escape) is refused, not echoed.
+INTERFACE = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}\Z")
 DIRECTIONS = {"in": ("prerouting", "input"), "fwd": ("prerouting", "forward"), "out": ("output", "output")}
 
 
@@ -60,7 +64,7 @@ def _endpoint(word: str, column: int) -> tuple[ipaddress.IPv4Address | ipaddress
         host, _, rest = word[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else None
         if rest and port_text is None:
-            raise PacketError(column, f"'{word}' is not ADDRESS, ADDRESS:PORT or [IPV6]:PORT")
+            raise PacketError(column, f"'{printable(word)}' is not ADDRESS, ADDRESS:PORT or [IPV6]:PORT")
     elif word.count(":") == 1:
         host, port_text = word.split(":")
     else:
@@ -68,12 +72,12 @@ def _endpoint(word: str, column: int) -> tuple[ipaddress.IPv4Address | ipaddress
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise PacketError(column, f"'{host}' is not an IP address") from None
+        raise PacketError(column, f"'{printable(host)}' is not an IP address") from None
     port = None
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise PacketError(column, f"'{port_text}' is not a port (1-65535)")
-        port = int(port_text)
+        port = ascii_int(port_text)
+        if port is None or not 0 < port < 65536:
+            raise PacketError(column, f"'{printable(port_text)}' is not a port (1-65535)")
     return address, port
 
 
@@ -86,11 +90,13 @@ def parse_packet(text: str) -> Packet:
         raise PacketError(1, "a packet is written PROTO SRC[:PORT] > DST[:PORT] ..., e.g. "
                           "'udp 198.51.100.7:5353 > 192.0.2.1:53 iif eth0'")  # fmt: skip
     protocol, column = words[0]
-    if protocol.isdigit():
+    if (number := ascii_int(protocol)) is not None:
+        if number > 255:
+            raise PacketError(column, f"protocol number {number} is out of range (0-255)")
         numbers = {number: name for name, number in vocab.PROTOCOLS.items()}
-        protocol = numbers.get(int(protocol), protocol)
+        protocol = numbers.get(number, str(number))
     elif protocol not in vocab.PROTOCOLS:
-        raise PacketError(column, f"unknown protocol '{protocol}'")
+        raise PacketError(column, f"unknown protocol '{printable(protocol)}'")
     saddr, sport = _endpoint(*words[1])
     daddr, dport = _endpoint(*words[3])
     if saddr.version != daddr.version:
@@ -101,23 +107,25 @@ def parse_packet(text: str) -> Packet:
     options: dict[str, str] = {}
     rest = words[4:]
     if len(rest) % 2:
-        raise PacketError(rest[-1][1], f"'{rest[-1][0]}' needs a value")
+        raise PacketError(rest[-1][1], f"'{printable(rest[-1][0])}' needs a value")
     for (key, column), (value, value_column) in zip(rest[::2], rest[1::2], strict=True):
         if key not in ("iif", "oif", "ct", "dir", "type"):
-            raise PacketError(column, f"unknown word '{key}': expected iif, oif, ct, dir or type")
+            raise PacketError(column, f"unknown word '{printable(key)}': expected iif, oif, ct, dir or type")
         if key in options:
             raise PacketError(column, f"'{key}' is given twice")
         if key == "ct" and value not in vocab.CT_STATES:
-            raise PacketError(value_column, f"unknown connection state '{value}'")
+            raise PacketError(value_column, f"unknown connection state '{printable(value)}'")
         if key == "dir" and value not in DIRECTIONS:
             raise PacketError(value_column, "dir is in, out or fwd")
+        if key in ("iif", "oif") and not INTERFACE.match(value):
+            raise PacketError(value_column, f"'{printable(value)}' is not an interface name")
         options[key] = value
     family = Family.V4 if saddr.version == 4 else Family.V6
     icmp_type = options.get("type")
     if icmp_type is not None:
         types = vocab.ICMP_TYPES if protocol == "icmp" else vocab.ICMPV6_TYPES if protocol == "icmpv6" else {}
         if icmp_type not in types:
-            raise PacketError(1, f"'{icmp_type}' is not a type of '{protocol}'")
+            raise PacketError(1, f"'{printable(icmp_type)}' is not a type of '{protocol}'")
     wrong_family = {"icmp": Family.V6, "icmpv6": Family.V4}.get(protocol)
     if family is wrong_family:
         raise PacketError(1, f"'{protocol}' does not travel over {'IPv6' if family is Family.V6 else 'IPv4'}")

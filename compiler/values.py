@@ -13,6 +13,8 @@ from nfc import vocab
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
 from nfc.ir import Family, Network
 
+MAX_DIGITS = 20  # as many as 2**64 has: more than any number nfc reads
+
 
 @dataclass(frozen=True)
 class AddressValue:
@@ -51,10 +53,30 @@ def parse_network(text: str, loc: Loc) -> Network:
         raise PolicyError(loc, f"'{printable(text)}' has host bits set", f"did you mean {loose}?") from None
 
 
+def ascii_int(text: str) -> int | None:
+    """`text` as a whole number when it is written with the digits 0-9 and
+    nothing else, in at most MAX_DIGITS significant digits; else None.
+    `str.isdigit()` and `int()` read the digits of every script ('٣' is 3),
+    `isdigit()` also takes '²', which `int()` then refuses, and `int()`
+    refuses more than 4300 digits: nfc reads numbers through this only."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0")
+    return int(digits or "0") if len(digits) <= MAX_DIGITS else None
+
+
 def check_port(value: int, loc: Loc) -> int:
     if not 1 <= value <= 65535:
         raise PolicyError(loc, f"port {value} is out of range (1-65535)")
     return value
+
+
+def port_number(digits: str, loc: Loc) -> int:
+    """A port written as `digits`, which are 0-9 and nothing else."""
+    value = ascii_int(digits)
+    if value is None:  # more digits than any port has
+        raise PolicyError(loc, f"port {printable(digits)} is out of range (1-65535)")
+    return check_port(value, loc)
 
 
 def port_range(low: int, high: int, loc: Loc) -> tuple[int, int]:
@@ -67,6 +89,10 @@ def port_range(low: int, high: int, loc: Loc) -> tuple[int, int]:
 
 def service_port(name: str, loc: Loc) -> int:
     if name not in vocab.SERVICES:
+        if all(ch.isnumeric() or ch == "-" for ch in name):  # numbers, in other digits than 0-9
+            raise PolicyError(
+                loc, f"'{printable(name)}' is not a port (1-65535)", "write a port with the digits 0-9"
+            )
         raise PolicyError(
             loc, f"unknown service name '{printable(name)}'", did_you_mean(name, tuple(vocab.SERVICES))
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -17,6 +17,11 @@ LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_NODES = 200_000
 MAX_DEPTH = 64
+# More than any number in a policy, and few enough digits to print in a message
+# (int to str stops at 4300 digits; hex and binary YAML ints have no such limit).
+MAX_INT_BITS = 4096
+STR_TAG = "tag:yaml.org,2002:str"
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,10 @@ def load_yaml(path: str, loc: Loc | None = None) -> YNode:
     except yaml.reader.ReaderError as exc:
         raise PolicyError(_index_loc(path, text, exc.position), f"YAML: {_reader_problem(exc)}") from None
     try:
-        root = loader.get_single_node()
-        if root is None:
+        root = _Composer(path, loader, text).document()
+        if root is None or root.value is None:
             raise PolicyError(Loc(path, 1, 1), "policy file holds no YAML document")
-        if isinstance(root, yaml.ScalarNode) and root.tag == "tag:yaml.org,2002:null":
-            raise PolicyError(Loc(path, 1, 1), "policy file holds no YAML document")
-        return _Converter(path, loader, text).convert(root)
+        return root
     except yaml.reader.ReaderError as exc:
         raise PolicyError(_index_loc(path, text, exc.position), f"YAML: {_reader_problem(exc)}") from None
     except yaml.MarkedYAMLError as exc:
@@ -136,10 +139,6 @@ def load_yaml(path: str, loc: Loc | None = None) -> YNode:
         raise PolicyError(where, f"YAML syntax: {problem}", _yaml_hint(problem, at_tab)) from None
     except yaml.YAMLError as exc:
         raise PolicyError(Loc(path, 1, 1), f"YAML syntax: {exc}") from None
-    except RecursionError:
-        mark = loader.get_mark() if hasattr(loader, "get_mark") else None
-        where = _mark_loc(path, mark) if mark else Loc(path, 1, 1)
-        raise PolicyError(where, "YAML nesting is too deep") from None
     finally:
         loader.dispose()
 
@@ -154,20 +153,21 @@ def _reader_problem(exc: yaml.reader.ReaderError) -> str:
     return f"the control character U+{character:04X} is not allowed"
 
 
-def _span(node: yaml.ScalarNode, value: str, source: str) -> TextSpan:
-    raw = source[node.start_mark.index : node.end_mark.index]
-    style = node.style or None  # libyaml says '' where PyYAML says None: plain
+def _span(start: Any, end: Any, style: str | None, value: str, source: str) -> TextSpan:
+    """The span of a scalar from its parser marks."""
+    raw = source[start.index : end.index]
+    style = style or None  # libyaml says '' where PyYAML says None: plain
     quoted = style in ("'", '"')
     single_line = "\n" not in raw and (raw[1:-1] if quoted else raw) == value
     return TextSpan(
         source,
-        node.start_mark.index,
-        node.end_mark.index,
-        node.start_mark.line + 1,
-        node.start_mark.column + 1,
+        start.index,
+        end.index,
+        start.line + 1,
+        start.column + 1,
         style,
         single_line,
-        node.start_mark.column + 1 + (1 if quoted else 0),
+        start.column + 1 + (1 if quoted else 0),
     )
 
 
@@ -218,51 +218,184 @@ def _yaml_hint(problem: str, at_tab: bool = False) -> str | None:
     return None
 
 
-class _Converter:
-    def __init__(self, path: str, loader: yaml.SafeLoader, source: str) -> None:
+class _Parser(Protocol):
+    """What the composer uses of a PyYAML loader, C or Python (their stubs
+    leave most of it untyped)."""
+
+    def get_event(self) -> yaml.Event | None: ...
+    def check_event(self, *choices: type[yaml.Event]) -> bool: ...
+    def resolve(self, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str: ...
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object: ...
+
+
+@dataclass(slots=True)
+class _Open:
+    """A collection whose end event has not come yet."""
+
+    loc: Loc
+    items: list[YNode] | dict[str, YNode]
+    key_locs: dict[str, Loc]
+    anchor: str | None
+    budget: int  # the node budget before it, to size it for its aliases
+    height: int = 0  # the levels below it so far
+    key: YNode | None = None  # in a mapping, the key that waits for its value
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchored:
+    node: YNode
+    height: int
+    size: int  # in YAML nodes, each alias inside it counted as what it names
+
+
+class _Composer:
+    """Builds YNodes straight from the parser's events. libyaml's own
+    composer recurses in C, so deep nesting overflowed the stack (SIGSEGV)
+    before any check could run; the event stream is flat, so depth and size
+    are checked here as each node starts, and refused at that node. An alias
+    counts as the depth and size of the node it names."""
+
+    def __init__(self, path: str, loader: _Parser, source: str) -> None:
         self.path = path
         self.loader = loader
         self.source = source
         self.budget = MAX_NODES
+        self.anchors: dict[str, _Anchored] = {}
+        self.first_anchors: dict[str, Loc] = {}  # every anchor so far, open or done, at its node
 
-    def convert(self, node: yaml.Node, depth: int = 0) -> YNode:
-        self.budget -= 1
-        loc = _mark_loc(self.path, node.start_mark)
+    def document(self) -> YNode | None:
+        """The stream's one document, or None for an empty stream."""
+        loader = self.loader
+        loader.get_event()  # the stream's start
+        if loader.check_event(yaml.StreamEndEvent):
+            return None
+        loader.get_event()  # the document's start
+        root = self._compose()
+        loader.get_event()  # the document's end
+        following = loader.get_event()
+        if following is not None and not isinstance(following, yaml.StreamEndEvent):
+            raise PolicyError(
+                _mark_loc(self.path, following.start_mark),
+                "YAML syntax: a policy file holds one document, and another one starts here",
+            )
+        return root
+
+    def _compose(self) -> YNode:
+        get_event = self.loader.get_event
+        stack: list[_Open] = []
+        while True:
+            event = get_event()
+            height = 0
+            if isinstance(event, yaml.ScalarEvent):
+                node = self._scalar(event, stack)
+            elif isinstance(event, yaml.CollectionStartEvent):
+                items: list[YNode] | dict[str, YNode] = (
+                    [] if isinstance(event, yaml.SequenceStartEvent) else {}
+                )
+                stack.append(self._start(event, len(stack), items))
+                continue
+            elif isinstance(event, yaml.AliasEvent):
+                node, height = self._alias(event, len(stack))
+            else:  # the end of the innermost collection
+                done = stack.pop()
+                node, height = YNode(done.items, done.loc, done.key_locs), done.height
+                if done.anchor is not None:
+                    self.anchors[done.anchor] = _Anchored(node, height, done.budget - self.budget)
+            if not stack:
+                return node
+            parent = stack[-1]
+            if height >= parent.height:
+                parent.height = height + 1
+            if isinstance(parent.items, list):
+                parent.items.append(node)
+            elif parent.key is None:
+                parent.key = _checked_key(node, parent.key_locs)
+            else:
+                key: str = parent.key.value
+                parent.items[key] = node
+                parent.key_locs[key] = parent.key.loc
+                parent.key = None
+
+    def _count(self, loc: Loc, depth: int, size: int = 1, height: int = 0) -> None:
+        """Spend `size` nodes of the budget on a node at `depth` holding `height` levels."""
+        self.budget -= size
         if self.budget < 0:
             raise PolicyError(loc, f"policy has more than {MAX_NODES} YAML nodes")
-        if depth > MAX_DEPTH:
+        if depth + height > MAX_DEPTH:
             raise PolicyError(loc, f"YAML nesting is deeper than {MAX_DEPTH} levels")
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, loc, depth)
-        if isinstance(node, yaml.SequenceNode):
-            return YNode([self.convert(item, depth + 1) for item in node.value], loc)
-        assert isinstance(node, yaml.ScalarNode)  # the one kind of node left
-        return self._scalar(node, loc)
 
-    def _mapping(self, node: yaml.MappingNode, loc: Loc, depth: int) -> YNode:
-        values: dict[str, YNode] = {}
-        key_locs: dict[str, Loc] = {}
-        for key_node, value_node in node.value:
-            key_loc = _mark_loc(self.path, key_node.start_mark)
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                raise PolicyError(key_loc, "YAML merge keys ('<<') are not supported")
-            key = self.convert(key_node).value
-            if not isinstance(key, str):
-                raise PolicyError(
-                    key_loc,
-                    f"mapping key {printable(repr(key))} must be a string",
-                    "quote the key",
-                )
-            if key in values:
-                raise PolicyError(key_loc, f"duplicate key '{printable(key)}' (first at {key_locs[key]})")
-            key_locs[key] = key_loc
-            values[key] = self.convert(value_node, depth + 1)
-        return YNode(values, loc, key_locs)
+    def _new_anchor(self, name: str, loc: Loc) -> None:
+        first = self.first_anchors.get(name)
+        if first is not None:
+            raise PolicyError(
+                loc, f"YAML syntax: the anchor '&{printable(name)}' is used again (first at {first})"
+            )
+        self.first_anchors[name] = loc
 
-    def _scalar(self, node: yaml.ScalarNode, loc: Loc) -> YNode:
-        try:
-            value = self.loader.construct_object(node, deep=True)
-        except (ValueError, OverflowError, yaml.constructor.ConstructorError) as exc:
-            raise PolicyError(loc, f"invalid YAML value {printable(repr(node.value))}: {exc}") from None
-        span = _span(node, value, self.source) if isinstance(value, str) else None
-        return YNode(value, loc, span=span)
+    def _start(
+        self, event: yaml.CollectionStartEvent, depth: int, items: list[YNode] | dict[str, YNode]
+    ) -> _Open:
+        loc = _mark_loc(self.path, event.start_mark)
+        budget = self.budget
+        self._count(loc, depth)
+        if event.anchor is not None:
+            self._new_anchor(event.anchor, loc)
+        return _Open(loc, items, {}, event.anchor, budget)
+
+    def _alias(self, event: yaml.AliasEvent, depth: int) -> tuple[YNode, int]:
+        loc = _mark_loc(self.path, event.start_mark)
+        name = str(event.anchor)
+        anchored = self.anchors.get(name)
+        if anchored is None:
+            if name in self.first_anchors:
+                raise PolicyError(loc, f"YAML alias '*{printable(name)}' is inside the node it names")
+            raise PolicyError(loc, f"YAML syntax: found undefined alias '*{printable(name)}'")
+        self._count(loc, depth, anchored.size, anchored.height)
+        return anchored.node, anchored.height
+
+    def _scalar(self, event: yaml.ScalarEvent, stack: list[_Open]) -> YNode:
+        loc = _mark_loc(self.path, event.start_mark)
+        self._count(loc, len(stack))
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        value: Any = event.value
+        if tag != STR_TAG:
+            parent = stack[-1] if stack else None
+            if (
+                tag == MERGE_TAG
+                and parent is not None
+                and parent.key is None
+                and isinstance(parent.items, dict)
+            ):
+                raise PolicyError(loc, "YAML merge keys ('<<') are not supported")
+            # Without marks: the constructor's message then says no position of its own.
+            node = yaml.ScalarNode(tag, event.value, None, None, event.style)
+            try:
+                value = self.loader.construct_object(node, deep=True)
+            except (ValueError, OverflowError, yaml.constructor.ConstructorError) as exc:
+                raise PolicyError(loc, f"invalid YAML value {printable(repr(event.value))}: {exc}") from None
+            if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+                raise PolicyError(loc, f"the number {printable(event.value)} is out of range")
+        span = (
+            _span(event.start_mark, event.end_mark, event.style, value, self.source)
+            if isinstance(value, str)
+            else None
+        )
+        scalar = YNode(value, loc, span=span)
+        if event.anchor is not None:
+            self._new_anchor(event.anchor, loc)
+            self.anchors[event.anchor] = _Anchored(scalar, 0, 1)
+        return scalar
+
+
+def _checked_key(node: YNode, key_locs: dict[str, Loc]) -> YNode:
+    """A mapping's key, checked before its value is read."""
+    key = node.value
+    if not isinstance(key, str):
+        raise PolicyError(
+            node.loc, f"mapping key {printable(repr(node.plain()))} must be a string", "quote the key"
+        )
+    if key in key_locs:
+        raise PolicyError(node.loc, f"duplicate key '{printable(key)}' (first at {key_locs[key]})")
+    return node

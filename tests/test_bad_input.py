@@ -245,6 +245,118 @@ YAML_SYNTAX = [
     case("yaml-rule-with-colon-space", rules("@^accept tcp dport 22 comment 'a: b'")),
 ]
 
+# Nesting: the error is at the first node more than MAX_DEPTH levels below
+# the top-level mapping, whatever the YAML writes the levels with. The
+# deepest ones overflowed the C stack of libyaml's composer (SIGSEGV).
+MAX_DEPTH = 64
+DEEP = 30_000
+ALIAS_BOMB = "".join(f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+
+NESTING = [
+    case(
+        "nest-flow-sequences",
+        "nfc: 1\ninput: " + "[" * MAX_DEPTH + "@^" + "[" * (DEEP - MAX_DEPTH) + "]" * DEEP + "\n",
+        "deeper than 64 levels",
+    ),
+    case(
+        "nest-flow-mappings",  # the key of the 64th mapping is the 65th level
+        "nfc: 1\ndefine: "
+        + "{a: " * (MAX_DEPTH - 1)
+        + "{@^a: "
+        + "{a: " * DEEP
+        + "x"
+        + "}" * (DEEP + MAX_DEPTH),
+        "deeper than 64 levels",
+    ),
+    case(
+        "nest-block-mappings",
+        "nfc: 1\n"
+        + "".join("  " * level + ("@^" if level == MAX_DEPTH else "") + "a:\n" for level in range(100))
+        + "  " * 100
+        + "x\n",
+        "deeper than 64 levels",
+    ),
+    case(
+        "nest-compact-sequences",
+        "nfc: 1\ninput:\n" + "- " * MAX_DEPTH + "@^" + "- " * (DEEP - MAX_DEPTH) + "x\n",
+        "deeper than 64 levels",
+    ),
+    case(
+        "nest-explicit-keys",  # `? ? x`: a mapping whose key is a mapping, ...
+        "nfc: 1\n" + "? " * (MAX_DEPTH + 1) + "@^" + "? " * 100 + "x\n",
+        "deeper than 64 levels",
+    ),
+    case(
+        "nest-block-flow-mix",  # levels 1-4 in block style, then flow from level 5
+        "nfc: 1\na:\n  b:\n    - - - {c: " + "[" * (MAX_DEPTH - 5) + "@^" + "[" * 100 + "]" * 159 + "}\n",
+        "deeper than 64 levels",
+    ),
+    case(
+        "nest-alias-to-a-deep-node",  # *d at level 5 names 60 levels: 65
+        "nfc: 1\ndefine:\n  deep: &d " + "[" * 60 + "1" + "]" * 60 + "\n  use: [[[@^*d]]]\n",
+        "deeper than 64 levels",
+    ),
+    case("nest-alias-inside-its-node", "nfc: 1\ndefine:\n  a: &x [1, @^*x]\n", "inside the node it names"),
+    case(
+        "nest-alias-bomb",  # the first *a4 of a5 makes 234578 nodes
+        "nfc: 1\ndefine:\n  a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n"
+        + ALIAS_BOMB.replace("&a5 [", "&a5 [@^"),
+        "more than 200000 YAML nodes",
+    ),
+    case(
+        "nest-in-an-included-file",
+        "nfc: 1\ninclude: [b.yaml]\n",
+        "deeper than 64 levels",
+        files={"b.yaml": "define:\n  a: " + "[" * (MAX_DEPTH - 1) + "@^[" + "]" * MAX_DEPTH + "\n"},
+    ),
+]
+
+# Numbers are written with the digits 0-9. Other scripts' digits passed
+# str.isdigit(), and then int() refused them (exit 70) or took them (as 53).
+HUGE_DIGITS = "9" * 5000  # more than int() reads
+ARABIC_53 = "\u0665\u0663"  # Arabic-Indic five, three
+FULLWIDTH_53 = "\uff15\uff13"
+DIGITS = [
+    case("define-port-superscript", rules("accept udp dport $p", head='define: {p: @^"²"}\n'), "not a port"),
+    case(
+        "define-port-arabic-indic",
+        rules("accept udp dport $p", head=f"define:\n  p: @^'{ARABIC_53}'\n"),
+        "0-9",
+    ),
+    case(
+        "define-port-fullwidth-plain", rules("accept udp dport $p", head=f"define:\n  p: @^{FULLWIDTH_53}\n")
+    ),
+    case("define-port-digit-and-superscript", rules("accept udp dport $p", head="define:\n  p: @^5³\n")),
+    case(
+        "define-port-range-devanagari",
+        rules("accept tcp dport $web", head="define:\n  web: [80, @^\u0967\u0966\u0968\u096a-2048]\n"),
+        "not a port",
+    ),
+    case(
+        "define-port-more-digits-than-int-reads",
+        rules("accept tcp dport $p", head=f"define:\n  p: @^'{HUGE_DIGITS}'\n"),
+        "out of range",
+    ),
+    case(
+        "define-port-range-more-digits-than-int-reads",
+        rules("accept tcp dport $p", head=f"define:\n  p: @^'1-{HUGE_DIGITS}'\n"),
+        "out of range",
+    ),
+    case(
+        "define-port-hex-too-long-to-print",
+        rules("accept tcp dport $p", head="define:\n  p: @^0x" + "F" * 4000 + "\n"),
+        "out of range",
+    ),
+    case("conntrack-max-binary-too-long-to-print", "nfc: 1\nconntrack:\n  max: @^0b" + "1" * 5000 + "\n"),
+    case("define-address-arabic-indic", rules("accept from $a", head="define:\n  a: @^10.0.0.\u0668\n")),
+    case("rule-port-superscript", rules("accept udp dport 5@^³"), "unexpected character"),
+    case("rule-proto-arabic-indic", rules("accept proto @^\u0666"), "unexpected character"),
+    case("rule-rate-arabic-indic", rules("drop limit @^\u0661\u0660/second"), "unexpected character"),
+    case(
+        "rule-mask-fullwidth", rules("drop limit 10/second per saddr/@^\uff12\uff14"), "unexpected character"
+    ),
+]
+
 EMPTY = [
     case("empty-file", "@^", "empty"),
     case("whitespace-only", "@^  \n\n \t \n   \n"),
@@ -700,6 +812,8 @@ RULES = [
 
 CASES = [
     *YAML_SYNTAX,
+    *NESTING,
+    *DIGITS,
     *EMPTY,
     *VERSION,
     *UNKNOWN_KEYS,
@@ -760,6 +874,10 @@ IN_A_SUBPROCESS = {
     "yaml-tab-indentation",
     "yaml-non-utf8",
     "yaml-deep-nesting",
+    "nest-flow-sequences",  # a crash (SIGSEGV) kills a process: only a subprocess shows it
+    "nest-compact-sequences",
+    "nest-explicit-keys",
+    "define-port-superscript",
     "nfc-2",
     "top-key-misspelt",
     "cidr-host-bits",
@@ -821,3 +939,114 @@ def test_bad_policy_with_stdout_prints_nothing(tmp_path: Path, policy: str) -> N
     match = assert_clean_failure(result)
     assert match["file"] == str(path)
     assert not (tmp_path / "build").exists()
+
+
+# --------------------------------------------------------------------------
+# the commands that read a policy or a number, as the issue found them
+
+PACKET = "udp 10.1.2.3:5353 > 10.0.0.1:53"
+POLICY_COMMANDS = {
+    "compile": lambda path: ("compile", path, "-o", "out"),
+    "lint": lambda path: ("lint", path),
+    "explain": lambda path: ("explain", path, PACKET),
+}
+
+
+@pytest.mark.parametrize("command", sorted(POLICY_COMMANDS))
+def test_deep_nesting_is_an_error_not_a_crash(tmp_path: Path, command: str) -> None:
+    """The issue's reproduction, in a real process: libyaml's composer
+    overflowed the C stack (SIGSEGV, exit -11) before nfc's depth check."""
+    path = tmp_path / POLICY
+    path.write_text("nfc: 1\ninput: " + "[" * DEEP + "]" * DEEP + "\n")
+    result = nfc(*POLICY_COMMANDS[command](str(path)), cwd=tmp_path)
+    assert result.returncode == 2, f"exit code {result.returncode}, stderr:\n{result.stderr[-2000:]}"
+    assert (
+        result.stderr
+        == f"{path}:2:{len('input: [') + MAX_DEPTH}: error: YAML nesting is deeper than 64 levels\n"
+    )
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", sorted(POLICY_COMMANDS))
+@pytest.mark.parametrize(
+    "digits",
+    ["²", ARABIC_53, "5³", FULLWIDTH_53, "1-" + HUGE_DIGITS],
+    ids=["superscript", "arabic-indic", "digit-superscript", "fullwidth", "range-huge"],
+)
+def test_a_define_of_other_digits_is_an_error_in_every_command(
+    tmp_path: Path, command: str, digits: str
+) -> None:
+    """`define: {p: "²"}` used as `dport $p` gave exit 70 in compile, lint and explain."""
+    path = tmp_path / POLICY
+    path.write_text(
+        f'nfc: 1\ndefine: {{p: "{digits}"}}\ninput:\n  policy: drop\n  rules:\n    - accept udp dport $p\n'
+    )
+    result = nfc_in_process(*POLICY_COMMANDS[command](str(path)), cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.stderr.startswith(f"{path}:2:13: error: "), result.stderr
+    assert "(1-65535)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("packet", "column", "fragment"),
+    [
+        ("udp 10.1.2.3:5353 > 10.0.0.1:5³", 21, "'5³' is not a port"),  # the issue's packet
+        ("udp 10.1.2.3:²² > 10.0.0.1:53", 5, "'²²' is not a port"),
+        (f"udp 10.1.2.3:5353 > 10.0.0.1:{ARABIC_53}", 21, f"'{ARABIC_53}' is not a port"),  # int() took it
+        (f"udp [2001:db8::7]:{FULLWIDTH_53} > [2001:db8::1]:53", 5, f"'{FULLWIDTH_53}' is not a port"),
+        pytest.param("udp 10.1.2.3:5353 > 10.0.0.1:" + HUGE_DIGITS, 21, "is not a port", id="huge-port"),
+        ("\u0661\u0667 10.1.2.3 > 10.0.0.1", 1, "unknown protocol '\u0661\u0667'"),
+        ("1⁷ 10.1.2.3 > 10.0.0.1", 1, "unknown protocol '1⁷'"),
+        ("999 10.1.2.3 > 10.0.0.1", 1, "protocol number 999 is out of range (0-255)"),
+        ("udp 10.1.2.3:5\udcff > 10.0.0.1:53", 5, "'5?' is not a port"),  # a byte that is not UTF-8
+        ("udp 10.1.2.3 > 10.0.0.1 iif \udcff", 29, "'?' is not an interface name"),  # was exit 70 on stdout
+        ("udp 10.1.2.3 > 10.0.0.1 oif a\x1b[2J", 29, "'a?[2J' is not an interface name"),
+    ],
+)
+def test_other_digits_in_a_packet_are_located(
+    tmp_path: Path, packet: str, column: int, fragment: str
+) -> None:
+    path = tmp_path / POLICY
+    path.write_text(VALID)
+    result = nfc_in_process("explain", str(path), packet, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.startswith(f"<packet>:1:{column}: error: "), result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("compile", POLICY, "--memory", "\u0668G"),
+        ("compile", POLICY, "--memory", "8²G"),
+        ("compile", POLICY, "--memory", HUGE_DIGITS),
+        ("compile", POLICY, "--word-bits", "\u0666\u0664"),  # int() read it as 64
+        ("compile", POLICY, "--word-bits", "6⁴"),
+        ("lint", POLICY, "--management-port", "\uff12\uff12"),
+        ("lint", POLICY, "--management-port", "70000"),
+        ("lint", POLICY, "--today", "\uff12\uff10\uff12\uff17-01-01"),
+        ("doctor", "--warn-fill", "\u0660.\u0665"),  # float() read it as 0.5
+        ("doctor", "--log-window", "³"),
+        ("apply", "--confirm", "\uff16\uff10"),
+        ("rollback", "--lock-timeout", "1²"),
+        ("confirm", "--lock-timeout", "1e3"),
+    ],
+)
+def test_other_digits_in_an_option_are_a_usage_error(tmp_path: Path, args: tuple[str, ...]) -> None:
+    if args[0] in (
+        "apply",
+        "rollback",
+        "confirm",
+    ):  # only parsed: a run that took the number would load rules
+        with streams_of_a_process() as (out, err), pytest.raises(SystemExit) as exit_:
+            cli.parser().parse_args(args)
+        result = subprocess.CompletedProcess(
+            args, exit_.value.code, out.getvalue().decode(), err.getvalue().decode()
+        )
+    else:
+        (tmp_path / POLICY).write_text(VALID)
+        result = nfc_in_process(*args, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.startswith("usage: nfc "), result.stderr
+    assert f"error: argument {args[-2]}: " in result.stderr

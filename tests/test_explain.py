@@ -43,6 +43,27 @@ def test_bad_packets_are_located(text: str, column: int) -> None:
     assert caught.value.column == column
 
 
+@pytest.mark.parametrize(
+    ("text", "column"),
+    [
+        ("udp 1.2.3.4:53 > 5.6.7.8:5\u00b3", 18),  # superscript three: isdigit(), and int() refused it
+        ("udp 1.2.3.4:\u0665\u0663 > 5.6.7.8:53", 5),  # Arabic-Indic 53: int() took it
+        pytest.param("udp 1.2.3.4:53 > 5.6.7.8:" + "9" * 5000, 18, id="more digits than int() reads"),
+        ("\u0661\u0667 1.2.3.4 > 5.6.7.8", 1),
+        ("256 1.2.3.4 > 5.6.7.8", 1),
+    ],
+)
+def test_numbers_in_a_packet_are_the_digits_0_to_9(text: str, column: int) -> None:
+    with pytest.raises(PacketError) as caught:
+        parse_packet(text)
+    assert caught.value.column == column
+
+
+def test_a_protocol_number_is_its_name() -> None:
+    packet = parse_packet("17 192.0.2.7:5353 > 192.0.2.1:0053")
+    assert (packet.protocol, packet.dport) == ("udp", 53)
+
+
 def test_first_matching_rule_decides(tmp_path: Path) -> None:
     ruleset = ruleset_of(tmp_path, input_policy("drop tcp dport 22 from 192.0.2.0/24", "accept tcp dport 22"))
     blocked = explain(ruleset, parse_packet("tcp 192.0.2.7:4000 > 198.51.100.1:22"))
