@@ -36,6 +36,7 @@ import nfc.diff
 import nfc.doctor
 import nfc.explain
 import nfc.lint
+import nfc.state
 from nfc.artifacts import build, write
 from nfc.backends import DEFAULT_BACKEND
 from nfc.backends.kernel import Artifact
@@ -140,8 +141,8 @@ def check(target: str, backend: str = DEFAULT_BACKEND) -> None:
         nfc.apply.check(loadable)
 
 
-def _state(state_dir: StateDir) -> nfc.apply.State:
-    return nfc.apply.State(state_dir or os.environ.get("NFC_STATE_DIR") or nfc.apply.DEFAULT_STATE_DIR)
+def _state(state_dir: StateDir) -> nfc.state.State:
+    return nfc.state.State(state_dir or os.environ.get("NFC_STATE_DIR") or nfc.state.DEFAULT_STATE_DIR)
 
 
 def apply(
@@ -151,7 +152,7 @@ def apply(
     backend: str = DEFAULT_BACKEND,
     state_dir: StateDir = None,
     confirm_seconds: float | None = None,
-    lock_timeout: float = nfc.apply.LOCK_TIMEOUT,
+    lock_timeout: float = nfc.state.LOCK_TIMEOUT,
 ) -> None:
     """Load `target`'s ruleset after saving what it replaces; with
     `confirm_seconds`, roll back then unless `confirm` runs first."""
@@ -160,14 +161,14 @@ def apply(
 
 
 def confirm(
-    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.apply.LOCK_TIMEOUT
+    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.state.LOCK_TIMEOUT
 ) -> None:
     """Keep the ruleset of an `apply` with `confirm_seconds`."""
     nfc.apply.confirm(_state(state_dir), report, lock_timeout)
 
 
 def rollback(
-    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.apply.LOCK_TIMEOUT
+    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.state.LOCK_TIMEOUT
 ) -> None:
     """Restore what the last `apply` replaced."""
     nfc.apply.rollback(_state(state_dir), report, lock_timeout)
