@@ -121,7 +121,7 @@ def apply(
         if mixed:
             report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
         apply_sysctls(settings, report)
-        state.rolled_back.unlink(missing_ok=True)
+        state.remove(state.rolled_back)
         if confirm_seconds is not None:
             report(
                 f"rolls back in {confirm_seconds:g}s unless 'nfc confirm' runs (state directory {state.dir})"
@@ -150,7 +150,7 @@ def _disarm(state: State, previous: Json | None) -> None:
     if armed is not None:
         _stop_timer(armed)
     if previous is None:
-        state.pending.unlink(missing_ok=True)
+        state.remove(state.pending)
     else:
         _start_timer(state, float(previous["deadline"]), None)
 
@@ -167,7 +167,7 @@ def _restore(state: State, report: Report) -> None:
     kernel = _kernel(saved["backend"])
     kernel.restore(saved)
     apply_sysctls(saved.get("sysctl", {}), report)
-    state.pending.unlink(missing_ok=True)
+    state.remove(state.pending)
     report(f"restored {kernel.describe(saved)} as before the last apply")
 
 
@@ -186,7 +186,7 @@ def confirm(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) ->
             if state.read(state.rolled_back) is not None:
                 raise KernelRefused("too late: the deadline passed and the previous ruleset was restored")
             raise ApplyError("no apply is waiting for confirmation")
-        state.pending.unlink()
+        state.remove(state.pending)
         _stop_timer(pending)
         report("confirmed: the applied ruleset stays")
 
