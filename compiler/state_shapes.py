@@ -38,12 +38,14 @@ Schema = Callable[[object], str | None]
 
 
 def _shown(value: object) -> str:
-    return printable(repr(value), 40)
+    """A value as JSON text (escaped, so safe to print), cut short."""
+    shown = json.dumps(value, default=repr)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def _kind(value: object) -> str:
     kinds: dict[type, str] = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    kinds |= {int: "a whole number", float: "a fraction", type(None): "null"}
+    kinds |= {int: "a whole number", float: "a decimal number", type(None): "null"}
     return kinds.get(type(value), type(value).__name__)
 
 
@@ -70,8 +72,9 @@ def seconds(high: float) -> Check:
     return check
 
 
-def text(pattern: re.Pattern[str] | None = None) -> Check:
-    """A string (matching `pattern`), without NUL and encodable as UTF-8."""
+def text(pattern: re.Pattern[str] | None = None, what: str = "") -> Check:
+    """A string, without NUL and encodable as UTF-8; with `pattern`, one it
+    matches, which is `what`."""
 
     def check(value: object) -> str | None:
         if not isinstance(value, str):
@@ -79,7 +82,7 @@ def text(pattern: re.Pattern[str] | None = None) -> Check:
         if "\0" in value or (not value.isascii() and not _encodable(value)):
             return "holds a character that no tool takes (NUL or a lone surrogate)"
         if pattern is not None and not pattern.match(value):
-            return f"is {_shown(value)}, which is not valid here"
+            return f"is {_shown(value)}, not {what}"
         return None
 
     return check
@@ -179,11 +182,11 @@ def _iptables_dump(dump: str) -> str | None:
     return None
 
 
-SYSCTLS = mapping(text(SYSCTL_KEY), text(SYSCTL_VALUE))
+SYSCTLS = mapping(text(SYSCTL_KEY, "a sysctl name"), text(SYSCTL_VALUE, "a sysctl value"))
 NFT_SNAPSHOT = Shape(
     {
         "backend": one_of(nft.BACKEND),
-        "table": text(IDENTIFIER),
+        "table": text(IDENTIFIER, "a table name"),
         "listing": nullable(text()),
         "sysctl": SYSCTLS,
     }
@@ -236,11 +239,12 @@ def register_schema(name: str, schema: Schema) -> None:
     SCHEMAS[name] = schema
 
 
+TOKEN_TEXT = text(TOKEN, "a token of hex digits")
 register_schema(SAVED, saved_state)
 register_schema(
-    PENDING, Shape({"token": text(TOKEN), "deadline": seconds(LATEST_TIME), "pid": whole(2, PID_MAX)})
+    PENDING, Shape({"token": TOKEN_TEXT, "deadline": seconds(LATEST_TIME), "pid": whole(2, PID_MAX)})
 )
-register_schema(ROLLED_BACK, Shape({"token": text(TOKEN), "at": seconds(LATEST_TIME)}))
+register_schema(ROLLED_BACK, Shape({"token": TOKEN_TEXT, "at": seconds(LATEST_TIME)}))
 
 
 def _refuse_constant(name: str) -> NoReturn:
