@@ -221,8 +221,12 @@ def saved_state(data: object) -> str | None:
     """previous.json: the snapshot of a backend nfc knows."""
     if not isinstance(data, dict):
         return f"it is {_kind(data)}, not a JSON object"
-    backend = data.get("backend")
-    if not isinstance(backend, str) or backend not in SNAPSHOTS:
+    if "backend" not in data:
+        return "'backend' is missing"
+    backend = data["backend"]
+    if not isinstance(backend, str):
+        return f"'backend' is {_kind(backend)}, not a string"
+    if backend not in SNAPSHOTS:
         return f"'backend' is {_shown(backend)}, not one of nfc's ({', '.join(sorted(BACKENDS))})"
     return SNAPSHOTS[backend](data)
 
