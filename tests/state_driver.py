@@ -37,6 +37,7 @@ WEB, RECURSIVE, AUTHORITATIVE = (
 )
 NOBODY = 65534
 TOKEN = "0123456789abcdef"
+PLANTED_PIDS = 1000
 SUBPROCESS_CASES = 1  # per file and command: the rest run through cli.main in this process
 
 Observed = dict[str, Any]
@@ -256,11 +257,11 @@ def hostile(work: Path) -> Observed:
     observed["made_by_nfc"] = (work / "made-by-nfc").exists()
 
     # An older nfc wrote .previous.json.PID and .pending.json.PID; in this
-    # pid namespace every pid nfc can get is below 2000.
+    # pid namespace the pids nfc gets are small (the test checks the timer's).
     victim = work / "victim"
     victim.write_text("precious\n")
     planted = private_dir(work / "planted")
-    for pid in range(1, 2000):
+    for pid in range(1, PLANTED_PIDS):
         for name in (SAVED, PENDING):
             (planted / f".{name}.{pid}").symlink_to(victim)
     observed["planted"] = [
@@ -269,6 +270,7 @@ def hostile(work: Path) -> Observed:
     ]
     observed["victim"] = victim.read_text()
     observed["planted_left"] = sorted(os.listdir(planted))
+    observed["timer_pid"] = json.loads((planted / PENDING).read_text())["pid"]
 
     control = private_dir(work / "control")
     shutil.copy(work / "elsewhere.json", control / SAVED)

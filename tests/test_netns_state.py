@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from state_driver import PLANTED_PIDS
+
 from nfc.state import LOCK
 from nfc.state_shapes import PENDING, SAVED
 
@@ -108,6 +110,7 @@ def test_a_state_directory_others_could_subvert_is_refused(tmp_path: Path) -> No
     assert [found["code"] for found in observed["planted"]] == [0, 0], observed["planted"]
     assert observed["victim"] == "precious\n"
     assert observed["planted_left"] == [LOCK, PENDING, SAVED]
+    assert observed["timer_pid"] < PLANTED_PIDS, "the names planted missed the pids nfc had"
     # The control: the same previous.json, root's own, deletes the table.
     assert observed["control"]["code"] == 0 and observed["control"]["changed"], observed["control"]
 
