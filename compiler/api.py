@@ -12,8 +12,10 @@ module, a test) to call.
 Bad input raises `nfc.errors.PolicyError` (its `render()` is the compiler
 message); an artifact directory that cannot be written raises
 `nfc.artifacts.ArtifactError`; `nfc.backends.kernel.ApplyError` means apply
-could not run and `KernelRefused` that the kernel refused a ruleset, the
-previous one still in force. Functions that take a TARGET accept an
+could not run (its `nfc.state.StateError`: the state directory or a file in
+it is not to be trusted, is damaged or cannot be written) and
+`KernelRefused` that the kernel refused a ruleset, the previous one still
+in force. Functions that take a TARGET accept an
 artifact directory or a policy, which they compile for `backend` first.
 Apply, confirm and rollback keep their state in `state_dir`: by default
 $NFC_STATE_DIR, else /var/lib/nfc.

@@ -16,7 +16,6 @@ from typing import NoReturn
 from nfc.backends import BACKENDS, iptables, nft
 from nfc.backends.iptables_kernel import LegacyKernel
 from nfc.backends.kernel import Json
-from nfc.errors import printable
 from nfc.load import IDENTIFIER
 
 SAVED = "previous.json"
@@ -256,11 +255,14 @@ def _refuse_constant(name: str) -> NoReturn:
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    keys = [key for key, _ in pairs]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise ValueError(f"key {_shown(key)} appears twice")
-    return dict(pairs)
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"key {_shown(key)} appears twice")
+            seen.add(key)
+    return data
 
 
 def parse(raw: bytes, schema: Schema) -> Json:
@@ -270,8 +272,8 @@ def parse(raw: bytes, schema: Schema) -> Json:
         data = json.loads(raw.decode(), parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("it is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError too
-        raise ValueError(f"it is not JSON: {printable(str(exc), 120)}") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError too; their text is ASCII
+        raise ValueError(f"it is not JSON: {exc}") from None
     problem = schema(data)
     if problem is not None:
         raise ValueError(problem)
