@@ -12,8 +12,10 @@ module, a test) to call.
 Bad input raises `nfc.errors.PolicyError` (its `render()` is the compiler
 message); an artifact directory that cannot be written raises
 `nfc.artifacts.ArtifactError`; `nfc.backends.kernel.ApplyError` means apply
-could not run and `KernelRefused` that the kernel refused a ruleset, the
-previous one still in force. Functions that take a TARGET accept an
+could not run (its `nfc.state.StateError`: the state directory or a file in
+it is not to be trusted, is damaged or cannot be written) and
+`KernelRefused` that the kernel refused a ruleset, the previous one still
+in force. Functions that take a TARGET accept an
 artifact directory or a policy, which they compile for `backend` first.
 Apply, confirm and rollback keep their state in `state_dir`: by default
 $NFC_STATE_DIR, else /var/lib/nfc.
@@ -36,6 +38,7 @@ import nfc.diff
 import nfc.doctor
 import nfc.explain
 import nfc.lint
+import nfc.state
 from nfc.artifacts import build, write
 from nfc.backends import DEFAULT_BACKEND
 from nfc.backends.kernel import Artifact
@@ -153,8 +156,8 @@ def check(target: str, backend: str = DEFAULT_BACKEND) -> None:
         nfc.apply.check(loadable)
 
 
-def _state(state_dir: StateDir) -> nfc.apply.State:
-    return nfc.apply.State(state_dir or os.environ.get("NFC_STATE_DIR") or nfc.apply.DEFAULT_STATE_DIR)
+def _state(state_dir: StateDir) -> nfc.state.State:
+    return nfc.state.State(state_dir or os.environ.get("NFC_STATE_DIR") or nfc.state.DEFAULT_STATE_DIR)
 
 
 def apply(
@@ -164,7 +167,7 @@ def apply(
     backend: str = DEFAULT_BACKEND,
     state_dir: StateDir = None,
     confirm_seconds: float | None = None,
-    lock_timeout: float = nfc.apply.LOCK_TIMEOUT,
+    lock_timeout: float = nfc.state.LOCK_TIMEOUT,
 ) -> None:
     """Load `target`'s ruleset after saving what it replaces; with
     `confirm_seconds`, roll back then unless `confirm` runs first."""
@@ -173,14 +176,14 @@ def apply(
 
 
 def confirm(
-    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.apply.LOCK_TIMEOUT
+    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.state.LOCK_TIMEOUT
 ) -> None:
     """Keep the ruleset of an `apply` with `confirm_seconds`."""
     nfc.apply.confirm(_state(state_dir), report, lock_timeout)
 
 
 def rollback(
-    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.apply.LOCK_TIMEOUT
+    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.state.LOCK_TIMEOUT
 ) -> None:
     """Restore what the last `apply` replaced."""
     nfc.apply.rollback(_state(state_dir), report, lock_timeout)

@@ -4,89 +4,28 @@
 `rollback` (or the timer that `apply --confirm` starts) can put it back.
 Everything runs under one lock in the state directory. What loading,
 saving and testing mean is each backend's kernel side (see
-`nfc.backends`); this module holds what they have in common: the lock,
-the saved state, the confirmation timer and the conntrack sysctls.
+`nfc.backends`); this module holds what they have in common: the
+confirmation timer and the conntrack sysctls. The lock and the saved state
+are `nfc.state`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import json
 import os
 import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused
-
-DEFAULT_STATE_DIR = "/var/lib/nfc"
-LOCK_TIMEOUT = 60.0
+from nfc.state import LOCK_TIMEOUT, State
 
 Report = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------
-# state
-
-
-class State:
-    """The state directory: lock, saved state, pending confirmation."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-        self.saved = self.dir / "previous.json"
-        self.pending = self.dir / "pending.json"
-        self.rolled_back = self.dir / "rolled-back.json"
-
-    @contextlib.contextmanager
-    def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            handle = open(self.dir / "lock", "a")  # noqa: SIM115 - held for the block
-        except OSError as exc:
-            raise ApplyError(f"cannot use state directory {self.dir}: {exc.strerror}") from None
-        with handle:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise ApplyError(
-                            f"another nfc holds {self.dir / 'lock'} for more than {timeout:.0f}s"
-                        ) from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def write(self, path: Path, data: Json) -> None:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        with open(temporary, "w") as handle:
-            handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-
-    def read(self, path: Path) -> Json | None:
-        try:
-            data: Json = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise ApplyError(f"cannot read {path}: {exc}") from None
-        return data
 
 
 # --------------------------------------------------------------------------
@@ -182,7 +121,7 @@ def apply(
         if mixed:
             report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
         apply_sysctls(settings, report)
-        state.rolled_back.unlink(missing_ok=True)
+        state.remove(state.rolled_back)
         if confirm_seconds is not None:
             report(
                 f"rolls back in {confirm_seconds:g}s unless 'nfc confirm' runs (state directory {state.dir})"
@@ -211,7 +150,7 @@ def _disarm(state: State, previous: Json | None) -> None:
     if armed is not None:
         _stop_timer(armed)
     if previous is None:
-        state.pending.unlink(missing_ok=True)
+        state.remove(state.pending)
     else:
         _start_timer(state, float(previous["deadline"]), None)
 
@@ -228,7 +167,7 @@ def _restore(state: State, report: Report) -> None:
     kernel = _kernel(saved["backend"])
     kernel.restore(saved)
     apply_sysctls(saved.get("sysctl", {}), report)
-    state.pending.unlink(missing_ok=True)
+    state.remove(state.pending)
     report(f"restored {kernel.describe(saved)} as before the last apply")
 
 
@@ -247,7 +186,7 @@ def confirm(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) ->
             if state.read(state.rolled_back) is not None:
                 raise KernelRefused("too late: the deadline passed and the previous ruleset was restored")
             raise ApplyError("no apply is waiting for confirmation")
-        state.pending.unlink()
+        state.remove(state.pending)
         _stop_timer(pending)
         report("confirmed: the applied ruleset stays")
 

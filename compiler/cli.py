@@ -11,11 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from nfc import __version__, api, diff, doctor, explain, lint
-from nfc.apply import DEFAULT_STATE_DIR, LOCK_TIMEOUT
 from nfc.artifacts import ArtifactError
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, KernelRefused
 from nfc.errors import PolicyError, printable
+from nfc.state import DEFAULT_STATE_DIR, LOCK_TIMEOUT
 from nfc.values import ascii_int
 
 EXIT_OK = 0

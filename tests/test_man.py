@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from nfc import apply, artifacts, cli, doctor, explain, lint, load, vocab
+from nfc import artifacts, cli, doctor, explain, lint, load, vocab
 from nfc.backends import BACKENDS, iptables
 from nfc.errors import PolicyError
 from nfc.lower import lower
 from nfc.parse import parse_policy
+from nfc.state import LOCK, State
+from nfc.state_shapes import SCHEMAS
 from nfc.target import Target
 
 from helpers import TARGET, input_policy, ruleset_of, write_policy
@@ -201,8 +203,8 @@ def test_nfc_1_documents_every_artifact_file(tmp_path: Path) -> None:
 
 
 def test_nfc_1_documents_every_state_file(tmp_path: Path) -> None:
-    state = apply.State(tmp_path)
-    files = {"lock"} | {path.name for path in (state.saved, state.pending, state.rolled_back)}
+    state = State(tmp_path)
+    files = {LOCK, *SCHEMAS} | {path.name for path in (state.saved, state.pending, state.rolled_back)}
     listed = section(plain(NFC_1), "FILES")
     for name in files:
         assert re.search(rf"^\.TP\n\.B {re.escape(name)}$", listed, re.M), (

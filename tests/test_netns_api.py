@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from nfc import api
-from nfc.apply import State
 from nfc.backends import BACKENDS
 from nfc.backends.iptables import TOOLS
 from nfc.backends.nft import BACKEND as NFT
+from nfc.state import State
 
 from conftest import FLAGSHIP
 from lab import Lab

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -249,8 +250,8 @@ def test_applying_beside_the_other_backend_warns(lab: Lab) -> None:
 
 
 def test_concurrent_applies_are_serialised(lab: Lab) -> None:
-    lab.state_dir.mkdir(parents=True)
-    with open(lab.state_dir / "lock", "a") as lock:
+    lab.state_dir.mkdir(mode=0o700)  # nfc's own, as nfc makes it: it trusts no other
+    with open(lab.state_dir / "lock", "a", opener=lambda path, flags: os.open(path, flags, 0o600)) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         waiting = lab.server.popen(sys.executable, "-m", "nfc", "apply", str(RECURSIVE),
                                    "--state-dir", str(lab.state_dir))  # fmt: skip
