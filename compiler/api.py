@@ -15,8 +15,8 @@ message); an artifact directory that cannot be written raises
 could not run and `KernelRefused` that the kernel refused a ruleset, the
 previous one still in force. Functions that take a TARGET accept an
 artifact directory or a policy, which they compile for `backend` first.
-Apply, confirm and rollback keep their state in `state_dir`: by default
-$NFC_STATE_DIR, else /var/lib/nfc.
+Apply, confirm, rollback and restore keep their state in `state_dir`: by
+default $NFC_STATE_DIR, else /var/lib/nfc.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ __all__ = [
     "expired",
     "explain",
     "lint",
+    "restore",
     "rollback",
     "rollback_timer",
     "write",
@@ -171,6 +172,13 @@ def rollback(
 ) -> None:
     """Restore what the last `apply` replaced."""
     nfc.apply.rollback(_state(state_dir), report, lock_timeout)
+
+
+def restore(
+    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.apply.LOCK_TIMEOUT
+) -> None:
+    """Load the last confirmed ruleset (at boot): never one still waiting for `confirm`."""
+    nfc.apply.restore(_state(state_dir), report, lock_timeout)
 
 
 def rollback_timer(token: str, deadline: float, state_dir: StateDir = None) -> None:

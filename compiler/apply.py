@@ -1,11 +1,21 @@
-"""Put a compiled ruleset into the kernel: check, apply, confirm, rollback.
+"""Put a compiled ruleset into the kernel: check, apply, confirm, rollback, restore.
 
 `apply` saves what it is about to replace before it loads anything, so
 `rollback` (or the timer that `apply --confirm` starts) can put it back.
 Everything runs under one lock in the state directory. What loading,
 saving and testing mean is each backend's kernel side (see
 `nfc.backends`); this module holds what they have in common: the lock,
-the saved state, the confirmation timer and the conntrack sysctls.
+the saved state, the journal, the confirmation timer and the sysctls.
+
+The kernel cannot change both iptables-legacy families, nor the raw and
+filter tables of one, in one transaction; so every change is journaled
+first (`journal.json`). The next command finds the journal of an nfc that
+died half-way (`_settle`, which every command that touches the kernel runs
+first): it undoes an interrupted apply, as a rollback would, and finishes
+an interrupted rollback or restore. A finished journal becomes
+`confirmed.json`, what `nfc restore` loads at boot, or `applied.json`
+while a confirmation is pending. `_settle` also rolls back an unconfirmed
+apply whose deadline passed, in case its timer died.
 """
 
 from __future__ import annotations
@@ -15,19 +25,18 @@ import errno
 import fcntl
 import json
 import os
-import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from nfc import timer
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS
-from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused
+from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
 
 DEFAULT_STATE_DIR = "/var/lib/nfc"
 LOCK_TIMEOUT = 60.0
+JOURNAL_ACTIONS = ("apply", "rollback", "restore")
 
 Report = Callable[[str], None]
 
@@ -131,6 +140,203 @@ def apply_sysctls(settings: dict[str, str], report: Report) -> None:
 
 
 # --------------------------------------------------------------------------
+# the journal and the other state files of this module
+
+
+def journal_path(state: State) -> Path:
+    """A change to the kernel in progress: {"action", "target", "to"}, "to"
+    being the ruleset it loads in the form of a saved state."""
+    return state.dir / "journal.json"
+
+
+def applied_path(state: State) -> Path:
+    """The finished journal of the last apply while a confirmation is pending."""
+    return state.dir / "applied.json"
+
+
+def confirmed_path(state: State) -> Path:
+    """The finished journal of the change that put the last confirmed ruleset in force."""
+    return state.dir / "confirmed.json"
+
+
+def _damaged(path: Path, what: str) -> ApplyError:
+    return ApplyError(f"{path} is damaged ({what}); the ruleset in force is unchanged")
+
+
+def _checked_record(record: object, path: Path) -> Json:
+    """A saved state or journaled ruleset as `_put_in_force` takes it."""
+    if not isinstance(record, dict) or record.get("backend") not in BACKENDS:
+        raise _damaged(path, "no saved ruleset of a known backend")
+    sysctl = record.get("sysctl", {})
+    if not isinstance(sysctl, dict) or not all(isinstance(v, str) for v in sysctl.values()):
+        raise _damaged(path, "sysctl is not a table of values")
+    if not all(isinstance(v, str | None) for k, v in record.items() if k != "sysctl"):
+        raise _damaged(path, "a saved ruleset is not text")
+    return record
+
+
+def read_journal(state: State, path: Path) -> Json | None:
+    """journal.json, applied.json or confirmed.json, its shape checked."""
+    journal: object = state.read(path)
+    if journal is None:
+        return None
+    if (
+        not isinstance(journal, dict)
+        or journal.get("action") not in JOURNAL_ACTIONS
+        or not isinstance(journal.get("target"), str)
+    ):
+        raise _damaged(path, "not a journal of nfc")
+    _checked_record(journal.get("to"), path)
+    return journal
+
+
+def _read_saved(state: State) -> Json | None:
+    saved = state.read(state.saved)
+    return None if saved is None else _checked_record(saved, state.saved)
+
+
+def _read_pending(state: State) -> Json | None:
+    pending = state.read(state.pending)
+    deadline = pending.get("deadline") if isinstance(pending, dict) else None
+    if pending is not None and (not isinstance(deadline, int | float) or isinstance(deadline, bool)):
+        raise _damaged(state.pending, "no deadline")
+    return pending
+
+
+def _write(state: State, path: Path, data: Json) -> None:
+    try:
+        state.write(path, data)
+    except OSError as exc:
+        raise ApplyError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------
+# repairs
+
+
+def _put_in_force(record: Json, report: Report) -> str:
+    """Load a saved state or journaled ruleset, sysctls too; say what it was."""
+    kernel = _kernel(record["backend"])
+    try:
+        kernel.restore(record)
+    except KeyError as exc:
+        raise ApplyError(f"a saved {record['backend']} ruleset lacks {exc}") from None
+    apply_sysctls(record.get("sysctl", {}), report)
+    return kernel.describe(record)
+
+
+def _finish(state: State, journal: Path | None, pending: Json | None, late: str | None, what: str) -> None:
+    """After a rollback, restore or repair has put `what` in force: end the
+    pending confirmation (`late` says why, for a later `confirm`), and make
+    the finished journal the last confirmed ruleset. The journal goes last,
+    so that a kill before it only makes the next command do it all again."""
+    if pending is not None:
+        if late is not None:  # best effort: the rules are back, whatever the disk says
+            with contextlib.suppress(ApplyError):
+                _write(state, state.rolled_back, {"at": time.time(), "why": late, "restored": what})
+        state.pending.unlink(missing_ok=True)
+        timer.stop(pending)
+    applied_path(state).unlink(missing_ok=True)
+    if journal is not None:
+        os.replace(journal, confirmed_path(state))
+
+
+def _roll_back(state: State, report: Report, late: str | None = None) -> str:
+    """Put the saved state back and end a pending confirmation."""
+    saved = _read_saved(state)
+    if saved is None:
+        raise ApplyError(f"nothing to roll back: no saved state in {state.dir}")
+    pending = _read_pending(state)
+    journal: Path | None = journal_path(state)
+    try:
+        _write(state, journal_path(state), {"action": "rollback", "target": state.saved.name, "to": saved})
+    except ApplyError:
+        if pending is None:
+            raise
+        # The way back to safety needs no free space: pending.json, removed
+        # only once the rules are back, makes the next command do it again.
+        journal = None
+    what = _put_in_force(saved, report)
+    _finish(state, journal, pending, late, what)
+    return what
+
+
+def _settle(state: State, report: Report) -> None:
+    """Repair what an earlier nfc left: an interrupted change (undo an apply,
+    finish a rollback or restore), then an unconfirmed apply whose deadline
+    passed. Every command that touches the kernel runs this first."""
+    journal = read_journal(state, journal_path(state))
+    if journal is not None:
+        pending = _read_pending(state)
+        if journal["action"] == "apply":
+            saved = _read_saved(state)
+            if saved is None:
+                raise ApplyError(f"cannot undo the interrupted apply of {journal['target']}: no saved state")
+            what = _put_in_force(saved, report)
+            _finish(state, None, pending, f"the apply of {journal['target']} was interrupted", what)
+            journal_path(state).unlink()
+            report(f"repaired: the interrupted apply of {journal['target']} is undone: {what} as before it")
+        else:
+            what = _put_in_force(journal["to"], report)
+            late = _late(pending)
+            _finish(state, journal_path(state), pending, late, what)
+            report(f"repaired: the interrupted {journal['action']} is finished; restored {what}")
+    pending = _read_pending(state)
+    late = _late(pending)
+    if late is not None:
+        what = _roll_back(state, report, late)
+        report(f"{late}: restored {what} as before the unconfirmed apply")
+
+
+def _late(pending: Json | None) -> str | None:
+    """Why a pending confirmation is over, if it is: its deadline passed."""
+    if pending is None or pending["deadline"] > time.time():
+        return None
+    return time.strftime(
+        "the confirmation deadline passed at %Y-%m-%d %H:%M:%S UTC", time.gmtime(pending["deadline"])
+    )
+
+
+# --------------------------------------------------------------------------
+# the confirmation timer
+
+
+def _arm(state: State, deadline: float) -> Json:
+    """Start a timer for `deadline` and record it; the caller stops an
+    earlier one only after this, so a deadline is armed at every moment."""
+    armed = timer.start(state.dir, deadline)
+    try:
+        _write(state, state.pending, armed)
+    except ApplyError as exc:
+        timer.stop(armed)
+        raise ApplyError(f"{exc}; nothing was loaded, and an earlier deadline stays armed") from None
+    return armed
+
+
+def _disarm(state: State, armed: Json | None, previous: Json | None) -> None:
+    """Undo the arming of a refused apply: back to the earlier pending
+    confirmation, whose timer still runs, if there was one."""
+    if armed is not previous and armed is not None:
+        if previous is None:
+            state.pending.unlink(missing_ok=True)
+        else:
+            _write(state, state.pending, previous)
+        timer.stop(armed)
+
+
+def rollback_timer(state: State, token: str, deadline: float) -> None:
+    """The detached process behind `apply --confirm`; `token`, in its command
+    line, identifies it to `timer.stop`. At the deadline it rolls back
+    through `_settle`, which finds nothing due if the apply was confirmed,
+    rolled back by hand, or superseded by a later deadline."""
+    del token
+    while (left := deadline - time.time()) > 0:
+        time.sleep(left)
+    with state.locked(timeout=LOCK_TIMEOUT * 5):
+        _settle(state, lambda _: None)
+
+
+# --------------------------------------------------------------------------
 # commands
 
 
@@ -154,11 +360,12 @@ def apply(
     confirm_seconds: float | None = None,
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
-    """Load the artifact after saving what it replaces."""
+    """Load the artifact after saving what it replaces, journaled."""
     kernel = _kernel(artifact.backend)
     with state.locked(lock_timeout):
-        pending = state.read(state.pending)
-        saved = state.read(state.saved)
+        _settle(state, report)
+        pending = _read_pending(state)
+        saved = _read_saved(state)
         sysctl = artifact.path(SYSCTL_CONF)
         settings = read_sysctl_conf(sysctl) if sysctl.exists() else {}
         if pending is None or saved is None or saved["backend"] != artifact.backend:
@@ -166,98 +373,88 @@ def apply(
             # confirmed one: keep it, so a rollback goes back to safety.
             snapshot = kernel.snapshot(artifact)
             snapshot["sysctl"] = current_sysctls(sorted(settings))
-            state.write(state.saved, snapshot)
-        if confirm_seconds is not None:
-            # Armed before the load, so no moment passes with the new rules
-            # in force and nothing to take them back.
-            _start_timer(state, time.time() + confirm_seconds, pending)
+            _write(state, state.saved, snapshot)
+        journal = journal_path(state)
+        to = kernel.saved_form(artifact) | {"sysctl": settings}
+        _write(state, journal, {"action": "apply", "target": artifact.name, "to": to})
+        armed = pending
         try:
-            kernel.load(artifact)
-        except KernelRefused as exc:
             if confirm_seconds is not None:
-                _disarm(state, pending)
+                # Armed before the load, so no moment passes with the new rules
+                # in force and nothing to take them back.
+                armed = _arm(state, time.time() + confirm_seconds)
+            kernel.load(artifact)
+        except RestoreFailed:
+            raise  # half loaded: the journal stays for the next command
+        except KernelRefused as exc:
+            _disarm(state, armed, pending)
+            journal.unlink()
             raise KernelRefused(f"{exc}\nnfc: the previous ruleset is still in force") from None
+        except ApplyError:
+            _disarm(state, armed, pending)
+            journal.unlink()
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _settle(state, report)  # undo at once whatever the interruption left
+            raise
+        refused: list[str] = []
+        apply_sysctls(settings, refused.append)
+        if armed is not pending and pending is not None:
+            timer.stop(pending)
+        os.replace(journal, confirmed_path(state) if armed is None else applied_path(state))
+        state.rolled_back.unlink(missing_ok=True)
         report(f"applied {artifact.name} ({artifact.backend})")
         mixed = kernel.foreign_rules()
         if mixed:
             report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
-        apply_sysctls(settings, report)
-        state.rolled_back.unlink(missing_ok=True)
+        for line in refused:
+            report(line)
         if confirm_seconds is not None:
             report(
                 f"rolls back in {confirm_seconds:g}s unless 'nfc confirm' runs (state directory {state.dir})"
             )
 
 
-def _start_timer(state: State, deadline: float, previous: Json | None) -> None:
-    if previous is not None:
-        _stop_timer(previous)
-    token = secrets.token_hex(8)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nfc", "_rollback-timer", "--state-dir", str(state.dir), token, str(deadline)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # survives the deploy's shell and its hangup
-        close_fds=True,
-    )
-    state.write(state.pending, {"token": token, "deadline": deadline, "pid": process.pid})
-
-
-def _disarm(state: State, previous: Json | None) -> None:
-    """Undo the arming of a refused apply: back to the earlier pending
-    confirmation, if there was one, with its own deadline."""
-    armed = state.read(state.pending)
-    if armed is not None:
-        _stop_timer(armed)
-    if previous is None:
-        state.pending.unlink(missing_ok=True)
-    else:
-        _start_timer(state, float(previous["deadline"]), None)
-
-
-def _stop_timer(pending: Json) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(int(pending["pid"]), 15)
-
-
-def _restore(state: State, report: Report) -> None:
-    saved = state.read(state.saved)
-    if saved is None:
-        raise ApplyError(f"nothing to roll back: no saved state in {state.dir}")
-    kernel = _kernel(saved["backend"])
-    kernel.restore(saved)
-    apply_sysctls(saved.get("sysctl", {}), report)
-    state.pending.unlink(missing_ok=True)
-    report(f"restored {kernel.describe(saved)} as before the last apply")
-
-
 def rollback(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
     with state.locked(lock_timeout):
-        pending = state.read(state.pending)
-        _restore(state, report)
-        if pending is not None:
-            _stop_timer(pending)
+        _settle(state, report)
+        what = _roll_back(state, report)
+        report(f"restored {what} as before the last apply")
 
 
 def confirm(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
     with state.locked(lock_timeout):
-        pending = state.read(state.pending)
+        _settle(state, report)
+        pending = _read_pending(state)
         if pending is None:
-            if state.read(state.rolled_back) is not None:
-                raise KernelRefused("too late: the deadline passed and the previous ruleset was restored")
+            late: object = state.read(state.rolled_back)
+            if isinstance(late, dict):
+                why = late.get("why", "the deadline passed")
+                restored = late.get("restored", "the previous ruleset")
+                raise KernelRefused(f"too late: {why}, and {restored} was restored as before the apply")
             raise ApplyError("no apply is waiting for confirmation")
+        if applied_path(state).exists():
+            os.replace(applied_path(state), confirmed_path(state))
         state.pending.unlink()
-        _stop_timer(pending)
+        timer.stop(pending)
         report("confirmed: the applied ruleset stays")
 
 
-def rollback_timer(state: State, token: str, deadline: float) -> None:
-    """The detached process behind `apply --confirm`."""
-    time.sleep(max(0.0, deadline - time.time()))
-    with state.locked(timeout=LOCK_TIMEOUT * 5):
-        pending = state.read(state.pending)
-        if pending is None or pending.get("token") != token:
-            return  # confirmed, rolled back by hand, or superseded
-        _restore(state, lambda _: None)
-        state.write(state.rolled_back, {"token": token, "at": time.time()})
+def restore(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    """Load the last confirmed ruleset, as at boot: never one that waits for
+    a confirmation (that one is rolled back)."""
+    with state.locked(lock_timeout):
+        _settle(state, report)
+        if _read_pending(state) is not None:
+            what = _roll_back(state, report, "nfc restore ran before the apply was confirmed")
+            report(f"restored {what}, the last confirmed ruleset; the unconfirmed apply is rolled back")
+            return
+        confirmed = read_journal(state, confirmed_path(state))
+        if confirmed is None:
+            raise ApplyError(f"nothing to restore: no confirmed ruleset in {state.dir}")
+        journal = journal_path(state)
+        _write(state, journal, {**confirmed, "action": "restore"})
+        what = _put_in_force(confirmed["to"], report)
+        os.replace(journal, confirmed_path(state))
+        report(f"restored {what}, the last confirmed ruleset (from {confirmed['target']})")

@@ -15,6 +15,7 @@ from nfc.backends.kernel import (
     Artifact,
     Json,
     KernelRefused,
+    RestoreFailed,
     permission_problem,
     refusal,
     run_tool,
@@ -115,6 +116,10 @@ class NftKernel:
             raise ApplyError(f"cannot read table inet {artifact.table}: {_nft_error(error)}")
         return {"backend": BACKEND, "table": artifact.table, "listing": listing}
 
+    def saved_form(self, artifact: Artifact) -> Json:
+        # ruleset.nft itself replaces the table, so it loads as a listing does
+        return {"backend": BACKEND, "table": artifact.table, "listing": artifact.path(RULESET).read_text()}
+
     def load(self, artifact: Artifact) -> None:
         error = self.nft.run_file(artifact.path(RULESET))
         if error is not None:
@@ -125,7 +130,7 @@ class NftKernel:
         script = f"table inet {table}\ndelete table inet {table}\n" + (saved["listing"] or "")
         error = self.nft.run_text(script)
         if error is not None:
-            raise KernelRefused(f"rollback failed: the kernel refused the saved state: {_nft_error(error)}")
+            raise RestoreFailed(f"rollback failed: the kernel refused the saved state: {_nft_error(error)}")
 
     def describe(self, saved: Json) -> str:
         return f"table inet {saved['table']}"
