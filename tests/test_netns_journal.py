@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,16 +76,31 @@ class Host:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
+def make_host(tmp_path: Path) -> Iterator[Callable[[], Host]]:
+    """Makes fresh hosts, all deleted afterwards whatever happens."""
     require_lab()
-    # iptables-legacy's lock is a host file; keep this namespace's to itself.
-    ns = Namespace(f"nfc-{secrets.token_hex(3)}-j", {"XTABLES_LOCKFILE": str(tmp_path / "xtables.lock")})
-    subprocess.run(["ip", "netns", "add", ns.name], check=True, timeout=30)
+    made: list[Host] = []
+
+    def make() -> Host:
+        home = tmp_path / f"host{len(made)}"
+        home.mkdir()
+        # iptables-legacy's lock is a host file; keep this namespace's to itself.
+        ns = Namespace(f"nfc-{secrets.token_hex(3)}-j", {"XTABLES_LOCKFILE": str(home / "xtables.lock")})
+        made.append(Host(ns, home / "state"))
+        subprocess.run(["ip", "netns", "add", ns.name], check=True, timeout=30)
+        return made[-1]
+
     try:
-        yield Host(ns, tmp_path / "state")
+        yield make
     finally:
-        _kill_namespace_processes(ns.name)
-        subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=30)
+        for each in made:
+            _kill_namespace_processes(each.ns.name)
+            subprocess.run(["ip", "netns", "del", each.ns.name], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def host(make_host: Callable[[], Host]) -> Host:
+    return make_host()
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +331,96 @@ def test_restore_with_nothing_confirmed_is_an_error(host: Host) -> None:
     done = host.nfc("restore")
     assert done.returncode == 2
     assert done.stderr == f"nfc: error: nothing to restore: no confirmed ruleset in {host.state_dir}\n"
+
+
+# --------------------------------------------------------------------------
+# the kill campaign
+
+KILLS = 30  # of apply, and as many of rollback, per backend
+
+
+def _window(host: Host, *args: str) -> tuple[float, float]:
+    """How long an nfc command here takes, and how long its journal exists:
+    what the kill delays are drawn from (measured, never asserted)."""
+    journal = host.state_dir / "journal.json"
+    start = time.monotonic()
+    command = host.spawn(*args)
+    while command.poll() is None and not journal.exists():
+        time.sleep(0.001)
+    journaled = time.monotonic()
+    assert command.wait(timeout=60) == 0
+    return time.monotonic() - start, time.monotonic() - journaled
+
+
+def _kill_at_random(
+    victim: subprocess.Popen[str], journal: Path, window: tuple[float, float], rng: random.Random, group: bool
+) -> bool:
+    """SIGKILL `victim` at a random moment: one time in four anywhere in its
+    run, else while its journal exists. Whether it was still running."""
+    whole, journaled = window
+    if rng.random() < 0.25:
+        time.sleep(rng.uniform(0, whole))
+    else:
+        while victim.poll() is None and not journal.exists():
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, max(journaled, 0.01)))
+    running = victim.poll() is None  # unreaped until then, so its pid is still its own
+    if running:
+        # the whole process group, or (as in the issue) only nfc: its tools die with it
+        (os.killpg if group else os.kill)(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    return running
+
+
+def _campaign(host: Host, artifacts: dict[tuple[str, Path], Path], backend: str, seed: int) -> dict[str, int]:
+    """SIGKILL apply and rollback at random moments until each was killed
+    KILLS times; after each kill, `nfc restore` must leave one of the two
+    complete rulesets the killed command went between, both families alike,
+    and no journal."""
+    rng = random.Random(seed)
+    journal = host.state_dir / "journal.json"
+    sides = {}
+    for policy in (NEW, OLD):
+        host.apply(artifacts[backend, policy])
+        sides[host.rules(backend)] = policy
+    windows = {
+        "apply": _window(host, "apply", str(artifacts[backend, NEW])),
+        "rollback": _window(host, "rollback"),
+    }
+    current, moved = OLD, False  # in force, and whether the last round changed it
+    tally = dict.fromkeys(("apply", "rollback", "half-applied", "repaired", "old", "new"), 0)
+    for round_ in range(6 * KILLS):
+        command = ("apply", "rollback")[round_ % 2]
+        if min(tally["apply"], tally["rollback"]) >= KILLS:
+            break
+        other = NEW if current == OLD else OLD
+        if command == "rollback" and not moved:
+            host.apply(artifacts[backend, other])  # so that the rollback has something to undo
+            current, other = other, current
+        args = ("apply", str(artifacts[backend, other])) if command == "apply" else ("rollback",)
+        tally[command] += _kill_at_random(host.spawn(*args), journal, windows[command], rng, round_ % 4 < 2)
+        tally["half-applied"] += host.rules(backend) not in sides
+        done = host.nfc("restore")
+        assert done.returncode == 0, f"round {round_} ({command}), seed {seed}: {done.stderr}"
+        tally["repaired"] += "repaired: " in done.stdout
+        after = sides.get(host.rules(backend))
+        assert after in (current, other), f"round {round_} ({command}), seed {seed}: not one complete ruleset"
+        assert not journal.exists()
+        tally["old" if after == OLD else "new"] += 1
+        current, moved = after, after != current
+    return tally
+
+
+def test_a_kill_campaign_never_leaves_a_half_applied_ruleset(
+    make_host: Callable[[], Host], artifacts: dict[tuple[str, Path], Path]
+) -> None:
+    """The backends side by side, each in a namespace of its own, to keep the suite short."""
+    seed = int.from_bytes(os.urandom(4))
+    backends = (NFT, LEGACY)
+    hosts = [make_host() for _ in backends]
+    start = time.monotonic()
+    with ThreadPoolExecutor(len(backends)) as pool:
+        tallies = list(pool.map(lambda h, b: _campaign(h, artifacts, b, seed), hosts, backends))
+    for backend, tally in zip(backends, tallies, strict=True):
+        print(f"kill campaign, seed {seed}, {backend}: {tally}, {time.monotonic() - start:.0f}s")
+        assert min(tally["apply"], tally["rollback"]) >= KILLS, tally
