@@ -384,8 +384,8 @@ def apply(
                 # in force and nothing to take them back.
                 armed = _arm(state, time.time() + confirm_seconds)
             kernel.load(artifact)
-        except RestoreFailed:
-            raise  # half loaded: the journal stays for the next command
+        except RestoreFailed as exc:  # half loaded: the journal stays
+            raise RestoreFailed(f"{exc}\nnfc: the next nfc command puts the saved state back") from None
         except KernelRefused as exc:
             _disarm(state, armed, pending)
             journal.unlink()

@@ -202,6 +202,7 @@ def test_nfc_1_documents_every_artifact_file(tmp_path: Path) -> None:
 def test_nfc_1_documents_every_state_file(tmp_path: Path) -> None:
     state = apply.State(tmp_path)
     files = {"lock"} | {path.name for path in (state.saved, state.pending, state.rolled_back)}
+    files |= {path(state).name for path in (apply.journal_path, apply.applied_path, apply.confirmed_path)}
     listed = section(plain(NFC_1), "FILES")
     for name in files:
         assert re.search(rf"^\.TP\n\.B {re.escape(name)}$", listed, re.M), (
