@@ -146,21 +146,26 @@ def _slow_ip6tables_restore(directory: Path) -> str:
     return f"{directory}:{os.environ['PATH']}"
 
 
-@pytest.mark.parametrize("then", ["confirm", "apply"])
+@pytest.mark.parametrize(("killed", "then"), [("group", "confirm"), ("nfc", "apply")])
 def test_a_kill_between_the_families_is_undone_by_the_next_command(
-    host: Host, artifacts: dict[tuple[str, Path], Path], tmp_path: Path, then: str
+    host: Host, artifacts: dict[tuple[str, Path], Path], tmp_path: Path, killed: str, then: str
 ) -> None:
+    """SIGKILL once ip6tables-legacy-restore has started: the whole process
+    group, or only nfc (whose tools must then die with it, not load IPv6
+    after the repair)."""
     old, new = artifacts[LEGACY, OLD], artifacts[LEGACY, NEW]
     host.apply(new)
     new_rules = host.rules(LEGACY)
     host.apply(old)
     old_rules = host.rules(LEGACY)
     victim = host.spawn("apply", str(new), path=_slow_ip6tables_restore(tmp_path / "bin"))
+    loading_v6 = lambda: _group_runs(victim.pid, "ip6tables-legacy-restore", "--test")  # noqa: E731
     try:
-        assert wait_until(lambda: _group_runs(victim.pid, "ip6tables-legacy-restore", "--test"), 30, 0.01)
+        assert wait_until(loading_v6, 30, 0.01)
     finally:
-        os.killpg(victim.pid, signal.SIGKILL)
+        (os.killpg if killed == "group" else os.kill)(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
+    assert wait_until(lambda: not loading_v6(), 10, 0.01), "a tool outlived the nfc that ran it"
     # the danger is real: IPv4 is new, IPv6 is old
     v4 = host.ns.run("iptables-legacy-save").stdout
     assert (

@@ -131,8 +131,10 @@ def _dying_with(parent: int) -> Callable[[], None]:
     dies, so that a tool of a killed nfc cannot go on changing the rules after
     the next nfc command has repaired them (see the journal in nfc.apply)."""
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+
     def die_with_parent() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # nfc died before the request took effect
             os._exit(1)
 
