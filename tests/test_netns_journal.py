@@ -252,14 +252,17 @@ kill $stranger
 def test_a_pid_in_pending_json_that_is_not_the_timer_is_never_signalled(
     host: Host, artifacts: dict[tuple[str, Path], Path], which: str
 ) -> None:
-    """In a pid namespace of its own, so that even a broken nfc could reach
-    only the processes of the test."""
+    """In a pid namespace and a session of its own, so that even a broken
+    nfc could reach only the processes of the test."""
     host.apply(artifacts[NFT, OLD])
     host.apply(artifacts[NFT, NEW], "--confirm", "30")
     timer = _pending(host)["pid"]
     env = {"STATE": str(host.state_dir), "WHICH": which, "PYTHON": sys.executable}
     inside = Namespace(host.ns.name, {**host.ns.env, **env})
-    done = inside.run("unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", STRANGER_SCRIPT, check=False)
+    # setsid: a process group of its own, which is what pid 0 would reach
+    done = inside.run(
+        "unshare", "--pid", "--fork", "--mount-proc", "setsid", "sh", "-c", STRANGER_SCRIPT, check=False
+    )
     assert "confirm: 0\nstranger alive\n" in done.stdout, done.stdout + done.stderr
     assert "confirmed: the applied ruleset stays" in done.stdout
     # the real timer was not named, so it was left running: harmless, as it
