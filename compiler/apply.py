@@ -204,6 +204,7 @@ def _read_pending(state: State) -> Json | None:
 
 
 def _write(state: State, path: Path, data: Json) -> None:
+    """`state.write`, a full disk (OSError) made a clean error instead of a crash."""
     try:
         state.write(path, data)
     except OSError as exc:

@@ -119,18 +119,17 @@ def run_tool(
     if shutil.which(command[0]) is None:
         raise ApplyError(f"'{command[0]}' is not installed")
     result = subprocess.run(
-        command, input=stdin, capture_output=True, text=True, timeout=120, preexec_fn=_dying_with(os.getpid())
+        command, input=stdin, capture_output=True, text=True, timeout=120, preexec_fn=dying_with(os.getpid())
     )
     if check and result.returncode != 0 and permission_problem(result.stderr):
         raise ApplyError(f"{command[0]}: {result.stderr.strip()}; {PERMISSION_HINT}")
     return result
 
 
-def _dying_with(parent: int) -> Callable[[], None]:
+def dying_with(parent: int) -> Callable[[], None]:
     """What a tool's child process runs first: have the kernel kill it when nfc
     dies, so that a tool of a killed nfc cannot go on changing the rules after
     the next nfc command has repaired them (see the journal in nfc.apply)."""
-
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
 
     def die_with_parent() -> None:

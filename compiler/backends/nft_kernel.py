@@ -3,6 +3,7 @@ through libnftables, and nothing else read, saved or replaced."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from nfc.backends.kernel import (
     Json,
     KernelRefused,
     RestoreFailed,
+    dying_with,
     permission_problem,
     refusal,
     run_tool,
@@ -51,7 +53,9 @@ class Nft:
                 binding.set_dry_run(False)  # type: ignore[attr-defined]
             return None if rc == 0 else error or "nft failed"
         command = ["nft", "-c", "-f", str(path)] if dry_run else ["nft", "-f", str(path)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=120, preexec_fn=dying_with(os.getpid())
+        )
         return None if result.returncode == 0 else result.stderr or "nft failed"
 
     def run_text(self, script: str) -> str | None:
