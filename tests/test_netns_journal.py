@@ -194,7 +194,7 @@ def test_a_killed_timer_is_replaced_by_the_next_command(
 ) -> None:
     host.apply(artifacts[NFT, OLD])
     old_rules = host.rules(NFT)
-    host.apply(artifacts[NFT, NEW], "--confirm", "1")
+    host.apply(artifacts[NFT, NEW], "--confirm", "2")
     new_rules = host.rules(NFT)
     pending = _pending(host)
     timer = Path(f"/proc/{pending['pid']}/cmdline").read_bytes().split(b"\0")
