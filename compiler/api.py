@@ -17,8 +17,8 @@ it is not to be trusted, is damaged or cannot be written) and
 `KernelRefused` that the kernel refused a ruleset, the previous one still
 in force. Functions that take a TARGET accept an
 artifact directory or a policy, which they compile for `backend` first.
-Apply, confirm and rollback keep their state in `state_dir`: by default
-$NFC_STATE_DIR, else /var/lib/nfc.
+Apply, confirm, rollback and restore keep their state in `state_dir`: by
+default $NFC_STATE_DIR, else /var/lib/nfc.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ __all__ = [
     "expired",
     "explain",
     "lint",
+    "restore",
     "rollback",
     "rollback_timer",
     "write",
@@ -187,6 +188,13 @@ def rollback(
 ) -> None:
     """Restore what the last `apply` replaced."""
     nfc.apply.rollback(_state(state_dir), report, lock_timeout)
+
+
+def restore(
+    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.state.LOCK_TIMEOUT
+) -> None:
+    """Load the last confirmed ruleset (at boot): never one still waiting for `confirm`."""
+    nfc.apply.restore(_state(state_dir), report, lock_timeout)
 
 
 def rollback_timer(token: str, deadline: float, state_dir: StateDir = None) -> None:

@@ -1,29 +1,37 @@
-"""Put a compiled ruleset into the kernel: check, apply, confirm, rollback.
+"""Put a compiled ruleset into the kernel: check, apply, confirm, rollback, restore.
 
 `apply` saves what it is about to replace before it loads anything, so
 `rollback` (or the timer that `apply --confirm` starts) can put it back.
 Everything runs under one lock in the state directory. What loading,
 saving and testing mean is each backend's kernel side (see
 `nfc.backends`); this module holds what they have in common: the
-confirmation timer and the conntrack sysctls. The lock and the saved state
-are `nfc.state`'s.
+journal, the confirmation timer and the sysctls. The lock and the state
+files are `nfc.state`'s.
+
+The kernel cannot change both iptables-legacy families, nor the raw and
+filter tables of one, in one transaction; so every change is journaled
+first (`journal.json`). The next command finds the journal of an nfc that
+died half-way (`_settle`, which every command that touches the kernel runs
+first): it undoes an interrupted apply, as a rollback would, and finishes
+an interrupted rollback or restore. A finished journal becomes
+`confirmed.json`, what `nfc restore` loads at boot, or `applied.json`
+while a confirmation is pending. `_settle` also rolls back an unconfirmed
+apply whose deadline passed, in case its timer died.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nfc import timer
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS
-from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused
+from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
 from nfc.state import LOCK_TIMEOUT, State
+from nfc.state_shapes import APPLIED, CONFIRMED, JOURNAL
 
 Report = Callable[[str], None]
 
@@ -70,6 +78,152 @@ def apply_sysctls(settings: dict[str, str], report: Report) -> None:
 
 
 # --------------------------------------------------------------------------
+# the journal and the other state files of this module
+
+
+def journal_path(state: State) -> Path:
+    """A change to the kernel in progress: {"action", "target", "to"}, "to"
+    being the ruleset it loads in the form of a saved state."""
+    return state.dir / JOURNAL
+
+
+def applied_path(state: State) -> Path:
+    """The finished journal of the last apply while a confirmation is pending."""
+    return state.dir / APPLIED
+
+
+def confirmed_path(state: State) -> Path:
+    """The finished journal of the change that put the last confirmed ruleset in force."""
+    return state.dir / CONFIRMED
+
+
+# --------------------------------------------------------------------------
+# repairs
+
+
+def _put_in_force(record: Json, report: Report) -> str:
+    """Load a saved state or journaled ruleset, sysctls too; say what it was."""
+    kernel = _kernel(record["backend"])
+    try:
+        kernel.restore(record)
+    except KeyError as exc:
+        raise ApplyError(f"a saved {record['backend']} ruleset lacks {exc}") from None
+    apply_sysctls(record.get("sysctl", {}), report)
+    return kernel.describe(record)
+
+
+def _finish(state: State, journal: Path | None, pending: Json | None, late: str | None, what: str) -> None:
+    """After a rollback, restore or repair has put `what` in force: end the
+    pending confirmation (`late` says why, for a later `confirm`), and make
+    the finished journal the last confirmed ruleset. The journal goes last,
+    so that a kill before it only makes the next command do it all again."""
+    if pending is not None:
+        if late is not None:  # best effort: the rules are back, whatever the disk says
+            with contextlib.suppress(ApplyError):
+                state.write(state.rolled_back, {"at": time.time(), "why": late, "restored": what})
+        state.remove(state.pending)
+        timer.stop(pending)
+    state.remove(applied_path(state))
+    if journal is not None:
+        state.move(journal, confirmed_path(state))
+
+
+def _roll_back(state: State, report: Report, late: str | None = None) -> str:
+    """Put the saved state back and end a pending confirmation."""
+    saved = state.read(state.saved)
+    if saved is None:
+        raise ApplyError(f"nothing to roll back: no saved state in {state.dir}")
+    pending = state.read(state.pending)
+    journal: Path | None = journal_path(state)
+    try:
+        state.write(journal_path(state), {"action": "rollback", "target": state.saved.name, "to": saved})
+    except ApplyError:
+        if pending is None:
+            raise
+        # The way back to safety needs no free space: pending.json, removed
+        # only once the rules are back, makes the next command do it again.
+        journal = None
+    what = _put_in_force(saved, report)
+    _finish(state, journal, pending, late, what)
+    return what
+
+
+def _settle(state: State, report: Report) -> None:
+    """Repair what an earlier nfc left: an interrupted change (undo an apply,
+    finish a rollback or restore), then an unconfirmed apply whose deadline
+    passed. Every command that touches the kernel runs this first."""
+    journal = state.read(journal_path(state))
+    if journal is not None:
+        pending = state.read(state.pending)
+        if journal["action"] == "apply":
+            saved = state.read(state.saved)
+            if saved is None:
+                raise ApplyError(f"cannot undo the interrupted apply of {journal['target']}: no saved state")
+            what = _put_in_force(saved, report)
+            _finish(state, None, pending, f"the apply of {journal['target']} was interrupted", what)
+            state.remove(journal_path(state))
+            report(f"repaired: the interrupted apply of {journal['target']} is undone: {what} as before it")
+        else:
+            what = _put_in_force(journal["to"], report)
+            late = _late(pending)
+            _finish(state, journal_path(state), pending, late, what)
+            report(f"repaired: the interrupted {journal['action']} is finished; restored {what}")
+    pending = state.read(state.pending)
+    late = _late(pending)
+    if late is not None:
+        what = _roll_back(state, report, late)
+        report(f"{late}: restored {what} as before the unconfirmed apply")
+
+
+def _late(pending: Json | None) -> str | None:
+    """Why a pending confirmation is over, if it is: its deadline passed."""
+    if pending is None or pending["deadline"] > time.time():
+        return None
+    return time.strftime(
+        "the confirmation deadline passed at %Y-%m-%d %H:%M:%S UTC", time.gmtime(pending["deadline"])
+    )
+
+
+# --------------------------------------------------------------------------
+# the confirmation timer
+
+
+def _arm(state: State, deadline: float) -> Json:
+    """Start a timer for `deadline` and record it; the caller stops an
+    earlier one only after this, so a deadline is armed at every moment."""
+    armed = timer.start(state.dir, deadline)
+    try:
+        state.write(state.pending, armed)
+    except ApplyError as exc:
+        timer.stop(armed)
+        raise ApplyError(f"{exc}; nothing was loaded, and an earlier deadline stays armed") from None
+    return armed
+
+
+def _disarm(state: State, armed: Json | None, previous: Json | None) -> None:
+    """Undo the arming of a refused apply: back to the earlier pending
+    confirmation, whose timer still runs, if there was one."""
+    if armed is not previous and armed is not None:
+        if previous is None:
+            state.remove(state.pending)
+        else:
+            state.write(state.pending, previous)
+        timer.stop(armed)
+
+
+def rollback_timer(state: State, token: str, deadline: float) -> None:
+    """The detached process behind `apply --confirm`; `token`, in its command
+    line, identifies it to `timer.stop`. At the deadline it rolls back
+    through `_settle`, which finds nothing due if the apply was confirmed,
+    rolled back by hand, or superseded by a later deadline."""
+    del token
+    while (left := deadline - time.time()) > 0:
+        time.sleep(left)
+    with state.locked(timeout=LOCK_TIMEOUT * 5):
+        _settle(state, lambda _: None)
+
+
+# --------------------------------------------------------------------------
 # commands
 
 
@@ -93,9 +247,10 @@ def apply(
     confirm_seconds: float | None = None,
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
-    """Load the artifact after saving what it replaces."""
+    """Load the artifact after saving what it replaces, journaled."""
     kernel = _kernel(artifact.backend)
     with state.locked(lock_timeout):
+        _settle(state, report)
         pending = state.read(state.pending)
         saved = state.read(state.saved)
         sysctl = artifact.path(SYSCTL_CONF)
@@ -106,97 +261,87 @@ def apply(
             snapshot = kernel.snapshot(artifact)
             snapshot["sysctl"] = current_sysctls(sorted(settings))
             state.write(state.saved, snapshot)
-        if confirm_seconds is not None:
-            # Armed before the load, so no moment passes with the new rules
-            # in force and nothing to take them back.
-            _start_timer(state, time.time() + confirm_seconds, pending)
+        journal = journal_path(state)
+        to = kernel.saved_form(artifact) | {"sysctl": settings}
+        state.write(journal, {"action": "apply", "target": artifact.name, "to": to})
+        armed = pending
         try:
-            kernel.load(artifact)
-        except KernelRefused as exc:
             if confirm_seconds is not None:
-                _disarm(state, pending)
+                # Armed before the load, so no moment passes with the new rules
+                # in force and nothing to take them back.
+                armed = _arm(state, time.time() + confirm_seconds)
+            kernel.load(artifact)
+        except RestoreFailed as exc:  # half loaded: the journal stays
+            raise RestoreFailed(f"{exc}\nnfc: the next nfc command puts the saved state back") from None
+        except KernelRefused as exc:
+            _disarm(state, armed, pending)
+            state.remove(journal)
             raise KernelRefused(f"{exc}\nnfc: the previous ruleset is still in force") from None
+        except ApplyError:
+            _disarm(state, armed, pending)
+            state.remove(journal)
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _settle(state, report)  # undo at once whatever the interruption left
+            raise
+        refused: list[str] = []
+        apply_sysctls(settings, refused.append)
+        if armed is not pending and pending is not None:
+            timer.stop(pending)
+        state.move(journal, confirmed_path(state) if armed is None else applied_path(state))
+        state.remove(state.rolled_back)
         report(f"applied {artifact.name} ({artifact.backend})")
         mixed = kernel.foreign_rules()
         if mixed:
             report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
-        apply_sysctls(settings, report)
-        state.remove(state.rolled_back)
+        for line in refused:
+            report(line)
         if confirm_seconds is not None:
             report(
                 f"rolls back in {confirm_seconds:g}s unless 'nfc confirm' runs (state directory {state.dir})"
             )
 
 
-def _start_timer(state: State, deadline: float, previous: Json | None) -> None:
-    if previous is not None:
-        _stop_timer(previous)
-    token = secrets.token_hex(8)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nfc", "_rollback-timer", "--state-dir", str(state.dir), token, str(deadline)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # survives the deploy's shell and its hangup
-        close_fds=True,
-    )
-    state.write(state.pending, {"token": token, "deadline": deadline, "pid": process.pid})
-
-
-def _disarm(state: State, previous: Json | None) -> None:
-    """Undo the arming of a refused apply: back to the earlier pending
-    confirmation, if there was one, with its own deadline."""
-    armed = state.read(state.pending)
-    if armed is not None:
-        _stop_timer(armed)
-    if previous is None:
-        state.remove(state.pending)
-    else:
-        _start_timer(state, float(previous["deadline"]), None)
-
-
-def _stop_timer(pending: Json) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(int(pending["pid"]), 15)
-
-
-def _restore(state: State, report: Report) -> None:
-    saved = state.read(state.saved)
-    if saved is None:
-        raise ApplyError(f"nothing to roll back: no saved state in {state.dir}")
-    kernel = _kernel(saved["backend"])
-    kernel.restore(saved)
-    apply_sysctls(saved.get("sysctl", {}), report)
-    state.remove(state.pending)
-    report(f"restored {kernel.describe(saved)} as before the last apply")
-
-
 def rollback(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
     with state.locked(lock_timeout):
-        pending = state.read(state.pending)
-        _restore(state, report)
-        if pending is not None:
-            _stop_timer(pending)
+        _settle(state, report)
+        what = _roll_back(state, report)
+        report(f"restored {what} as before the last apply")
 
 
 def confirm(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
     with state.locked(lock_timeout):
+        _settle(state, report)
         pending = state.read(state.pending)
         if pending is None:
-            if state.read(state.rolled_back) is not None:
-                raise KernelRefused("too late: the deadline passed and the previous ruleset was restored")
+            late: object = state.read(state.rolled_back)
+            if isinstance(late, dict):
+                why = late.get("why", "the deadline passed")
+                restored = late.get("restored", "the previous ruleset")
+                raise KernelRefused(f"too late: {why}, and {restored} was restored as before the apply")
             raise ApplyError("no apply is waiting for confirmation")
+        if state.read(applied_path(state)) is not None:
+            state.move(applied_path(state), confirmed_path(state))
         state.remove(state.pending)
-        _stop_timer(pending)
+        timer.stop(pending)
         report("confirmed: the applied ruleset stays")
 
 
-def rollback_timer(state: State, token: str, deadline: float) -> None:
-    """The detached process behind `apply --confirm`."""
-    time.sleep(max(0.0, deadline - time.time()))
-    with state.locked(timeout=LOCK_TIMEOUT * 5):
-        pending = state.read(state.pending)
-        if pending is None or pending.get("token") != token:
-            return  # confirmed, rolled back by hand, or superseded
-        _restore(state, lambda _: None)
-        state.write(state.rolled_back, {"token": token, "at": time.time()})
+def restore(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    """Load the last confirmed ruleset, as at boot: never one that waits for
+    a confirmation (that one is rolled back)."""
+    with state.locked(lock_timeout):
+        _settle(state, report)
+        if state.read(state.pending) is not None:
+            what = _roll_back(state, report, "nfc restore ran before the apply was confirmed")
+            report(f"restored {what}, the last confirmed ruleset; the unconfirmed apply is rolled back")
+            return
+        confirmed = state.read(confirmed_path(state))
+        if confirmed is None:
+            raise ApplyError(f"nothing to restore: no confirmed ruleset in {state.dir}")
+        journal = journal_path(state)
+        state.write(journal, {**confirmed, "action": "restore"})
+        what = _put_in_force(confirmed["to"], report)
+        state.move(journal, confirmed_path(state))
+        report(f"restored {what}, the last confirmed ruleset (from {confirmed['target']})")

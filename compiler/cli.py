@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from nfc import __version__, api, diff, doctor, explain, lint
+from nfc import __version__, api, diff, doctor, explain, lint, timer
 from nfc.artifacts import ArtifactError
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, KernelRefused
@@ -169,6 +169,11 @@ def _rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _restore(args: argparse.Namespace) -> int:
+    api.restore(report=_report, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
+    return EXIT_OK
+
+
 def _rollback_timer(args: argparse.Namespace) -> int:
     api.rollback_timer(args.token, args.deadline, args.state_dir)
     return EXIT_OK
@@ -309,11 +314,15 @@ def parser() -> argparse.ArgumentParser:
     _state_options(rollback)
     rollback.set_defaults(run=_rollback)
 
-    timer = commands.add_parser("_rollback-timer")  # started by apply --confirm
-    _state_options(timer)
-    timer.add_argument("token")
-    timer.add_argument("deadline", type=float)
-    timer.set_defaults(run=_rollback_timer)
+    restore = commands.add_parser("restore", help="load the last confirmed ruleset, as at boot")
+    _state_options(restore)
+    restore.set_defaults(run=_restore)
+
+    timer_ = commands.add_parser(timer.COMMAND)  # started by apply --confirm
+    _state_options(timer_)
+    timer_.add_argument("token")
+    timer_.add_argument("deadline", type=float)
+    timer_.set_defaults(run=_rollback_timer)
     return top
 
 

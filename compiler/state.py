@@ -171,6 +171,21 @@ class State:
             except OSError as exc:
                 raise StateError(f"cannot remove {path}: {exc.strerror}") from None
 
+    def move(self, source: Path, target: Path) -> None:
+        """Rename state file `source` to `target`, replacing it, at once."""
+        names = self._name(source), self._name(target)
+        with self._directory(create=False) as directory:
+            if directory is None:
+                raise StateError(f"cannot move {source}: {self.dir} is gone")
+            try:
+                os.lstat(
+                    names[0], dir_fd=directory
+                )  # ours to move: a file of this directory, no link followed
+                os.replace(*names, src_dir_fd=directory, dst_dir_fd=directory)
+                os.fsync(directory)
+            except OSError as exc:
+                raise StateError(f"cannot move {source} to {target}: {exc.strerror}") from None
+
     def _name(self, path: Path) -> str:
         if path.parent != self.dir or path.name not in SCHEMAS:
             raise ValueError(f"{path} is not a state file of {self.dir} (see nfc.state.register_schema)")

@@ -21,6 +21,10 @@ from nfc.load import IDENTIFIER
 SAVED = "previous.json"
 PENDING = "pending.json"
 ROLLED_BACK = "rolled-back.json"
+JOURNAL = "journal.json"  # a change to the kernel in progress
+APPLIED = "applied.json"  # the finished journal of an apply waiting for confirm
+CONFIRMED = "confirmed.json"  # the finished journal of the last confirmed ruleset
+JOURNAL_ACTIONS = ("apply", "rollback", "restore")
 
 PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT: no process id is larger
 LATEST_TIME = float(1 << 32)  # seconds since the epoch (2106): later ones overflow time.sleep
@@ -148,10 +152,14 @@ class Shape:
 
 
 def _nft_listing(table: str, listing: str) -> str | None:
-    """`nft list table inet TABLE` of that table, whole: loading anything else,
-    or a listing cut short, would not put back what was saved."""
-    lines = listing.rstrip("\n").split("\n")
-    if lines[0] != f"table inet {table} {{" or lines[-1] != "}":
+    """`nft list table inet TABLE` of that table, whole, or the ruleset.nft
+    nfc generated for it (comments, then the lines that declare and delete
+    the table before defining it anew): loading anything else, or a listing
+    cut short, would not put back what was saved."""
+    lines = [line for line in listing.rstrip("\n").split("\n") if line and not line.startswith("#")]
+    if lines[:2] == [f"table inet {table}", f"delete table inet {table}"]:
+        lines = lines[2:]
+    if not lines or lines[0] != f"table inet {table} {{" or lines[-1] != "}":
         return f"'listing' is not the whole of table inet {table}"
     if any(line and not line.startswith("\t") for line in lines[1:-1]):
         return f"'listing' holds more than table inet {table}"
@@ -245,9 +253,21 @@ def register_schema(name: str, schema: Schema) -> None:
 TOKEN_TEXT = text(TOKEN, "a token of hex digits")
 register_schema(SAVED, saved_state)
 register_schema(
-    PENDING, Shape({"token": TOKEN_TEXT, "deadline": seconds(LATEST_TIME), "pid": whole(2, PID_MAX)})
+    PENDING,
+    Shape(
+        {
+            "token": TOKEN_TEXT,
+            "deadline": seconds(LATEST_TIME),
+            "pid": whole(2, PID_MAX),
+            "started": nullable(whole(0, 2**63 - 1)),  # the timer's start, in clock ticks after boot
+        }
+    ),
 )
-register_schema(ROLLED_BACK, Shape({"token": TOKEN_TEXT, "at": seconds(LATEST_TIME)}))
+register_schema(ROLLED_BACK, Shape({"at": seconds(LATEST_TIME), "why": text(), "restored": text()}))
+# A journal names what it loads ("to") in the form of a saved state.
+JOURNAL_SHAPE = Shape({"action": one_of(*JOURNAL_ACTIONS), "target": text(), "to": saved_state})
+for finished in (JOURNAL, APPLIED, CONFIRMED):
+    register_schema(finished, JOURNAL_SHAPE)
 
 
 def _refuse_constant(name: str) -> NoReturn:

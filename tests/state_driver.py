@@ -122,7 +122,8 @@ def corpus(work: Path) -> Observed:
         must("apply", policy, "-b", "iptables-legacy", "--state-dir", legacy_state)
     must("apply", WEB, "--confirm", "3600", "--state-dir", nft_state)  # previous.json: RECURSIVE's table
     shutil.copy(nft_state / SAVED, late_state / SAVED)
-    (late_state / ROLLED_BACK).write_text(json.dumps({"token": TOKEN, "at": time.time()}))
+    late = {"at": time.time(), "why": "the deadline passed", "restored": "table inet nfc"}
+    (late_state / ROLLED_BACK).write_text(json.dumps(late))
     token = json.loads((nft_state / PENDING).read_text())["token"]
 
     commands: dict[str, list[tuple[str | Path, ...]]] = {

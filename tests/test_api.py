@@ -62,7 +62,7 @@ def test_the_cli_offers_exactly_the_registered_backends() -> None:
 
 def test_each_record_is_frozen_and_registered_under_its_name() -> None:
     interface = {name for name in vars(Kernel) if not name.startswith("_")}
-    assert interface == {"check", "snapshot", "load", "restore", "describe", "foreign_rules"}
+    assert interface == {"check", "snapshot", "saved_form", "load", "restore", "describe", "foreign_rules"}
     for name, record in BACKENDS.items():
         assert isinstance(record, Backend) and record.name == name
         with pytest.raises(dataclasses.FrozenInstanceError):

@@ -23,7 +23,17 @@ import nfc.state
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError
 from nfc.state import LOCK, State, StateError
-from nfc.state_shapes import PENDING, ROLLED_BACK, SAVED, SCHEMAS, SNAPSHOTS, register_schema
+from nfc.state_shapes import (
+    APPLIED,
+    CONFIRMED,
+    JOURNAL,
+    PENDING,
+    ROLLED_BACK,
+    SAVED,
+    SCHEMAS,
+    SNAPSHOTS,
+    register_schema,
+)
 
 from conftest import missing_prerequisite
 
@@ -52,8 +62,8 @@ VALID: dict[str, dict[str, Any]] = {
         "rules.v6": DUMP,
         "sysctl": SYSCTL,
     },
-    "pending.json": {"token": "0123456789abcdef", "deadline": 1764540000.25, "pid": 4242},
-    "rolled-back.json": {"token": "0123456789abcdef", "at": 1764540001.5},
+    "pending.json": {"token": "0123456789abcdef", "deadline": 1764540000.25, "pid": 4242, "started": 987},
+    "rolled-back.json": {"at": 1764540001.5, "why": "the deadline passed", "restored": "table inet nfc"},
 }
 
 
@@ -123,15 +133,27 @@ def test_every_backend_has_the_shape_of_its_saved_state() -> None:
 @pytest.mark.parametrize(
     ("name", "data", "problem"),
     [
-        (PENDING, {"token": "0123456789abcdef", "deadline": 1e9, "pid": 1}, "'pid' is 1, not between 2"),
-        (PENDING, {"token": "0123456789abcdef", "deadline": math.inf, "pid": 9}, "'deadline' is Infinity"),
+        (
+            PENDING,
+            {"token": "0123456789abcdef", "deadline": 1e9, "pid": 1, "started": 7},
+            "'pid' is 1, not between 2",
+        ),
+        (
+            PENDING,
+            {"token": "0123456789abcdef", "deadline": math.inf, "pid": 9, "started": 7},
+            "'deadline' is Infinity",
+        ),
         (
             SAVED,
             {"backend": "nft", "table": "nfc", "listing": "table inet other {\n}\n", "sysctl": {}},
             "whole",
         ),
         (SAVED, {"backend": "pf", "sysctl": {}}, "'backend' is \"pf\", not one of nfc's"),
-        (ROLLED_BACK, {"token": "0123456789abcdef", "at": 1.0, "why": "late"}, 'unknown key "why"'),
+        (
+            ROLLED_BACK,
+            {"token": "0123456789abcdef", "at": 1.0, "why": "late", "restored": "x"},
+            'unknown key "token"',
+        ),
     ],
 )
 def test_a_write_of_the_wrong_shape_is_refused_and_writes_nothing(
@@ -150,13 +172,13 @@ def test_state_errors_exit_as_apply_errors() -> None:
 
 def test_only_registered_files_are_state_files(state: State) -> None:
     with pytest.raises(ValueError, match="not a state file"):
-        state.read(state.dir / "journal.json")
+        state.read(state.dir / "other.json")
     with pytest.raises(ValueError, match="not a state file"):
         state.read(state.dir.parent / SAVED)
     for name in (SAVED, LOCK, "../x.json", "Journal.json"):
         with pytest.raises(ValueError, match="cannot be a new state file"):
             register_schema(name, lambda data: None)
-    assert set(SCHEMAS) == {SAVED, PENDING, ROLLED_BACK}
+    assert set(SCHEMAS) == {SAVED, PENDING, ROLLED_BACK, JOURNAL, APPLIED, CONFIRMED}
 
 
 # --------------------------------------------------------------------------
@@ -190,9 +212,10 @@ def test_reading_a_missing_directory_finds_nothing_and_makes_nothing(state: Stat
 def test_a_directory_others_can_write_is_refused(state: State, mode: int) -> None:
     state.dir.mkdir()
     state.dir.chmod(mode)
-    with pytest.raises(
-        StateError, match=rf"state directory {state.dir} is writable by .*\(mode {mode:04o}\)"
-    ), state.locked():
+    with (
+        pytest.raises(StateError, match=rf"state directory {state.dir} is writable by .*\(mode {mode:04o}\)"),
+        state.locked(),
+    ):
         pass
     with pytest.raises(StateError, match="is writable by"):
         state.read(state.saved)
@@ -217,9 +240,10 @@ def test_a_directory_of_another_user_is_refused(state: State) -> None:
     require_root()
     put(state, SAVED, json.dumps(VALID["previous.json of nft"]).encode())
     os.chown(state.dir, NOBODY, NOBODY)
-    with pytest.raises(
-        StateError, match=rf"state directory {state.dir} belongs to .*uid {NOBODY}\)?, not to"
-    ), state.locked():
+    with (
+        pytest.raises(StateError, match=rf"state directory {state.dir} belongs to .*uid {NOBODY}\)?, not to"),
+        state.locked(),
+    ):
         pass
     with pytest.raises(StateError, match="belongs to"):
         state.read(state.saved)

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 from nfc.backends.iptables import BACKEND, TOOLS
-from nfc.backends.kernel import ApplyError, Artifact, Json, KernelRefused, refusal, run_tool
+from nfc.backends.kernel import ApplyError, Artifact, Json, KernelRefused, RestoreFailed, refusal, run_tool
 
 RESTORE_ERROR = re.compile(r"(?:Error occurred at line: |line )(?P<line>\d+)")
 
@@ -49,6 +49,10 @@ class LegacyKernel:
             saved[family_file] = "".join(dumps)
         return saved
 
+    def saved_form(self, artifact: Artifact) -> Json:
+        # a rules file holds the raw and filter tables of its family, as a snapshot does
+        return {"backend": BACKEND} | {name: artifact.path(name).read_text() for name in TOOLS}
+
     def load(self, artifact: Artifact) -> None:
         self.check(artifact)  # both families first, so neither is half applied
         before = self.snapshot(artifact)
@@ -62,7 +66,7 @@ class LegacyKernel:
         for family_file in TOOLS:
             result = self._restore(family_file, saved[family_file])
             if result.returncode != 0:
-                raise KernelRefused(f"rollback failed: {TOOLS[family_file]}-restore: {result.stderr.strip()}")
+                raise RestoreFailed(f"rollback failed: {TOOLS[family_file]}-restore: {result.stderr.strip()}")
 
     def describe(self, saved: Json) -> str:
         return "the iptables-legacy raw and filter tables"

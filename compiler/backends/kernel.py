@@ -3,15 +3,20 @@ interface `apply` drives them through, their errors, and running a tool."""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import shutil
+import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from nfc.errors import Loc
 
+PR_SET_PDEATHSIG = 1
 RULE_ORIGIN = re.compile(r'comment "(?P<file>[^"]+?):(?P<line>\d+)(?::[^"]*)?"')
 PERMISSION_HINT = "this needs CAP_NET_ADMIN: run as root (or in a user namespace: unshare -rn nfc ...)"
 
@@ -25,6 +30,11 @@ class ApplyError(Exception):
 
 class KernelRefused(Exception):
     """The kernel refused a ruleset; the previous one is in force. Exit code 3."""
+
+
+class RestoreFailed(KernelRefused):
+    """The kernel refused a saved state being put back: the rules in force
+    may be half replaced, and the journal in the state directory stays."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,8 @@ class Kernel(Protocol):
     """A backend's kernel side: what `apply` needs to load its artifacts.
 
     `snapshot` saves what `load` would replace, as JSON with a "backend"
-    key; `restore` puts such a snapshot back."""
+    key; `restore` puts such a snapshot back, or the `saved_form` of an
+    artifact (how the journal and `nfc restore` keep a loaded ruleset)."""
 
     def check(self, artifact: Artifact) -> None:
         """Have the kernel validate the artifact without committing it."""
@@ -67,11 +78,15 @@ class Kernel(Protocol):
     def snapshot(self, artifact: Artifact) -> Json:
         """What loading the artifact would replace."""
 
+    def saved_form(self, artifact: Artifact) -> Json:
+        """The artifact's ruleset in the form `snapshot` saves, for `restore` to load."""
+
     def load(self, artifact: Artifact) -> None:
-        """Replace the rules in force with the artifact's, or leave them as they were."""
+        """Replace the rules in force with the artifact's, or leave them as they
+        were; RestoreFailed if putting them back failed too."""
 
     def restore(self, saved: Json) -> None:
-        """Put back what `snapshot` saved."""
+        """Put back what `snapshot` saved; RestoreFailed if the kernel refuses it."""
 
     def describe(self, saved: Json) -> str:
         """What `restore` puts back, for a report."""
@@ -103,7 +118,23 @@ def run_tool(
     """Run a netfilter tool; ApplyError if it is missing or (with `check`) lacks permission."""
     if shutil.which(command[0]) is None:
         raise ApplyError(f"'{command[0]}' is not installed")
-    result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=120, preexec_fn=dying_with(os.getpid())
+    )
     if check and result.returncode != 0 and permission_problem(result.stderr):
         raise ApplyError(f"{command[0]}: {result.stderr.strip()}; {PERMISSION_HINT}")
     return result
+
+
+def dying_with(parent: int) -> Callable[[], None]:
+    """What a tool's child process runs first: have the kernel kill it when nfc
+    dies, so that a tool of a killed nfc cannot go on changing the rules after
+    the next nfc command has repaired them (see the journal in nfc.apply)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # nfc died before the request took effect
+            os._exit(1)
+
+    return die_with_parent

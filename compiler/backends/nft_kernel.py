@@ -3,6 +3,7 @@ through libnftables, and nothing else read, saved or replaced."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ from nfc.backends.kernel import (
     Artifact,
     Json,
     KernelRefused,
+    RestoreFailed,
+    dying_with,
     permission_problem,
     refusal,
     run_tool,
@@ -50,7 +53,9 @@ class Nft:
                 binding.set_dry_run(False)  # type: ignore[attr-defined]
             return None if rc == 0 else error or "nft failed"
         command = ["nft", "-c", "-f", str(path)] if dry_run else ["nft", "-f", str(path)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=120, preexec_fn=dying_with(os.getpid())
+        )
         return None if result.returncode == 0 else result.stderr or "nft failed"
 
     def run_text(self, script: str) -> str | None:
@@ -115,6 +120,10 @@ class NftKernel:
             raise ApplyError(f"cannot read table inet {artifact.table}: {_nft_error(error)}")
         return {"backend": BACKEND, "table": artifact.table, "listing": listing}
 
+    def saved_form(self, artifact: Artifact) -> Json:
+        # ruleset.nft itself replaces the table, so it loads as a listing does
+        return {"backend": BACKEND, "table": artifact.table, "listing": artifact.path(RULESET).read_text()}
+
     def load(self, artifact: Artifact) -> None:
         error = self.nft.run_file(artifact.path(RULESET))
         if error is not None:
@@ -125,7 +134,7 @@ class NftKernel:
         script = f"table inet {table}\ndelete table inet {table}\n" + (saved["listing"] or "")
         error = self.nft.run_text(script)
         if error is not None:
-            raise KernelRefused(f"rollback failed: the kernel refused the saved state: {_nft_error(error)}")
+            raise RestoreFailed(f"rollback failed: the kernel refused the saved state: {_nft_error(error)}")
 
     def describe(self, saved: Json) -> str:
         return f"table inet {saved['table']}"
