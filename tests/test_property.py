@@ -85,7 +85,7 @@ def _compile(path: str, backend: str = "nft") -> dict[str, str]:
 
     def work() -> None:
         try:
-            ruleset, sources = compile_policy(path, memory=MEMORY, word_bits=WORD_BITS)
+            ruleset, sources = compile_policy(path, memory=MEMORY, word_bits=WORD_BITS, allow_empty=True)
             outcome["files"] = build(ruleset, backend, sources)
         except BaseException as exc:
             outcome["error"] = exc
@@ -456,7 +456,7 @@ from nfc.api import compile_policy
 from nfc.errors import PolicyError
 out = {{}}
 for path in sys.argv[1:]:
-    ruleset, sources = compile_policy(path, memory={MEMORY}, word_bits={WORD_BITS})
+    ruleset, sources = compile_policy(path, memory={MEMORY}, word_bits={WORD_BITS}, allow_empty=True)
     for backend in {BACKEND_NAMES!r}:
         try:
             out[path + " " + backend] = build(ruleset, backend, sources)
