@@ -143,7 +143,14 @@ def _roll_back(state: State, report: Report, late: str | None = None) -> str:
         # The way back to safety needs no free space: pending.json, removed
         # only once the rules are back, makes the next command do it again.
         journal = None
-    what = _put_in_force(saved, report)
+    try:
+        what = _put_in_force(saved, report)
+    except RestoreFailed:
+        raise  # half put back: the journal stays, for the next command to finish
+    except KernelRefused:
+        if journal is not None:  # refused before anything changed: nothing to finish
+            state.remove(journal)
+        raise
     _finish(state, journal, pending, late, what)
     return what
 

@@ -70,3 +70,23 @@ def test_check_apply_and_rollback_through_the_api(lab: Lab, backend: str, tmp_pa
 
     assert "as before the last apply" in _api(lab, "rollback", "-", backend)
     assert "web-notrack.yaml:" not in _rules_in_force(lab, backend)
+
+
+def test_a_saved_state_the_kernel_refuses_changes_nothing(lab: Lab) -> None:
+    """A previous.json whose dumps are whole but hold a rule the kernel
+    refuses: rollback is refused before either family or table changes."""
+    backend = "iptables-legacy"
+    for policy in FLAGSHIP[:2]:
+        applied = lab.apply(policy, backend=backend)
+        assert applied.returncode == 0, applied.stderr
+    in_force = _rules_in_force(lab, backend)
+    saved_path = State(lab.state_dir).saved
+    saved = json.loads(saved_path.read_text())
+    v6 = next(name for name in TOOLS if name.endswith("v6"))
+    saved[v6] = saved[v6].replace("COMMIT", "-A INPUT -p tcp -m tcp --dport 99999 -j ACCEPT\nCOMMIT", 1)
+    saved_path.write_text(json.dumps(saved))
+    refused = lab.server.nfc("rollback", "--state-dir", str(lab.state_dir))
+    assert refused.returncode == 3, refused.stderr
+    assert "nothing was changed" in refused.stderr
+    assert _rules_in_force(lab, backend) == in_force
+    assert not (lab.state_dir / "journal.json").exists()  # nothing half done for the next command

@@ -63,6 +63,15 @@ class LegacyKernel:
                 raise self._refused(artifact, family_file, result.stderr)
 
     def restore(self, saved: Json) -> None:
+        # Both families tested first: a saved dump the kernel refuses leaves
+        # every table as it is, rather than one family or one table restored.
+        for family_file in TOOLS:
+            tested = self._restore(family_file, saved[family_file], test=True)
+            if tested.returncode != 0:
+                raise KernelRefused(
+                    f"the saved state is refused, nothing was changed: {TOOLS[family_file]}-restore: "
+                    f"{tested.stderr.strip()}"
+                )
         for family_file in TOOLS:
             result = self._restore(family_file, saved[family_file])
             if result.returncode != 0:
