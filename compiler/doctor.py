@@ -39,6 +39,10 @@ CRITICAL_FILL = 0.9
 DEFAULT_WARN_FILL = 0.75
 TOP = 5
 EPHEMERAL = "1024-65535"
+WELL_KNOWN = 1024  # ports below it are services' own, above it clients' ephemeral ones
+# With nothing wrong, a service is worth untracking only once it holds this
+# share of the table's room: two ssh sessions are no reason to change a policy.
+QUIET_SUGGESTION_SHARE = 0.1
 
 
 # --------------------------------------------------------------------------
@@ -328,6 +332,15 @@ def _fill(readings: Readings) -> float | None:
     return readings.count / readings.max
 
 
+def _forward(flow: Flow) -> Flow:
+    """The flow as its client started it. An entry evicted while a reply was
+    on its way is created again by the reply, reversed: from the service's
+    well-known port to the client's ephemeral one."""
+    if flow.sport is not None and flow.dport is not None and flow.sport < WELL_KNOWN <= flow.dport:
+        return Flow(flow.protocol, flow.dst, flow.src, flow.dport, flow.sport)
+    return flow
+
+
 def _service(flow: Flow, local: set[str]) -> tuple[str, str]:
     """(label, notrack entry) for a flow: served here, or queried from here."""
     served = not local or flow.dst in local
@@ -358,7 +371,15 @@ def diagnose(
         verdict = "CRITICAL"
         counts = ", ".join(f"{k}={readings.stats[k]}" for k in DROP_COUNTERS if readings.stats.get(k))
         reasons.append(f"the table has overflowed: new connections dropped or old ones evicted ({counts})")
-    if readings.table_full:
+    counters_read = any(key in readings.stats for key in DROP_COUNTERS)
+    if readings.table_full and counters_read and not drops:
+        # The kernel reuses namespace numbers: lines that name this one can
+        # be an earlier namespace's, and this one's own counters say no.
+        reasons.append(
+            f"the kernel log has {readings.table_full} '{TABLE_FULL}' messages, but this network "
+            "namespace has dropped nothing: they are another (earlier) namespace's"
+        )
+    elif readings.table_full:
         verdict = "CRITICAL"
         reasons.append(f"the kernel log has {readings.table_full} '{TABLE_FULL}' messages")
     if fill is not None and fill >= CRITICAL_FILL:
@@ -370,7 +391,7 @@ def diagnose(
     services: Counter[str] = Counter()
     entries: dict[str, str] = {}
     sources: Counter[str] = Counter()
-    for flow in readings.flows:
+    for flow in map(_forward, readings.flows):
         label, entry = _service(flow, readings.local_addresses)
         services[label] += 1
         entries[label] = entry
@@ -382,7 +403,8 @@ def diagnose(
         if entries[label].startswith("udp") or count * 2 >= total:
             suggestions.append(Suggestion(entries[label], count, _covered(entries[label], policy)))
     if verdict == "OK":
-        suggestions = [s for s in suggestions if s.flows * 2 >= max(total, 1)]
+        room = QUIET_SUGGESTION_SHARE * (readings.max or 0)
+        suggestions = [s for s in suggestions if s.flows * 2 >= max(total, 1) and room and s.flows >= room]
     return Diagnosis(
         readings=readings,
         verdict=verdict,

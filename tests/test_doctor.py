@@ -109,3 +109,33 @@ def test_unreadable_table_says_so_and_max_is_never_lowered() -> None:
     assert "udp timeouts: ?" in result.text()
     small = Target(memory_bytes=1 << 30, word_bits=64)
     assert diagnose(readings(max=262144, count=262144), small).suggested_max == 262144
+
+
+def test_log_lines_of_a_reused_namespace_number_are_not_this_namespace_s() -> None:
+    """The kernel reuses namespace numbers: with its own drop counters at
+    zero, a namespace is not blamed for 'table full' lines that name it."""
+    quiet = diagnose(readings(table_full=3, stats={"drop": 0, "early_drop": 0, "insert_failed": 0}), TARGET)
+    assert quiet.verdict == "OK"
+    assert "another (earlier) namespace's" in quiet.reasons[0]
+    assert diagnose(readings(table_full=3, stats={"drop": 4}), TARGET).verdict == "CRITICAL"
+    assert diagnose(readings(table_full=3), TARGET).verdict == "CRITICAL"  # no counters: the log decides
+
+
+def test_a_reply_that_recreated_an_evicted_entry_counts_as_its_service() -> None:
+    answers = [Flow("udp", "192.0.2.53", "10.77.1.1", 53, port) for port in range(45001, 45011)]
+    queries = [Flow("udp", "10.77.1.1", "192.0.2.53", port, 53) for port in range(46001, 46011)]
+    result = diagnose(readings(count=990, flows=answers + queries, local_addresses={"10.77.1.1"}), TARGET)
+    assert [s.entry for s in result.suggestions] == ["udp sport 53 dport 1024-65535"]
+    assert result.by_service == [("udp/53 (queried)", 20)]
+    served = [Flow("udp", "10.77.1.1", "10.77.1.9", 53, port) for port in range(50000, 50004)]
+    result = diagnose(readings(count=990, flows=served, local_addresses={"10.77.1.1"}), TARGET)
+    assert [s.entry for s in result.suggestions] == ["udp dport 53"]  # our answers, recreated
+
+
+def test_a_healthy_table_gets_no_suggestion_for_a_handful_of_entries() -> None:
+    ssh = [Flow("tcp", "192.0.2.10", "10.77.1.1", 50000 + i, 22) for i in range(2)]
+    result = diagnose(readings(count=3, max=262144, flows=ssh, local_addresses={"10.77.1.1"}), TARGET)
+    assert result.verdict == "OK" and result.suggestions == []
+    busy = [Flow("udp", f"10.77.1.{i % 200}", "10.77.1.1", 40000 + i, 53) for i in range(200)]
+    result = diagnose(readings(count=200, max=1000, flows=busy, local_addresses={"10.77.1.1"}), TARGET)
+    assert [s.entry for s in result.suggestions] == ["udp dport 53"]  # a fifth of the room: worth it
