@@ -122,11 +122,9 @@ def stateful_udp_service(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
         tracked = minus(ctx.space.cubes(match, ct=ctx.space.ct_states), untracked)
         if tracked:
             ports = _ports_text(match.dport)
-            known = [
-                name
-                for port, name in HIGH_RATE_UDP.items()
-                if any(lo <= port <= hi for lo, hi in match.dport.ranges)
-            ]
+            # named only when every port is the service's: udp 53-68 is not all DNS
+            exact = all(lo == hi and lo in HIGH_RATE_UDP for lo, hi in match.dport.ranges)
+            known = [HIGH_RATE_UDP[lo] for lo, _ in match.dport.ranges] if exact else []
             what = f"{', '.join(known)} (udp {ports})" if known else f"udp dport {ports}"
             yield (
                 rule.origin,

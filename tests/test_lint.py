@@ -205,3 +205,13 @@ def test_render_is_deterministic(tmp_path: Path) -> None:
 def test_loopback_dropped_asks_if_the_host_can_reach_itself(tmp_path: Path, rule: str, fires: bool) -> None:
     policy = f"nfc: 1\ninput:\n  policy: drop\n  loopback: manual\n  rules:\n    - {rule}\n"
     assert ("NFC051" in codes_at(tmp_path, policy)) is fires
+
+
+@pytest.mark.parametrize(
+    ("ports", "named"),
+    [("53", "DNS (udp 53)"), ("{53, 123}", "DNS, NTP (udp {53, 123})"), ("{53, 67}", "udp dport {53, 67}")],
+)
+def test_stateful_udp_names_a_service_only_for_its_own_ports(tmp_path: Path, ports: str, named: str) -> None:
+    policy = f"nfc: 1\ninput:\n  policy: drop\n  rules:\n    - accept udp dport {ports}\n"
+    (finding,) = [f for f in lint(ruleset_of(tmp_path, policy), today=TODAY) if f.code == "NFC001"]
+    assert finding.message.startswith(f"{named} is accepted with connection tracking")
