@@ -59,6 +59,7 @@ REJECT_V6 = {
 }
 
 
+IPV6HEADER = ["-m", "ipv6header"]
 # Whether the routing decision delivers a packet here, as nft's fib says it.
 DESTINATIONS = {
     "host": ["-m", "addrtype", "--dst-type", "LOCAL"],
@@ -128,7 +129,14 @@ class FamilyFile:
             self._addresses("-d", match.daddr, origin),
         ]
         protocol = self._protocol(match.protocol, origin)
-        if protocol:
+        if protocol and self.family is Family.V6:
+            # ip6tables reads a packet's protocol past an AH header, where nft
+            # (and explain) stop at it: AH-wrapped packets are AH, on both.
+            if protocol == str(vocab.PROTOCOLS["ah"]):
+                head += [*IPV6HEADER, "--header", "ah", "--soft"]
+            else:
+                head += ["-p", protocol, *IPV6HEADER, "!", "--header", "ah", "--soft"]
+        elif protocol:
             head += ["-p", protocol]
         if match.icmp_types:
             choices.append(self._icmp(match))
