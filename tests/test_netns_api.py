@@ -90,3 +90,17 @@ def test_a_saved_state_the_kernel_refuses_changes_nothing(lab: Lab) -> None:
     assert "nothing was changed" in refused.stderr
     assert _rules_in_force(lab, backend) == in_force
     assert not (lab.state_dir / "journal.json").exists()  # nothing half done for the next command
+
+
+def test_applying_an_include_fragment_changes_nothing(lab: Lab, tmp_path: Path) -> None:
+    """A file with no chain and no notrack entry would load an empty
+    firewall: apply refuses it, and the rules in force stay."""
+    applied = lab.apply(FLAGSHIP[0])
+    assert applied.returncode == 0, applied.stderr
+    before = _rules_in_force(lab, NFT)
+    fragment = tmp_path / "fragment.yaml"
+    fragment.write_text("nfc: 1\ndefine:\n  admins: [192.0.2.10]\n")
+    refused = lab.apply(fragment)
+    assert refused.returncode == 2, refused.stderr
+    assert "it would load an empty firewall" in refused.stderr
+    assert _rules_in_force(lab, NFT) == before
