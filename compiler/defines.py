@@ -23,6 +23,7 @@ from nfc.values import (
 from nfc.yaml_source import YNode
 
 PORT_RANGE = re.compile(r"([0-9]+)-([0-9]+)\Z")  # [0-9], not \d: that takes every script's digits
+IPTABLES_RANGE = re.compile(r"[0-9]+:[0-9]+\Z")  # 1024:65535, which nft and nfc write 1024-65535
 SPACE = " \t\r\n"  # around a value; a space of another script is no more part of a number than its digits
 
 
@@ -99,6 +100,10 @@ class Defines:
             ports.append(port_range(low, high, item.loc))
         elif text.isascii() and text.isdigit():
             ports.append((port_number(text, item.loc),) * 2)
+        elif IPTABLES_RANGE.match(text):
+            raise PolicyError(
+                item.loc, f"'{text}' is how iptables writes a port range", f"write {text.replace(':', '-')}"
+            )
         elif ":" in text or "." in text:
             addresses.append(parse_network(text, item.loc))
         else:

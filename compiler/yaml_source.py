@@ -21,6 +21,7 @@ MAX_DEPTH = 64
 # (int to str stops at 4300 digits; hex and binary YAML ints have no such limit).
 MAX_INT_BITS = 4096
 STR_TAG = "tag:yaml.org,2002:str"
+NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -360,6 +361,14 @@ class _Composer:
         if tag is None or tag == "!":
             tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         value: Any = event.value
+        if tag in NUMBER_TAGS and ":" in event.value:
+            # YAML 1.1's base 60: 1024:65535 would be the number 126975, and
+            # an address written in full (2001:0:0:0:0:0:0:1) a number too.
+            raise PolicyError(
+                loc,
+                f"YAML reads {printable(event.value)} as a number in base 60",
+                "put it in quotes; a port range is written 1024-65535",
+            )
         if tag != STR_TAG:
             parent = stack[-1] if stack else None
             if (

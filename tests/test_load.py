@@ -228,3 +228,15 @@ def test_a_long_document_is_refused_at_the_node_past_the_budget(tmp_path: Path) 
     with pytest.raises(PolicyError, match=f"more than {MAX_NODES} YAML nodes") as caught:
         load_yaml(str(path))
     assert caught.value.loc == Loc(str(path), MAX_NODES - 2, 3)
+
+
+@pytest.mark.parametrize(("value", "col"), [("20:30", 6), ("2001:0:0:0:0:0:0:1", 6), ("1:2:3.5", 6)])
+def test_yaml_base_60_numbers_are_refused(tmp_path: Path, value: str, col: int) -> None:
+    """YAML 1.1 reads 20:30 as 1230 and a full IPv6 address as a number:
+    either is a mistake in a policy, said at its place."""
+    path = write_policy(tmp_path, f"nfc: 1\ndefine:\n  x: {value}\ninput:\n  policy: drop\n")
+    with pytest.raises(PolicyError, match="as a number in base 60") as error:
+        load_policy(path)
+    assert (error.value.loc.line, error.value.loc.col) == (3, col)
+    quoted = write_policy(tmp_path, f"nfc: 1\ndefine:\n  x: '{value}'\ninput:\n  policy: drop\n")
+    assert load_policy(quoted).defines["x"].node.value == value

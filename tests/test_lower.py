@@ -297,3 +297,10 @@ def test_notrack_scope_is_checked_where_it_is_written(tmp_path: Path) -> None:
     assert (error.value.loc.line, error.value.loc.col) == (4, 35)
     with pytest.raises(PolicyError, match="unknown key 'scope' in rule"):
         ruleset_of(tmp_path, HEADER + "input:\n  policy: drop\n  rules:\n    - {rule: accept, scope: host}\n")
+
+
+def test_an_iptables_port_range_in_a_define_says_how_nfc_writes_it(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="is how iptables writes a port range") as error:
+        ruleset_of(tmp_path, HEADER + "define:\n  ephemeral: 1024:65535\n")
+    assert error.value.hint == "write 1024-65535"
+    assert (error.value.loc.line, error.value.loc.col) == (3, 14)
