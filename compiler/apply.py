@@ -102,13 +102,11 @@ def confirmed_path(state: State) -> Path:
 
 
 def _put_in_force(record: Json, report: Report) -> str:
-    """Load a saved state or journaled ruleset, sysctls too; say what it was."""
+    """Load a saved state or journaled ruleset, sysctls too; say what it was.
+    Its shape was checked when it was read (nfc.state_shapes)."""
     kernel = _kernel(record["backend"])
-    try:
-        kernel.restore(record)
-    except KeyError as exc:
-        raise ApplyError(f"a saved {record['backend']} ruleset lacks {exc}") from None
-    apply_sysctls(record.get("sysctl", {}), report)
+    kernel.restore(record)
+    apply_sysctls(record["sysctl"], report)
     return kernel.describe(record)
 
 
@@ -322,11 +320,11 @@ def confirm(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) ->
         _settle(state, report)
         pending = state.read(state.pending)
         if pending is None:
-            late: object = state.read(state.rolled_back)
-            if isinstance(late, dict):
-                why = late.get("why", "the deadline passed")
-                restored = late.get("restored", "the previous ruleset")
-                raise KernelRefused(f"too late: {why}, and {restored} was restored as before the apply")
+            late = state.read(state.rolled_back)
+            if late is not None:
+                raise KernelRefused(
+                    f"too late: {late['why']}, and {late['restored']} was restored as before the apply"
+                )
             raise ApplyError("no apply is waiting for confirmation")
         if state.read(applied_path(state)) is not None:
             state.move(applied_path(state), confirmed_path(state))
