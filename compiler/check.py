@@ -12,7 +12,19 @@ from typing import cast
 from nfc import vocab
 from nfc.defines import Defines
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
-from nfc.ir import BOTH_FAMILIES, Addresses, CtState, Family, Log, Match, Network, Ports, RejectWith, Verdict
+from nfc.ir import (
+    BOTH_FAMILIES,
+    Addresses,
+    CtState,
+    Family,
+    Interfaces,
+    Log,
+    Match,
+    Network,
+    Ports,
+    RejectWith,
+    Verdict,
+)
 from nfc.load import COMMENT_MAX, RuleText, check_text
 from nfc.objects import NamedObjects
 from nfc.syntax import Addrs, LogNode, MatchNode, PortItem, RuleNode
@@ -43,8 +55,8 @@ class RuleParts:
     dport: Ports | None = None
     saddr: tuple[AddressValue, bool, str | None] | None = None
     daddr: tuple[AddressValue, bool, str | None] | None = None
-    iifname: str | None = None
-    oifname: str | None = None
+    iifname: Interfaces | None = None
+    oifname: Interfaces | None = None
     ct_state: tuple[CtState, ...] = ()
     icmp_types: tuple[str, ...] = ()
 
@@ -176,7 +188,7 @@ class RuleChecker:
     def _match_daddr(self, match: MatchNode) -> None:
         self.parts.daddr = self._addresses(match, "to")
 
-    def _interface(self, match: MatchNode, hook_without: str) -> str:
+    def _interface(self, match: MatchNode, hook_without: str) -> Interfaces:
         name: str = match.value
         if not IFNAME.match(name):
             raise PolicyError(
@@ -187,7 +199,7 @@ class RuleChecker:
         if self.chain == hook_without:
             word = "iif" if hook_without == "output" else "oif"
             raise PolicyError(match.loc, f"'{word}' can match nothing in the {hook_without} chain")
-        return name
+        return Interfaces((name,))
 
     def _match_iif(self, match: MatchNode) -> None:
         self.parts.iifname = self._interface(match, "output")

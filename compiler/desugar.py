@@ -16,6 +16,7 @@ from nfc.ir import (
     Addresses,
     Destination,
     Family,
+    Interfaces,
     Match,
     NotrackHook,
     NotrackRule,
@@ -79,7 +80,8 @@ def add_implied_rules(lowering: Lowering) -> None:
         rules = lowering.chain_rules.setdefault(name, [])
         if section.loopback == "accept" and (section.policy == "drop" or section.rules):
             # first, so that no state rule, meter or drop sees the host's talk with itself
-            loopback = Match(iifname="lo") if name == "input" else Match(oifname="lo")
+            lo = Interfaces(("lo",))
+            loopback = Match(iifname=lo) if name == "input" else Match(oifname=lo)
             rules.append(Rule(loopback, Verdict("accept"), section.loopback_loc, role=RuleRole.LOOPBACK))
         if section.icmp == "essential":
             rules.extend(_essential_icmp(section))

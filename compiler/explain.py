@@ -8,14 +8,13 @@ and names each meter the packet passes through."""
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from nfc import vocab
 from nfc.errors import Loc, printable
-from nfc.ir import Addresses, Family, Match, Meter, Ports, Rule, RuleRole, Ruleset
+from nfc.ir import Addresses, Family, Interfaces, Match, Meter, Ports, Rule, RuleRole, Ruleset
 from nfc.values import ascii_int
 
 # A name as a rule's iif takes it, less the wildcard: what no rule can name
@@ -165,10 +164,10 @@ def _addresses_match(
     return inside != addresses.negated
 
 
-def _interface_match(pattern: str | None, name: str | None) -> bool:
-    if pattern is None:
+def _interface_match(interfaces: Interfaces | None, name: str | None) -> bool:
+    if interfaces is None:
         return True
-    return name is not None and fnmatch.fnmatchcase(name, pattern)
+    return name is not None and interfaces.admits(name)
 
 
 def matches(match: Match, packet: Packet, ct: str | None) -> bool:

@@ -28,6 +28,9 @@ NotrackHook = Literal["prerouting", "output"]  # raw priority: arriving packets,
 NotrackScope = Literal["host", "routed", "all"]  # whose traffic a notrack entry untracks
 Destination = Literal["host", "routed"]  # where a packet arriving in prerouting goes
 CtState = Literal["new", "established", "related", "invalid", "untracked"]
+CtStatus = Literal["dnat", "snat"]  # conntrack's record of a translation (nft `ct status`)
+NatKind = Literal["masquerade", "snat", "dnat", "redirect"]
+NatHook = Literal["prerouting", "postrouting"]
 MeterKey = Literal["saddr", "daddr"]
 TimeUnit = Literal["second", "minute", "hour", "day"]
 ByteUnit = Literal["bytes", "kbytes", "mbytes"]
@@ -95,6 +98,22 @@ class Addresses:
 
 
 @dataclass(frozen=True)
+class Interfaces:
+    """Interface names, any of which matches. A name ending in '*' matches
+    every name with that prefix (nft's wildcard; iptables writes it '+').
+    `set_name` names the `interfaces` entry they came from."""
+
+    names: tuple[str, ...]
+    set_name: str | None = None
+
+    def admits(self, name: str) -> bool:
+        return any(
+            name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
+            for pattern in self.names
+        )
+
+
+@dataclass(frozen=True)
 class Match:
     """What a packet must look like. `family` None means both IPv4 and IPv6."""
 
@@ -104,10 +123,11 @@ class Match:
     dport: Ports | None = None
     saddr: Addresses | None = None
     daddr: Addresses | None = None
-    iifname: str | None = None
-    oifname: str | None = None
+    iifname: Interfaces | None = None
+    oifname: Interfaces | None = None
     ct_state: tuple[CtState, ...] = ()
     icmp_types: tuple[str, ...] = ()  # of `protocol` (icmp or icmpv6)
+    ct_status: tuple[CtStatus, ...] = ()  # all of them must be set
 
     def mirrored(self) -> Match:
         """The reverse path: ports, addresses and interfaces swap roles."""
@@ -122,6 +142,7 @@ class Match:
             oifname=self.iifname,
             ct_state=self.ct_state,
             icmp_types=self.icmp_types,
+            ct_status=self.ct_status,
         )
 
 
@@ -179,6 +200,7 @@ class RuleRole(enum.Enum):
     STATE = "state"
     UNTRACKED_ANSWER = "untracked-answer"
     LOOPBACK = "loopback"
+    DNAT_FORWARD = "dnat-forward"  # forward accepts the connections a `dnat` translated
 
 
 @dataclass(frozen=True)
@@ -206,6 +228,28 @@ class NotrackRule:
     comment: str | None = None
     expires: dt.date | None = None
     destination: Destination | None = None
+
+
+@dataclass(frozen=True)
+class NatRule:
+    """Translate the connections whose first packet matches `match`.
+    `masquerade` and `snat` rewrite the source in postrouting; `dnat` and
+    `redirect` rewrite the destination in prerouting. `address` is the new
+    address of `snat` and `dnat` (its family is the match's); `ports` the
+    new port range (low, high) of `dnat`, `snat` or `redirect`, None to keep
+    the port."""
+
+    kind: NatKind
+    match: Match
+    origin: Origin
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    ports: tuple[int, int] | None = None
+    comment: str | None = None
+    expires: dt.date | None = None
+
+    @property
+    def hook(self) -> NatHook:
+        return "postrouting" if self.kind in ("masquerade", "snat") else "prerouting"
 
 
 @dataclass(frozen=True)
@@ -247,3 +291,4 @@ class Ruleset:
     port_sets: tuple[NamedPortSet, ...]
     meters: tuple[Meter, ...]
     sysctls: tuple[Sysctl, ...]
+    nat: tuple[NatRule, ...] = ()  # in policy order

@@ -7,7 +7,6 @@ no packet's fate changes no finding."""
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -419,7 +418,7 @@ def loopback_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
             r
             for r in ctx.user_rules(chain)
             if _accepts(r)
-            and fnmatch.fnmatchcase("lo", getattr(r.match, interface) or "*")
+            and ((interfaces := getattr(r.match, interface)) is None or interfaces.admits("lo"))
             and any(_admits(r.match, family, address) for family, address in LOOPBACK_ADDRESSES.items())
         ]
         if not on_loopback:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nfc import vocab
-from nfc.ir import Addresses, Family, Match, Ports, Ruleset
+from nfc.ir import Addresses, Family, Interfaces, Match, Ports, Ruleset
 
 OTHER = "*other*"  # every value of a finite dimension that no rule names
 Intervals = tuple[tuple[int, int], ...]
@@ -122,15 +122,22 @@ class Space:
         self.protocols = frozenset({*vocab.PORT_PROTOCOLS, "icmp", "icmpv6", OTHER} | {
             m.protocol for m in matches if m.protocol
         })  # fmt: skip
-        self.interfaces = frozenset({OTHER} | {n for m in matches for n in (m.iifname, m.oifname) if n})
+        self.interfaces = frozenset(
+            {OTHER} | {n for m in matches for i in (m.iifname, m.oifname) if i is not None for n in i.names}
+        )
         self.icmp_types = frozenset({OTHER} | set(vocab.ICMP_TYPES) | set(vocab.ICMPV6_TYPES))
         self.ct_states = frozenset(vocab.CT_STATES)
 
-    def interfaces_of(self, pattern: str | None) -> frozenset[str]:
-        if pattern is None:
+    def interfaces_of(self, interfaces: Interfaces | None) -> frozenset[str]:
+        """The atoms `interfaces` admits. A wildcard atom ('veth*') stands for
+        the names it covers that no other atom names, so a pattern admits it
+        only when the pattern covers the wildcard itself."""
+        if interfaces is None:
             return self.interfaces
         return frozenset(
-            atom for atom in self.interfaces if atom == pattern or fnmatch.fnmatchcase(atom, pattern)
+            atom
+            for atom in self.interfaces
+            if any(atom == pattern or fnmatch.fnmatchcase(atom, pattern) for pattern in interfaces.names)
         )
 
     def cubes(self, match: Match, ct: Iterable[str] | None = None) -> list[Cube]:

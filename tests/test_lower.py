@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nfc.errors import PolicyError
-from nfc.ir import Family, RuleRole
+from nfc.ir import Family, Interfaces, RuleRole
 
 from conftest import nft_check
 from helpers import input_policy, nft_of, ruleset_of
@@ -26,7 +26,7 @@ def test_notrack_entries_are_mirrored(tmp_path: Path) -> None:
     assert pre.match.dport.ranges == ((53, 53),) and pre.match.sport is None
     assert out.match.sport.ranges == ((53, 53),) and out.match.dport is None
     assert out.match.daddr == pre.match.saddr and out.match.saddr is None
-    assert (pre.match.iifname, out.match.oifname) == ("eth0", "eth0")
+    assert (pre.match.iifname, out.match.oifname) == (Interfaces(("eth0",)), Interfaces(("eth0",)))
 
 
 def test_answers_go_to_the_chain_where_they_arrive(tmp_path: Path) -> None:
@@ -249,8 +249,8 @@ def test_loopback_accept_comes_first_where_the_host_talks_to_itself(tmp_path: Pa
         "output: {policy: accept, rules: [drop udp dport 53]}\nforward: {policy: drop}\n",
     )
     first = {chain.name: chain.rules[0] for chain in ruleset.chains}
-    assert first["input"].role is RuleRole.LOOPBACK and first["input"].match.iifname == "lo"
-    assert first["output"].role is RuleRole.LOOPBACK and first["output"].match.oifname == "lo"
+    assert first["input"].role is RuleRole.LOOPBACK and first["input"].match.iifname == Interfaces(("lo",))
+    assert first["output"].role is RuleRole.LOOPBACK and first["output"].match.oifname == Interfaces(("lo",))
     assert first["forward"].role is not RuleRole.LOOPBACK  # never sees loopback traffic
     assert all(r.verdict.kind == "accept" for r in (first["input"], first["output"]))
 

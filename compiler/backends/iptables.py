@@ -121,9 +121,11 @@ class FamilyFile:
     def _combinations(self, match: Match, origin: Loc) -> list[list[str]]:
         """The option lists of the iptables rules that together match `match`."""
         head: list[str] = []
-        for flag, name in (("-i", match.iifname), ("-o", match.oifname)):
-            if name:
-                head += [flag, _interface(name, origin)]
+        for flag, interfaces in (("-i", match.iifname), ("-o", match.oifname)):
+            if interfaces is not None:
+                if len(interfaces.names) > 1:
+                    raise unsupported(origin, "a list of interfaces", "write one rule per interface")
+                head += [flag, _interface(interfaces.names[0], origin)]
         choices: list[list[list[str]]] = [
             self._addresses("-s", match.saddr, origin),
             self._addresses("-d", match.daddr, origin),

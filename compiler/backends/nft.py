@@ -147,10 +147,9 @@ def _names(names: tuple[str, ...]) -> str:
 
 def _match(match: Match) -> list[str]:
     parts = []
-    if match.iifname:
-        parts.append(f'iifname "{match.iifname}"')
-    if match.oifname:
-        parts.append(f'oifname "{match.oifname}"')
+    for keyword, interfaces in (("iifname", match.iifname), ("oifname", match.oifname)):
+        if interfaces is not None:
+            parts.append(f"{keyword} " + _names(tuple(f'"{name}"' for name in interfaces.names)))
     implied_family = match.saddr or match.daddr or match.icmp_types
     if match.family is not None and not implied_family:
         parts.append(f"meta nfproto {match.family.value}")
