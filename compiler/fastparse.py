@@ -131,8 +131,11 @@ def _rest(reader: _Reader, verdict: VerdictNode | None, clauses: dict[str, ReadP
     parts: list[RulePart] = []
     while (word := reader.peek()) is not None and word in MATCHES:
         parts.append(MATCHES[word](reader))
+    matches = len(parts)
     while (word := reader.peek()) is not None:
-        if word not in clauses:
+        # an entry's one comment ends it: lark refuses a second one as it
+        # refuses any other word there
+        if word not in clauses or (clauses is ENTRY_CLAUSES and len(parts) > matches):
             raise _Unsure
         parts.append(clauses[word](reader))
     return assemble_rule(verdict, parts, reader.locate(1, reader.tokens[0][1]))

@@ -352,6 +352,12 @@ def _load_file(
     root = load_yaml(path, include_loc)
     in_include = include_loc is not None
     fields = expect_mapping(root, "an included file" if in_include else "a policy")
+    if "rules" in fields:
+        raise PolicyError(
+            root.key_locs["rules"],
+            f"'rules' belong in a chain{', not in a file under include' if in_include else ''}",
+            "splice a file's rules into a chain with an item {include: FILE} in its 'rules'",
+        )
     check_keys(
         root, INCLUDE_KEYS if in_include else TOP_KEYS, "an included file" if in_include else "the policy"
     )

@@ -8,6 +8,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nfc import api
 from nfc.errors import PolicyError
@@ -315,3 +317,43 @@ def test_which_notrack_entries_conflict(tmp_path: Path, entry: str, rule: str, c
     assert (error is not None) == conflicts, error.render() if error else f"{entry} / {rule}"
     if error is not None:
         assert "NAT needs connection tracking" in error.message
+
+
+# --------------------------------------------------------------------------
+# anything in a NAT rule gives IR or an error placed in the policy
+
+NAT_VOCABULARY = st.sampled_from(
+    (
+        "masquerade", "snat to", "dnat to", "redirect to", "to", "192.0.2.1", "192.0.2.1:80", "10.0.0.1:0",
+        "192.0.2.1:80-90", "[2001:db8::1]:443", "[2001:db8::1]", "2001:db8::1", "[::1", "1.2.3.4:", ":53",
+        "53", "53-54", "70000", "domain", "$dns", "$nets", "$wan", "tcp", "udp", "icmp", "ip6", "dport 80",
+        "sport 53", "iif", "oif", "$lan", "{eth1, $wan}", "eth*", "ct status dnat", "ct state new",
+        'comment "x"', "from 10.0.0.0/8", "to fd00::/8", "from {10.0.0.0/8, fd00::/8}", "limit 1/second",
+    )
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rule=st.lists(NAT_VOCABULARY, min_size=1, max_size=8).map(" ".join),
+    entry=st.sampled_from(("udp dport 53", "{rule: tcp dport 80, scope: routed}", "icmp")),
+)
+def test_any_nat_rule_lowers_or_fails_in_place(
+    tmp_path_factory: pytest.TempPathFactory, rule: str, entry: str
+) -> None:
+    directory = tmp_path_factory.mktemp("nat")
+    text = (
+        "nfc: 1\ndefine: {dns: 53, nets: [10.0.0.0/8, fd00::/8]}\n"
+        "interfaces: {wan: eth0, lan: [eth1, eth2]}\n"
+        f"conntrack:\n  notrack:\n    - {entry}\nforward:\n  policy: drop\nnat:\n  - {rule!r}\n"
+    )
+    path = write_policy(directory, text)
+    try:
+        ruleset, _ = api.compile_policy(str(path))
+    except PolicyError as error:
+        assert error.loc.file == str(path) and 1 <= error.loc.line <= 11, error.render()
+        return
+    for nat in ruleset.nat:
+        assert nat.match.ct_state == () and nat.match.ct_status == ()
+        if nat.address is not None:
+            assert nat.match.family is (Family.V4 if nat.address.version == 4 else Family.V6)

@@ -231,3 +231,18 @@ def test_include_items_belong_in_chains(tmp_path: Path, where: str) -> None:
     path = write_policy(tmp_path, f"nfc: 1\n{section}{indent}- {{include: r.yaml}}\n")
     with pytest.raises(PolicyError, match="splices rules into a chain's 'rules'"):
         load_policy(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nfc: 1\ninclude: [r.yaml]\n", "'rules' belong in a chain, not in a file under include"),
+        ("nfc: 1\nrules: []\n", "'rules' belong in a chain"),
+    ],
+)
+def test_rules_outside_a_chain_point_to_the_splice(tmp_path: Path, text: str, message: str) -> None:
+    write_policy(tmp_path, "rules:\n  - accept\n", "r.yaml")
+    with pytest.raises(PolicyError) as raised:
+        load_policy(write_policy(tmp_path, text))
+    assert raised.value.message == message and raised.value.loc.col == 1
+    assert raised.value.hint == "splice a file's rules into a chain with an item {include: FILE} in its 'rules'"
