@@ -101,6 +101,8 @@ def _target(action: NatAction, defines: Defines) -> Target:
         address = ipaddress.ip_address(address_text)
     except ValueError:
         raise PolicyError(loc, f"'{printable(address_text)}' is not a valid IP address") from None
+    if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+        raise PolicyError(loc, f"{action.kind} needs the address of one host, not {address}")
     if ports_text is None:
         return Target(address, None)
     ports_loc = Loc(loc.file, loc.line, loc.col + ports_at)
