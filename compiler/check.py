@@ -221,11 +221,12 @@ class RuleChecker:
         names: list[str] = []
         for item in items:
             if item.kind == "var":
-                found = self.defines.interfaces(item.text, item.loc)
-                new = found.names
+                listed = self.defines.interfaces(item.text, item.loc).names
             else:
-                new = (check_interface_name(item.text, item.loc),)
-            names.extend(name for name in new if name not in names)
+                listed = (check_interface_name(item.text, item.loc),)
+            for name in listed:
+                if name not in names:  # merged in the order written, each name once
+                    names.append(name)
         set_name = items[0].text if len(items) == 1 and items[0].kind == "var" else None
         return Interfaces(tuple(names), set_name)
 
