@@ -3,10 +3,12 @@ splice FILE's rules in place, with FILE's own positions."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
+from nfc import api
 from nfc.errors import PolicyError
 from nfc.ir import Interfaces, RuleRole
 from nfc.load import MAX_INCLUDE_DEPTH, load_policy
@@ -247,3 +249,11 @@ def test_rules_outside_a_chain_point_to_the_splice(tmp_path: Path, text: str, me
     assert raised.value.message == message and raised.value.loc.col == 1
     hint = raised.value.hint
     assert hint is not None and "with an item {include: FILE} in its 'rules'" in hint
+
+
+def test_lint_findings_name_the_included_file(tmp_path: Path) -> None:
+    write_policy(tmp_path, "rules:\n  - {rule: accept tcp dport 8080, expires: 2020-01-01}\n", "r.yaml")
+    path = write_policy(tmp_path, policy("    - accept tcp dport 22\n    - {include: r.yaml}\n"))
+    findings = api.lint([str(path)], today=dt.date(2026, 1, 1))
+    expired = [f for f in findings if "expire" in f.message]
+    assert expired and all(f.loc.file == str(tmp_path / "r.yaml") and f.loc.line == 2 for f in expired)
