@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_netns_journal import NEW, OLD, Host, artifacts, host, make_host  # noqa: F401 - fixtures
+import test_netns_journal as journal
+from test_netns_journal import NEW, OLD, Host
 
 from nfc.backends.iptables import BACKEND as LEGACY
 from nfc.backends.iptables import TOOLS
@@ -22,6 +23,8 @@ from nfc.backends.nft import BACKEND as NFT
 from nfc.persist import MODE
 
 Artifacts = dict[tuple[str, Path], Path]
+# the hosts (namespaces deleted whatever happens) and artifacts of the journal tests
+make_host, host, artifacts = journal.make_host, journal.host, journal.artifacts
 
 
 def nothing_loaded(host: Host) -> bool:
