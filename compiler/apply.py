@@ -293,6 +293,11 @@ def apply(
         _settle(state, report)
         pending = state.read(state.pending)
         saved = state.read(state.saved)
+        if persist_dir is not None and pending is not None:
+            raise ApplyError(
+                "--persist while an earlier apply waits for 'nfc confirm' would persist an unconfirmed "
+                "ruleset: confirm or roll back first, or give --persist to 'nfc confirm'"
+            )
         sysctl = artifact.path(SYSCTL_CONF)
         settings = read_sysctl_conf(sysctl) if sysctl.exists() else {}
         if pending is None or saved is None or saved["backend"] != artifact.backend:

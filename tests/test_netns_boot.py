@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import test_netns_journal as journal
-from test_netns_journal import NEW, OLD, Host
+from test_netns_journal import MID, NEW, OLD, Host
 
 from nfc.backends.iptables import BACKEND as LEGACY
 from nfc.backends.iptables import TOOLS
@@ -86,6 +86,10 @@ def test_persist_waits_for_the_confirmation(host: Host, artifacts: Artifacts, tm
 
     host.apply(artifacts[LEGACY, NEW], "--confirm", "30")
     assert persisted(etc) == old_files, "an unconfirmed ruleset was persisted"
+    # nor one applied under that pending confirmation
+    refused = host.nfc("apply", str(artifacts[LEGACY, MID]), "--persist")
+    assert refused.returncode == 2 and "waits for 'nfc confirm'" in refused.stderr, refused.stderr
+    assert f"{MID.name}:" not in host.rules(LEGACY) and persisted(etc) == old_files
     done = host.nfc("confirm", "--persist")
     assert done.returncode == 0, done.stderr
     assert "confirmed: the applied ruleset stays" in done.stdout
