@@ -4,11 +4,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := nftables iptables conntrack iproute2 python3-nftables python3-venv groff-base kmod procps
+APT_PACKAGES := nftables iptables conntrack iproute2 python3-nftables python3-venv groff-base kmod procps systemd zsh
 INSTALLED := $(VENV)/.installed
 POLICIES := $(wildcard policies/*.yaml)
+# where install-system puts the boot unit, shell completion and the policy
+# schema; DESTDIR stages them for a package instead
+PREFIX ?= /usr/local
+DESTDIR ?=
+UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
+ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/site-functions
+SCHEMA_DIR ?= $(PREFIX)/share/nfc
 
-.PHONY: demo test install system-deps lint bench clean
+.PHONY: demo test install install-system system-deps lint bench clean
 
 demo: install
 	@for p in $(POLICIES); do \
@@ -53,6 +61,21 @@ install: $(INSTALLED)
 	  ln -sfn "$(CURDIR)/man/nfc.1" /usr/local/share/man/man1/nfc.1 && \
 	  ln -sfn "$(CURDIR)/man/nfc-policy.5" /usr/local/share/man/man5/nfc-policy.5; \
 	fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory install-system; fi
+
+# Copies, not links: systemd wants a unit file of its own, and a package
+# built with DESTDIR must not point into this checkout. nfc.service is
+# enabled only where systemd runs (PID 1: /run/systemd/system exists), so
+# that the next boot restores the last confirmed ruleset; in a container
+# without systemd the files are installed and nothing else happens.
+install-system:
+	install -D -m 0644 dist/nfc.service "$(DESTDIR)$(UNIT_DIR)/nfc.service"
+	install -D -m 0644 dist/nfc.bash "$(DESTDIR)$(BASH_COMPLETION_DIR)/nfc"
+	install -D -m 0644 dist/_nfc "$(DESTDIR)$(ZSH_COMPLETION_DIR)/_nfc"
+	install -D -m 0644 compiler/nfc-policy.schema.json "$(DESTDIR)$(SCHEMA_DIR)/nfc-policy.schema.json"
+	@if [ -n "$(DESTDIR)" ]; then :; \
+	elif [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable nfc.service; \
+	else echo "nfc.service installed, not enabled: systemd is not running here"; fi
 
 $(INSTALLED): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)

@@ -38,6 +38,7 @@ import nfc.diff
 import nfc.doctor
 import nfc.explain
 import nfc.lint
+import nfc.persist
 import nfc.state
 from nfc.artifacts import build, write
 from nfc.backends import DEFAULT_BACKEND
@@ -169,18 +170,31 @@ def apply(
     state_dir: StateDir = None,
     confirm_seconds: float | None = None,
     lock_timeout: float = nfc.state.LOCK_TIMEOUT,
+    persist: bool = False,
+    persist_dir: StateDir = None,
 ) -> None:
     """Load `target`'s ruleset after saving what it replaces; with
-    `confirm_seconds`, roll back then unless `confirm` runs first."""
+    `confirm_seconds`, roll back then unless `confirm` runs first. With
+    `persist` (iptables-legacy, without `confirm_seconds`), also write it
+    for iptables-persistent into `persist_dir`: by default
+    $NFC_PERSIST_DIR, else /etc/iptables."""
+    where = nfc.persist.directory(persist_dir) if persist else None
     with artifact(target, backend) as loadable:
-        nfc.apply.apply(loadable, _state(state_dir), report, confirm_seconds, lock_timeout)
+        nfc.apply.apply(loadable, _state(state_dir), report, confirm_seconds, lock_timeout, where)
 
 
 def confirm(
-    *, report: nfc.apply.Report, state_dir: StateDir = None, lock_timeout: float = nfc.state.LOCK_TIMEOUT
+    *,
+    report: nfc.apply.Report,
+    state_dir: StateDir = None,
+    lock_timeout: float = nfc.state.LOCK_TIMEOUT,
+    persist: bool = False,
+    persist_dir: StateDir = None,
 ) -> None:
-    """Keep the ruleset of an `apply` with `confirm_seconds`."""
-    nfc.apply.confirm(_state(state_dir), report, lock_timeout)
+    """Keep the ruleset of an `apply` with `confirm_seconds`; with
+    `persist`, write it for iptables-persistent as `apply` does."""
+    where = nfc.persist.directory(persist_dir) if persist else None
+    nfc.apply.confirm(_state(state_dir), report, lock_timeout, where)
 
 
 def rollback(

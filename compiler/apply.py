@@ -22,11 +22,13 @@ apply whose deadline passed, in case its timer died.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nfc import timer
+from nfc import persist, timer
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
@@ -49,8 +51,13 @@ def read_sysctl_conf(conf: Path) -> dict[str, str]:
     return settings
 
 
+SYSCTL_ROOT = Path("/proc/sys")
+CONNTRACK_MODULE = "nf_conntrack"
+CONNTRACK_SYSCTLS = "net.netfilter.nf_conntrack_"
+
+
 def _sysctl_path(key: str) -> Path:
-    return Path("/proc/sys") / key.replace(".", "/")
+    return SYSCTL_ROOT / key.replace(".", "/")
 
 
 def current_sysctls(keys: list[str]) -> dict[str, str]:
@@ -62,8 +69,27 @@ def current_sysctls(keys: list[str]) -> dict[str, str]:
     return values
 
 
+def _load_conntrack(settings: dict[str, str], report: Report) -> None:
+    """Load nf_conntrack if a setting is one of its sysctls and they are
+    missing: they exist only once the module is loaded, which a ruleset
+    does only if it uses connection tracking, and at boot (`nfc restore`,
+    before the network) nothing may have loaded it yet. A kernel with
+    conntrack built in, or with the module loaded, has them already."""
+    missing = [key for key in settings if key.startswith(CONNTRACK_SYSCTLS)]
+    if not missing or all(_sysctl_path(key).exists() for key in missing):
+        return
+    if shutil.which("modprobe") is None:
+        report(f"sysctl: cannot load {CONNTRACK_MODULE}: 'modprobe' is not installed")
+        return
+    loaded = subprocess.run(["modprobe", CONNTRACK_MODULE], capture_output=True, text=True, timeout=60)
+    if loaded.returncode != 0:
+        report(f"sysctl: modprobe {CONNTRACK_MODULE} failed: {loaded.stderr.strip()}")
+
+
 def apply_sysctls(settings: dict[str, str], report: Report) -> None:
-    """Set `settings` where the namespace allows it; say in one line what it refused."""
+    """Set `settings` where the namespace allows it, nf_conntrack loaded
+    first if they need it; say in one line what it refused."""
+    _load_conntrack(settings, report)
     refused = []
     for key, value in settings.items():
         try:
@@ -251,13 +277,27 @@ def apply(
     report: Report,
     confirm_seconds: float | None = None,
     lock_timeout: float = LOCK_TIMEOUT,
+    persist_dir: Path | None = None,
 ) -> None:
-    """Load the artifact after saving what it replaces, journaled."""
+    """Load the artifact after saving what it replaces, journaled; with
+    `persist_dir`, write it there for iptables-persistent too."""
     kernel = _kernel(artifact.backend)
+    if persist_dir is not None:
+        persist.require_legacy(artifact.backend)
+        if confirm_seconds is not None:
+            raise ApplyError(
+                "--persist with --confirm would have the host load an unconfirmed ruleset at boot: "
+                "give --persist to 'nfc confirm' instead"
+            )
     with state.locked(lock_timeout):
         _settle(state, report)
         pending = state.read(state.pending)
         saved = state.read(state.saved)
+        if persist_dir is not None and pending is not None:
+            raise ApplyError(
+                "--persist while an earlier apply waits for 'nfc confirm' would persist an unconfirmed "
+                "ruleset: confirm or roll back first, or give --persist to 'nfc confirm'"
+            )
         sysctl = artifact.path(SYSCTL_CONF)
         settings = read_sysctl_conf(sysctl) if sysctl.exists() else {}
         if pending is None or saved is None or saved["backend"] != artifact.backend:
@@ -302,6 +342,8 @@ def apply(
             report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
         for line in refused:
             report(line)
+        if persist_dir is not None:
+            _persist(persist_dir, to, report)
         if confirm_seconds is not None:
             report(
                 f"rolls back in {confirm_seconds:g}s unless 'nfc confirm' runs (state directory {state.dir})"
@@ -315,7 +357,21 @@ def rollback(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -
         report(f"restored {what} as before the last apply")
 
 
-def confirm(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
+def _persist(directory: Path, record: Json, report: Report) -> None:
+    """Write the confirmed iptables-legacy ruleset `record` (a saved form)
+    where iptables-persistent loads it at boot."""
+    try:
+        written = persist.write(directory, record)
+    except ApplyError as exc:
+        raise ApplyError(f"{exc}: the ruleset is in force and confirmed, but not persisted") from None
+    report(f"persisted for iptables-persistent: {', '.join(map(str, written))}")
+
+
+def confirm(
+    state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT, persist_dir: Path | None = None
+) -> None:
+    """Keep the ruleset of `apply --confirm`; with `persist_dir`, write it
+    there for iptables-persistent too."""
     with state.locked(lock_timeout):
         _settle(state, report)
         pending = state.read(state.pending)
@@ -326,11 +382,18 @@ def confirm(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) ->
                     f"too late: {late['why']}, and {late['restored']} was restored as before the apply"
                 )
             raise ApplyError("no apply is waiting for confirmation")
-        if state.read(applied_path(state)) is not None:
+        applied = state.read(applied_path(state))
+        if persist_dir is not None:
+            if applied is None:
+                raise ApplyError(f"nothing to persist: {applied_path(state)} is missing")
+            persist.require_legacy(applied["to"]["backend"])
+        if applied is not None:
             state.move(applied_path(state), confirmed_path(state))
         state.remove(state.pending)
         timer.stop(pending)
         report("confirmed: the applied ruleset stays")
+        if persist_dir is not None and applied is not None:
+            _persist(persist_dir, applied["to"], report)
 
 
 def restore(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:

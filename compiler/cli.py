@@ -15,6 +15,7 @@ from nfc.artifacts import ArtifactError
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, KernelRefused
 from nfc.errors import PolicyError, printable
+from nfc.persist import DEFAULT_PERSIST_DIR, PERSIST_DIR_ENV
 from nfc.state import DEFAULT_STATE_DIR, LOCK_TIMEOUT
 from nfc.values import ascii_int
 
@@ -155,12 +156,20 @@ def _apply(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         confirm_seconds=args.confirm,
         lock_timeout=args.lock_timeout,
+        persist=args.persist,
+        persist_dir=args.persist_dir,
     )
     return EXIT_OK
 
 
 def _confirm(args: argparse.Namespace) -> int:
-    api.confirm(report=_report, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
+    api.confirm(
+        report=_report,
+        state_dir=args.state_dir,
+        lock_timeout=args.lock_timeout,
+        persist=args.persist,
+        persist_dir=args.persist_dir,
+    )
     return EXIT_OK
 
 
@@ -206,6 +215,19 @@ def _state_options(command: argparse.ArgumentParser) -> None:
         default=LOCK_TIMEOUT,
         metavar="SECONDS",
         help="how long to wait for another nfc holding the lock",
+    )
+
+
+def _persist_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--persist",
+        action="store_true",
+        help="iptables-legacy: also write the confirmed ruleset to iptables-persistent's rules.v4, rules.v6",
+    )
+    command.add_argument(
+        "--persist-dir",
+        metavar="DIR",
+        help=f"where --persist writes (default ${PERSIST_DIR_ENV} or {DEFAULT_PERSIST_DIR})",
     )
 
 
@@ -304,10 +326,12 @@ def parser() -> argparse.ArgumentParser:
         help="roll back after SECONDS unless 'nfc confirm' runs first",
     )
     _state_options(apply)
+    _persist_options(apply)
     apply.set_defaults(run=_apply)
 
     confirm = commands.add_parser("confirm", help="keep the ruleset of 'apply --confirm'")
     _state_options(confirm)
+    _persist_options(confirm)
     confirm.set_defaults(run=_confirm)
 
     rollback = commands.add_parser("rollback", help="restore the state saved by the last apply")

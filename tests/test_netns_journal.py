@@ -146,13 +146,16 @@ def _slow_ip6tables_restore(directory: Path) -> str:
     return f"{directory}:{os.environ['PATH']}"
 
 
-@pytest.mark.parametrize(("killed", "then"), [("group", "confirm"), ("nfc", "apply")])
+@pytest.mark.parametrize(
+    ("killed", "then"), [("group", "confirm"), ("nfc", "apply"), ("nfc", "restore"), ("group", "reboot")]
+)
 def test_a_kill_between_the_families_is_undone_by_the_next_command(
     host: Host, artifacts: dict[tuple[str, Path], Path], tmp_path: Path, killed: str, then: str
 ) -> None:
     """SIGKILL once ip6tables-legacy-restore has started: the whole process
     group, or only nfc (whose tools must then die with it, not load IPv6
-    after the repair)."""
+    after the repair). `restore` repairs in the namespace that holds the
+    half-loaded rules; after a `reboot`, at boot in a fresh one."""
     old, new = artifacts[LEGACY, OLD], artifacts[LEGACY, NEW]
     host.apply(new)
     new_rules = host.rules(LEGACY)
@@ -177,6 +180,13 @@ def test_a_kill_between_the_families_is_undone_by_the_next_command(
         done = host.nfc("confirm")
         assert done.returncode == 2 and "no apply is waiting" in done.stderr, done.stderr
         assert host.rules(LEGACY) == old_rules
+    elif then in ("restore", "reboot"):
+        if then == "reboot":
+            host.reboot()
+        done = host.nfc("restore")
+        assert done.returncode == 0, done.stderr
+        assert f"the last confirmed ruleset (from {old})" in done.stdout
+        assert host.rules(LEGACY) == old_rules, "restore left other than the one complete ruleset"
     else:
         done = host.nfc("apply", str(new))
         assert done.returncode == 0, done.stderr
