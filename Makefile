@@ -16,9 +16,9 @@ BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/site-functions
 SCHEMA_DIR ?= $(PREFIX)/share/nfc
 
-.PHONY: demo test install install-system system-deps lint bench clean
+.PHONY: demo test develop install install-system system-deps lint bench clean
 
-demo: install
+demo: develop
 	@for p in $(POLICIES); do \
 	  name=$$(basename $$p .yaml); \
 	  $(BIN)/nfc compile $$p -o build/$$name || exit $$?; \
@@ -33,14 +33,14 @@ demo: install
 	fi
 	@echo; echo "== build/dns-recursive/ruleset.nft =="; cat build/dns-recursive/ruleset.nft
 
-test: install
+test: develop
 	$(BIN)/python -m pytest -q tests
 
 # mypy --strict checks compiler/ as the package nfc, through a link
 # (pyproject's [tool.mypy] says why). tests/ are not type-checked: pytest runs
 # every line of them, and their asserts narrow Optional values in ways mypy
 # does not follow, so checking them would add casts, not find bugs.
-lint: install
+lint: develop
 	$(BIN)/ruff check compiler grammar tests bench
 	$(BIN)/ruff format --check compiler
 	@# the package nfc as setuptools maps it: compiler/, with grammar/ as nfc.grammar
@@ -49,10 +49,12 @@ lint: install
 	@ln -s "$(CURDIR)/grammar" build/typecheck/nfc/grammar
 	$(BIN)/mypy
 
-bench: install
+bench: develop
 	$(BIN)/python bench/compile.py
 
-install: $(INSTALLED)
+# What demo, test and lint need: this checkout's nfc in the venv, on PATH
+# and its man pages. Nothing that changes how the host boots.
+develop: $(INSTALLED)
 	@# put this checkout's nfc on PATH (as root), whichever checkout ran last
 	@if [ "$$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then ln -sfn "$(CURDIR)/$(BIN)/nfc" /usr/local/bin/nfc; fi
 	@# and its man pages, so that man nfc and man nfc-policy work
@@ -61,6 +63,10 @@ install: $(INSTALLED)
 	  ln -sfn "$(CURDIR)/man/nfc.1" /usr/local/share/man/man1/nfc.1 && \
 	  ln -sfn "$(CURDIR)/man/nfc-policy.5" /usr/local/share/man/man5/nfc-policy.5; \
 	fi
+
+# develop, plus the boot unit (enabled where systemd runs), the shell
+# completion and the policy schema
+install: develop
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory install-system; fi
 
 # Copies, not links: systemd wants a unit file of its own, and a package

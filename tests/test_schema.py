@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from nfc import api, load
+from nfc import api, load, schema
 from nfc.errors import PolicyError
 
 from conftest import ROOT
@@ -248,6 +248,8 @@ def test_the_schema_has_every_key_of_the_code() -> None:
     assert set(load.TOP_KEYS) <= keys("policy")
     assert keys("policy") - set(load.TOP_KEYS) <= EVERYDAY_KEYS
     assert set(load.INCLUDE_KEYS) == keys("includedFile")
+    assert set(load.RULES_FILE_KEYS) == keys("rulesFile")
+    assert set(load.SPLICE_KEYS) == keys("ruleInclude")
     assert set(load.INCLUDE_CONNTRACK_KEYS) == keys("includedConntrack")
     assert set(load.CONNTRACK_KEYS) == keys("conntrack")
     assert set(load.TIMEOUT_SYSCTLS) == set(DEFINITIONS["conntrack"]["properties"]["timeouts"]["properties"])
@@ -260,7 +262,7 @@ def test_the_schema_has_every_key_of_the_code() -> None:
 
 def test_the_schemas_enums_are_the_codes(tmp_path: Path) -> None:
     notrack_mapping = DEFINITIONS["notrackEntry"]["anyOf"][1]
-    assert notrack_mapping["properties"]["scope"]["enum"] == list(load.SCOPES)
+    assert notrack_mapping["properties"]["scope"]["enum"] == list(schema.SCOPES)
     for chain in ("inputChain", "forwardChain", "outputChain"):
         assert enum(chain, "policy") == list(load.CHAIN_POLICIES)
         assert enum(chain, "state") == ["auto", "manual"]
