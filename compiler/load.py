@@ -23,7 +23,7 @@ MAX_INCLUDE_DEPTH = 32
 FORMAT_VERSION = 1
 
 CHAIN_POLICIES: tuple[ChainPolicy, ...] = ("drop", "accept")
-TOP_KEYS = ("nfc", "name", "table", "include", "define", "conntrack", *CHAIN_NAMES)
+TOP_KEYS = ("nfc", "name", "table", "counters", "include", "define", "conntrack", *CHAIN_NAMES)
 INCLUDE_KEYS = ("nfc", "include", "define", "conntrack")
 CHAIN_KEYS = ("policy", "rules", "state", "icmp", "loopback")
 RULE_KEYS = ("rule", "comment", "expires")
@@ -106,6 +106,7 @@ class PolicySource:
     conntrack: ConntrackSection
     chains: dict[ChainName, ChainSection]
     files: tuple[str, ...]  # every file read, main policy first
+    counters: bool = False  # every rule counts its packets and bytes (nfc stats)
 
 
 # --------------------------------------------------------------------------
@@ -438,6 +439,13 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
         tuple(state.notrack), main_conntrack.max, main_conntrack.max_loc, main_conntrack.timeouts
     )
     chains = {name_: _chain(name_, fields[name_]) for name_ in CHAIN_NAMES if name_ in fields}
+    counters = False
+    if "counters" in fields:
+        counters = fields["counters"].value
+        if not isinstance(counters, bool):
+            raise PolicyError(
+                fields["counters"].loc, f"'counters' must be true or false, not {type_name(counters)}"
+            )
     return PolicySource(
         path=path,
         name=name,
@@ -446,4 +454,5 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
         conntrack=conntrack,
         chains=chains,
         files=tuple(state.files),
+        counters=counters,
     )
