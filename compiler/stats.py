@@ -256,7 +256,7 @@ def read(state: State, expected: str | None = None) -> Stats:
     if origins["backend"] == nft.BACKEND:
         counts, meters, sets = _nft_counts(origins)
     else:
-        counts, meters, sets = _iptables_counts(origins), _hashlimits(), []
+        counts, meters, sets = _iptables_counts(origins, origins_path(state)), _hashlimits(), []
     lines: dict[tuple[str, int, str], list[tuple[tuple[int, int] | None, bool]]] = {}
     for rule, counted in zip(origins["rules"], counts, strict=True):
         lines.setdefault((rule["file"], rule["line"], rule["chain"]), []).append(
@@ -316,7 +316,7 @@ def _nft_counts(origins: Json) -> tuple[list[tuple[int, int] | None], list[Fill]
     return [counters[rule["handle"]] for rule in origins["rules"]], meters, sets
 
 
-def _iptables_counts(origins: Json) -> list[tuple[int, int] | None]:
+def _iptables_counts(origins: Json, path: Path) -> list[tuple[int, int] | None]:
     dumps = _iptables_rules(counted=True)
     for dump, lines in dumps.items():
         if _digest(lines) != origins["dumps"][dump]:
@@ -325,9 +325,7 @@ def _iptables_counts(origins: Json) -> list[tuple[int, int] | None]:
             rule["index"] for rule in origins["rules"] if rule["dump"] == dump and rule["index"] >= len(lines)
         ]
         if beyond:
-            raise StateError(
-                f"damaged state file {ORIGINS}: rule {beyond[0]} of {dump} is past its last rule"
-            )
+            raise StateError(f"damaged state file {path}: rule {beyond[0]} of {dump} is past its last rule")
     return [dumps[rule["dump"]][rule["index"]][1][0] for rule in origins["rules"]]
 
 
