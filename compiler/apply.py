@@ -276,7 +276,7 @@ def apply(
                 # Armed before the load, so no moment passes with the new rules
                 # in force and nothing to take them back.
                 armed = _arm(state, time.time() + confirm_seconds)
-            kernel.load(artifact)
+            stats.load(kernel, state, artifact)  # kernel.load, with the counts of unchanged rules
         except RestoreFailed as exc:  # half loaded: the journal stays
             raise RestoreFailed(f"{exc}\nnfc: the next nfc command puts the saved state back") from None
         except KernelRefused as exc:

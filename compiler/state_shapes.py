@@ -287,7 +287,16 @@ NFT_ORIGINS = Shape(
         "loaded": text(SHA256, "a sha256 digest"),
         "table": text(IDENTIFIER, "a table name"),
         "table_handle": whole(0, 2**64 - 1),
-        "rules": items(Shape({"handle": whole(0, 2**64 - 1), **ORIGIN_FIELDS}), RULES_MAX),
+        "rules": items(
+            Shape(
+                {
+                    "handle": whole(0, 2**64 - 1),
+                    **ORIGIN_FIELDS,
+                    "content": nullable(text(SHA256, "a sha256 digest")),  # to carry its counts over
+                }
+            ),
+            RULES_MAX,
+        ),
     }
 )
 IPTABLES_ORIGINS = Shape(

@@ -12,6 +12,10 @@ rule someone added by hand maps to nothing, and a ruleset replaced since
 (another table of the same name, other iptables rules) is refused rather
 than misread. nft counts only the rules that carry a counter (`counter`,
 or `counters: true` in the policy); iptables counts every rule.
+
+An apply on nft loads through `load`: the counters of the rules it keeps
+(the same content in the same chain) start from the counts they had, in
+the load's own transaction, so counts survive a re-apply there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import json
 import re
 import shlex
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,12 +34,14 @@ from typing import Any
 
 from nfc.backends import iptables, nft
 from nfc.backends.iptables_kernel import LegacyKernel
-from nfc.backends.kernel import ApplyError, Json, run_tool
+from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed, run_tool
 from nfc.state import State, StateError
 from nfc.state_shapes import ORIGINS
 
 LABEL = re.compile(r"(?P<file>.+?):(?P<line>[0-9]{1,9})(?:: .*)?\Z", re.S)
 """A generated rule's comment: FILE:LINE, then ': note' (nfc.backends.common)."""
+CHAIN_START = re.compile(r"\tchain (\S+) \{\Z")
+COUNTER = re.compile(r" counter(?: packets [0-9]+ bytes [0-9]+)?(?= |\Z)")
 COUNTED = re.compile(r"\[(?P<packets>[0-9]+):(?P<bytes>[0-9]+)\] (?P<rule>-A .*)\Z")
 HASHLIMIT_DIRS = {"ipv4": Path("/proc/net/ipt_hashlimit"), "ipv6": Path("/proc/net/ip6t_hashlimit")}
 CONNTRACK = Path("/proc/sys/net/netfilter")
@@ -65,7 +72,10 @@ def remember(state: State, record: Json, target: str, report: Callable[[str], No
         if record["backend"] == nft.BACKEND and record["listing"] is None:
             state.remove(origins_path(state))  # no table of nfc's is in force
             return
-        origins = _nft_origins(record["table"]) if record["backend"] == nft.BACKEND else _iptables_origins()
+        if record["backend"] == nft.BACKEND:
+            origins = _nft_origins(record["table"], record["listing"])
+        else:
+            origins = _iptables_origins()
         origins |= {"target": target, "at": time.time(), "loaded": loaded_digest(record)}
         state.write(origins_path(state), origins)
     except ApplyError as exc:
@@ -74,12 +84,24 @@ def remember(state: State, record: Json, target: str, report: Callable[[str], No
         report(f"warning: nfc stats cannot map the rules in force to policy lines: {exc}")
 
 
-def _nft_origins(table: str) -> Json:
+def _nft_origins(table: str, loaded: str) -> Json:
+    """The origin of each rule of the table, and its content as `loaded`
+    (the text just loaded) wrote it, matched rule by rule in each chain."""
     objects = _nft_listing(table)
     handle = next(o["table"]["handle"] for o in objects if "table" in o)
     over = {o["limit"]["name"]: bool(o["limit"].get("inv")) for o in objects if "limit" in o}
+    live = [o["rule"] for o in objects if "rule" in o]
+    written = _rule_lines(loaded)
+    in_force = {chain: [r for r in live if r["chain"] == chain] for chain in {r["chain"] for r in live}}
+    contents: dict[int, str] = {}
+    for chain, rules_in_chain in in_force.items():
+        lines = written.get(chain, [])
+        if len(lines) == len(rules_in_chain):
+            contents |= {
+                r["handle"]: _content(chain, line) for r, line in zip(rules_in_chain, lines, strict=True)
+            }
     rules = []
-    for rule in (o["rule"] for o in objects if "rule" in o):
+    for rule in live:
         origin = LABEL.match(rule.get("comment", ""))
         if origin is not None:
             rules.append(
@@ -89,9 +111,110 @@ def _nft_origins(table: str) -> Json:
                     "file": origin["file"],
                     "line": int(origin["line"]),
                     "meter_drops": _nft_drops_over_meter(rule["expr"], over),
+                    "content": contents.get(rule["handle"]),
                 }
             )
     return {"backend": nft.BACKEND, "table": table, "table_handle": handle, "rules": rules}
+
+
+def _rule_lines(listing: str) -> dict[str, list[str]]:
+    """The rules of each chain of an nft text (nfc's ruleset.nft, or a
+    listing), one line each, in order."""
+    chains: dict[str, list[str]] = {}
+    chain: list[str] | None = None
+    for line in listing.splitlines():
+        if (start := CHAIN_START.match(line)) is not None:
+            chain = chains.setdefault(start[1], [])
+        elif line == "\t}":
+            chain = None
+        elif (
+            chain is not None
+            and line.startswith("\t\t")
+            and not line.startswith(("\t\ttype ", "\t\tpolicy "))
+        ):
+            chain.append(line.strip())
+    return chains
+
+
+def _content(chain: str, rule: str) -> str:
+    """What a rule does, without its comment and counter: the same content
+    keeps its counts across an apply."""
+    body = rule.rsplit(' comment "', 1)[0]
+    return hashlib.sha256(f"{chain} {COUNTER.sub('', body)}".encode()).hexdigest()
+
+
+def load(kernel: Kernel, state: State, artifact: Artifact) -> None:
+    """Load `artifact` as apply does, its counters starting from the counts of
+    the same rules in force (`carrying_counts`). Should the kernel refuse
+    that text, nothing changed: the artifact itself is loaded, or refused
+    in its own words."""
+    with carrying_counts(state, artifact) as loadable:
+        if loadable is artifact:
+            kernel.load(artifact)
+            return
+        try:
+            kernel.load(loadable)
+        except RestoreFailed:
+            raise
+        except KernelRefused:
+            kernel.load(artifact)
+
+
+@contextlib.contextmanager
+def carrying_counts(state: State, artifact: Artifact) -> Iterator[Artifact]:
+    """`artifact` with, on nft, each counter of a rule whose content the
+    table in force has too (mapped by origins.json) starting from that
+    rule's counts, so that they survive the apply; the packets counted
+    between this read and the load are lost. Anything unusual (no map, a
+    damaged one, another table) carries nothing."""
+    counts = _counts_by_content(state, artifact.table) if artifact.backend == nft.BACKEND else {}
+    if not counts:
+        yield artifact
+        return
+    out = []
+    chain = None
+    for line in artifact.path(nft.RULESET).read_text().splitlines(keepends=True):
+        bare = line.rstrip("\n")
+        if (start := CHAIN_START.match(bare)) is not None:
+            chain = start[1]
+        elif bare == "\t}":
+            chain = None
+        elif chain is not None and " counter " in bare.rsplit(' comment "', 1)[0]:
+            waiting = counts.get(_content(chain, bare.strip()))
+            if waiting:
+                packets, size = waiting.pop(0)
+                line = line.replace(" counter ", f" counter packets {packets} bytes {size} ", 1)
+        out.append(line)
+    with tempfile.TemporaryDirectory(prefix="nfc-counts-") as directory:
+        (Path(directory) / nft.RULESET).write_text("".join(out))
+        yield Artifact(Path(directory), artifact.manifest, artifact.name)
+
+
+def _counts_by_content(state: State, table: str) -> dict[str, list[tuple[int, int]]]:
+    """The counts of the mapped rules of the table in force, by content, in order."""
+    try:
+        origins = state.read(origins_path(state))
+        if origins is None or origins["backend"] != nft.BACKEND or origins["table"] != table:
+            return {}
+        objects = _nft_listing(table)
+    except ApplyError:
+        return {}  # a damaged map or no table: the new rules count from zero
+    if next((o["table"].get("handle") for o in objects if "table" in o), None) != origins["table_handle"]:
+        return {}
+    counters = {o["rule"].get("handle"): _counter(o["rule"]) for o in objects if "rule" in o}
+    counts: dict[str, list[tuple[int, int]]] = {}
+    for rule in origins["rules"]:
+        counted = counters.get(rule["handle"])
+        if rule["content"] is not None and counted is not None:
+            counts.setdefault(rule["content"], []).append(counted)
+    return counts
+
+
+def _counter(rule: Json) -> tuple[int, int] | None:
+    found = [c for c in _values_of("counter", rule.get("expr", [])) if isinstance(c, dict)]
+    if not found or type(found[0].get("packets")) is not int or type(found[0].get("bytes")) is not int:
+        return None
+    return found[0]["packets"], found[0]["bytes"]
 
 
 def _nft_drops_over_meter(expressions: list[Any], over: dict[str, bool]) -> bool:
@@ -298,10 +421,7 @@ def _nft_counts(origins: Json) -> tuple[list[tuple[int, int] | None], list[Fill]
     objects = _nft_listing(origins["table"])
     if next((o["table"].get("handle") for o in objects if "table" in o), None) != origins["table_handle"]:
         raise _changed(origins, f"table inet {origins['table']} was replaced")
-    counters: dict[int, tuple[int, int] | None] = {}
-    for rule in (o["rule"] for o in objects if "rule" in o):
-        found = [c for c in _values_of("counter", rule.get("expr", [])) if isinstance(c, dict)]
-        counters[rule.get("handle")] = (found[0]["packets"], found[0]["bytes"]) if found else None
+    counters = {o["rule"].get("handle"): _counter(o["rule"]) for o in objects if "rule" in o}
     missing = [rule["handle"] for rule in origins["rules"] if rule["handle"] not in counters]
     if missing:
         raise _changed(origins, f"the rule of handle {missing[0]} is gone")

@@ -36,7 +36,7 @@ def _where(line: LineCount) -> str:
 
 def text(stats: Stats) -> str:
     since = _when(stats.since)
-    out = [f"rules of {printable(stats.target, PATH_WIDTH)} ({stats.backend}), counted since {since}", ""]
+    out = [f"rules of {printable(stats.target, PATH_WIDTH)} ({stats.backend}), in force since {since}", ""]
     rows = [("POLICY LINE", "CHAIN", "PACKETS", "BYTES")]
     rows += [(_where(n), n.chain, _number(n.packets), _number(n.bytes)) for n in stats.lines]
     widths = [max(len(row[column]) for row in rows) for column in range(4)]

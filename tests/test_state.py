@@ -73,8 +73,22 @@ VALID: dict[str, dict[str, Any]] = {
         "table": "nfc",
         "table_handle": 7,
         "rules": [
-            {"handle": 4, "chain": "input", "file": "p.yaml", "line": 5, "meter_drops": False},
-            {"handle": 6, "chain": "input", "file": "p.yaml", "line": 6, "meter_drops": True},
+            {
+                "handle": 4,
+                "chain": "input",
+                "file": "p.yaml",
+                "line": 5,
+                "meter_drops": False,
+                "content": None,
+            },
+            {
+                "handle": 6,
+                "chain": "input",
+                "file": "p.yaml",
+                "line": 6,
+                "meter_drops": True,
+                "content": "ef" * 32,
+            },
         ],
     },
     "origins.json of iptables-legacy": {

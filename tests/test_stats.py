@@ -141,7 +141,7 @@ def test_json_has_stable_keys() -> None:
 
 def test_text_is_a_table_then_the_lines_never_hit() -> None:
     text = stats_format.render(SAMPLE, "text")
-    assert text.startswith("rules of policies/web.yaml (nft), counted since 2026-11-30T21:50:03Z\n\n")
+    assert text.startswith("rules of policies/web.yaml (nft), in force since 2026-11-30T21:50:03Z\n\n")
     assert (
         "POLICY LINE            CHAIN           PACKETS  BYTES\n"
         "web.yaml:9             input                 4    172\n"
@@ -180,7 +180,9 @@ VALID: dict[str, Any] = {
     "loaded": "ab" * 32,
     "table": "nfc",
     "table_handle": 7,
-    "rules": [{"handle": 4, "chain": "input", "file": "p.yaml", "line": 5, "meter_drops": False}],
+    "rules": [
+        {"handle": 4, "chain": "input", "file": "p.yaml", "line": 5, "meter_drops": False, "content": None}
+    ],
 }
 
 
