@@ -78,7 +78,7 @@ def remember(state: State, record: Json, target: str, report: Callable[[str], No
             origins = _iptables_origins()
         origins |= {"target": target, "at": time.time(), "loaded": loaded_digest(record)}
         state.write(origins_path(state), origins)
-    except ApplyError as exc:
+    except (ApplyError, LookupError, TypeError, ValueError) as exc:  # or a listing not as nft writes it
         with contextlib.suppress(ApplyError):
             state.remove(origins_path(state))
         report(f"warning: nfc stats cannot map the rules in force to policy lines: {exc}")
@@ -88,7 +88,9 @@ def _nft_origins(table: str, loaded: str) -> Json:
     """The origin of each rule of the table, and its content as `loaded`
     (the text just loaded) wrote it, matched rule by rule in each chain."""
     objects = _nft_listing(table)
-    handle = next(o["table"]["handle"] for o in objects if "table" in o)
+    handle = next((o["table"].get("handle") for o in objects if "table" in o), None)
+    if handle is None:
+        raise ApplyError(f"the listing of table inet {table} has no table handle")
     over = {o["limit"]["name"]: bool(o["limit"].get("inv")) for o in objects if "limit" in o}
     live = [o["rule"] for o in objects if "rule" in o]
     written = _rule_lines(loaded)
