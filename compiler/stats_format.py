@@ -124,13 +124,13 @@ def prometheus(stats: Stats) -> str:
         (
             "nfc_rule_packets_total",
             "counter",
-            "Packets matched by the rules of a policy line, since nfc put them in force.",
+            "Packets matched by the rules of a policy line (on nft, across applies that keep the rule).",
             by_line(counted, "packets"),
         ),
         (
             "nfc_rule_bytes_total",
             "counter",
-            "Bytes matched by the rules of a policy line, since nfc put them in force.",
+            "Bytes matched by the rules of a policy line (on nft, across applies that keep the rule).",
             by_line(counted, "bytes"),
         ),
         (
@@ -156,7 +156,7 @@ def prometheus(stats: Stats) -> str:
         (
             "nfc_rules_loaded_timestamp_seconds",
             "gauge",
-            "When nfc put the rules in force: the counters start there.",
+            "When nfc last put the rules in force (apply, rollback or restore).",
             [({}, stats.since)],
         ),
         (
