@@ -40,9 +40,10 @@ import nfc.explain
 import nfc.lint
 import nfc.persist
 import nfc.state
+import nfc.stats
 from nfc.artifacts import build, write
-from nfc.backends import DEFAULT_BACKEND
-from nfc.backends.kernel import Artifact
+from nfc.backends import BACKENDS, DEFAULT_BACKEND
+from nfc.backends.kernel import ApplyError, Artifact
 from nfc.errors import Loc, PolicyError
 from nfc.ir import NotrackRule, Rule, Ruleset
 from nfc.lint_report import Finding
@@ -68,6 +69,7 @@ __all__ = [
     "restore",
     "rollback",
     "rollback_timer",
+    "stats",
     "write",
 ]
 
@@ -214,6 +216,23 @@ def restore(
 def rollback_timer(token: str, deadline: float, state_dir: StateDir = None) -> None:
     """The detached process `apply` starts with `confirm_seconds` (nfc _rollback-timer)."""
     nfc.apply.rollback_timer(_state(state_dir), token, deadline)
+
+
+def stats(target: str | None = None, *, state_dir: StateDir = None) -> nfc.stats.Stats:
+    """The counters of the rules in force by policy line (`nfc.stats`), as
+    mapped when apply, rollback or restore put them in force; with `target`
+    (a policy or an artifact directory), only if its ruleset is the one in
+    force (a policy compiles for the backend in force)."""
+    state = _state(state_dir)
+    if target is None:
+        return nfc.stats.read(state)
+    origins = state.read(nfc.stats.origins_path(state))
+    with artifact(target, origins["backend"] if origins else DEFAULT_BACKEND) as loadable:
+        record = BACKENDS.get(loadable.backend)
+        if record is None:
+            raise ApplyError(f"unknown backend '{loadable.backend}' in {target}")
+        saved_form = record.kernel().saved_form(loadable)
+    return nfc.stats.read(state, nfc.stats.loaded_digest(saved_form))
 
 
 # --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nfc import persist, timer
+from nfc import persist, stats, timer
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
@@ -175,6 +175,7 @@ def _roll_back(state: State, report: Report, late: str | None = None) -> str:
         if journal is not None:  # refused before anything changed: nothing to finish
             state.remove(journal)
         raise
+    stats.remember(state, saved, "the state saved before the last apply", report)
     _finish(state, journal, pending, late, what)
     return what
 
@@ -315,7 +316,7 @@ def apply(
                 # Armed before the load, so no moment passes with the new rules
                 # in force and nothing to take them back.
                 armed = _arm(state, time.time() + confirm_seconds)
-            kernel.load(artifact)
+            stats.load(kernel, state, artifact)  # kernel.load, with the counts of unchanged rules
         except RestoreFailed as exc:  # half loaded: the journal stays
             raise RestoreFailed(f"{exc}\nnfc: the next nfc command puts the saved state back") from None
         except KernelRefused as exc:
@@ -337,6 +338,7 @@ def apply(
         state.move(journal, confirmed_path(state) if armed is None else applied_path(state))
         state.remove(state.rolled_back)
         report(f"applied {artifact.name} ({artifact.backend})")
+        stats.remember(state, to, artifact.name, report)
         mixed = kernel.foreign_rules()
         if mixed:
             report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
@@ -412,4 +414,5 @@ def restore(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) ->
         state.write(journal, {**confirmed, "action": "restore"})
         what = _put_in_force(confirmed["to"], report)
         state.move(journal, confirmed_path(state))
+        stats.remember(state, confirmed["to"], confirmed["target"], report)
         report(f"restored {what}, the last confirmed ruleset (from {confirmed['target']})")

@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from nfc import __version__, api, diff, doctor, explain, lint, timer
+from nfc import __version__, api, diff, doctor, explain, lint, stats_format, timer
 from nfc.artifacts import ArtifactError
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, KernelRefused
@@ -183,6 +183,11 @@ def _restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stats(args: argparse.Namespace) -> int:
+    sys.stdout.write(stats_format.render(api.stats(args.target, state_dir=args.state_dir), args.format))
+    return EXIT_OK
+
+
 def _rollback_timer(args: argparse.Namespace) -> int:
     api.rollback_timer(args.token, args.deadline, args.state_dir)
     return EXIT_OK
@@ -341,6 +346,21 @@ def parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="load the last confirmed ruleset, as at boot")
     _state_options(restore)
     restore.set_defaults(run=_restore)
+
+    stats = commands.add_parser("stats", help="packets and bytes per policy line, dead rules, meter fill")
+    stats.add_argument(
+        "target",
+        metavar="POLICY|OUTDIR",
+        nargs="?",
+        help="report only if the rules in force are this policy's (compiled for the backend in force)",
+    )
+    stats.add_argument("--format", choices=stats_format.FORMATS, default="text")
+    stats.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help=f"where apply saved the origin of each rule (default $NFC_STATE_DIR or {DEFAULT_STATE_DIR})",
+    )
+    stats.set_defaults(run=_stats)
 
     timer_ = commands.add_parser(timer.COMMAND)  # started by apply --confirm
     _state_options(timer_)

@@ -4,7 +4,7 @@ each pass adds. `ruleset()` puts the parts together at the end."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nfc.defines import Defines
 from nfc.errors import Loc
@@ -52,7 +52,10 @@ class Lowering:
                 Chain(
                     name,
                     source.chains[name].policy,
-                    tuple(self.chain_rules.get(name, ())),
+                    tuple(
+                        replace(rule, counter=True) if source.counters else rule
+                        for rule in self.chain_rules.get(name, ())
+                    ),
                     source.chains[name].loc,
                 )
                 for name in CHAIN_NAMES

@@ -27,6 +27,7 @@ from nfc.schema import (
     expect_str,
     rule_list,
     rule_text,
+    type_name,
 )
 from nfc.values import check_interface_name
 from nfc.vocab import NFT_KEYWORDS
@@ -36,7 +37,18 @@ MAX_INCLUDE_DEPTH = 32
 FORMAT_VERSION = 1
 
 CHAIN_POLICIES: tuple[ChainPolicy, ...] = ("drop", "accept")
-TOP_KEYS = ("nfc", "name", "table", "include", "define", "interfaces", "conntrack", *CHAIN_NAMES, "nat")
+TOP_KEYS = (
+    "nfc",
+    "name",
+    "table",
+    "counters",
+    "include",
+    "define",
+    "interfaces",
+    "conntrack",
+    *CHAIN_NAMES,
+    "nat",
+)
 INCLUDE_KEYS = ("nfc", "include", "define", "interfaces", "conntrack")
 RULES_FILE_KEYS = ("nfc", "define", "interfaces", "rules")  # a file that `{include: FILE}` splices
 CHAIN_KEYS = ("policy", "rules", "state", "icmp", "loopback")
@@ -116,6 +128,7 @@ class PolicySource:
     files: tuple[str, ...]  # every file read, main policy first
     interfaces: dict[str, InterfaceList] = field(default_factory=dict)
     nat: tuple[RuleText, ...] = ()
+    counters: bool = False  # every rule counts its packets and bytes (nfc stats)
 
 
 # --------------------------------------------------------------------------
@@ -411,6 +424,13 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
     )
     chains = {name_: _chain(name_, fields[name_], path, state) for name_ in CHAIN_NAMES if name_ in fields}
     nat = rule_list(fields["nat"], "nat", "NAT rule", RULE_KEYS) if "nat" in fields else ()
+    counters = False
+    if "counters" in fields:
+        counters = fields["counters"].value
+        if not isinstance(counters, bool):
+            raise PolicyError(
+                fields["counters"].loc, f"'counters' must be true or false, not {type_name(counters)}"
+            )
     return PolicySource(
         path=path,
         name=name,
@@ -421,4 +441,5 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
         files=tuple(state.files),
         interfaces=dict(state.interfaces),
         nat=nat,
+        counters=counters,
     )

@@ -24,6 +24,7 @@ ROLLED_BACK = "rolled-back.json"
 JOURNAL = "journal.json"  # a change to the kernel in progress
 APPLIED = "applied.json"  # the finished journal of an apply waiting for confirm
 CONFIRMED = "confirmed.json"  # the finished journal of the last confirmed ruleset
+ORIGINS = "origins.json"  # the policy line of each rule in force, for nfc stats
 JOURNAL_ACTIONS = ("apply", "rollback", "restore")
 
 PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT: no process id is larger
@@ -32,6 +33,9 @@ TOKEN = re.compile(r"[0-9a-f]{16,64}\Z")
 SYSCTL_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+\Z")  # no '/', so a path under /proc/sys
 SYSCTL_VALUE = re.compile(r"[\t\x20-\x7e]{0,256}\Z")
 STATE_FILE_NAME = re.compile(r"[a-z][a-z0-9-]*\.json\Z")
+SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+CHAIN = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+RULES_MAX = 1 << 20  # rules in one origins.json: far more than any ruleset nfc writes
 
 Check = Callable[[object], str | None]
 """What is wrong with a value, or None when it is as nfc writes it."""
@@ -125,6 +129,23 @@ def mapping(key: Check, value: Check) -> Check:
         return None
 
     return check
+
+
+def items(check: Check, limit: int) -> Check:
+    """A list of at most `limit` values, each passing `check`."""
+
+    def check_list(data: object) -> str | None:
+        if not isinstance(data, list):
+            return f"is {_kind(data)}, not a list"
+        if len(data) > limit:
+            return f"has more than {limit} entries"
+        for number, item in enumerate(data):
+            problem = check(item)
+            if problem is not None:
+                return f"entry {number} {problem}"
+        return None
+
+    return check_list
 
 
 @dataclass(frozen=True)
@@ -250,6 +271,66 @@ def register_schema(name: str, schema: Schema) -> None:
     SCHEMAS[name] = schema
 
 
+# origins.json: each rule nfc loaded, by its nft handle or its position in
+# an iptables-legacy dump, with the policy line it came from (nfc.stats).
+ORIGIN_FIELDS: dict[str, Check] = {
+    "chain": text(CHAIN, "a chain name"),
+    "file": text(),
+    "line": whole(1, 2**31 - 1),
+    "meter_drops": lambda value: None if isinstance(value, bool) else f"is {_kind(value)}, not a boolean",
+}
+NFT_ORIGINS = Shape(
+    {
+        "backend": one_of(nft.BACKEND),
+        "target": text(),
+        "at": seconds(LATEST_TIME),
+        "loaded": text(SHA256, "a sha256 digest"),
+        "table": text(IDENTIFIER, "a table name"),
+        "table_handle": whole(0, 2**64 - 1),
+        "rules": items(
+            Shape(
+                {
+                    "handle": whole(0, 2**64 - 1),
+                    **ORIGIN_FIELDS,
+                    "content": nullable(text(SHA256, "a sha256 digest")),  # to carry its counts over
+                }
+            ),
+            RULES_MAX,
+        ),
+    }
+)
+IPTABLES_ORIGINS = Shape(
+    {
+        "backend": one_of(iptables.BACKEND),
+        "target": text(),
+        "at": seconds(LATEST_TIME),
+        "loaded": text(SHA256, "a sha256 digest"),
+        "dumps": Shape(dict.fromkeys(iptables.TOOLS, text(SHA256, "a sha256 digest"))),
+        "rules": items(
+            Shape({"dump": one_of(*iptables.TOOLS), "index": whole(0, RULES_MAX), **ORIGIN_FIELDS}), RULES_MAX
+        ),
+    }
+)
+
+ORIGIN_SHAPES = {nft.BACKEND: NFT_ORIGINS, iptables.BACKEND: IPTABLES_ORIGINS}
+
+
+def origins(data: object) -> str | None:
+    """origins.json: the map of one backend, each rule in it once."""
+    if not isinstance(data, dict):
+        return f"it is {_kind(data)}, not a JSON object"
+    backend = data.get("backend")
+    shape = ORIGIN_SHAPES.get(backend) if isinstance(backend, str) else None
+    if shape is None:
+        return f"'backend' is {_shown(backend)}, not one of nfc's ({', '.join(sorted(BACKENDS))})"
+    problem = shape(data)
+    if problem is None:
+        keys = [(rule.get("dump"), rule.get("handle"), rule.get("index")) for rule in data["rules"]]
+        if len(set(keys)) < len(keys):
+            return "'rules' names one rule twice"
+    return problem
+
+
 TOKEN_TEXT = text(TOKEN, "a token of hex digits")
 register_schema(SAVED, saved_state)
 register_schema(
@@ -268,6 +349,7 @@ register_schema(ROLLED_BACK, Shape({"at": seconds(LATEST_TIME), "why": text(), "
 JOURNAL_SHAPE = Shape({"action": one_of(*JOURNAL_ACTIONS), "target": text(), "to": saved_state})
 for finished in (JOURNAL, APPLIED, CONFIRMED):
     register_schema(finished, JOURNAL_SHAPE)
+register_schema(ORIGINS, origins)
 
 
 def _refuse_constant(name: str) -> NoReturn:

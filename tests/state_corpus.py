@@ -12,6 +12,8 @@ import json
 from typing import Any
 
 PLACEHOLDER = "\ue000value\ue000"
+# A rule of origins.json.
+ENTRY = '{"handle": 4, "chain": "input", "file": "p.yaml", "line": 5, "meter_drops": false}'
 
 # Contents that are damaged whatever the file: not JSON, or not an object.
 NOT_AN_OBJECT: list[tuple[str, bytes]] = [
@@ -57,9 +59,25 @@ WRONG_VALUES: dict[str, list[str]] = {
         '"*filter\\nCOMMIT\\n*filter\\nCOMMIT\\n"',
         '"*raw\\nCOMMIT\\n*filter\\n-X INPUT\\nCOMMIT\\n"',
     ],
+    "table_handle": ['"7"', "-1", "1.5", "18446744073709551616"],
+    "loaded": ['"abc"', '"' + "AB" * 32 + '"', '"' + "ab" * 33 + '"'],
+    "dumps": ['{"rules.v4": "' + "01" * 32 + '"}', '{"rules.v4": "x", "rules.v6": "y"}', '{"filter": "00"}'],
+    "rules": [
+        "[1]",
+        '["p.yaml:5"]',
+        "[" + ENTRY.replace('"handle": 4', '"handle": "4"') + "]",
+        "[" + ENTRY.replace('"line": 5', '"line": 0') + "]",
+        "[" + ENTRY.replace('"chain": "input"', '"chain": "in put"') + "]",
+        "[" + ENTRY.replace('"file": "p.yaml"', '"file": "\\u0000"') + "]",
+        "[" + ENTRY.replace("false", "0") + "]",
+        "[" + ENTRY.replace(', "meter_drops": false', "") + "]",
+        "[" + ENTRY.replace("{", '{"extra": 1, ') + "]",
+        "[" + ENTRY + ", " + ENTRY + "]",  # one rule twice
+        "[" + ENTRY.replace('"handle": 4', '"handle": 4, "dump": "rules.v4", "index": 4') + "]",
+    ],
 }
 # What a key may hold besides what the valid file has: not damage.
-ALSO_VALID = {("listing", "null"), ("sysctl", "{}"), ("started", "null")}
+ALSO_VALID = {("listing", "null"), ("sysctl", "{}"), ("started", "null"), ("rules", "[]")}
 
 
 def _with(valid: dict[str, Any], key: str, text: str) -> bytes:

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from nfc import artifacts, cli, doctor, explain, lint, load, vocab
+from nfc import artifacts, cli, doctor, explain, lint, load, stats_format, vocab
 from nfc.backends import BACKENDS, iptables
 from nfc.errors import PolicyError
 from nfc.lower import lower
 from nfc.parse import parse_policy
 from nfc.state import LOCK, State
-from nfc.state_shapes import SCHEMAS
+from nfc.state_shapes import ORIGINS, SCHEMAS
+from nfc.stats import Fill, LineCount, Stats
 from nfc.target import Target
 
 from helpers import TARGET, input_policy, ruleset_of, write_policy
@@ -532,3 +533,46 @@ def test_the_package_installs_every_man_page() -> None:
     data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
     installed = {Path(page).name: directory for directory, pages in data_files.items() for page in pages}
     assert installed == {page.name: f"share/man/man{page.suffix[1:]}" for page in MAN.iterdir()}
+
+
+# The counters behind the samples of STATS in nfc(1).
+STATS_SAMPLE = Stats(
+    backend="nft",
+    target="/etc/nfc/web.yaml",
+    since=1796030000.0,
+    lines=(
+        LineCount("web.yaml", 5, "input", 912345, 612345678, None),
+        LineCount("web.yaml", 9, "input", 18234, 1094040, None),
+        LineCount("web.yaml", 10, "input", 523, 31380, 523),
+        LineCount("web.yaml", 11, "input", 0, 0, None),
+        LineCount("web.yaml", 12, "input", None, None, None),
+    ),
+    meters=(Fill("ssh_flood_v4", "ipv4", 17, 65535), Fill("ssh_flood_v6", "ipv6", 0, 65535)),
+    sets=(Fill("admins", "ipv4", 2, None),),
+    conntrack_count=1523,
+    conntrack_max=262144,
+)
+
+
+def test_the_stats_samples_of_nfc_1_are_what_stats_prints() -> None:
+    blocks = example_blocks(section(plain(NFC_1), "STATS"))
+    table = [block for block in blocks if block.startswith("rules of ")]
+    assert table == [stats_format.render(STATS_SAMPLE, "text")], "the table of STATS in nfc(1) is not nfc's"
+    excerpt = next(block for block in blocks if block.startswith("# TYPE "))
+    printed = iter(stats_format.render(STATS_SAMPLE, "prometheus").splitlines())
+    in_order = all(line in printed for line in excerpt.splitlines())
+    assert in_order, "the Prometheus excerpt of STATS in nfc(1) is not what nfc prints, in its order"
+
+
+def test_nfc_1_documents_every_figure_of_stats() -> None:
+    text = plain(NFC_1)
+    data = stats_format.to_json(STATS_SAMPLE)
+    rows = [data["rules"][0], data["meters"][0], data["conntrack"]]  # type: ignore[index]
+    keys = set(data) | {key for row in rows for key in row}
+    documented = section(text, "STATS") + section(text, "OPTIONS")
+    for key in keys:
+        assert mentions(documented, key), f"stats --format json key '{key}' is missing from nfc(1)"
+    metrics = re.findall(r"^# TYPE (\w+) ", stats_format.render(STATS_SAMPLE, "prometheus"), re.M)
+    for metric in metrics:
+        assert mentions(section(text, "STATS"), metric), f"metric {metric} is missing from STATS in nfc(1)"
+    assert mentions(section(text, "FILES"), ORIGINS)

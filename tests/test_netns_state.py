@@ -18,7 +18,7 @@ from typing import Any
 from state_driver import PLANTED_PIDS
 
 from nfc.state import LOCK
-from nfc.state_shapes import APPLIED, CONFIRMED, PENDING, SAVED
+from nfc.state_shapes import APPLIED, CONFIRMED, ORIGINS, PENDING, SAVED
 
 from conftest import require_tools
 from lab import require_lab
@@ -83,7 +83,8 @@ def test_a_full_or_read_only_filesystem_is_a_clean_error(tmp_path: Path) -> None
     assert observed["kept"], "the state files changed"
     afterwards = observed["afterwards"]
     assert afterwards["code"] == 0 and afterwards["changed"], "the state was not usable once space was back"
-    assert observed["left"] == [CONFIRMED, LOCK, SAVED]  # the rollback, finished, is the confirmed ruleset
+    # the rollback, finished, is the confirmed ruleset, its rules mapped for nfc stats
+    assert observed["left"] == [CONFIRMED, LOCK, ORIGINS, SAVED]
 
 
 def test_a_state_directory_others_could_subvert_is_refused(tmp_path: Path) -> None:
@@ -109,7 +110,7 @@ def test_a_state_directory_others_could_subvert_is_refused(tmp_path: Path) -> No
     # never written through, and removed.
     assert [found["code"] for found in observed["planted"]] == [0, 0], observed["planted"]
     assert observed["victim"] == "precious\n"
-    assert observed["planted_left"] == [APPLIED, CONFIRMED, LOCK, PENDING, SAVED]
+    assert observed["planted_left"] == [APPLIED, CONFIRMED, LOCK, ORIGINS, PENDING, SAVED]
     assert observed["timer_pid"] < PLANTED_PIDS, "the names planted missed the pids nfc had"
     # The control: the same previous.json, root's own, deletes the table.
     assert observed["control"]["code"] == 0 and observed["control"]["changed"], observed["control"]
@@ -122,6 +123,7 @@ def test_the_default_state_directory_is_made_0700(tmp_path: Path) -> None:
         "/var/lib/nfc": "0700",
         f"/var/lib/nfc/{CONFIRMED}": "0600",
         f"/var/lib/nfc/{LOCK}": "0600",
+        f"/var/lib/nfc/{ORIGINS}": "0600",
         f"/var/lib/nfc/{SAVED}": "0600",
     }
     assert observed["modes"] == made

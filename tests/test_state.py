@@ -27,6 +27,7 @@ from nfc.state_shapes import (
     APPLIED,
     CONFIRMED,
     JOURNAL,
+    ORIGINS,
     PENDING,
     ROLLED_BACK,
     SAVED,
@@ -64,6 +65,43 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "pending.json": {"token": "0123456789abcdef", "deadline": 1764540000.25, "pid": 4242, "started": 987},
     "rolled-back.json": {"at": 1764540001.5, "why": "the deadline passed", "restored": "table inet nfc"},
+    "origins.json of nft": {
+        "backend": "nft",
+        "target": "p.yaml",
+        "at": 1764540002.5,
+        "loaded": "ab" * 32,
+        "table": "nfc",
+        "table_handle": 7,
+        "rules": [
+            {
+                "handle": 4,
+                "chain": "input",
+                "file": "p.yaml",
+                "line": 5,
+                "meter_drops": False,
+                "content": None,
+            },
+            {
+                "handle": 6,
+                "chain": "input",
+                "file": "p.yaml",
+                "line": 6,
+                "meter_drops": True,
+                "content": "ef" * 32,
+            },
+        ],
+    },
+    "origins.json of iptables-legacy": {
+        "backend": "iptables-legacy",
+        "target": "build",
+        "at": 1764540003.0,
+        "loaded": "cd" * 32,
+        "dumps": {"rules.v4": "01" * 32, "rules.v6": "02" * 32},
+        "rules": [
+            {"dump": dump, "index": 0, "chain": "input", "file": "p.yaml", "line": 5, "meter_drops": False}
+            for dump in ("rules.v4", "rules.v6")
+        ],
+    },
 }
 
 
@@ -178,7 +216,7 @@ def test_only_registered_files_are_state_files(state: State) -> None:
     for name in (SAVED, LOCK, "../x.json", "Journal.json"):
         with pytest.raises(ValueError, match="cannot be a new state file"):
             register_schema(name, lambda data: None)
-    assert set(SCHEMAS) == {SAVED, PENDING, ROLLED_BACK, JOURNAL, APPLIED, CONFIRMED}
+    assert set(SCHEMAS) == {SAVED, PENDING, ROLLED_BACK, JOURNAL, APPLIED, CONFIRMED, ORIGINS}
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,227 @@
+"""nfc stats without a kernel: the `counters` key, the three output forms
+(Prometheus checked by prometheus_client's own parser, whatever a file
+name holds), and a missing or damaged map refused cleanly. With the kernel,
+on both backends: test_netns_stats."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from state_corpus import damaged
+
+from nfc import cli, stats, stats_format
+from nfc.backends.kernel import ApplyError
+from nfc.errors import PolicyError
+from nfc.state import State
+from nfc.stats import Fill, LineCount, Stats
+
+from helpers import iptables_of, nft_of, ruleset_of
+
+POLICY = """\
+nfc: 1
+{counters}
+input:
+  policy: drop
+  rules:
+    - accept tcp dport 22
+    - drop udp dport 53 limit over 10/second per saddr
+    - accept tcp dport 80 counter
+"""
+
+
+def test_counters_true_puts_a_counter_on_every_rule(tmp_path: Path) -> None:
+    ruleset = ruleset_of(tmp_path, POLICY.format(counters="counters: true"))
+    assert all(rule.counter for chain in ruleset.chains for rule in chain.rules)
+    rules = [line.strip() for line in nft_of(tmp_path, POLICY.format(counters="counters: true")).splitlines()]
+    rules = [line for line in rules if "comment" in line and "meter full" not in line]
+    assert len(rules) > 5 and all(" counter " in line for line in rules)
+
+
+def test_counters_false_or_absent_changes_nothing(tmp_path: Path) -> None:
+    plain = nft_of(tmp_path, POLICY.format(counters=""))
+    assert nft_of(tmp_path, POLICY.format(counters="counters: false")) == plain
+    assert plain.count(" counter ") == 1
+    # iptables counts every rule anyway: the key changes nothing there
+    assert iptables_of(tmp_path, POLICY.format(counters="counters: true")) == iptables_of(
+        tmp_path, POLICY.format(counters="")
+    )
+
+
+@pytest.mark.parametrize("value", ["1", '"true"', "[true]", "on please"])
+def test_counters_is_true_or_false(tmp_path: Path, value: str) -> None:
+    with pytest.raises(PolicyError) as refused:
+        ruleset_of(tmp_path, POLICY.format(counters=f"counters: {value}"))
+    assert refused.value.loc.line == 2 and "'counters' must be true or false" in refused.value.message
+
+
+HOSTILE = 'dir "a"\\b\nc/p\u00e9.yaml'
+SAMPLE = Stats(
+    backend="nft",
+    target="policies/web.yaml",
+    since=1796075403.25,
+    lines=(
+        LineCount("web.yaml", 9, "input", 4, 172, None),
+        LineCount("web.yaml", 10, "input", 0, 0, None),
+        LineCount("web.yaml", 11, "input", None, None, None),
+        LineCount("web.yaml", 12, "input", 7, 420, 7),
+        LineCount(HOSTILE, 3, "raw_prerouting", 1, 60, None),
+    ),
+    meters=(Fill("dns_v4", "ipv4", 3, 65535), Fill("ssh", "ipv6", 1, None)),
+    sets=(Fill("admins", "ipv4", 2, None),),
+    conntrack_count=12,
+    conntrack_max=262144,
+)
+
+
+def test_prometheus_output_parses_and_says_what_json_says() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(stats_format.render(SAMPLE, "prometheus"))}
+    assert families["nfc_rule_packets"].type == families["nfc_rule_bytes"].type == "counter"
+    packets = {
+        (s.labels["file"], s.labels["line"], s.labels["chain"]): s.value
+        for s in families["nfc_rule_packets"].samples
+    }
+    assert packets == {
+        ("web.yaml", "9", "input"): 4,
+        ("web.yaml", "10", "input"): 0,
+        ("web.yaml", "12", "input"): 7,
+        (HOSTILE, "3", "raw_prerouting"): 1,
+    }, "an uncounted line has no sample; a file name survives quoting"
+    assert [(s.labels["line"], s.value) for s in families["nfc_meter_drops"].samples] == [("12", 7)]
+    assert [s.value for s in families["nfc_dead_rules"].samples] == [1]
+    assert {s.labels["meter"]: s.value for s in families["nfc_meter_elements"].samples} == {
+        "dns_v4": 3,
+        "ssh": 1,
+    }
+    assert {s.labels["meter"]: s.value for s in families["nfc_meter_size"].samples} == {"dns_v4": 65535}
+    assert [s.value for s in families["nfc_set_elements"].samples] == [2]
+    assert families["nfc_conntrack_entries"].samples[0].value == 12
+    assert families["nfc_conntrack_max"].samples[0].value == 262144
+    assert families["nfc_rules_loaded_timestamp_seconds"].samples[0].value == SAMPLE.since
+
+
+def test_prometheus_leaves_out_what_the_kernel_does_not_say() -> None:
+    bare = Stats("iptables-legacy", "build", 0.0, (), (), (), None, None)
+    names = {f.name for f in text_string_to_metric_families(stats_format.render(bare, "prometheus"))}
+    assert names == {"nfc_dead_rules", "nfc_rules_loaded_timestamp_seconds"}
+
+
+def test_json_has_stable_keys() -> None:
+    data = json.loads(stats_format.render(SAMPLE, "json"))
+    assert list(data) == [
+        "backend",
+        "target",
+        "since",
+        "rules",
+        "dead",
+        "uncounted",
+        "meters",
+        "sets",
+        "conntrack",
+    ]
+    assert data["since"] == "2026-11-30T21:50:03Z"
+    assert data["rules"][0] == {
+        "file": "web.yaml",
+        "line": 9,
+        "chain": "input",
+        "packets": 4,
+        "bytes": 172,
+        "meter_drops": None,
+    }
+    assert data["dead"] == [{"file": "web.yaml", "line": 10, "chain": "input"}]
+    assert data["uncounted"] == [{"file": "web.yaml", "line": 11, "chain": "input"}]
+    assert data["meters"][0] == {"name": "dns_v4", "family": "ipv4", "elements": 3, "size": 65535}
+    assert data["conntrack"] == {"count": 12, "max": 262144}
+
+
+def test_text_is_a_table_then_the_lines_never_hit() -> None:
+    text = stats_format.render(SAMPLE, "text")
+    assert text.startswith("rules of policies/web.yaml (nft), in force since 2026-11-30T21:50:03Z\n\n")
+    assert (
+        "POLICY LINE            CHAIN           PACKETS  BYTES\n"
+        "web.yaml:9             input                 4    172\n"
+        "web.yaml:10            input                 0      0\n"
+        "web.yaml:11            input                 -      -\n"
+    ) in text
+    assert "\ndir ?a??b?c/p\u00e9.yaml:3  raw_prerouting        1     60\n" in text  # no quote or line break
+    assert "never hit since 2026-11-30T21:50:03Z: 1\n  web.yaml:10 (input)\n" in text
+    assert "not counted (no 'counter' on their nft rules): 1\n  web.yaml:11 (input)\n" in text
+    assert "  web.yaml:12 (input): 7 packets\n" in text
+    assert "conntrack: 12 of 262144 entries\n" in text
+    assert (
+        "  dns_v4 (ipv4): 3 of 65535 entries\n  ssh (ipv6): 1 entries\nsets:\n  admins (ipv4): 2 entries\n"
+        in text
+    )
+
+
+def nfc(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_stats_without_a_map_says_so(tmp_path: Path) -> None:
+    code, out, err = nfc("stats", "--state-dir", str(tmp_path / "state"))
+    assert (code, out) == (2, "")
+    assert err.startswith("nfc: error: no rules of nfc's are known to be in force")
+    assert not (tmp_path / "state").exists()
+
+
+VALID: dict[str, Any] = {
+    "backend": "nft",
+    "target": "p.yaml",
+    "at": 1796075403.25,
+    "loaded": "ab" * 32,
+    "table": "nfc",
+    "table_handle": 7,
+    "rules": [
+        {"handle": 4, "chain": "input", "file": "p.yaml", "line": 5, "meter_drops": False, "content": None}
+    ],
+}
+
+
+def test_a_damaged_map_is_a_clean_error_before_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_kernel(*args: object) -> None:
+        raise AssertionError("a damaged map reached the kernel")
+
+    monkeypatch.setattr(stats, "_nft_listing", no_kernel)
+    monkeypatch.setattr(stats, "_iptables_rules", no_kernel)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = state / "origins.json"
+    cases = damaged(VALID)
+    assert len(cases) >= 30
+    for case, content in cases:
+        path.write_bytes(content)
+        code, out, err = nfc("stats", "--state-dir", str(state), "--format", "prometheus")
+        assert (code, out) == (2, ""), case
+        assert err.startswith(f"nfc: error: damaged state file {path}: "), (case, err)
+
+
+def test_a_map_that_cannot_be_made_is_a_warning_and_the_stale_one_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(table: str) -> list[dict[str, Any]]:
+        raise ApplyError("cannot list table inet nfc: Operation not permitted")
+
+    monkeypatch.setattr(stats, "_nft_listing", refused)
+    state = State(tmp_path / "state")
+    said: list[str] = []
+    with state.locked():
+        state.write(stats.origins_path(state), VALID)
+        stats.remember(
+            state, {"backend": "nft", "table": "nfc", "listing": "x", "sysctl": {}}, "p.yaml", said.append
+        )
+    assert said == [
+        "warning: nfc stats cannot map the rules in force to policy lines: "
+        "cannot list table inet nfc: Operation not permitted"
+    ]
+    assert state.read(stats.origins_path(state)) is None
