@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from nfc.errors import Loc, printable
@@ -29,8 +30,7 @@ def network_text(network: Network) -> str:
 
 def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:
     """`FILE:LINE` for a generated comment, FILE relative to the policy's directory."""
-    base = os.path.dirname(ruleset.source)
-    path = os.path.relpath(origin.file, base) if base else origin.file
+    path = _relative(origin.file, os.path.dirname(ruleset.source))
     line = f":{origin.line}"
     label = printable(path, limit) + line
     if len(label.encode()) > limit:
@@ -39,3 +39,9 @@ def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:
             name = name[1:]
         label = name + line
     return label
+
+
+@functools.lru_cache(maxsize=256)
+def _relative(file: str, base: str) -> str:
+    """`file` as seen from `base` ('' is as it is): once per file, not once per rule."""
+    return os.path.relpath(file, base) if base else file

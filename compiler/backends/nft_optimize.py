@@ -1,0 +1,394 @@
+"""The optimizing nft backend: a chain's rules folded into set and map lookups.
+
+A long run of rules that differ only in their addresses, ports or interface
+names costs one comparison per rule per packet. Here rules of one shape
+(the same other matches, the same keyed fields) become the elements of one
+named set (one verdict) or verdict map (accept and drop), matched by one
+rule: `ip saddr and 255.255.255.0 . tcp dport @input_set1 accept`.
+
+First-match semantics stay exact. A rule joins an earlier rule's group,
+and so is evaluated at that group's place, only if it can move there: every
+rule it jumps over either matches none of its packets (`nfc.space` decides
+overlap) or is a plain rule with the same verdict. Rules with a meter, a
+log or a counter never join a group and keep their order among themselves;
+plain rules move across them only where no packet matches both. Inside a
+group the earliest rule wins: an element that another element already
+holds is left out, and a rule whose intervals would cut across another's
+starts a group of its own.
+
+Hash lookups on masked keys are preferred: a group whose addresses all have
+one prefix length and whose ports are single ports is a hash set; anything
+else an interval set. Every element carries its rule's `comment
+"FILE:LINE"`. Groups of fewer than MIN_MERGE rules gain nothing and are
+written as rules, in policy order, exactly as `-O0` writes them."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, summarize_address_range
+
+from nfc.backends import nft
+from nfc.backends.common import network_text, rule_note
+from nfc.ir import Addresses, Chain, Family, Interfaces, Match, Network, Ports, Rule, Ruleset, Verdict
+from nfc.space import Cube, Space, overlap
+
+MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
+MAX_ELEMENTS_PER_RULE = 4096  # a rule with more (a product of long lists) stays a rule
+MOVE_BUDGET = 512  # rules one rule may examine on its way up to its group
+SCAN_BUDGET = 4096  # elements an interval group may compare one new element with
+KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the order of a key
+MAP_VERDICTS = ("accept", "drop")  # the verdicts a verdict map may hold
+NAME = -1  # the low and high of an interface name's atom
+INTERVAL_ONLY = -1  # a field that only an interval set can look up
+
+Interval = tuple[int, int]
+# One field of one element: an address or port interval (low, high, ""), or
+# an interface name (NAME, NAME, name).
+Atom = tuple[int, int, str]
+Element = tuple[Atom, ...]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What rules must share to be one lookup: the matches left out of the
+    key, the key's fields and how each is looked up, and, for a reject, the
+    verdict (a map holds only accept and drop)."""
+
+    context: Match
+    family: Family | None  # of the key's addresses
+    fields: tuple[str, ...]
+    masks: tuple[int | None, ...]  # prefix length of a masked address field; None otherwise
+    interval: bool
+    reject: Verdict | None
+
+
+@dataclass
+class Group:
+    """Rules evaluated at one place: one rule, or the members of one lookup."""
+
+    shape: Shape | None
+    members: list[int]
+    elements: dict[Element, int] = field(default_factory=dict)  # element -> the member it came from
+    outcomes: set[tuple[Verdict, Family | None] | None] = field(default_factory=set)
+
+
+def optimized_chain(ruleset: Ruleset, chain: Chain) -> nft.ChainText:
+    """`chain` as nft text with its worthwhile groups folded into lookups."""
+    plan = _plan(chain.rules, Space(ruleset))
+    declarations: list[list[str]] = []
+    lines: list[str] = []
+    for group in plan:
+        if group.shape is None or len(group.members) < MIN_MERGE:
+            lines += [line for i in group.members for line in nft._rule(ruleset, chain.rules[i])]
+            continue
+        is_map = len({chain.rules[i].verdict.kind for i in group.members}) > 1
+        # Policy objects' names end in _v4, _v6, _ports or _limit, never in a digit.
+        name = f"{chain.name}_{'map' if is_map else 'set'}{len(declarations) + 1}"
+        declarations.append(_declaration(ruleset, chain.rules, group, name, is_map))
+        lines.append(_lookup_rule(ruleset, chain.rules, group, name, is_map))
+    return nft.ChainText(declarations, lines)
+
+
+def generate(ruleset: Ruleset) -> dict[str, str]:
+    return {nft.RULESET: nft.render(ruleset, optimized_chain)}
+
+
+# ---- planning
+
+
+def _plan(rules: Sequence[Rule], space: Space) -> list[Group]:
+    """Groups in evaluation order. A group too small to pay sends its rules
+    back to their own places, which changes what later rules may jump over,
+    so planning repeats until every group is one rule or worth a lookup."""
+    blocked: set[int] = set()
+    while True:
+        plan = _Planner(rules, space, blocked).run()
+        small = [g for g in plan if 1 < len(g.members) < MIN_MERGE]
+        if not small:
+            return plan
+        blocked.update(i for g in small for i in g.members)
+
+
+class _Planner:
+    def __init__(self, rules: Sequence[Rule], space: Space, blocked: set[int]) -> None:
+        self.rules = rules
+        self.space = space
+        self.blocked = blocked
+        self.cubes: dict[int, list[Cube]] = {}
+        self.outcomes = [_outcome(rule) for rule in rules]
+
+    def run(self) -> list[Group]:
+        plan: list[Group] = []
+        last_of_shape: dict[Shape, int] = {}  # shape -> index in plan of its latest group
+        for index, rule in enumerate(self.rules):
+            keyed = None if index in self.blocked else _keyed(rule)
+            if keyed is not None:
+                shape, elements = keyed
+                at = last_of_shape.get(shape)
+                if (
+                    at is not None
+                    and self._can_move(index, plan[at + 1 :])
+                    and _join(plan[at], index, elements, self.outcomes[index])
+                ):
+                    continue
+                group = Group(shape, [])
+                _join(group, index, elements, self.outcomes[index])
+                last_of_shape[shape] = len(plan)
+            else:
+                group = Group(None, [index], outcomes={self.outcomes[index]})
+            plan.append(group)
+        return plan
+
+    def _can_move(self, index: int, passed: list[Group]) -> bool:
+        """Whether rule `index` may be evaluated before every rule in `passed`."""
+        mine = self.outcomes[index]
+        budget = MOVE_BUDGET
+        for group in passed:
+            if mine is not None and group.outcomes == {mine}:
+                continue  # the same plain verdict: either order gives every packet the same fate
+            for other in group.members:
+                budget -= 1
+                if budget < 0:
+                    return False
+                if self.outcomes[other] == mine and mine is not None:
+                    continue
+                if overlap(self._cubes(index), self._cubes(other)):
+                    return False
+        return True
+
+    def _cubes(self, index: int) -> list[Cube]:
+        if index not in self.cubes:
+            self.cubes[index] = self.space.cubes(self.rules[index].match)
+        return self.cubes[index]
+
+
+def _outcome(rule: Rule) -> tuple[Verdict, Family | None] | None:
+    """What a plain rule does to every packet it matches; None for a rule
+    with a side effect (log, counter) or one that may let packets on (meter).
+    A reject's message depends on the family it is written for."""
+    if rule.meter is not None or rule.log is not None or rule.counter:
+        return None
+    return rule.verdict, rule.match.family if rule.verdict.kind == "reject" else None
+
+
+def _join(group: Group, index: int, elements: list[Element], outcome: object) -> bool:
+    """Add rule `index`'s elements to `group`, leaving out those an earlier
+    member already decides; False, with `group` unchanged, if an element
+    would cut across another's intervals."""
+    assert group.shape is not None
+    fresh = [e for e in elements if e not in group.elements]
+    if group.shape.interval:
+        kept = []
+        budget = SCAN_BUDGET
+        for element in fresh:
+            covered = False
+            for other in group.elements:
+                budget -= 1
+                if budget < 0:
+                    return False
+                relation = _relation(element, other)
+                if relation == "inside":
+                    covered = True
+                    break
+                if relation == "crossing":
+                    return False
+            if not covered:
+                kept.append(element)
+        fresh = kept
+    for element in fresh:
+        group.elements[element] = index
+    group.members.append(index)
+    group.outcomes.add(outcome)  # type: ignore[arg-type]
+    return True
+
+
+def _relation(element: Element, other: Element) -> str:
+    """'apart' (no packet in both), 'inside' (element within other) or 'crossing'."""
+    inside = True
+    for (low, high, text), (other_low, other_high, other_text) in zip(element, other, strict=True):
+        if low > other_high or high < other_low or (low == NAME and text != other_text):
+            return "apart"
+        if low < other_low or high > other_high:
+            inside = False
+    return "inside" if inside else "crossing"
+
+
+# ---- a rule as a key and its elements
+
+
+def _keyed(rule: Rule) -> tuple[Shape, list[Element]] | None:
+    """The rule's shape and elements, or None if it cannot be one lookup's."""
+    if _outcome(rule) is None:
+        return None
+    match = rule.match
+    fields = [name for name in KEY_FIELDS if _keyable(getattr(match, name))]
+    if not fields:
+        return None
+    columns = [_column(getattr(match, name)) for name in fields]
+    if _product(columns) > MAX_ELEMENTS_PER_RULE:
+        return None
+    masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
+    interval = any(mask == INTERVAL_ONLY for mask in masks)
+    addresses = match.saddr if "saddr" in fields else match.daddr if "daddr" in fields else None
+    shape = Shape(
+        context=dataclasses.replace(
+            match,
+            iifname=None if "iifname" in fields else match.iifname,
+            oifname=None if "oifname" in fields else match.oifname,
+            saddr=None if "saddr" in fields else match.saddr,
+            daddr=None if "daddr" in fields else match.daddr,
+            sport=None if "sport" in fields else match.sport,
+            dport=None if "dport" in fields else match.dport,
+        ),
+        family=addresses.family if addresses is not None else None,
+        fields=tuple(fields),
+        masks=tuple(None if interval else mask for mask in masks),
+        interval=interval,
+        reject=rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
+    )
+    elements = [tuple(atom[:3] for atom in atoms) for atoms in itertools.product(*columns)]
+    return shape, elements
+
+
+def _keyable(value: Interfaces | Addresses | Ports | None) -> bool:
+    """A field the key may hold: present, listed by value (a named set is
+    referred to as it is) and, for interfaces, without wildcards."""
+    if value is None or value.set_name is not None:
+        return False
+    if isinstance(value, Addresses):
+        return not value.negated
+    if isinstance(value, Interfaces):
+        return not any(name.endswith("*") for name in value.names)
+    return True
+
+
+# A field's values as atoms with a prefix length (of addresses).
+Column = list[tuple[int, int, str, int | None]]
+
+
+def _column(value: Interfaces | Addresses | Ports) -> Column:
+    if isinstance(value, Interfaces):
+        return [(NAME, NAME, name, None) for name in value.names]
+    if isinstance(value, Addresses):
+        bits = value.family.max_prefix
+        column: Column = []
+        for network in value.networks:
+            low, length = int(network.network_address), network.prefixlen
+            column.append((low, low + (1 << (bits - length)) - 1, "", length))
+        return column
+    return [(low, high, "", None) for low, high in value.ranges]
+
+
+def _product(columns: list[Column]) -> int:
+    count = 1
+    for column in columns:
+        count *= len(column)
+    return count
+
+
+def _hash_mask(name: str, column: Column) -> int | None:
+    """How a hash set looks a field up: an address by its one prefix length,
+    anything else as it is (None); INTERVAL_ONLY where prefix lengths or
+    port ranges leave only an interval set."""
+    if name in ("saddr", "daddr"):
+        lengths = {prefix for _, _, _, prefix in column}
+        return lengths.pop() if len(lengths) == 1 else INTERVAL_ONLY
+    if name in ("sport", "dport") and any(low != high for low, high, _, _ in column):
+        return INTERVAL_ONLY
+    return None
+
+
+# ---- text
+
+
+TYPES = {"iifname": "ifname", "oifname": "ifname", "sport": "inet_service", "dport": "inet_service"}
+
+
+def _key(shape: Shape) -> tuple[str, str]:
+    """The lookup's key expression and the set's type."""
+    expressions, types = [], []
+    family = shape.family
+    for name, mask in zip(shape.fields, shape.masks, strict=True):
+        if name in ("saddr", "daddr"):
+            assert family is not None
+            expression = f"{nft.ADDRESS_KEYWORD[family]} {name}"
+            if mask is not None and mask < family.max_prefix:
+                network = IPv4Network if family is Family.V4 else IPv6Network
+                expression += f" and {network((0, mask)).netmask}"
+            expressions.append(expression)
+            types.append(nft.ADDRESS_TYPE[family])
+        elif name in ("sport", "dport"):
+            expressions.append(f"{shape.context.protocol} {name}")
+            types.append(TYPES[name])
+        else:
+            expressions.append(name)
+            types.append(TYPES[name])
+    return " . ".join(expressions), " . ".join(types)
+
+
+def _element_text(element: Element, shape: Shape) -> str:
+    texts = []
+    for name, (low, high, text) in zip(shape.fields, element, strict=True):
+        if low == NAME:
+            texts.append(f'"{text}"')
+        elif name in ("sport", "dport"):
+            texts.append(nft._port_range((low, high)))
+        else:
+            texts.append(_address_text(low, high, shape.family))
+    return " . ".join(texts)
+
+
+def _address_text(low: int, high: int, family: Family | None) -> str:
+    """A host, a network (a masked key's network is its own address) or a range."""
+    networks: list[Network]
+    if family is Family.V4:
+        first, last = IPv4Address(low), IPv4Address(high)
+        networks = list(summarize_address_range(first, last))
+    else:
+        first6, last6 = IPv6Address(low), IPv6Address(high)
+        networks = list(summarize_address_range(first6, last6))
+    if low == high or len(networks) == 1:
+        return network_text(networks[0])
+    return f"{networks[0].network_address}-{networks[-1].broadcast_address}"
+
+
+def _declaration(ruleset: Ruleset, rules: Sequence[Rule], group: Group, name: str, is_map: bool) -> list[str]:
+    assert group.shape is not None
+    _, key_type = _key(group.shape)
+    lines = [f"{'map' if is_map else 'set'} {name} {{", f"\ttype {key_type}{' : verdict' if is_map else ''}"]
+    masked = not group.shape.interval  # a hash set holds a masked address as the network's address
+    if group.shape.interval:
+        lines.append("\tflags interval")
+    entries = []
+    for element, index in group.elements.items():
+        rule = rules[index]
+        if masked:
+            element = tuple((low, low, text) for low, _, text in element)
+        entry = f"{_element_text(element, group.shape)} {nft._comment(ruleset, rule.origin, rule_note(rule))}"
+        entries.append(f"{entry} : {rule.verdict.kind}" if is_map else entry)
+    lines.append("\telements = {")
+    lines += [f"\t\t{entry}," for entry in entries[:-1]]
+    lines += [f"\t\t{entries[-1]}", "\t}", "}"] if entries else ["\t}", "}"]
+    return lines
+
+
+def _lookup_rule(ruleset: Ruleset, rules: Sequence[Rule], group: Group, name: str, is_map: bool) -> str:
+    shape = group.shape
+    assert shape is not None
+    implied = set()
+    if shape.family is not None:  # `ip saddr` matches IPv4 packets only
+        implied.add(f"meta nfproto {shape.family.value}")
+    if any(f in ("sport", "dport") for f in shape.fields):
+        implied.add(f"meta l4proto {shape.context.protocol}")
+    parts = [part for part in nft._match(shape.context) if part not in implied]
+    key, _ = _key(shape)
+    first = rules[group.members[0]]
+    if is_map:
+        parts.append(f"{key} vmap @{name}")
+    else:
+        parts += [f"{key} @{name}", nft._verdict(first.verdict, shape.context.family)]
+    parts.append(nft._comment(ruleset, first.origin, f"{len(group.members)} rules in @{name}"))
+    return " ".join(parts)
