@@ -35,9 +35,8 @@ def allow_list(count: int, prefix: int = 24) -> list[str]:
 
 def test_an_allow_list_becomes_one_hash_lookup_on_a_masked_key(tmp_path: Path) -> None:
     text = optimized(tmp_path, *allow_list(6))
-    assert chain_lines(text) == [
-        'ip saddr and 255.255.255.0 . tcp dport @input_set1 accept comment "policy.yaml:8: 6 rules in @input_set1"'
-    ]
+    lookup = "ip saddr and 255.255.255.0 . tcp dport @input_set1 accept"
+    assert chain_lines(text) == [f'{lookup} comment "policy.yaml:8: 6 rules in @input_set1"']
     assert "\ttype ipv4_addr . inet_service\n" in text and "flags interval" not in text
     assert '\t\t10.0.0.0 . 1000 comment "policy.yaml:8",\n' in text
     assert '\t\t10.0.5.0 . 1005 comment "policy.yaml:13"\n' in text  # every element names its line
@@ -110,7 +109,7 @@ def test_minus_o0_compiles_a_rule_per_policy_rule(tmp_path: Path) -> None:
 
 # ---- the plan against the policy's own first match, packet by packet
 
-NETWORKS = ["10.1.0.0/16", "10.1.2.0/24", "10.1.2.0/25", "10.1.2.128/25", "10.1.3.0/24", "10.1.2.7", "10.1.3.9"]
+NETWORKS = ["10.1.0.0/16", "10.1.2.0/24", "10.1.2.0/25", "10.1.2.128/25", "10.1.3.0/24", "10.1.2.7"]
 PORTS = [22, 53, 80, 443, 8080]
 
 
@@ -195,7 +194,6 @@ def test_random_chains_keep_every_packets_fate(tmp_path: Path) -> None:
             expected = first_match(rules, [[i] for i in range(len(rules))], packet)
             got = first_match(rules, [g.members for g in plan], packet)
             context = (index, packet.describe(), rules_text)
-            assert rules[expected[0]].verdict == rules[got[0]].verdict if got[0] is not None else True, context
             assert got[1] == expected[1], context
             if expected[0] is not None and _side_effects(rules[expected[0]]):
                 assert got[0] == expected[0], context  # the same rule logs or counts it
@@ -208,7 +206,8 @@ def test_random_chains_keep_every_packets_fate(tmp_path: Path) -> None:
                     if member is not None and first is not None:
                         assert rules[member].verdict == rules[first].verdict, context
         text = nft_optimize.generate(ruleset)["ruleset.nft"]
-        assert text.count("comment") >= len(rules) - 1  # every kept element and rule says where from
+        elements = [line for line in text.splitlines() if line.startswith("\t\t\t")]
+        assert all('comment "policy.yaml:' in line for line in elements)  # every element says where from
     assert folded >= 10  # the sample folds often enough to prove something
 
 
@@ -217,5 +216,5 @@ def _side_effects(rule: Rule) -> bool:
 
 
 def test_optimized_chain_of_an_empty_chain_is_empty(tmp_path: Path) -> None:
-    ruleset = ruleset_of(tmp_path, "nfc: 1\ninput:\n  policy: drop\n  state: manual\n  icmp: manual\n  loopback: manual\n")
+    ruleset = ruleset_of(tmp_path, input_policy())
     assert optimized_chain(ruleset, ruleset.chains[0]) == ([], [])
