@@ -30,9 +30,8 @@ def network_text(network: Network) -> str:
 
 def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:
     """`FILE:LINE` for a generated comment, FILE relative to the policy's directory."""
-    path = _relative(origin.file, os.path.dirname(ruleset.source))
     line = f":{origin.line}"
-    label = printable(path, limit) + line
+    label = _path_text(origin.file, ruleset.source, limit) + line
     if len(label.encode()) > limit:
         name = printable(os.path.basename(origin.file), limit)
         while len((name + line).encode()) > limit:
@@ -41,7 +40,9 @@ def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:
     return label
 
 
-@functools.lru_cache(maxsize=256)
-def _relative(file: str, base: str) -> str:
-    """`file` as seen from `base` ('' is as it is): once per file, not once per rule."""
-    return os.path.relpath(file, base) if base else file
+@functools.lru_cache(maxsize=1024)
+def _path_text(file: str, policy: str, limit: int) -> str:
+    """`file` as seen from the directory of `policy`, printable: once per
+    file and limit, not once per rule."""
+    base = os.path.dirname(policy)
+    return printable(os.path.relpath(file, base) if base else file, limit)

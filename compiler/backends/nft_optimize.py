@@ -28,11 +28,11 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, summarize_address_range
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from nfc.backends import nft
-from nfc.backends.common import network_text, rule_note
-from nfc.ir import Addresses, Chain, Family, Interfaces, Match, Network, Ports, Rule, Ruleset, Verdict
+from nfc.backends.common import rule_note
+from nfc.ir import Addresses, Chain, Family, Interfaces, Match, Ports, Rule, Ruleset, Verdict
 from nfc.space import Cube, Space, overlap
 
 MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
@@ -57,12 +57,27 @@ class Shape:
     key, the key's fields and how each is looked up, and, for a reject, the
     verdict (a map holds only accept and drop)."""
 
-    context: Match
+    others: tuple[object, ...]  # the values of the matches outside the key
     family: Family | None  # of the key's addresses
     fields: tuple[str, ...]
     masks: tuple[int | None, ...]  # prefix length of a masked address field; None otherwise
     interval: bool
     reject: Verdict | None
+    sample: Match = field(compare=False)  # one member's match, for `context`
+
+    @property
+    def context(self) -> Match:
+        """The matches the lookup rule keeps besides the key."""
+        match = self.sample
+        return dataclasses.replace(
+            match,
+            iifname=None if "iifname" in self.fields else match.iifname,
+            oifname=None if "oifname" in self.fields else match.oifname,
+            saddr=None if "saddr" in self.fields else match.saddr,
+            daddr=None if "daddr" in self.fields else match.daddr,
+            sport=None if "sport" in self.fields else match.sport,
+            dport=None if "dport" in self.fields else match.dport,
+        )
 
 
 @dataclass
@@ -233,21 +248,15 @@ def _keyed(rule: Rule) -> tuple[Shape, list[Element]] | None:
     masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
     interval = any(mask == INTERVAL_ONLY for mask in masks)
     addresses = match.saddr if "saddr" in fields else match.daddr if "daddr" in fields else None
+    others = (match.family, match.protocol, match.ct_state, match.icmp_types, match.ct_status)
     shape = Shape(
-        context=dataclasses.replace(
-            match,
-            iifname=None if "iifname" in fields else match.iifname,
-            oifname=None if "oifname" in fields else match.oifname,
-            saddr=None if "saddr" in fields else match.saddr,
-            daddr=None if "daddr" in fields else match.daddr,
-            sport=None if "sport" in fields else match.sport,
-            dport=None if "dport" in fields else match.dport,
-        ),
+        others=others + tuple(None if name in fields else getattr(match, name) for name in KEY_FIELDS),
         family=addresses.family if addresses is not None else None,
         fields=tuple(fields),
         masks=tuple(None if interval else mask for mask in masks),
         interval=interval,
         reject=rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
+        sample=match,
     )
     elements = [tuple(atom[:3] for atom in atoms) for atoms in itertools.product(*columns)]
     return shape, elements
@@ -321,7 +330,7 @@ def _key(shape: Shape) -> tuple[str, str]:
             expressions.append(expression)
             types.append(nft.ADDRESS_TYPE[family])
         elif name in ("sport", "dport"):
-            expressions.append(f"{shape.context.protocol} {name}")
+            expressions.append(f"{shape.sample.protocol} {name}")
             types.append(TYPES[name])
         else:
             expressions.append(name)
@@ -343,16 +352,13 @@ def _element_text(element: Element, shape: Shape) -> str:
 
 def _address_text(low: int, high: int, family: Family | None) -> str:
     """A host, a network (a masked key's network is its own address) or a range."""
-    networks: list[Network]
-    if family is Family.V4:
-        first, last = IPv4Address(low), IPv4Address(high)
-        networks = list(summarize_address_range(first, last))
-    else:
-        first6, last6 = IPv6Address(low), IPv6Address(high)
-        networks = list(summarize_address_range(first6, last6))
-    if low == high or len(networks) == 1:
-        return network_text(networks[0])
-    return f"{networks[0].network_address}-{networks[-1].broadcast_address}"
+    address = IPv4Address if family is Family.V4 else IPv6Address
+    size = high - low + 1
+    if size & (size - 1) == 0 and low % size == 0:  # a prefix
+        bits = 32 if family is Family.V4 else 128
+        length = bits - size.bit_length() + 1
+        return str(address(low)) if length == bits else f"{address(low)}/{length}"
+    return f"{address(low)}-{address(high)}"
 
 
 def _declaration(ruleset: Ruleset, rules: Sequence[Rule], group: Group, name: str, is_map: bool) -> list[str]:
@@ -382,13 +388,14 @@ def _lookup_rule(ruleset: Ruleset, rules: Sequence[Rule], group: Group, name: st
     if shape.family is not None:  # `ip saddr` matches IPv4 packets only
         implied.add(f"meta nfproto {shape.family.value}")
     if any(f in ("sport", "dport") for f in shape.fields):
-        implied.add(f"meta l4proto {shape.context.protocol}")
-    parts = [part for part in nft._match(shape.context) if part not in implied]
+        implied.add(f"meta l4proto {shape.sample.protocol}")
+    context = shape.context
+    parts = [part for part in nft._match(context) if part not in implied]
     key, _ = _key(shape)
     first = rules[group.members[0]]
     if is_map:
         parts.append(f"{key} vmap @{name}")
     else:
-        parts += [f"{key} @{name}", nft._verdict(first.verdict, shape.context.family)]
+        parts += [f"{key} @{name}", nft._verdict(first.verdict, context.family)]
     parts.append(nft._comment(ruleset, first.origin, f"{len(group.members)} rules in @{name}"))
     return " ".join(parts)
