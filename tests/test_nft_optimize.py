@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nfc.backends import nft_optimize
 from nfc.backends.nft import render
-from nfc.backends.nft_optimize import MIN_MERGE, Group, _plan, optimized_chain
+from nfc.backends.nft_optimize import MIN_MERGE, NAME, Group, _plan, optimized_chain
 from nfc.explain import Packet, matches
 from nfc.ir import Family, Rule
 from nfc.space import Space
@@ -150,10 +150,10 @@ def element_of(group: Group, rules: list[Rule], packet: Packet) -> int | None:
     themselves as the kernel reads them (masked keys, intervals)."""
     shape = group.shape
     assert shape is not None
-    context = rules[group.members[0]].match
-    if not matches(shape.context, packet, "new") or context.protocol != packet.protocol:
+    if not matches(shape.context, packet, "new"):
         return None
     values = {"saddr": int(packet.saddr), "daddr": int(packet.daddr), "sport": packet.sport}
+    values["protocol"] = packet.protocol
     values |= {"dport": packet.dport, "iifname": packet.iif, "oifname": packet.oif}
     if shape.family is not None and shape.family is not packet.family:
         return None
@@ -162,7 +162,7 @@ def element_of(group: Group, rules: list[Rule], packet: Packet) -> int | None:
         inside = True
         for name, mask, (low, high, text) in zip(shape.fields, shape.masks, element, strict=True):
             value = values[name]
-            if name.endswith("ifname"):
+            if low == NAME:
                 inside &= value == text
             elif mask is not None:
                 bits = shape.family.max_prefix if shape.family else 0
@@ -218,3 +218,11 @@ def _side_effects(rule: Rule) -> bool:
 def test_optimized_chain_of_an_empty_chain_is_empty(tmp_path: Path) -> None:
     ruleset = ruleset_of(tmp_path, input_policy())
     assert optimized_chain(ruleset, ruleset.chains[0]) == ([], [])
+
+
+def test_tcp_and_udp_rules_of_one_shape_share_a_lookup(tmp_path: Path) -> None:
+    rules = [f"accept {proto} dport 53 from 192.0.2.{i}" for i, proto in enumerate(["tcp", "udp"] * 3)]
+    text = optimized(tmp_path, *rules)
+    assert chain_lines(text)[0].startswith("meta l4proto . ip saddr . th dport @input_set1 accept")
+    assert "\ttype inet_proto . ipv4_addr . inet_service\n" in text and "udp . 192.0.2.1 . 53 comment" in text
+    assert nft_check(write_policy(tmp_path, text, "ruleset.nft")).returncode == 0

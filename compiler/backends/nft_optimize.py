@@ -40,6 +40,7 @@ MAX_ELEMENTS_PER_RULE = 4096  # a rule with more (a product of long lists) stays
 MOVE_BUDGET = 512  # rules one rule may examine on its way up to its group
 SCAN_BUDGET = 4096  # elements an interval group may compare one new element with
 KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the order of a key
+MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(Match))
 MAP_VERDICTS = ("accept", "drop")  # the verdicts a verdict map may hold
 NAME = -1  # the low and high of an interface name's atom
 INTERVAL_ONLY = -1  # a field that only an interval set can look up
@@ -71,6 +72,7 @@ class Shape:
         match = self.sample
         return dataclasses.replace(
             match,
+            protocol=None if "protocol" in self.fields else match.protocol,
             iifname=None if "iifname" in self.fields else match.iifname,
             oifname=None if "oifname" in self.fields else match.oifname,
             saddr=None if "saddr" in self.fields else match.saddr,
@@ -242,15 +244,18 @@ def _keyed(rule: Rule) -> tuple[Shape, list[Element]] | None:
     fields = [name for name in KEY_FIELDS if _keyable(getattr(match, name))]
     if not fields:
         return None
+    if "sport" in fields or "dport" in fields:
+        # The protocol is a dimension of the elements, so that TCP and UDP
+        # rules of one shape share a lookup: `meta l4proto . th dport`.
+        fields.insert(0, "protocol")
     columns = [_column(getattr(match, name)) for name in fields]
     if _product(columns) > MAX_ELEMENTS_PER_RULE:
         return None
     masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
     interval = any(mask == INTERVAL_ONLY for mask in masks)
     addresses = match.saddr if "saddr" in fields else match.daddr if "daddr" in fields else None
-    others = (match.family, match.protocol, match.ct_state, match.icmp_types, match.ct_status)
     shape = Shape(
-        others=others + tuple(None if name in fields else getattr(match, name) for name in KEY_FIELDS),
+        others=tuple(None if name in fields else getattr(match, name) for name in MATCH_FIELDS),
         family=addresses.family if addresses is not None else None,
         fields=tuple(fields),
         masks=tuple(None if interval else mask for mask in masks),
@@ -278,7 +283,9 @@ def _keyable(value: Interfaces | Addresses | Ports | None) -> bool:
 Column = list[tuple[int, int, str, int | None]]
 
 
-def _column(value: Interfaces | Addresses | Ports) -> Column:
+def _column(value: str | Interfaces | Addresses | Ports) -> Column:
+    if isinstance(value, str):  # a protocol
+        return [(NAME, NAME, value, None)]
     if isinstance(value, Interfaces):
         return [(NAME, NAME, name, None) for name in value.names]
     if isinstance(value, Addresses):
@@ -313,10 +320,31 @@ def _hash_mask(name: str, column: Column) -> int | None:
 # ---- text
 
 
-TYPES = {"iifname": "ifname", "oifname": "ifname", "sport": "inet_service", "dport": "inet_service"}
+TYPES = {
+    "protocol": "inet_proto",
+    "iifname": "ifname",
+    "oifname": "ifname",
+    "sport": "inet_service",
+    "dport": "inet_service",
+}
 
 
-def _key(shape: Shape) -> tuple[str, str]:
+def _layout(group: Group) -> tuple[Shape, dict[Element, int], str]:
+    """The shape and elements as written, and the ports' keyword: a group
+    of one protocol writes `tcp dport` and leaves the protocol out of its
+    elements; one of several looks up `meta l4proto . th dport`."""
+    shape = group.shape
+    assert shape is not None
+    if "protocol" not in shape.fields:
+        return shape, group.elements, ""
+    protocols = {element[0][2] for element in group.elements}
+    if len(protocols) > 1:
+        return shape, group.elements, "th"
+    narrow = dataclasses.replace(shape, fields=shape.fields[1:], masks=shape.masks[1:])
+    return narrow, {element[1:]: member for element, member in group.elements.items()}, protocols.pop()
+
+
+def _key(shape: Shape, ports: str) -> tuple[str, str]:
     """The lookup's key expression and the set's type."""
     expressions, types = [], []
     family = shape.family
@@ -330,10 +358,10 @@ def _key(shape: Shape) -> tuple[str, str]:
             expressions.append(expression)
             types.append(nft.ADDRESS_TYPE[family])
         elif name in ("sport", "dport"):
-            expressions.append(f"{shape.sample.protocol} {name}")
+            expressions.append(f"{ports} {name}")
             types.append(TYPES[name])
         else:
-            expressions.append(name)
+            expressions.append("meta l4proto" if name == "protocol" else name)
             types.append(TYPES[name])
     return " . ".join(expressions), " . ".join(types)
 
@@ -342,7 +370,7 @@ def _element_text(element: Element, shape: Shape) -> str:
     texts = []
     for name, (low, high, text) in zip(shape.fields, element, strict=True):
         if low == NAME:
-            texts.append(f'"{text}"')
+            texts.append(text if name == "protocol" else f'"{text}"')
         elif name in ("sport", "dport"):
             texts.append(nft._port_range((low, high)))
         else:
@@ -362,18 +390,17 @@ def _address_text(low: int, high: int, family: Family | None) -> str:
 
 
 def _declaration(ruleset: Ruleset, rules: Sequence[Rule], group: Group, name: str, is_map: bool) -> list[str]:
-    assert group.shape is not None
-    _, key_type = _key(group.shape)
+    shape, elements, ports = _layout(group)
+    _, key_type = _key(shape, ports)
     lines = [f"{'map' if is_map else 'set'} {name} {{", f"\ttype {key_type}{' : verdict' if is_map else ''}"]
-    masked = not group.shape.interval  # a hash set holds a masked address as the network's address
-    if group.shape.interval:
+    if shape.interval:
         lines.append("\tflags interval")
     entries = []
-    for element, index in group.elements.items():
+    for element, index in elements.items():
         rule = rules[index]
-        if masked:
+        if not shape.interval:  # a hash set holds a masked address as the network's address
             element = tuple((low, low, text) for low, _, text in element)
-        entry = f"{_element_text(element, group.shape)} {nft._comment(ruleset, rule.origin, rule_note(rule))}"
+        entry = f"{_element_text(element, shape)} {nft._comment(ruleset, rule.origin, rule_note(rule))}"
         entries.append(f"{entry} : {rule.verdict.kind}" if is_map else entry)
     lines.append("\telements = {")
     lines += [f"\t\t{entry}," for entry in entries[:-1]]
@@ -382,16 +409,15 @@ def _declaration(ruleset: Ruleset, rules: Sequence[Rule], group: Group, name: st
 
 
 def _lookup_rule(ruleset: Ruleset, rules: Sequence[Rule], group: Group, name: str, is_map: bool) -> str:
-    shape = group.shape
-    assert shape is not None
+    shape, _, ports = _layout(group)
     implied = set()
     if shape.family is not None:  # `ip saddr` matches IPv4 packets only
         implied.add(f"meta nfproto {shape.family.value}")
-    if any(f in ("sport", "dport") for f in shape.fields):
-        implied.add(f"meta l4proto {shape.sample.protocol}")
+    if ports:  # `tcp dport` matches TCP packets only
+        implied.add(f"meta l4proto {ports}")
     context = shape.context
     parts = [part for part in nft._match(context) if part not in implied]
-    key, _ = _key(shape)
+    key, _ = _key(shape, ports)
     first = rules[group.members[0]]
     if is_map:
         parts.append(f"{key} vmap @{name}")
