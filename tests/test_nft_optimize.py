@@ -117,15 +117,16 @@ def random_rule(rng: random.Random) -> str:
     verdict = rng.choice(["accept", "accept", "accept", "drop", "drop", "reject"])
     words = [verdict, rng.choice(["tcp", "tcp", "udp"])]
     shape = rng.random()
-    if shape < 0.7:
+    if shape < 0.55:
         words.append(f"dport {rng.choice(PORTS)}")
-    elif shape < 0.85:
+    elif shape < 0.7:
         words.append("dport {" + ", ".join(map(str, rng.sample(PORTS, 2))) + "}")
-    else:
+    else:  # intervals
         low = rng.choice(PORTS)
         words.append(f"dport {low}-{low + 30}")
     if rng.random() < 0.85:
-        words.append(f"from {rng.choice(NETWORKS)}")
+        networks = rng.sample(NETWORKS, rng.choice((1, 1, 2)))  # two of mixed lengths: intervals
+        words.append(f"from {networks[0]}" if len(networks) == 1 else f"from {{{', '.join(networks)}}}")
     if rng.random() < 0.1:
         words.append("iif eth1")
     if rng.random() < 0.08:

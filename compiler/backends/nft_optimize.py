@@ -24,6 +24,7 @@ written as rules, in policy order, exactly as `-O0` writes them."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from nfc.space import Cube, Space, overlap
 
 MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
 MAX_ELEMENTS_PER_RULE = 4096  # a rule with more (a product of long lists) stays a rule
-MOVE_BUDGET = 512  # rules one rule may examine on its way up to its group
+MOVE_BUDGET = 512  # groups and rules one rule may examine on its way up to its group
 SCAN_BUDGET = 4096  # elements an interval group may compare one new element with
 KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the order of a key
 MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(Match))
@@ -90,6 +91,10 @@ class Group:
     members: list[int]
     elements: dict[Element, int] = field(default_factory=dict)  # element -> the member it came from
     outcomes: set[tuple[Verdict, Family | None] | None] = field(default_factory=set)
+    # An interval group's elements by the prefix of their first address
+    # field, and those prefixes sorted: what `_overlapping` searches.
+    by_prefix: dict[Interval, list[Element]] = field(default_factory=dict)
+    prefixes: list[Interval] = field(default_factory=list)
 
 
 def optimized_chain(ruleset: Ruleset, chain: Chain) -> nft.ChainText:
@@ -147,7 +152,7 @@ class _Planner:
                 at = last_of_shape.get(shape)
                 if (
                     at is not None
-                    and self._can_move(index, plan[at + 1 :])
+                    and self._can_move(index, plan, at + 1)
                     and _join(plan[at], index, elements, self.outcomes[index])
                 ):
                     continue
@@ -159,20 +164,20 @@ class _Planner:
             plan.append(group)
         return plan
 
-    def _can_move(self, index: int, passed: list[Group]) -> bool:
-        """Whether rule `index` may be evaluated before every rule in `passed`."""
+    def _can_move(self, index: int, plan: list[Group], start: int) -> bool:
+        """Whether rule `index` may be evaluated before every rule in plan[start:]."""
         mine = self.outcomes[index]
         budget = MOVE_BUDGET
-        for group in passed:
+        for group in itertools.islice(plan, start, None):
+            budget -= 1 + (0 if mine is not None and group.outcomes == {mine} else len(group.members))
+            if budget < 0:
+                return False
             if mine is not None and group.outcomes == {mine}:
                 continue  # the same plain verdict: either order gives every packet the same fate
             for other in group.members:
-                budget -= 1
-                if budget < 0:
-                    return False
-                if self.outcomes[other] == mine and mine is not None:
-                    continue
-                if overlap(self._cubes(index), self._cubes(other)):
+                if (mine is None or self.outcomes[other] != mine) and overlap(
+                    self._cubes(index), self._cubes(other)
+                ):
                     return False
         return True
 
@@ -195,31 +200,62 @@ def _join(group: Group, index: int, elements: list[Element], outcome: object) ->
     """Add rule `index`'s elements to `group`, leaving out those an earlier
     member already decides; False, with `group` unchanged, if an element
     would cut across another's intervals."""
-    assert group.shape is not None
+    shape = group.shape
+    assert shape is not None
     fresh = [e for e in elements if e not in group.elements]
-    if group.shape.interval:
+    if shape.interval:
         kept = []
         budget = SCAN_BUDGET
         for element in fresh:
-            covered = False
-            for other in group.elements:
+            relations = set()
+            for other in _overlapping(group, element):
                 budget -= 1
                 if budget < 0:
                     return False
-                relation = _relation(element, other)
-                if relation == "inside":
-                    covered = True
-                    break
-                if relation == "crossing":
-                    return False
-            if not covered:
+                relations.add(_relation(element, other))
+            if "crossing" in relations:
+                return False
+            if "inside" not in relations:
                 kept.append(element)
         fresh = kept
+    at = _first_address(shape)
     for element in fresh:
         group.elements[element] = index
+        if shape.interval and at is not None:
+            prefix = element[at][:2]
+            if prefix not in group.by_prefix:
+                bisect.insort(group.prefixes, prefix)
+            group.by_prefix.setdefault(prefix, []).append(element)
     group.members.append(index)
     group.outcomes.add(outcome)  # type: ignore[arg-type]
     return True
+
+
+def _first_address(shape: Shape) -> int | None:
+    return next((i for i, name in enumerate(shape.fields) if name in ("saddr", "daddr")), None)
+
+
+def _overlapping(group: Group, element: Element) -> list[Element]:
+    """The elements of an interval group that may share packets with
+    `element`: with an address field, those whose first address prefix
+    holds the element's or lies within it (prefixes nest or are apart);
+    without one, all of them."""
+    shape = group.shape
+    at = None if shape is None else _first_address(shape)
+    if shape is None or shape.family is None or at is None:
+        return list(group.elements)
+    low, high, _ = element[at]
+    found: list[Element] = []
+    span, space = high - low + 1, 1 << shape.family.max_prefix
+    while span < space:  # the prefixes holding this one
+        span *= 2
+        start = low - low % span
+        found += group.by_prefix.get((start, start + span - 1), [])
+    position = bisect.bisect_left(group.prefixes, (low, -1))
+    while position < len(group.prefixes) and group.prefixes[position][0] <= high:  # those within
+        found += group.by_prefix[group.prefixes[position]]
+        position += 1
+    return found
 
 
 def _relation(element: Element, other: Element) -> str:
