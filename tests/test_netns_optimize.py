@@ -44,16 +44,20 @@ def random_rule(rng: random.Random) -> str:
     proto = "tcp" if verdict.endswith("reset") else rng.choice(["tcp", "tcp", "udp"])
     ports = TCP_PORTS if proto == "tcp" else UDP_PORTS
     style = rng.random()
-    if style < 0.3:
+    if style < 0.25:
         words = [verdict, proto, f"dport {rng.choice(ports)}", f"from {rng.choice(V4_NETS)}"]
-    elif style < 0.5:
+    elif style < 0.4:
         words = [verdict, proto, f"dport {rng.choice(ports)}", f"from {rng.choice(V4_HOSTS)}"]
-    elif style < 0.65:
+    elif style < 0.55:
         words = [verdict, proto, f"dport {rng.choice(ports)}", f"from {rng.choice(V6_NETS)}"]
-    elif style < 0.75:
+    elif style < 0.7:  # prefixes of two lengths, port ranges: interval sets
+        low = rng.choice(ports)
+        words = [verdict, proto, f"dport {low}-{low + rng.choice((1, 3))}"]
+        words.append(f"from {{{rng.choice(V4_NETS)}, {rng.choice(V4_HOSTS)}}}")
+    elif style < 0.78:
         low = rng.choice(ports)
         words = [verdict, proto, f"dport {low}-{low + rng.choice((1, 3, 100))}", f"from {rng.choice(WIDE)}"]
-    elif style < 0.85:
+    elif style < 0.88:
         words = [verdict, proto, f"dport {rng.choice(ports)}", f"iif {rng.choice(['eth-a', 'eth-b'])}"]
     else:
         words = [verdict, proto, "dport {" + ", ".join(map(str, rng.sample(ports, 2))) + "}"]
