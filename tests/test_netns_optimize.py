@@ -22,7 +22,7 @@ from lab import Lab
 pytestmark = pytest.mark.netns
 
 POLICIES = 3
-PACKETS = 120
+PACKETS = 100
 SEED = 1313
 # Networks around the lab's client addresses (tests/lab.py), in the shapes
 # that fold: /28s and /64s (masked hash keys), hosts, and wider networks

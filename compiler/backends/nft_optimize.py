@@ -1,10 +1,12 @@
 """The optimizing nft backend: a chain's rules folded into set and map lookups.
 
-A long run of rules that differ only in their addresses, ports or interface
-names costs one comparison per rule per packet. Here rules of one shape
-(the same other matches, the same keyed fields) become the elements of one
-named set (one verdict) or verdict map (accept and drop), matched by one
-rule: `ip saddr and 255.255.255.0 . tcp dport @input_set1 accept`.
+A long run of rules that differ only in their addresses, ports, protocols
+or interface names costs one comparison per rule per packet. Here rules of
+one shape (the same other matches, the same keyed fields) become the
+elements of one named set (one verdict) or verdict map (accept and drop),
+matched by one rule: `ip saddr and 255.255.255.0 . tcp dport @input_set1
+accept`, or `meta l4proto . ip saddr . th dport vmap @input_map2` where TCP
+and UDP rules share it.
 
 First-match semantics stay exact. A rule joins an earlier rule's group,
 and so is evaluated at that group's place, only if it can move there: every
@@ -12,15 +14,16 @@ rule it jumps over either matches none of its packets (`nfc.space` decides
 overlap) or is a plain rule with the same verdict. Rules with a meter, a
 log or a counter never join a group and keep their order among themselves;
 plain rules move across them only where no packet matches both. Inside a
-group the earliest rule wins: an element that another element already
-holds is left out, and a rule whose intervals would cut across another's
-starts a group of its own.
+group the earliest rule wins: an element that lies within one already
+there is left out (its rule is shadowed there), and a rule whose intervals
+would cut across another's starts a group of its own.
 
 Hash lookups on masked keys are preferred: a group whose addresses all have
 one prefix length and whose ports are single ports is a hash set; anything
 else an interval set. Every element carries its rule's `comment
 "FILE:LINE"`. Groups of fewer than MIN_MERGE rules gain nothing and are
-written as rules, in policy order, exactly as `-O0` writes them."""
+written as rules, in policy order, exactly as `-O0` writes them (see
+`_plan`). Only nft is optimized: iptables-legacy stays linear."""
 
 from __future__ import annotations
 
@@ -31,24 +34,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from nfc.backends import nft
+import nfc.backends.nft as nft
 from nfc.backends.common import rule_note
 from nfc.ir import Addresses, Chain, Family, Interfaces, Match, Ports, Rule, Ruleset, Verdict
 from nfc.space import Cube, Space, overlap
 
 MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
+MAX_PLANS = 8  # rounds of planning, each without the rules of the last one's small groups
 MAX_ELEMENTS_PER_RULE = 4096  # a rule with more (a product of long lists) stays a rule
 MOVE_BUDGET = 512  # groups and rules one rule may examine on its way up to its group
 SCAN_BUDGET = 4096  # elements an interval group may compare one new element with
 KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the order of a key
 MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(Match))
 MAP_VERDICTS = ("accept", "drop")  # the verdicts a verdict map may hold
-NAME = -1  # the low and high of an interface name's atom
+NAME = -1  # the low and high of a name's atom: an interface's or a protocol's
 INTERVAL_ONLY = -1  # a field that only an interval set can look up
 
 Interval = tuple[int, int]
 # One field of one element: an address or port interval (low, high, ""), or
-# an interface name (NAME, NAME, name).
+# an interface or protocol name (NAME, NAME, name).
 Atom = tuple[int, int, str]
 Element = tuple[Atom, ...]
 
@@ -124,14 +128,17 @@ def generate(ruleset: Ruleset) -> dict[str, str]:
 def _plan(rules: Sequence[Rule], space: Space) -> list[Group]:
     """Groups in evaluation order. A group too small to pay sends its rules
     back to their own places, which changes what later rules may jump over,
-    so planning repeats until every group is one rule or worth a lookup."""
+    so planning repeats until every group is one rule or worth a lookup.
+    After MAX_PLANS rounds a small group left is written as its rules at
+    its place: still the policy's verdicts, in an order -O0 would not use."""
     blocked: set[int] = set()
-    while True:
+    for _ in range(MAX_PLANS):
         plan = _Planner(rules, space, blocked).run()
         small = [g for g in plan if 1 < len(g.members) < MIN_MERGE]
         if not small:
-            return plan
+            break
         blocked.update(i for g in small for i in g.members)
+    return plan
 
 
 class _Planner:
