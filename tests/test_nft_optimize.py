@@ -227,3 +227,8 @@ def test_tcp_and_udp_rules_of_one_shape_share_a_lookup(tmp_path: Path) -> None:
     assert chain_lines(text)[0].startswith("meta l4proto . ip saddr . th dport @input_set1 accept")
     assert "\ttype inet_proto . ipv4_addr . inet_service\n" in text and "udp . 192.0.2.1 . 53 comment" in text
     assert nft_check(write_policy(tmp_path, text, "ruleset.nft")).returncode == 0
+
+
+def test_nfc_1_gives_the_optimizers_threshold() -> None:
+    page = (Path(__file__).resolve().parent.parent / "man" / "nfc.1").read_text()
+    assert f"than {MIN_MERGE} rules, which gain nothing" in " ".join(page.split())
