@@ -232,3 +232,17 @@ def test_tcp_and_udp_rules_of_one_shape_share_a_lookup(tmp_path: Path) -> None:
 def test_nfc_1_gives_the_optimizers_threshold() -> None:
     page = (Path(__file__).resolve().parent.parent / "man" / "nfc.1").read_text()
     assert f"than {MIN_MERGE} rules, which gain nothing" in " ".join(page.split())
+
+
+def test_a_port_set_by_name_stays_outside_the_key_with_its_protocol(tmp_path: Path) -> None:
+    rules = [f"accept tcp sport $web dport {2000 + i} from 10.0.{i}.0/24" for i in range(5)]
+    ruleset = ruleset_of(tmp_path, input_policy(*rules, extra="define: {web: [80, 443]}"))
+    text = nft_optimize.generate(ruleset)["ruleset.nft"]
+    key = "ip saddr and 255.255.255.0 . tcp dport @input_set1"
+    assert chain_lines(text)[0].startswith(f"tcp sport @web_ports {key}")
+    assert nft_check(write_policy(tmp_path, text, "ruleset.nft")).returncode == 0
+
+
+def test_a_protocol_without_ports_stays_a_match_of_the_lookup_rule(tmp_path: Path) -> None:
+    text = optimized(tmp_path, *(f"accept udp from 10.0.{i}.0/24" for i in range(5)))
+    assert chain_lines(text)[0].startswith("meta l4proto udp ip saddr and 255.255.255.0 @input_set1 accept")

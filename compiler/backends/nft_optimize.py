@@ -287,9 +287,11 @@ def _keyed(rule: Rule) -> tuple[Shape, list[Element]] | None:
     fields = [name for name in KEY_FIELDS if _keyable(getattr(match, name))]
     if not fields:
         return None
-    if "sport" in fields or "dport" in fields:
+    ports = [name for name in ("sport", "dport") if getattr(match, name) is not None]
+    if ports and all(name in fields for name in ports):
         # The protocol is a dimension of the elements, so that TCP and UDP
-        # rules of one shape share a lookup: `meta l4proto . th dport`.
+        # rules of one shape share a lookup: `meta l4proto . th dport`. (A
+        # port left outside the key, a named set, needs its protocol there.)
         fields.insert(0, "protocol")
     columns = [_column(getattr(match, name)) for name in fields]
     if _product(columns) > MAX_ELEMENTS_PER_RULE:
@@ -378,8 +380,9 @@ def _layout(group: Group) -> tuple[Shape, dict[Element, int], str]:
     elements; one of several looks up `meta l4proto . th dport`."""
     shape = group.shape
     assert shape is not None
-    if "protocol" not in shape.fields:
-        return shape, group.elements, ""
+    if "protocol" not in shape.fields:  # no port in the key, or one beside a named port set
+        keyed_ports = "sport" in shape.fields or "dport" in shape.fields
+        return shape, group.elements, (shape.sample.protocol or "") if keyed_ports else ""
     protocols = {element[0][2] for element in group.elements}
     if len(protocols) > 1:
         return shape, group.elements, "th"
