@@ -37,12 +37,12 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 import nfc.backends.nft as nft
 from nfc.backends.common import rule_note
 from nfc.ir import Addresses, Chain, Family, Interfaces, Match, Ports, Rule, Ruleset, Verdict
-from nfc.space import Cube, Space, overlap
+from nfc.space import Cube, Space, intersect, overlap
 
 MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
 MAX_PLANS = 8  # rounds of planning, each without the rules of the last one's small groups
 MAX_ELEMENTS_PER_RULE = 4096  # a rule with more (a product of long lists) stays a rule
-MOVE_BUDGET = 512  # groups and rules one rule may examine on its way up to its group
+MOVE_BUDGET = 256  # groups and rules one rule may examine on its way up to its group
 SCAN_BUDGET = 4096  # elements an interval group may compare one new element with
 KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the order of a key
 MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(Match))
@@ -172,21 +172,40 @@ class _Planner:
         return plan
 
     def _can_move(self, index: int, plan: list[Group], start: int) -> bool:
-        """Whether rule `index` may be evaluated before every rule in plan[start:]."""
+        """Whether rule `index`, a plain one, may be evaluated before every
+        rule in plan[start:]: each has its verdict or shares no packet with it."""
         mine = self.outcomes[index]
         budget = MOVE_BUDGET
         for group in itertools.islice(plan, start, None):
-            budget -= 1 + (0 if mine is not None and group.outcomes == {mine} else len(group.members))
+            same = group.outcomes == {mine}  # either order gives every packet the same fate
+            budget -= 1 if same else 1 + len(group.members)
             if budget < 0:
                 return False
-            if mine is not None and group.outcomes == {mine}:
-                continue  # the same plain verdict: either order gives every packet the same fate
-            for other in group.members:
-                if (mine is None or self.outcomes[other] != mine) and overlap(
-                    self._cubes(index), self._cubes(other)
-                ):
-                    return False
+            if not same and any(
+                self.outcomes[other] != mine and not self._apart(index, other) for other in group.members
+            ):
+                return False
         return True
+
+    def _apart(self, index: int, other: int) -> bool:
+        """Whether no packet matches both rules: first by the quick tests,
+        then by the match space."""
+        a, b = self.rules[index].match, self.rules[other].match
+        if a.protocol and b.protocol and a.protocol != b.protocol:
+            return True
+        if a.family and b.family and a.family is not b.family:
+            return True
+        for mine, theirs in ((a.sport, b.sport), (a.dport, b.dport)):
+            if mine and theirs and not intersect(mine.ranges, theirs.ranges):
+                return True
+        for here, there in ((a.saddr, b.saddr), (a.daddr, b.daddr)):
+            if here and there and not (here.negated or there.negated):
+                if here.family is not there.family:
+                    return True
+                few = len(here.networks) * len(there.networks) <= 64
+                if few and not any(x.overlaps(y) for x in here.networks for y in there.networks):
+                    return True
+        return not overlap(self._cubes(index), self._cubes(other))
 
     def _cubes(self, index: int) -> list[Cube]:
         if index not in self.cubes:
