@@ -179,7 +179,7 @@ def element_of(group: Group, rules: list[Rule], packet: Packet) -> int | None:
 def test_random_chains_keep_every_packets_fate(tmp_path: Path) -> None:
     rng = random.Random(13)
     folded = 0
-    for index in range(40):
+    for index in range(120):
         rules_text = [random_rule(rng) for _ in range(rng.randint(8, 40))]
         ruleset = ruleset_of(tmp_path, input_policy(*rules_text))
         rules = list(ruleset.chains[0].rules)
@@ -209,7 +209,7 @@ def test_random_chains_keep_every_packets_fate(tmp_path: Path) -> None:
         text = nft_optimize.generate(ruleset)["ruleset.nft"]
         elements = [line for line in text.splitlines() if line.startswith("\t\t\t")]
         assert all('comment "policy.yaml:' in line for line in elements)  # every element says where from
-    assert folded >= 10  # the sample folds often enough to prove something
+    assert folded >= 30  # the sample folds often enough to prove something
 
 
 def _side_effects(rule: Rule) -> bool:
