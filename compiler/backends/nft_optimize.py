@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -45,7 +46,9 @@ MAX_ELEMENTS_PER_RULE = 4096  # a rule with more (a product of long lists) stays
 MOVE_BUDGET = 256  # groups and rules one rule may examine on its way up to its group
 SCAN_BUDGET = 4096  # elements an interval group may compare one new element with
 KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the order of a key
-MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(Match))
+KEY_SPACE = ("protocol", *KEY_FIELDS)  # what a key may hold
+# The values of the matches a key never holds, in one call.
+OTHER_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Match) if f.name not in KEY_SPACE))
 MAP_VERDICTS = ("accept", "drop")  # the verdicts a verdict map may hold
 NAME = -1  # the low and high of a name's atom: an interface's or a protocol's
 INTERVAL_ONLY = -1  # a field that only an interval set can look up
@@ -55,6 +58,8 @@ Interval = tuple[int, int]
 # an interface or protocol name (NAME, NAME, name).
 Atom = tuple[int, int, str]
 Element = tuple[Atom, ...]
+# What a plain rule does to the packets it matches (see `_outcome`).
+Outcome = tuple[Verdict, Family | None] | None
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class Group:
     shape: Shape | None
     members: list[int]
     elements: dict[Element, int] = field(default_factory=dict)  # element -> the member it came from
-    outcomes: set[tuple[Verdict, Family | None] | None] = field(default_factory=set)
+    outcomes: set[Outcome] = field(default_factory=set)
     # An interval group's elements by the prefix of their first address
     # field, and those prefixes sorted: what `_overlapping` searches.
     by_prefix: dict[Interval, list[Element]] = field(default_factory=dict)
@@ -131,9 +136,14 @@ def _plan(rules: Sequence[Rule], space: Space) -> list[Group]:
     so planning repeats until every group is one rule or worth a lookup.
     After MAX_PLANS rounds a small group left is written as its rules at
     its place: still the policy's verdicts, in an order -O0 would not use."""
+    outcomes = [_outcome(rule) for rule in rules]
+    keyed = [
+        _keyed(rule) if outcome is not None else None for rule, outcome in zip(rules, outcomes, strict=True)
+    ]
+    planner = _Planner(rules, space, outcomes)
     blocked: set[int] = set()
     for _ in range(MAX_PLANS):
-        plan = _Planner(rules, space, blocked).run()
+        plan = planner.run([None if i in blocked else k for i, k in enumerate(keyed)])
         small = [g for g in plan if 1 < len(g.members) < MIN_MERGE]
         if not small:
             break
@@ -142,20 +152,20 @@ def _plan(rules: Sequence[Rule], space: Space) -> list[Group]:
 
 
 class _Planner:
-    def __init__(self, rules: Sequence[Rule], space: Space, blocked: set[int]) -> None:
+    def __init__(self, rules: Sequence[Rule], space: Space, outcomes: list[Outcome]) -> None:
         self.rules = rules
         self.space = space
-        self.blocked = blocked
+        self.outcomes = outcomes
         self.cubes: dict[int, list[Cube]] = {}
-        self.outcomes = [_outcome(rule) for rule in rules]
 
-    def run(self) -> list[Group]:
+    def run(self, keyed: list[tuple[Shape, list[Element]] | None]) -> list[Group]:
+        """One round: each rule with a shape in `keyed` joins the latest
+        group of its shape if it can move there, else starts one."""
         plan: list[Group] = []
         last_of_shape: dict[Shape, int] = {}  # shape -> index in plan of its latest group
-        for index, rule in enumerate(self.rules):
-            keyed = None if index in self.blocked else _keyed(rule)
-            if keyed is not None:
-                shape, elements = keyed
+        for index, this in enumerate(keyed):
+            if this is not None:
+                shape, elements = this
                 at = last_of_shape.get(shape)
                 if (
                     at is not None
@@ -213,7 +223,7 @@ class _Planner:
         return self.cubes[index]
 
 
-def _outcome(rule: Rule) -> tuple[Verdict, Family | None] | None:
+def _outcome(rule: Rule) -> Outcome:
     """What a plain rule does to every packet it matches; None for a rule
     with a side effect (log, counter) or one that may let packets on (meter).
     A reject's message depends on the family it is written for."""
@@ -222,7 +232,7 @@ def _outcome(rule: Rule) -> tuple[Verdict, Family | None] | None:
     return rule.verdict, rule.match.family if rule.verdict.kind == "reject" else None
 
 
-def _join(group: Group, index: int, elements: list[Element], outcome: object) -> bool:
+def _join(group: Group, index: int, elements: list[Element], outcome: Outcome) -> bool:
     """Add rule `index`'s elements to `group`, leaving out those an earlier
     member already decides; False, with `group` unchanged, if an element
     would cut across another's intervals."""
@@ -253,7 +263,7 @@ def _join(group: Group, index: int, elements: list[Element], outcome: object) ->
                 bisect.insort(group.prefixes, prefix)
             group.by_prefix.setdefault(prefix, []).append(element)
     group.members.append(index)
-    group.outcomes.add(outcome)  # type: ignore[arg-type]
+    group.outcomes.add(outcome)
     return True
 
 
@@ -299,9 +309,7 @@ def _relation(element: Element, other: Element) -> str:
 
 
 def _keyed(rule: Rule) -> tuple[Shape, list[Element]] | None:
-    """The rule's shape and elements, or None if it cannot be one lookup's."""
-    if _outcome(rule) is None:
-        return None
+    """A plain rule's shape and elements, or None if it cannot be one lookup's."""
     match = rule.match
     fields = [name for name in KEY_FIELDS if _keyable(getattr(match, name))]
     if not fields:
@@ -319,7 +327,10 @@ def _keyed(rule: Rule) -> tuple[Shape, list[Element]] | None:
     interval = any(mask == INTERVAL_ONLY for mask in masks)
     addresses = match.saddr if "saddr" in fields else match.daddr if "daddr" in fields else None
     shape = Shape(
-        others=tuple(None if name in fields else getattr(match, name) for name in MATCH_FIELDS),
+        others=(
+            OTHER_FIELDS(match),
+            *(None if name in fields else getattr(match, name) for name in KEY_SPACE),
+        ),
         family=addresses.family if addresses is not None else None,
         fields=tuple(fields),
         masks=tuple(None if interval else mask for mask in masks),
@@ -374,8 +385,8 @@ def _hash_mask(name: str, column: Column) -> int | None:
     anything else as it is (None); INTERVAL_ONLY where prefix lengths or
     port ranges leave only an interval set."""
     if name in ("saddr", "daddr"):
-        lengths = {prefix for _, _, _, prefix in column}
-        return lengths.pop() if len(lengths) == 1 else INTERVAL_ONLY
+        length = column[0][3]
+        return length if all(prefix == length for _, _, _, prefix in column) else INTERVAL_ONLY
     if name in ("sport", "dport") and any(low != high for low, high, _, _ in column):
         return INTERVAL_ONLY
     return None
