@@ -11,7 +11,8 @@ from pathlib import Path
 
 from nfc.backends import nft_optimize
 from nfc.backends.nft import render
-from nfc.backends.nft_optimize import MIN_MERGE, NAME, Group, _plan, optimized_chain
+from nfc.backends.nft_optimize import optimized_chain
+from nfc.backends.nft_plan import MIN_MERGE, NAME, Group, plan
 from nfc.explain import Packet, matches
 from nfc.ir import Family, Rule
 from nfc.space import Space
@@ -183,9 +184,9 @@ def test_random_chains_keep_every_packets_fate(tmp_path: Path) -> None:
         rules_text = [random_rule(rng) for _ in range(rng.randint(8, 40))]
         ruleset = ruleset_of(tmp_path, input_policy(*rules_text))
         rules = list(ruleset.chains[0].rules)
-        plan = _plan(rules, Space(ruleset))
-        assert sorted(i for g in plan for i in g.members) == list(range(len(rules)))
-        folded += sum(1 for g in plan if len(g.members) >= MIN_MERGE)
+        groups = plan(rules, Space(ruleset))
+        assert sorted(i for g in groups for i in g.members) == list(range(len(rules)))
+        folded += sum(1 for g in groups if len(g.members) >= MIN_MERGE)
         for _ in range(300):
             source = ipaddress.ip_address(f"10.1.{rng.choice((2, 3, 4))}.{rng.choice((7, 9, 100, 200))}")
             packet = Packet(
@@ -193,13 +194,13 @@ def test_random_chains_keep_every_packets_fate(tmp_path: Path) -> None:
                 sport=40000, dport=rng.choice([*PORTS, 60, 100]), iif=rng.choice(["eth1", "eth2"]),
             )  # fmt: skip
             expected = first_match(rules, [[i] for i in range(len(rules))], packet)
-            got = first_match(rules, [g.members for g in plan], packet)
+            got = first_match(rules, [g.members for g in groups], packet)
             context = (index, packet.describe(), rules_text)
             assert got[1] == expected[1], context
             if expected[0] is not None and _side_effects(rules[expected[0]]):
                 assert got[0] == expected[0], context  # the same rule logs or counts it
             # the sets' own elements decide as the members do
-            for group in plan:
+            for group in groups:
                 if len(group.members) >= MIN_MERGE:
                     member = element_of(group, rules, packet)
                     first = next((i for i in group.members if matches(rules[i].match, packet, "new")), None)
