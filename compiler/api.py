@@ -142,21 +142,22 @@ def expired(ruleset: Ruleset, today: dt.date | None = None) -> list[Rule | Notra
 
 
 @contextmanager
-def artifact(target: str, backend: str = DEFAULT_BACKEND) -> Iterator[Artifact]:
+def artifact(target: str, backend: str = DEFAULT_BACKEND, optimize: bool = True) -> Iterator[Artifact]:
     """The artifact of `target`: an artifact directory as it is, or a policy
-    compiled for `backend` into a temporary directory for the block."""
+    compiled for `backend` (`optimize` False: -O0) into a temporary directory
+    for the block."""
     path = Path(target)
     if path.is_dir():
         yield nfc.artifacts.read(path, target)
         return
     ruleset, sources = compile_policy(target)
-    with nfc.artifacts.scratch(build(ruleset, backend, sources), target) as compiled:
+    with nfc.artifacts.scratch(build(ruleset, backend, sources, optimize), target) as compiled:
         yield compiled
 
 
-def check(target: str, backend: str = DEFAULT_BACKEND) -> None:
+def check(target: str, backend: str = DEFAULT_BACKEND, optimize: bool = True) -> None:
     """Have the kernel validate `target`'s ruleset without loading it."""
-    with artifact(target, backend) as loadable:
+    with artifact(target, backend, optimize) as loadable:
         nfc.apply.check(loadable)
 
 
@@ -174,14 +175,16 @@ def apply(
     lock_timeout: float = nfc.state.LOCK_TIMEOUT,
     persist: bool = False,
     persist_dir: StateDir = None,
+    optimize: bool = True,
 ) -> None:
     """Load `target`'s ruleset after saving what it replaces; with
     `confirm_seconds`, roll back then unless `confirm` runs first. With
     `persist` (iptables-legacy, without `confirm_seconds`), also write it
     for iptables-persistent into `persist_dir`: by default
-    $NFC_PERSIST_DIR, else /etc/iptables."""
+    $NFC_PERSIST_DIR, else /etc/iptables. `optimize` False compiles a
+    POLICY as -O0 does."""
     where = nfc.persist.directory(persist_dir) if persist else None
-    with artifact(target, backend) as loadable:
+    with artifact(target, backend, optimize) as loadable:
         nfc.apply.apply(loadable, _state(state_dir), report, confirm_seconds, lock_timeout, where)
 
 

@@ -44,9 +44,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build(ruleset: Ruleset, backend: str, sources: tuple[str, ...]) -> dict[str, str]:
-    """Every file of the artifact directory, by name."""
-    files = dict(BACKENDS[backend].generate(ruleset))
+def build(ruleset: Ruleset, backend: str, sources: tuple[str, ...], optimize: bool = True) -> dict[str, str]:
+    """Every file of the artifact directory, by name; `optimize` False is -O0."""
+    record = BACKENDS[backend]
+    generate = record.optimized if optimize and record.optimized else record.generate
+    files = dict(generate(ruleset))
     sysctl = sysctl_conf(ruleset)
     if sysctl is not None:
         files[SYSCTL_CONF] = sysctl

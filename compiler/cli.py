@@ -46,7 +46,7 @@ def memory_size(text: str) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     ruleset, sources = api.compile_policy(args.policy, args.memory, args.word_bits, args.allow_empty)
-    files = api.build(ruleset, args.backend, sources)
+    files = api.build(ruleset, args.backend, sources, args.level == "1")
     for rule in api.expired(ruleset):
         print(f"{rule.origin}: warning: this rule expired on {rule.expires}", file=sys.stderr)
     if args.stdout:
@@ -143,7 +143,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    api.check(args.target, args.backend)
+    api.check(args.target, args.backend, args.level == "1")
     _report(f"the kernel accepts the ruleset of {args.target}")
     return EXIT_OK
 
@@ -158,6 +158,7 @@ def _apply(args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
         persist=args.persist,
         persist_dir=args.persist_dir,
+        optimize=args.level == "1",
     )
     return EXIT_OK
 
@@ -204,6 +205,14 @@ def _backend_option(command: argparse.ArgumentParser) -> None:
         choices=sorted(BACKENDS),
         default=DEFAULT_BACKEND,
         help="backend to compile a POLICY for (an OUTDIR says its own); default nft",
+    )
+    command.add_argument(
+        "-O",
+        dest="level",
+        choices=("0", "1"),  # as text: int() would take every script's digits
+        default="1",
+        metavar="LEVEL",
+        help="-O0 writes a rule per policy rule; -O1 (default) folds long runs into sets and maps (nft)",
     )
 
 

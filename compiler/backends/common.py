@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from nfc.errors import Loc, printable
@@ -29,13 +30,19 @@ def network_text(network: Network) -> str:
 
 def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:
     """`FILE:LINE` for a generated comment, FILE relative to the policy's directory."""
-    base = os.path.dirname(ruleset.source)
-    path = os.path.relpath(origin.file, base) if base else origin.file
     line = f":{origin.line}"
-    label = printable(path, limit) + line
+    label = _path_text(origin.file, ruleset.source, limit) + line
     if len(label.encode()) > limit:
         name = printable(os.path.basename(origin.file), limit)
         while len((name + line).encode()) > limit:
             name = name[1:]
         label = name + line
     return label
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_text(file: str, policy: str, limit: int) -> str:
+    """`file` as seen from the directory of `policy`, printable: once per
+    file and limit, not once per rule."""
+    base = os.path.dirname(policy)
+    return printable(os.path.relpath(file, base) if base else file, limit)

@@ -7,14 +7,16 @@ say) survive every apply.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network, IPv6Network
+from typing import NamedTuple
 
 from nfc import __version__, vocab
 from nfc.backends.common import network_text, origin_label, rule_note
 from nfc.errors import printable
 from nfc.ir import (
     Addresses,
+    Chain,
     Family,
     Match,
     Meter,
@@ -35,11 +37,27 @@ ADDRESS_KEYWORD = {Family.V4: "ip", Family.V6: "ip6"}
 ADDRESS_TYPE = {Family.V4: "ipv4_addr", Family.V6: "ipv6_addr"}
 
 
+class ChainText(NamedTuple):
+    """A filter chain's rule lines and the sets and maps they look up."""
+
+    declarations: list[list[str]]
+    rules: list[str]
+
+
+# How a chain's rules become text: `linear`, or the optimizer's (nft_optimize).
+ChainWriter = Callable[[Ruleset, Chain], ChainText]
+
+
+def linear(ruleset: Ruleset, chain: Chain) -> ChainText:
+    """A line per rule (two for a keyed meter), in policy order: -O0."""
+    return ChainText([], [line for rule in chain.rules for line in _rule(ruleset, rule)])
+
+
 def generate(ruleset: Ruleset) -> dict[str, str]:
     return {RULESET: render(ruleset)}
 
 
-def render(ruleset: Ruleset) -> str:
+def render(ruleset: Ruleset, write_chain: ChainWriter = linear) -> str:
     table = f"table inet {ruleset.table}"
     lines = [
         "#!/usr/sbin/nft -f",
@@ -55,13 +73,14 @@ def render(ruleset: Ruleset) -> str:
     body.extend(_address_set(s.name, s.family, s.networks) for s in ruleset.address_sets)
     body.extend(_port_set(s.name, s.ranges) for s in ruleset.port_sets)
     body.extend(_meter_set(m) for m in ruleset.meters if m.key is not None)
+    chains = [(chain, write_chain(ruleset, chain)) for chain in ruleset.chains]
+    body.extend(declaration for _, text in chains for declaration in text.declarations)
     for hook in ("prerouting", "output"):
         entries = [r for r in ruleset.notrack if r.hook == hook]
         if entries:
             body.append(_chain(f"raw_{hook}", hook, "raw", "accept", [_notrack(ruleset, r) for r in entries]))
-    for chain in ruleset.chains:
-        rendered = [line for rule in chain.rules for line in _rule(ruleset, rule)]
-        body.append(_chain(chain.name, chain.name, "filter", chain.policy, rendered))
+    for chain, text in chains:
+        body.append(_chain(chain.name, chain.name, "filter", chain.policy, text.rules))
     for index, block in enumerate(body):
         if index:
             lines.append("")
