@@ -23,6 +23,7 @@ default $NFC_STATE_DIR, else /var/lib/nfc.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import os
@@ -37,6 +38,7 @@ import nfc.artifacts
 import nfc.diff
 import nfc.doctor
 import nfc.explain
+import nfc.importer
 import nfc.lint
 import nfc.state
 from nfc.artifacts import build, write
@@ -52,6 +54,7 @@ from nfc.target import Target
 
 __all__ = [
     "Compiled",
+    "Imported",
     "apply",
     "artifact",
     "build",
@@ -63,6 +66,7 @@ __all__ = [
     "doctor",
     "expired",
     "explain",
+    "import_ruleset",
     "lint",
     "restore",
     "rollback",
@@ -71,6 +75,16 @@ __all__ = [
 ]
 
 StateDir = str | os.PathLike[str] | None
+
+
+class Imported(NamedTuple):
+    """An imported policy, what could not be translated exactly, the input's
+    mistakes it fixes or keeps, and lint's findings on it."""
+
+    policy: str
+    problems: list[nfc.importer.Problem]
+    notes: list[str]
+    findings: list[Finding]
 
 
 class Compiled(NamedTuple):
@@ -247,3 +261,32 @@ def doctor(
     host = Target.this_host()
     target = Target(memory or host.memory_bytes, host.word_bits)
     return nfc.doctor.diagnose(nfc.doctor.read_system(log_window), target, warn_fill, ruleset)
+
+
+def import_ruleset(path: str, source_format: str | None = None, output: str | None = None) -> Imported:
+    """`path`'s iptables-save or nft ruleset (format detected unless
+    `source_format` is 'iptables-save' or 'nft') as a policy, written to
+    `output` when given; lint runs on it (findings name `output`, else
+    '<import>'). PolicyError when the input cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(Loc(path, 1, 1), f"cannot read the ruleset: {exc}") from None
+    translation = nfc.importer.translate(path, text, source_format)
+    with tempfile.TemporaryDirectory(prefix="nfc-import-") as scratch:
+        draft = Path(scratch) / "import.yaml"
+        draft.write_text(translation.policy, encoding="utf-8")
+        ruleset, _ = compile_policy(str(draft), allow_empty=True)
+        findings = nfc.lint.lint(ruleset)
+    shown = output or "<import>"
+    findings = [dataclasses.replace(f, loc=f.loc._replace(file=shown)) for f in findings]
+    if output:
+        target = Path(output)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            partial.write_text(translation.policy, encoding="utf-8")
+            os.replace(partial, target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise PolicyError(Loc(output, 1, 1), f"cannot write the policy: {exc.strerror}") from None
+    return Imported(translation.policy, translation.problems, translation.notes, findings)
