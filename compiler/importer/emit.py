@@ -33,6 +33,7 @@ class Section:
     loopback_locs: tuple[Loc, ...] = ()
     rules: list[Rule] = field(default_factory=list)
     left_out: list[Rule] = field(default_factory=list)
+    tail: list[Rule] = field(default_factory=list)  # the drop policy of one family, in an accept chain
 
 
 @dataclass
@@ -67,7 +68,7 @@ def build(source: Source) -> Policy:
             continue
         section = _merge(hook, chains, families, problems)
         _recognise_state(section, bool(entries), policy.notes)
-        if section.rules or section.policy == "drop" or section.left_out:
+        if section.rules or section.tail or section.policy == "drop" or section.left_out:
             policy.sections.append(section)
     _name_lists(policy)
     return policy
@@ -122,7 +123,7 @@ def _merge(hook: str, chains: dict[str, Chain], families: list[str], problems: l
     if section.policy == "accept":
         for family, chain in sorted(chains.items()):
             if chain.policy == "drop":
-                section.rules.append(Rule(chain.loc, "drop", {"family": family}))
+                section.tail.append(Rule(chain.loc, "drop", {"family": family}))
     return section
 
 

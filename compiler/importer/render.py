@@ -50,7 +50,7 @@ def _section(section: Section, problems: list[Problem]) -> list[str]:
     lines.append("  icmp: manual")
     notes = {p.loc.line: p for p in problems}
     left_out = sorted(section.left_out, key=lambda r: r.loc)
-    if not section.rules and not left_out:
+    if not section.rules and not left_out and not section.tail:
         return lines
     lines.append("  rules:")
     pending = list(left_out)
@@ -59,6 +59,9 @@ def _section(section: Section, problems: list[Problem]) -> list[str]:
             lines.append(_left_out(pending.pop(0), notes))
         lines.append(f"    - {_quoted(rule.text())}  # {_where(rule.all_locs())}{_note(rule, notes)}")
     lines += [_left_out(rule, notes) for rule in pending]
+    for rule in section.tail:
+        family = {"ip": "IPv4", "ip6": "IPv6"}[rule.fields["family"]]
+        lines.append(f"    - {rule.text()}  # {_where(rule.all_locs())}: the {family} chain's policy")
     return lines
 
 
