@@ -49,6 +49,7 @@ class Policy:
 
 def build(source: Source) -> Policy:
     policy = Policy(source)
+    policy.defines = {name: "[" + ", ".join(values) + "]" for name, values in source.sets.items()}
     problems = source.problems
     # A family the input does not filter passes everything, as it would with only this input loaded.
     families = ["ip", "ip6"]
@@ -128,8 +129,12 @@ def _merge(hook: str, chains: dict[str, Chain], families: list[str], problems: l
 
 
 def _key(rule: Rule) -> str | None:
-    if not _family_free(rule) or ("limit" in rule.fields and " per " not in rule.fields["limit"]):
-        return None  # a global limit is one bucket per family in the input: kept apart
+    if not _family_free(rule):
+        return None
+    if "limit" in rule.fields and " per " not in rule.fields["limit"]:
+        # a global limit is one bucket for both families only where one input
+        # line (an inet table's) says so; iptables keeps one per family
+        return f"{rule.loc} {rule.text()}"
     return rule.text()
 
 
@@ -173,7 +178,10 @@ def _recognise_state(section: Section, has_notrack: bool, notes: list[str]) -> N
     one is replaced (a fix); without a blanket one in the input, auto would
     accept untracked answers the input dropped, so the chain stays manual."""
     rules = section.rules
-    barrier = next((i for i, r in enumerate(rules) if r.verdict != "accept" or "limit" in r.fields), len(rules))
+    barrier = next(
+        (i for i, r in enumerate(rules) if (r.verdict != "accept" or "limit" in r.fields) and not _invalid_drop(r)),
+        len(rules),
+    )
     lo_field = {"input": "iif", "output": "oif"}.get(section.name)
     for index, rule in enumerate(rules[:barrier]):
         if lo_field and rule.fields == {lo_field: "lo"}:
@@ -196,6 +204,13 @@ def _recognise_state(section: Section, has_notrack: bool, notes: list[str]) -> N
             return
         section.state, section.state_locs = "auto", rule.all_locs()
         del rules[index]
+        # an invalid drop next to it is what auto adds anyway
+        for near in (index - 1, index):
+            if 0 <= near < len(rules) and _invalid_drop(rules[near]):
+                section.state_locs = tuple(sorted({*section.state_locs, *rules[near].all_locs()}))
+                del rules[near]
+                states.add("invalid")
+                break
         where = _lines(section.state_locs)
         if "untracked" in states:
             notes.append(
@@ -203,8 +218,14 @@ def _recognise_state(section: Section, has_notrack: bool, notes: list[str]) -> N
                 "requests past every later rule, source restriction and rate limit; 'state: auto' accepts "
                 "only the untracked packets that answer a notrack entry, the requests meet the rules"
             )
-        notes.append(f"stricter: 'state: auto' in {section.name} drops ct state invalid packets, which {where} let through to the rules")
+        if "invalid" not in states:
+            notes.append(f"stricter: 'state: auto' in {section.name} drops ct state invalid packets, which {where} let through to the rules")
         return
+
+
+def _invalid_drop(rule: Rule) -> bool:
+    """`ct state invalid drop`: disjoint from every state accept, so accepts move past it freely."""
+    return rule.verdict == "drop" and rule.fields == {"ct": "invalid"} and not rule.log
 
 
 def _notrack(source: Source, families: list[str], problems: list[Problem]) -> list[tuple[str, str, tuple[Loc, ...]]]:

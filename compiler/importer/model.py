@@ -53,8 +53,10 @@ class Rule:
         words = []
         for name in FIELDS:
             value = self.fields.get(name)
-            if value is None:
+            if value is None or (name == "family" and implied_family(self.fields) == value):
                 continue
+            if name == "proto" and value in ("icmp", "icmpv6") and "icmp" in self.fields:
+                continue  # 'icmp type ...' says the protocol
             words.append(value if name in ("family", "proto", "limit") else _KEYWORD[name] + value)
         return words
 
@@ -69,6 +71,19 @@ class Rule:
 
     def all_locs(self) -> tuple[Loc, ...]:
         return tuple(sorted({self.loc, *self.locs}))
+
+
+def implied_family(fields: dict[str, str]) -> str | None:
+    """The family the rule's other matches already restrict it to, as nfc reads them."""
+    if fields.get("proto") == "icmp" or fields.get("icmp", "").startswith("icmp "):
+        return "ip"
+    if fields.get("proto") == "icmpv6" or fields.get("icmp", "").startswith("icmpv6 "):
+        return "ip6"
+    for key in ("saddr", "daddr"):
+        value = fields.get(key, "")
+        if value and not value.startswith(("not", "$", "{")):
+            return "ip6" if ":" in value else "ip"
+    return None
 
 
 _KEYWORD = {
