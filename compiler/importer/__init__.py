@@ -47,7 +47,8 @@ def translate(path: str, text: str, source_format: str | None = None) -> Transla
     if kind == "iptables-save":
         source = iptables.read(path, text)
     elif kind == "nft-json":
-        source = nft.read(path, nft_json.to_text(path, text), "nft -j", nft_json.positions(text))
+        nft_text, positions = nft_json.to_text(path, text)
+        source = nft.read(path, nft_text, "nft -j", positions)
     else:
         source = nft.read(path, text, "nft")
     policy = emit.build(source)

@@ -62,32 +62,32 @@ def statements(path: str, text: str, positions: dict[int, Loc] | None) -> list[S
                 depth -= 1
         if depth > 0:
             continue
-        out += _split(pending)
+        out += _split(pending, keep_place=positions is not None)
         pending = None
     if pending is not None:
         raise PolicyError(pending.loc, "a set literal that is never closed: the file is truncated", None)
     return out
 
 
-def _split(statement: Statement) -> list[Statement]:
+def _split(statement: Statement, keep_place: bool) -> list[Statement]:
     parts, words, cols, depth = [], [], [], 0
     for word, col in zip(statement.words, statement.cols, strict=True):
         if word == ";" and depth == 0:
             if words:
-                parts.append(Statement(words, cols, statement.loc._replace(col=cols[0])))
+                parts.append(Statement(words, cols, statement.loc if keep_place else statement.loc._replace(col=cols[0])))
             words, cols = [], []
             continue
-        depth += {"{": 1, "}": -1}.get(word, 0) if not (word == "{" and False) else 0
+        depth += {"{": 1, "}": -1}.get(word, 0)
         words.append(word)
         cols.append(col)
     if words:
-        parts.append(Statement(words, cols, statement.loc._replace(col=cols[0])))
+        parts.append(Statement(words, cols, statement.loc if keep_place else statement.loc._replace(col=cols[0])))
     return parts
 
 
 def read(path: str, text: str, format_name: str = "nft", positions: dict[int, Loc] | None = None) -> Source:
     source = Source(path, format_name)
-    reader = _Reader(path, source)
+    reader = _Reader(path, source, positions is not None)
     for statement in statements(path, text, positions):
         reader.feed(statement)
     if reader.stack:
@@ -97,8 +97,9 @@ def read(path: str, text: str, format_name: str = "nft", positions: dict[int, Lo
 
 
 class _Reader:
-    def __init__(self, path: str, source: Source) -> None:
+    def __init__(self, path: str, source: Source, generated: bool) -> None:
         self.path, self.source = path, source
+        self.generated = generated  # text written from JSON: its columns are not the input's
         self.stack: list[tuple[str, Loc]] = []  # block kind, where it opened
         self.table: tuple[str, str] = ("", "")  # family, name
         self.chain: Chain | None = None
@@ -204,7 +205,8 @@ class _Reader:
 
     def finish(self) -> None:
         for name, (types, elements, _) in self.sets.items():
-            if len(types) == 1 and types[0] in TYPES and elements:
+            simple = all(" " not in element for element in elements)  # no run-time state, no concatenation
+            if len(types) == 1 and types[0] in TYPES and elements and simple:
                 self.source.sets[name] = elements
         for family, chain, rules in self.chains:
             kind = chain.name.split(":")[-1] if chain.hook else None
@@ -344,7 +346,11 @@ class _RuleReader:
         elif word in VERDICTS:
             self.verdict(word)
         else:
-            raise self.reader.error(self.st, self.index - 1, f"'{word}' is not an nft match or statement nfc import knows")
+            # a match nfc has no word for: everything up to the next statement nfc knows
+            skipped = [word]
+            while self.word() and self.word() not in (*VERDICTS, "log", "counter", "comment"):
+                skipped.append(self.take())
+            self.inexact(" ".join(skipped)[:60])
 
     def meta(self) -> None:
         key = self.take()
@@ -510,11 +516,14 @@ class _RuleReader:
             if self.word() == "with":
                 self.take()
                 kind = self.take()
-                what = self.take() if kind != "tcp" else (self.take(), "reset")[1]
+                what = self.take()
+                if what == "type":
+                    what = self.take()
                 if kind == "tcp":
                     self.rule.verdict = "reject with tcp reset"
                 elif what != "port-unreachable":
-                    self.rule.verdict = f"reject with icmp {what}"
+                    nfc_name = {"addr-unreachable": "host-unreachable", "no-route": "net-unreachable"}.get(what, what)
+                    self.rule.verdict = f"reject with icmp {nfc_name}"
         elif word in ("jump", "goto"):
             target = self.take()
             self.rule.verdict = f"jump {target}"

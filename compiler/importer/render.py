@@ -84,7 +84,6 @@ def _quoted(text: str) -> str:
 
 
 def _where(locs: tuple[Loc, ...]) -> str:
-    files = {loc.file for loc in locs}
-    if len(files) == 1:
-        return f"{locs[0].file}:" + ",".join(str(loc.line) for loc in locs)
-    return ", ".join(f"{loc.file}:{loc.line}" for loc in locs)
+    """FILE:LINE[,LINE...]; LINE:COL where one line holds many rules (nft -j)."""
+    places = [str(loc.line) if len({l.line for l in locs}) == len(locs) and loc.line > 1 else f"{loc.line}:{loc.col}" for loc in locs]
+    return f"{locs[0].file}:" + ",".join(places)
