@@ -444,7 +444,7 @@ class _RuleReader:
         by_number = {str(number): name for name, number in names.items()}
         value = self.value()
         items = _items(value[1:-1]) if value.startswith("{") else [value]
-        known = [by_number.get(i, i) for i in items if by_number.get(i, i) in names]
+        known = sorted({by_number.get(i, i) for i in items if by_number.get(i, i) in names}, key=names.__getitem__)
         unknown = [i for i in items if by_number.get(i, i) not in names]
         self.rule.fields["proto"] = protocol
         if unknown:
