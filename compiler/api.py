@@ -39,6 +39,7 @@ import nfc.diff
 import nfc.doctor
 import nfc.explain
 import nfc.importer
+import nfc.importer.model
 import nfc.lint
 import nfc.state
 from nfc.artifacts import build, write
@@ -82,7 +83,7 @@ class Imported(NamedTuple):
     mistakes it fixes or keeps, and lint's findings on it."""
 
     policy: str
-    problems: list[nfc.importer.Problem]
+    problems: list[nfc.importer.model.Problem]
     notes: list[str]
     findings: list[Finding]
 

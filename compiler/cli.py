@@ -67,8 +67,11 @@ def _import(args: argparse.Namespace) -> int:
         print(problem.render(), file=sys.stderr)
     for note in imported.notes:
         print(f"nfc import: {note}", file=sys.stderr)
-    print(f"nfc import: lint on the imported policy (the input's own mistakes, kept): "
-          f"{len(imported.findings) or 'no'} finding(s)", file=sys.stderr)
+    print(
+        f"nfc import: lint on the imported policy (the input's own mistakes, kept): "
+        f"{len(imported.findings) or 'no'} finding(s)",
+        file=sys.stderr,
+    )
     sys.stderr.write(lint.render(imported.findings, "text"))
     return EXIT_FINDINGS if imported.problems else EXIT_OK
 
@@ -305,8 +308,15 @@ def parser() -> argparse.ArgumentParser:
 
     import_ = commands.add_parser("import", help="turn an iptables-save or nft ruleset into a policy")
     import_.add_argument("file", metavar="FILE")
-    import_.add_argument("--from", dest="source_format", choices=("iptables-save", "nft"), help="the input's format (default: detected)")
-    import_.add_argument("-o", "--output", metavar="POLICY", help="write the policy here (default: standard output)")
+    import_.add_argument(
+        "--from",
+        dest="source_format",
+        choices=("iptables-save", "nft"),
+        help="the input's format (default: detected)",
+    )
+    import_.add_argument(
+        "-o", "--output", metavar="POLICY", help="write the policy here (default: standard output)"
+    )
     import_.set_defaults(run=_import)
 
     check = commands.add_parser("check", help="have the kernel validate a ruleset without loading it")

@@ -22,9 +22,13 @@ SERVER = {"a": ("10.77.1.1", "fd00:77:1::1"), "b": ("10.77.2.1", "fd00:77:2::1")
 CLIENT = {"a": ("10.77.1.2", "fd00:77:1::2"), "b": ("10.77.2.2", "fd00:77:2::2")}
 LAB_NETS = {"a": ("10.77.1.0/24", "fd00:77:1::/64"), "b": ("10.77.2.0/24", "fd00:77:2::/64")}
 OTHER_PORT = 9999  # named by no fixture: what the chain's policy does
-PORT_WORD = re.compile(r"(?:--d?s?ports?|--destination-ports?|--source-ports?|dport|sport)\s+([0-9][0-9,:\- ]*)")
+PORT_WORD = re.compile(
+    r"(?:--d?s?ports?|--destination-ports?|--source-ports?|dport|sport)\s+([0-9][0-9,:\- ]*)"
+)
 SET_BODY = re.compile(r"(?:dport|sport)\s+\{([^}]*)\}")
-ADDRESS = re.compile(r"(?<![\w:.])(\d+\.\d+\.\d+\.\d+(?:/\d+)?|[0-9a-f]*:[0-9a-f:]+(?:/\d+)?)(?![\w:.])", re.I)
+ADDRESS = re.compile(
+    r"(?<![\w:.])(\d+\.\d+\.\d+\.\d+(?:/\d+)?|[0-9a-f]*:[0-9a-f:]+(?:/\d+)?)(?![\w:.])", re.I
+)
 
 
 @dataclass
@@ -81,7 +85,9 @@ def plan(text: str) -> Plan:
             server = SERVER[side][1 if ":" in source else 0]
             ports = sorted(result.ports) if source in CLIENT[side] else keys
             for proto in ("tcp", "udp"):
-                result.probes[side] += [{"proto": proto, "server": server, "port": p, "source": source} for p in ports]
+                result.probes[side] += [
+                    {"proto": proto, "server": server, "port": p, "source": source} for p in ports
+                ]
         for source in CLIENT[side] if side == "b" else ():  # client A serves the server's own flows
             server = SERVER[side][1 if ":" in source else 0]
             for proto in ("tcp", "udp"):

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_nfc
 from nfc import api, cli
 from nfc.errors import PolicyError
+
+from conftest import ROOT, run_nfc
 
 FIXTURES = ROOT / "tests" / "fixtures" / "import"
 SEEDS = sorted(FIXTURES.glob("seed-*.rules"))
@@ -27,7 +28,9 @@ def rules(policy: str) -> list[str]:
 
 
 @pytest.mark.parametrize("seed", SEEDS, ids=lambda p: p.stem)
-def test_each_seed_imports_exactly_and_lint_runs_on_it(seed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_each_seed_imports_exactly_and_lint_runs_on_it(
+    seed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     policy = tmp_path / "imported.yaml"
     assert cli.main(["import", str(seed), "-o", str(policy)]) == 0
     err = capsys.readouterr().err
@@ -47,12 +50,18 @@ def test_the_blanket_untracked_accept_is_replaced_by_the_untracked_answers() -> 
     assert "drop udp dport 53 limit over 10/second burst 20 per saddr name dns_too_frequen" in result.policy
     # the untracked answers are accepted by state: auto, for the sport entries
     compiled = api.compile_policy(_write(result.policy)).ruleset
-    answers = [r for c in compiled.chains if c.name == "input" for r in c.rules if r.match.ct_state == ("untracked",)]
+    answers = [
+        r for c in compiled.chains if c.name == "input" for r in c.rules if r.match.ct_state == ("untracked",)
+    ]
     assert {r.match.sport for r in answers if r.match.sport} and all(r.match.dport is None for r in answers)
 
 
 def test_a_state_rule_without_untracked_keeps_the_chain_manual() -> None:
-    text = (FIXTURES / "seed-000-isc.rules").read_text().replace("RELATED,ESTABLISHED,UNTRACKED", "RELATED,ESTABLISHED")
+    text = (
+        (FIXTURES / "seed-000-isc.rules")
+        .read_text()
+        .replace("RELATED,ESTABLISHED,UNTRACKED", "RELATED,ESTABLISHED")
+    )
     result = api.import_ruleset(_write(text, "seed.rules"))
     assert "state: auto" not in result.policy  # auto would accept untracked answers the input drops
     assert any(note.startswith("keeps:") for note in result.notes)
@@ -64,7 +73,9 @@ def test_seed_003_notrack_pairs_become_two_mirrored_entries_and_a_define() -> No
     assert "ports_1: [80, 81, 82]" in policy
     assert "{rule: tcp dport $ports_1, scope: all}" in policy
     assert "{rule: tcp sport $ports_1, scope: all}" in policy
-    assert "accept ct state untracked" in policy  # the forward chain's blanket accept is kept: no state rule there
+    assert (
+        "accept ct state untracked" in policy
+    )  # the forward chain's blanket accept is kept: no state rule there
 
 
 def test_every_rule_names_its_input_lines() -> None:
@@ -93,11 +104,15 @@ def test_nft_json_imports_to_the_same_rules_as_the_text(name: str) -> None:
 def test_sets_become_defines_and_concatenations_one_rule_per_element() -> None:
     policy = imported("sets-server.nft").policy
     assert "admins: [10.77.2.0/28, 192.0.2.10]" in policy
-    assert "accept tcp dport 5432 from 10.77.1.2" in policy and "accept tcp dport 6379 from 10.77.2.2" in policy
+    assert (
+        "accept tcp dport 5432 from 10.77.1.2" in policy and "accept tcp dport 6379 from 10.77.2.2" in policy
+    )
     assert "drop ip limit over 50/second burst 100 per saddr name flood" in policy
 
 
-def test_untranslatable_constructs_are_reported_and_the_policy_is_stricter(capsys: pytest.CaptureFixture[str]) -> None:
+def test_untranslatable_constructs_are_reported_and_the_policy_is_stricter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     path = str(FIXTURES / "untranslatable.rules")
     assert cli.main(["import", path]) == 1
     out, err = capsys.readouterr()
@@ -110,7 +125,8 @@ def test_untranslatable_constructs_are_reported_and_the_policy_is_stricter(capsy
 
 
 def test_nat_rules_are_reported_until_nat_is_translated(tmp_path: Path) -> None:
-    save = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n"
+    save = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+    save += "-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n"
     result = api.import_ruleset(_write(save, "nat.rules", tmp_path))
     assert [p.loc.line for p in result.problems] == [4]
 
@@ -119,9 +135,19 @@ BAD = [
     ("truncated.rules", "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\n", 3, "no COMMIT"),
     ("table.rules", "*filtre\n:INPUT DROP [0:0]\nCOMMIT\n", 1, "unknown table 'filtre'"),
     ("garbage.rules", "*filter\n:INPUT DROP [0:0]\nhello world\nCOMMIT\n", 3, "not iptables-save output"),
-    ("option.rules", "*filter\n:INPUT DROP [0:0]\n-A INPUT --dport-typo 22 -j ACCEPT\nCOMMIT\n", 3, "unknown option"),
+    (
+        "option.rules",
+        "*filter\n:INPUT DROP [0:0]\n-A INPUT --dport-typo 22 -j ACCEPT\nCOMMIT\n",
+        3,
+        "unknown option",
+    ),
     ("chain.rules", "*filter\n:INPUT DROP [0:0]\n-A NOPE -j ACCEPT\nCOMMIT\n", 3, "has not declared"),
-    ("truncated.nft", "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0;\n", 2, "never closed"),
+    (
+        "truncated.nft",
+        "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0;\n",
+        2,
+        "never closed",
+    ),
     ("family.nft", "table foo bar {\n}\n", 1, "unknown table family"),
     ("broken.json", '{"nftables": [{"table": {"family": "inet"', 1, "not JSON"),
     ("nothing.txt", "hello\n", 1, "neither iptables-save output nor an nft ruleset"),
@@ -129,7 +155,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("name", "text", "line", "message"), BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_an_error_at_its_place(tmp_path: Path, name: str, text: str, line: int, message: str) -> None:
+def test_bad_input_is_an_error_at_its_place(
+    tmp_path: Path, name: str, text: str, line: int, message: str
+) -> None:
     path = tmp_path / name
     path.write_text(text)
     result = run_nfc("import", str(path), "-o", str(tmp_path / "out.yaml"))

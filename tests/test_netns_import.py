@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import import_probes
 import pytest
 
-import import_probes
 from conftest import ROOT
 from lab import TRAFFIC, Lab
 
@@ -25,7 +25,9 @@ FIXTURES = ROOT / "tests" / "fixtures" / "import"
 UNTRANSLATABLE = {"untranslatable.rules": lambda probe: probe.split()[1] == "tcp" and ":900" in probe}
 # The .json fixtures are `nft -j list ruleset` of the .nft ones: test_import.py shows they import
 # to the same rules, so the kernel proves the .nft ones only.
-EXACT = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".rules", ".nft") and p.name not in UNTRANSLATABLE)
+EXACT = sorted(
+    p.name for p in FIXTURES.iterdir() if p.suffix in (".rules", ".nft") and p.name not in UNTRANSLATABLE
+)
 # Debian's workstation.nft accepts ICMPv6 types 148-153 by number, which nfc has no name for: the
 # import reports them and accepts the other types only (exit 1); no probe of ours is such a packet.
 REPORTS = {"workstation.nft": 1}
@@ -76,7 +78,15 @@ def add_addresses(lab: Lab, plan: import_probes.Plan) -> None:
     for side, client, dev in (("a", lab.client_a, "eth-a"), ("b", lab.client_b, "eth-b")):
         for address in plan.extra[side]:
             v6 = ":" in address
-            client.run("ip", "addr", "replace", f"{address}/{128 if v6 else 32}", "dev", "eth0", *(["nodad"] if v6 else []))
+            client.run(
+                "ip",
+                "addr",
+                "replace",
+                f"{address}/{128 if v6 else 32}",
+                "dev",
+                "eth0",
+                *(["nodad"] if v6 else []),
+            )
             lab.server.run("ip", "route", "replace", f"{address}/{128 if v6 else 32}", "dev", dev)
 
 
@@ -88,16 +98,29 @@ def verdicts(lab: Lab, plan: import_probes.Plan) -> dict[str, str]:
         for proto, port in (("tcp", import_probes.OTHER_PORT), ("udp", 53))
         for source, server in (("10.77.1.1", "10.77.1.2"), ("fd00:77:1::1", "fd00:77:1::2"))
     ]
-    pings = {side: [[c, s] for c, s in zip(import_probes.CLIENT[side], import_probes.SERVER[side])] for side in "ab"}
+    pings = {
+        side: [[c, s] for c, s in zip(import_probes.CLIENT[side], import_probes.SERVER[side], strict=False)]
+        for side in "ab"
+    }
     runs = [
-        (f"{side} ", plan.probes[side], client.popen(sys.executable, TRAFFIC, "probe", json.dumps(plan.probes[side])))
+        (
+            f"{side} ",
+            plan.probes[side],
+            client.popen(sys.executable, TRAFFIC, "probe", json.dumps(plan.probes[side])),
+        )
         for side, client in (("a", lab.client_a), ("b", lab.client_b))
     ]
     runs.append(("out ", outbound, lab.server.popen(sys.executable, TRAFFIC, "probe", json.dumps(outbound))))
     probes_py = str(Path(import_probes.__file__))
     for side, client in (("a", lab.client_a), ("b", lab.client_b)):
         targets = [{"proto": "icmp", "source": c, "server": s, "port": 0} for c, s in pings[side]]
-        runs.append((f"{side} ", targets, client.popen(sys.executable, probes_py, "ping", json.dumps(pings[side]), "1.0")))
+        runs.append(
+            (
+                f"{side} ",
+                targets,
+                client.popen(sys.executable, probes_py, "ping", json.dumps(pings[side]), "1.0"),
+            )
+        )
     found: dict[str, str] = {}
     for prefix, probes, process in runs:
         out, err = process.communicate(timeout=60)
@@ -108,18 +131,31 @@ def verdicts(lab: Lab, plan: import_probes.Plan) -> dict[str, str]:
     return found
 
 
-def run_fixture(lab: Lab, fixture: Path, tmp_path: Path) -> tuple[dict[str, dict[str, str]], subprocess.CompletedProcess[str]]:
+def run_fixture(
+    lab: Lab, fixture: Path, tmp_path: Path
+) -> tuple[dict[str, dict[str, str]], subprocess.CompletedProcess[str]]:
     plan = import_probes.plan(fixture.read_text())
     add_addresses(lab, plan)
     lab.start_servers(udp=tuple(sorted(plan.ports)), tcp=tuple(sorted(plan.ports)))
     listener = lab.client_a.popen(
-        sys.executable, TRAFFIC, "serve", "--udp", "53", "--tcp", str(import_probes.OTHER_PORT), "--lifetime", "120"
+        sys.executable,
+        TRAFFIC,
+        "serve",
+        "--udp",
+        "53",
+        "--tcp",
+        str(import_probes.OTHER_PORT),
+        "--lifetime",
+        "120",
     )
     lab.servers.append(listener)
     assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
     policy = tmp_path / f"{fixture.stem}.yaml"
     imported = subprocess.run(
-        [sys.executable, "-m", "nfc", "import", str(fixture), "-o", str(policy)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "nfc", "import", str(fixture), "-o", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert imported.returncode in (0, 1), imported.stderr
     results = {}
@@ -127,7 +163,9 @@ def run_fixture(lab: Lab, fixture: Path, tmp_path: Path) -> tuple[dict[str, dict
     results["original"] = verdicts(lab, plan)
     for backend in ("nft", "iptables-legacy"):
         reset(lab)
-        applied = lab.server.nfc("apply", str(policy), "-b", backend, "--state-dir", str(tmp_path / f"state-{backend}"))
+        applied = lab.server.nfc(
+            "apply", str(policy), "-b", backend, "--state-dir", str(tmp_path / f"state-{backend}")
+        )
         assert applied.returncode == 0, applied.stderr
         results[backend] = verdicts(lab, plan)
     return results, imported

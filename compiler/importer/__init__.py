@@ -36,7 +36,9 @@ def detect(path: str, text: str) -> str:
         if stripped.startswith(("table ", "flush ", "add ", "define ", "include ")):
             return "nft"
         break
-    raise PolicyError(Loc(path, 1, 1), "neither iptables-save output nor an nft ruleset", "name the format with --from")
+    raise PolicyError(
+        Loc(path, 1, 1), "neither iptables-save output nor an nft ruleset", "name the format with --from"
+    )
 
 
 def translate(path: str, text: str, source_format: str | None = None) -> Translation:

@@ -75,33 +75,67 @@ def build(source: Source) -> Policy:
     return policy
 
 
-def _unsupported_table(kind: str, chains: dict[str, Chain], filter_chains: dict[str, Chain], problems: list[Problem]) -> None:
+def _unsupported_table(
+    kind: str, chains: dict[str, Chain], filter_chains: dict[str, Chain], problems: list[Problem]
+) -> None:
     for chain in chains.values():
         for rule in chain.rules:
             if kind == "nat":
-                problems.append(Problem(rule.loc, "NAT is not translated", "left out: the policy does no NAT"))
+                problems.append(
+                    Problem(rule.loc, "NAT is not translated", "left out: the policy does no NAT")
+                )
             elif rule.verdict in TERMINAL or rule.verdict.startswith("reject"):
-                hooks = {"prerouting": ("input", "forward"), "postrouting": ("forward", "output")}.get(chain.hook or "", (chain.hook or "",))
+                hooks = {"prerouting": ("input", "forward"), "postrouting": ("forward", "output")}.get(
+                    chain.hook or "", (chain.hook or "",)
+                )
                 for hook in hooks:
                     if hook in filter_chains:
-                        filter_chains[hook].rules.insert(0, replace(rule, inexact=[*rule.inexact, f"-t {kind}"]))
-                problems.append(Problem(rule.loc, f"a {rule.verdict.split()[0]} in the {kind} table", "moved to the top of the filter chains it feeds"))
+                        filter_chains[hook].rules.insert(
+                            0, replace(rule, inexact=[*rule.inexact, f"-t {kind}"])
+                        )
+                problems.append(
+                    Problem(
+                        rule.loc,
+                        f"a {rule.verdict.split()[0]} in the {kind} table",
+                        "moved to the top of the filter chains it feeds",
+                    )
+                )
             else:
-                problems.append(Problem(rule.loc, f"a rule of the {kind} table ({', '.join(rule.inexact) or rule.verdict})", "left out: it changes no verdict nfc keeps"))
+                problems.append(
+                    Problem(
+                        rule.loc,
+                        f"a rule of the {kind} table ({', '.join(rule.inexact) or rule.verdict})",
+                        "left out: it changes no verdict nfc keeps",
+                    )
+                )
 
 
 def _resolved(rule: Rule, problems: list[Problem]) -> Rule | None:
     """The rule as the policy keeps it, or None when it is left out."""
     if rule.verdict not in TERMINAL and not rule.verdict.startswith("reject"):
-        problems.append(Problem(rule.loc, f"{', '.join(rule.inexact) or rule.verdict}", "left out: it changes no verdict"))
+        problems.append(
+            Problem(rule.loc, f"{', '.join(rule.inexact) or rule.verdict}", "left out: it changes no verdict")
+        )
         return None
     if not rule.inexact or any(i.startswith("-t ") for i in rule.inexact):
         return rule
     what = ", ".join(rule.inexact)
     if rule.verdict == "accept":
-        problems.append(Problem(rule.loc, f"nfc cannot say {what}", "left out: the policy does not accept what this rule accepted"))
+        problems.append(
+            Problem(
+                rule.loc,
+                f"nfc cannot say {what}",
+                "left out: the policy does not accept what this rule accepted",
+            )
+        )
         return None
-    problems.append(Problem(rule.loc, f"nfc cannot say {what}", f"the policy {rule.verdict.split()[0]}s more: this rule without {what}"))
+    problems.append(
+        Problem(
+            rule.loc,
+            f"nfc cannot say {what}",
+            f"the policy {rule.verdict.split()[0]}s more: this rule without {what}",
+        )
+    )
     return rule
 
 
@@ -115,7 +149,9 @@ def _merge(hook: str, chains: dict[str, Chain], families: list[str], problems: l
     """One section from each family's chain. Rules of different families never
     match the same packet, so any interleaving that keeps each family's order
     is exact: the longest common subsequence of the two becomes rules for both."""
-    lists = {f: [r for r in (_resolved(x, problems) for x in c.rules) if r is not None] for f, c in chains.items()}
+    lists = {
+        f: [r for r in (_resolved(x, problems) for x in c.rules) if r is not None] for f, c in chains.items()
+    }
     left_out = [r for c in chains.values() for r in c.rules if _resolved(r, []) is None]
     policies = {c.policy for c in chains.values()}
     complete = len(chains) == len(families)  # a family without this chain passes everything
@@ -179,7 +215,11 @@ def _recognise_state(section: Section, has_notrack: bool, notes: list[str]) -> N
     accept untracked answers the input dropped, so the chain stays manual."""
     rules = section.rules
     barrier = next(
-        (i for i, r in enumerate(rules) if (r.verdict != "accept" or "limit" in r.fields) and not _invalid_drop(r)),
+        (
+            i
+            for i, r in enumerate(rules)
+            if (r.verdict != "accept" or "limit" in r.fields) and not _invalid_drop(r)
+        ),
         len(rules),
     )
     lo_field = {"input": "iif", "output": "oif"}.get(section.name)
@@ -219,7 +259,10 @@ def _recognise_state(section: Section, has_notrack: bool, notes: list[str]) -> N
                 "only the untracked packets that answer a notrack entry, the requests meet the rules"
             )
         if "invalid" not in states:
-            notes.append(f"stricter: 'state: auto' in {section.name} drops ct state invalid packets, which {where} let through to the rules")
+            notes.append(
+                f"stricter: 'state: auto' in {section.name} drops ct state invalid packets, "
+                f"which {where} let through to the rules"
+            )
         return
 
 
@@ -228,7 +271,9 @@ def _invalid_drop(rule: Rule) -> bool:
     return rule.verdict == "drop" and rule.fields == {"ct": "invalid"} and not rule.log
 
 
-def _notrack(source: Source, families: list[str], problems: list[Problem]) -> list[tuple[str, str, tuple[Loc, ...]]]:
+def _notrack(
+    source: Source, families: list[str], problems: list[Problem]
+) -> list[tuple[str, str, tuple[Loc, ...]]]:
     """Mirrored entries from raw PREROUTING/OUTPUT notrack rules. An entry in
     nfc untracks both directions; a raw rule whose mirror image is missing is
     reported (the entry untracks that direction too)."""
@@ -242,36 +287,66 @@ def _notrack(source: Source, families: list[str], problems: list[Problem]) -> li
         for chain in raw.chains.values():
             if chain.hook is None and chain.rules:
                 for rule in chain.rules:
-                    problems.append(Problem(rule.loc, "a user chain of the raw table", "left out: the policy does not untrack these packets"))
+                    problems.append(
+                        Problem(
+                            rule.loc,
+                            "a user chain of the raw table",
+                            "left out: the policy does not untrack these packets",
+                        )
+                    )
         entries = found.setdefault(family, {})
         unpaired_out = list(out)
         for rule in pre + out:
             if rule.verdict != "notrack" or rule.inexact:
                 if rule in unpaired_out:
                     unpaired_out.remove(rule)
-                problems.append(Problem(rule.loc, f"raw table: {', '.join(rule.inexact) or rule.verdict}", "left out: the policy does not untrack these packets"))
+                problems.append(
+                    Problem(
+                        rule.loc,
+                        f"raw table: {', '.join(rule.inexact) or rule.verdict}",
+                        "left out: the policy does not untrack these packets",
+                    )
+                )
         for rule in pre:
             if rule.verdict != "notrack" or rule.inexact:
                 continue
             mirror = _mirror(rule.fields)
-            partner = next((o for o in unpaired_out if o.verdict == "notrack" and o.fields == mirror and not o.inexact), None)
+            partner = next(
+                (o for o in unpaired_out if o.verdict == "notrack" and o.fields == mirror and not o.inexact),
+                None,
+            )
             locs = rule.all_locs()
             if partner is None:
-                problems.append(Problem(rule.loc, "a raw PREROUTING notrack rule without its mirror image in OUTPUT", "the entry untracks both directions"))
+                problems.append(
+                    Problem(
+                        rule.loc,
+                        "a raw PREROUTING notrack rule without its mirror image in OUTPUT",
+                        "the entry untracks both directions",
+                    )
+                )
             else:
                 unpaired_out.remove(partner)
                 locs = tuple(sorted({*locs, partner.loc}))
             text = rule.match_text()
             entries[text] = tuple(sorted({*entries.get(text, ()), *locs}))
         for rule in unpaired_out:
-            problems.append(Problem(rule.loc, "a raw OUTPUT notrack rule without its mirror image in PREROUTING", "the entry untracks both directions"))
+            problems.append(
+                Problem(
+                    rule.loc,
+                    "a raw OUTPUT notrack rule without its mirror image in PREROUTING",
+                    "the entry untracks both directions",
+                )
+            )
             text = Rule(rule.loc, "", _mirror(rule.fields)).match_text()
             entries[text] = tuple(sorted({*entries.get(text, ()), rule.loc}))
     result: list[tuple[str, str, tuple[Loc, ...]]] = []
-    texts = sorted({t for e in found.values() for t in e}, key=lambda t: min(l for e in found.values() for l in e.get(t, (Loc("~", 0, 0),))))
-    for text in texts:
+    places: dict[str, set[Loc]] = {}
+    for entries in found.values():
+        for text, locs in entries.items():
+            places.setdefault(text, set()).update(locs)
+    for text in sorted(places, key=lambda t: min(places[t])):  # in the order of the input
         having = [f for f in families if text in found.get(f, {})]
-        locs = tuple(sorted({l for f in having for l in found[f][text]}))
+        locs = tuple(sorted(places[text]))
         if len(having) < len(families) and not re.search(r"\b(from|to|icmp|icmpv6)\b", text):
             text = f"{having[0]} {text}"
         result.append((text, "all", locs))
@@ -279,7 +354,14 @@ def _notrack(source: Source, families: list[str], problems: list[Problem]) -> li
 
 
 def _mirror(fields: dict[str, str]) -> dict[str, str]:
-    swap = {"dport": "sport", "sport": "dport", "saddr": "daddr", "daddr": "saddr", "iif": "oif", "oif": "iif"}
+    swap = {
+        "dport": "sport",
+        "sport": "dport",
+        "saddr": "daddr",
+        "daddr": "saddr",
+        "iif": "oif",
+        "oif": "iif",
+    }
     return {swap.get(k, k): v for k, v in fields.items()}
 
 
@@ -310,7 +392,7 @@ def _name_lists(policy: Policy) -> None:
 
     for section in policy.sections:
         section.rules = [replace(r, fields=named(r.fields)) for r in section.rules]
-    policy.notrack = [(_replace_all(t, names), s, l) for t, s, l in policy.notrack]
+    policy.notrack = [(_replace_all(text, names), scope, locs) for text, scope, locs in policy.notrack]
 
 
 def _replace_negated(value: str, names: dict[str, str]) -> str:

@@ -151,7 +151,7 @@ def flatten(chains: dict[str, Chain], problems: list[Problem]) -> dict[str, Chai
     """The base chains with every user chain inlined and every LOG folded
     into the drop or reject it announces."""
     flat = {}
-    for name, chain in chains.items():
+    for _name, chain in chains.items():
         if chain.hook is None:
             continue
         rules = _inline(chain.rules, chains, problems, chain.policy, depth=0)
@@ -159,7 +159,9 @@ def flatten(chains: dict[str, Chain], problems: list[Problem]) -> dict[str, Chai
     return flat
 
 
-def _inline(rules: list[Rule], chains: dict[str, Chain], problems: list[Problem], policy: str, depth: int) -> list[Rule]:
+def _inline(
+    rules: list[Rule], chains: dict[str, Chain], problems: list[Problem], policy: str, depth: int
+) -> list[Rule]:
     out: list[Rule] = []
     for rule in rules:
         if rule.verdict == "return":
@@ -182,7 +184,8 @@ def _inline(rules: list[Rule], chains: dict[str, Chain], problems: list[Problem]
         problems.append(
             Problem(
                 rule.loc,
-                f"the jump to '{rule.verdict[5:]}' cannot be inlined ({reason or 'its rules contradict the jump'})",
+                f"the jump to '{rule.verdict[5:]}' cannot be inlined "
+                f"({reason or 'its rules contradict the jump'})",
                 "the policy drops what the jump would send there",
             )
         )
@@ -225,13 +228,25 @@ def _fold_logs(rules: list[Rule], problems: list[Problem]) -> list[Rule]:
             and not rule.inexact
         )
         if following is not None and announces:
-            out.append(replace(following, fields=rule.fields, log=rule.log, locs=(*following.locs, following.loc), loc=rule.loc))
+            out.append(
+                replace(
+                    following,
+                    fields=rule.fields,
+                    log=rule.log,
+                    locs=(*following.locs, following.loc),
+                    loc=rule.loc,
+                )
+            )
             if "limit" in rule.fields:
                 out.append(following)
             index += 2
             continue
         problems.append(
-            Problem(rule.loc, "a LOG rule that no DROP or REJECT with the same matches follows", "left out: no log line, the same verdicts")
+            Problem(
+                rule.loc,
+                "a LOG rule that no DROP or REJECT with the same matches follows",
+                "left out: no log line, the same verdicts",
+            )
         )
         index += 1
     return out

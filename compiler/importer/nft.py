@@ -70,18 +70,27 @@ def statements(path: str, text: str, positions: dict[int, Loc] | None) -> list[S
 
 
 def _split(statement: Statement, keep_place: bool) -> list[Statement]:
-    parts, words, cols, depth = [], [], [], 0
+    parts: list[Statement] = []
+    words: list[str] = []
+    cols: list[int] = []
+    depth = 0
     for word, col in zip(statement.words, statement.cols, strict=True):
         if word == ";" and depth == 0:
             if words:
-                parts.append(Statement(words, cols, statement.loc if keep_place else statement.loc._replace(col=cols[0])))
+                parts.append(
+                    Statement(
+                        words, cols, statement.loc if keep_place else statement.loc._replace(col=cols[0])
+                    )
+                )
             words, cols = [], []
             continue
         depth += {"{": 1, "}": -1}.get(word, 0)
         words.append(word)
         cols.append(col)
     if words:
-        parts.append(Statement(words, cols, statement.loc if keep_place else statement.loc._replace(col=cols[0])))
+        parts.append(
+            Statement(words, cols, statement.loc if keep_place else statement.loc._replace(col=cols[0]))
+        )
     return parts
 
 
@@ -91,7 +100,11 @@ def read(path: str, text: str, format_name: str = "nft", positions: dict[int, Lo
     for statement in statements(path, text, positions):
         reader.feed(statement)
     if reader.stack:
-        raise PolicyError(reader.stack[-1][1], f"the {reader.stack[-1][0]} opened here is never closed: the file is truncated", None)
+        raise PolicyError(
+            reader.stack[-1][1],
+            f"the {reader.stack[-1][0]} opened here is never closed: the file is truncated",
+            None,
+        )
     reader.finish()
     return source
 
@@ -111,7 +124,13 @@ class _Reader:
 
     def error(self, statement: Statement, index: int, message: str, hint: str | None = None) -> PolicyError:
         col = statement.cols[min(index, len(statement.cols) - 1)]
-        return PolicyError(statement.loc._replace(col=col) if statement.loc.file == self.path and statement.loc.line else statement.loc, message, hint)
+        return PolicyError(
+            statement.loc._replace(col=col)
+            if statement.loc.file == self.path and statement.loc.line
+            else statement.loc,
+            message,
+            hint,
+        )
 
     def feed(self, st: Statement) -> None:
         words = st.words
@@ -139,12 +158,21 @@ class _Reader:
         if words[:2] == ["flush", "ruleset"]:
             return
         if words[0] != "table" or len(words) < 3 or words[-1] != "{":
-            raise self.error(st, 0, f"'{' '.join(words)[:40]}' is not part of an nft ruleset", "expected 'table FAMILY NAME {'")
+            raise self.error(
+                st,
+                0,
+                f"'{' '.join(words)[:40]}' is not part of an nft ruleset",
+                "expected 'table FAMILY NAME {'",
+            )
         family, name = (words[1], words[2]) if len(words) == 4 else ("ip", words[1])
         if family not in ("inet", "ip", "ip6", "arp", "bridge", "netdev"):
-            raise self.error(st, 1, f"unknown table family '{family}'", "inet, ip, ip6, arp, bridge or netdev")
+            raise self.error(
+                st, 1, f"unknown table family '{family}'", "inet, ip, ip6, arp, bridge or netdev"
+            )
         if family not in FAMILIES:
-            self.source.problems.append(Problem(st.loc, f"a table of family {family}", "left out: nfc filters IP only"))
+            self.source.problems.append(
+                Problem(st.loc, f"a table of family {family}", "left out: nfc filters IP only")
+            )
             self.stack.append(("block", st.loc))
             return
         self.table = (family, name)
@@ -166,7 +194,9 @@ class _Reader:
             self.source.problems.append(Problem(st.loc, f"a {words[0]} of the table", "left out"))
             self.stack.append(("block", st.loc))
             return
-        raise self.error(st, 0, f"'{words[0]}' is not a table item", "expected 'chain NAME {' or 'set NAME {'")
+        raise self.error(
+            st, 0, f"'{words[0]}' is not a table item", "expected 'chain NAME {' or 'set NAME {'"
+        )
 
     def _chain_item(self, st: Statement) -> None:
         assert self.chain is not None
@@ -210,7 +240,11 @@ class _Reader:
                 self.source.sets[name] = elements
         for family, chain, rules in self.chains:
             kind = chain.name.split(":")[-1] if chain.hook else None
-            table_kind = {"filter": "filter", "nat": "nat"}.get(chain.name.split(":")[0], "filter") if chain.hook else None
+            table_kind = (
+                {"filter": "filter", "nat": "nat"}.get(chain.name.split(":")[0], "filter")
+                if chain.hook
+                else None
+            )
             if chain.hook in ("prerouting", "output") and kind == "raw":
                 table_kind = "raw"
             elif chain.hook == "prerouting" or chain.hook == "postrouting":
@@ -220,9 +254,15 @@ class _Reader:
                 table = self.source.table(each, table_kind or "filter")
                 key = chain.hook.upper() if chain.hook else chain.name
                 if table_kind == "filter" and chain.hook and key in table.chains:
-                    raise PolicyError(chain.loc, f"a second {each} base chain on the {chain.hook} hook", "nfc import takes one filter chain per hook: merge them first")
+                    raise PolicyError(
+                        chain.loc,
+                        f"a second {each} base chain on the {chain.hook} hook",
+                        "nfc import takes one filter chain per hook: merge them first",
+                    )
                 kept = [r for r in parsed if _matches_family(r, each)]
-                table.chains[key] = Chain(key, chain.hook, chain.policy, chain.loc, [_for_family(r, family) for r in kept])
+                table.chains[key] = Chain(
+                    key, chain.hook, chain.policy, chain.loc, [_for_family(r, family) for r in kept]
+                )
             if not chain.hook:
                 for each in FAMILIES[family]:
                     self.source.table(each, "filter").chains[chain.name].hook = None
@@ -261,6 +301,7 @@ class _RuleReader:
         self.rule = Rule(st.loc, "")
         self.index = 0
         self.concat: tuple[list[str], list[list[str]]] | None = None  # fields, elements
+        self.narrowed: list[str] = []  # ICMP types nfc has no name for
 
     def word(self, offset: int = 0) -> str:
         position = self.index + offset
@@ -287,7 +328,11 @@ class _RuleReader:
     def inexact(self, what: str) -> None:
         self.rule.inexact.append(what)
         if self.rule.loc == self.st.loc:
-            self.rule.loc = self.st.loc._replace(col=self.st.cols[max(0, self.index - 1)]) if self.st.loc.col else self.st.loc
+            self.rule.loc = (
+                self.st.loc._replace(col=self.st.cols[max(0, self.index - 1)])
+                if self.st.loc.col
+                else self.st.loc
+            )
 
     def read(self) -> list[Rule]:
         while self.index < len(self.st.words):
@@ -298,7 +343,10 @@ class _RuleReader:
         if self.concat is None:
             return [rule]
         names, elements = self.concat
-        return [replace(rule, fields={**rule.fields, **dict(zip(names, element, strict=True))}) for element in elements]
+        return [
+            replace(rule, fields={**rule.fields, **dict(zip(names, element, strict=True))})
+            for element in elements
+        ]
 
     def statement(self) -> None:
         word = self.take()
@@ -383,16 +431,16 @@ class _RuleReader:
         negated = self.word() == "!="
         if negated:
             self.take()
-        value = self.value()
-        if value.startswith("@"):
-            value = self.named_set(value, "address")
-        if value is None or "-" in value.split("/")[0] and not value.startswith("$"):
-            self.inexact(f"{family} {key} {value}")
+        written = self.value()
+        value = self.named_set(written) if written.startswith("@") else written
+        if value is None or ("-" in value.split("/")[0] and not value.startswith("$")):
+            self.inexact(f"{family} {key} {written}")
             return
         self.rule.fields["family"] = family
         self.rule.fields["saddr" if key == "saddr" else "daddr"] = ("not " if negated else "") + value
 
-    def named_set(self, word: str, kind: str) -> str | None:
+    def named_set(self, word: str) -> str | None:
+        """`$NAME` for a set that became a define; None for one nfc cannot name (a concatenation's)."""
         name = word[1:]
         if name not in self.reader.source.sets:
             return None
@@ -404,7 +452,7 @@ class _RuleReader:
             self.take()
         value = self.value()
         if value.startswith("@"):
-            value = self.named_set(value, "port") or ""
+            value = self.named_set(value) or ""
         if negated or not value:
             self.inexact(f"{key} {'!= ' if negated else ''}{value}")
             return
@@ -444,11 +492,12 @@ class _RuleReader:
         by_number = {str(number): name for name, number in names.items()}
         value = self.value()
         items = _items(value[1:-1]) if value.startswith("{") else [value]
-        known = sorted({by_number.get(i, i) for i in items if by_number.get(i, i) in names}, key=names.__getitem__)
+        known = sorted(
+            {by_number.get(i, i) for i in items if by_number.get(i, i) in names}, key=names.__getitem__
+        )
         unknown = [i for i in items if by_number.get(i, i) not in names]
         self.rule.fields["proto"] = protocol
-        if unknown:
-            self.rule.__dict__.setdefault("narrowed", []).extend(unknown)
+        self.narrowed += unknown
         if known:
             self.rule.fields["icmp"] = f"{protocol} type {','.join(known)}"
         else:
@@ -484,13 +533,20 @@ class _RuleReader:
     def meter(self) -> None:
         name = self.take()[1:]
         if self.take() != "{":
-            raise self.reader.error(self.st, self.index - 1, "a meter update is written 'update @SET { KEY limit rate ... }'")
+            raise self.reader.error(
+                self.st, self.index - 1, "a meter update is written 'update @SET { KEY limit rate ... }'"
+            )
         family, key = self.take(), self.take()
         if self.word() == "limit":
             self.take()
             self.limit()
         limit = self.rule.fields.get("limit")
-        if self.take() != "}" or limit is None or key not in ("saddr", "daddr") or family not in ("ip", "ip6"):
+        if (
+            self.take() != "}"
+            or limit is None
+            or key not in ("saddr", "daddr")
+            or family not in ("ip", "ip6")
+        ):
             self.inexact(f"the meter update @{name}")
             return
         self.rule.fields["family"] = family
@@ -510,7 +566,7 @@ class _RuleReader:
         self.rule.log = " ".join(words)
 
     def verdict(self, word: str) -> None:
-        narrowed = self.rule.__dict__.pop("narrowed", None)
+        narrowed = self.narrowed
         if word == "reject":
             self.rule.verdict = "reject"
             if self.word() == "with":
@@ -522,7 +578,9 @@ class _RuleReader:
                 if kind == "tcp":
                     self.rule.verdict = "reject with tcp reset"
                 elif what != "port-unreachable":
-                    nfc_name = {"addr-unreachable": "host-unreachable", "no-route": "net-unreachable"}.get(what, what)
+                    nfc_name = {"addr-unreachable": "host-unreachable", "no-route": "net-unreachable"}.get(
+                        what, what
+                    )
                     self.rule.verdict = f"reject with icmp {nfc_name}"
         elif word in ("jump", "goto"):
             target = self.take()
@@ -540,7 +598,13 @@ class _RuleReader:
         if narrowed:
             what = f"{self.rule.fields.get('proto')} types {', '.join(narrowed)}"
             if self.rule.verdict == "accept":
-                self.reader.source.problems.append(Problem(self.rule.loc, f"nfc has no name for {what}", "the policy accepts the rule's other types only"))
+                self.reader.source.problems.append(
+                    Problem(
+                        self.rule.loc,
+                        f"nfc has no name for {what}",
+                        "the policy accepts the rule's other types only",
+                    )
+                )
             else:
                 del self.rule.fields["icmp"]
                 self.inexact(what)

@@ -20,7 +20,9 @@ def items(path: str, text: str) -> Iterator[tuple[dict[str, Json], Loc]]:
     except json.JSONDecodeError as exc:
         raise PolicyError(Loc(path, exc.lineno, exc.colno), f"not JSON: {exc.msg}", None) from None
     if not isinstance(whole, dict) or not isinstance(whole.get("nftables"), list):
-        raise PolicyError(Loc(path, 1, 1), "no 'nftables' list: not the output of 'nft -j list ruleset'", None)
+        raise PolicyError(
+            Loc(path, 1, 1), "no 'nftables' list: not the output of 'nft -j list ruleset'", None
+        )
     index = text.index("[", text.index('"nftables"')) + 1
     for _ in whole["nftables"]:
         while text[index] in " \t\r\n,":
@@ -53,7 +55,9 @@ def to_text(path: str, text: str) -> tuple[str, dict[int, Loc]]:
         elif kind == "rule":
             chain = chains.get((*key, str(body.get("chain"))))
             if chain is None:
-                raise PolicyError(loc, f"a rule for chain '{body.get('chain')}', which comes nowhere before it", None)
+                raise PolicyError(
+                    loc, f"a rule for chain '{body.get('chain')}', which comes nowhere before it", None
+                )
             chain.append((_rule(body), loc))
     lines: list[str] = []
     positions: dict[int, Loc] = {}
@@ -97,7 +101,8 @@ def _set(body: dict[str, Json]) -> str:
 def _chain_head(body: dict[str, Json]) -> str:
     if "hook" not in body:
         return ""
-    return f"type {body.get('type')} hook {body.get('hook')} priority {body.get('prio')}; policy {body.get('policy', 'accept')};"
+    hook = f"type {body.get('type')} hook {body.get('hook')} priority {body.get('prio')}"
+    return f"{hook}; policy {body.get('policy', 'accept')};"
 
 
 def _value(value: Json) -> str:
@@ -126,8 +131,10 @@ def _expression(expr: Json) -> str:
     if not isinstance(expr, dict) or len(expr) != 1:
         return "unknown-expression"
     kind, inner = next(iter(expr.items()))
+    if kind == "concat" and isinstance(inner, list):
+        return " . ".join(_expression(e) for e in inner)
     if not isinstance(inner, dict):
-        return "unknown-expression" if kind != "concat" else " . ".join(_expression(e) for e in inner)  # type: ignore[union-attr]
+        return "unknown-expression"
     if kind == "meta":
         key = str(inner.get("key"))
         return key if key in ("iif", "oif", "iifname", "oifname") else f"meta {key}"
@@ -160,6 +167,7 @@ def _statement(statement: Json) -> str:
     if not isinstance(statement, dict) or len(statement) != 1:
         return "unknown-statement"
     kind, inner = next(iter(statement.items()))
+    kind = str(kind)
     if kind in ("accept", "drop", "return", "continue", "notrack"):
         return kind
     if not isinstance(inner, dict):
@@ -184,6 +192,9 @@ def _statement(statement: Json) -> str:
         return f"log{prefix}{level}"
     if kind == "set" and inner.get("op") in ("update", "add"):
         stmts = inner.get("stmt")
-        limit = _limit(stmts[0]["limit"]) if isinstance(stmts, list) and stmts and "limit" in stmts[0] else ""
+        first = stmts[0] if isinstance(stmts, list) and stmts else None
+        limit = ""
+        if isinstance(first, dict) and isinstance(first.get("limit"), dict):
+            limit = _limit(first["limit"])
         return f"{inner.get('op')} {inner.get('set')} {{ {_expression(inner.get('elem'))} {limit} }}"
     return f"unknown-{kind}"

@@ -14,9 +14,7 @@ PLAIN = re.compile(r"[a-z$][^'\"]*")
 
 def render(policy: Policy, problems: list[Problem]) -> str:
     source = policy.source
-    families = " and ".join(
-        {"ip": "IPv4", "ip6": "IPv6"}[f] for f in sorted(source.families)
-    ) or "no family"
+    families = " and ".join({"ip": "IPv4", "ip6": "IPv6"}[f] for f in sorted(source.families)) or "no family"
     lines = [
         f"# Imported by 'nfc import' from {source.path} ({source.format}, {families}).",
         "# Each rule's comment names the input line(s) it comes from.",
@@ -85,5 +83,6 @@ def _quoted(text: str) -> str:
 
 def _where(locs: tuple[Loc, ...]) -> str:
     """FILE:LINE[,LINE...]; LINE:COL where one line holds many rules (nft -j)."""
-    places = [str(loc.line) if len({l.line for l in locs}) == len(locs) and loc.line > 1 else f"{loc.line}:{loc.col}" for loc in locs]
+    by_line = len({loc.line for loc in locs}) == len(locs) and locs[0].line > 1
+    places = [str(loc.line) if by_line else f"{loc.line}:{loc.col}" for loc in locs]
     return f"{locs[0].file}:" + ",".join(places)
