@@ -27,6 +27,7 @@ import dataclasses
 import datetime as dt
 import gc
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -85,7 +86,8 @@ class Imported(NamedTuple):
     policy: str
     problems: list[nfc.importer.model.Problem]
     notes: list[str]
-    findings: list[Finding]
+    findings: list[Finding]  # kept: the input's own mistakes, as lint finds them in the policy
+    fixed: list[str]  # lint's findings on the input as it was that the policy no longer has
 
 
 class Compiled(NamedTuple):
@@ -275,10 +277,10 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
         raise PolicyError(Loc(path, 1, 1), f"cannot read the ruleset: {exc}") from None
     translation = nfc.importer.translate(path, text, source_format)
     with tempfile.TemporaryDirectory(prefix="nfc-import-") as scratch:
-        draft = Path(scratch) / "import.yaml"
-        draft.write_text(translation.policy, encoding="utf-8")
-        ruleset, _ = compile_policy(str(draft), allow_empty=True)
-        findings = nfc.lint.lint(ruleset)
+        findings = _lint_text(translation.policy, Path(scratch) / "import.yaml")
+        before = _lint_text(translation.literal, Path(scratch) / "literal.yaml")
+    kept = {(f.code, f.message) for f in findings}
+    fixed = [_on_input(f, translation.literal) for f in before if (f.code, f.message) not in kept]
     shown = output or "<import>"
     findings = [dataclasses.replace(f, loc=f.loc._replace(file=shown)) for f in findings]
     if output:
@@ -290,4 +292,22 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
         except OSError as exc:
             partial.unlink(missing_ok=True)
             raise PolicyError(Loc(output, 1, 1), f"cannot write the policy: {exc.strerror}") from None
-    return Imported(translation.policy, translation.problems, translation.notes, findings)
+    return Imported(translation.policy, translation.problems, translation.notes, findings, fixed)
+
+
+def _lint_text(policy: str, path: Path) -> list[Finding]:
+    path.write_text(policy, encoding="utf-8")
+    return nfc.lint.lint(compile_policy(str(path), allow_empty=True).ruleset)
+
+
+def _on_input(finding: Finding, literal: str) -> str:
+    """A finding on the literal policy, told with the input lines its policy lines name."""
+    lines = literal.splitlines()
+    message = re.sub(r"line ([0-9]+)", lambda m: _input_lines(lines[int(m[1]) - 1]), finding.message)
+    return f"{finding.code} {_input_lines(lines[finding.loc.line - 1])}: {message}"
+
+
+def _input_lines(policy_line: str) -> str:
+    """The input lines a generated policy line names in its comment."""
+    _, _, comment = policy_line.partition("  # ")
+    return comment.split(" ")[0] or "(the policy)"

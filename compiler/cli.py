@@ -67,6 +67,8 @@ def _import(args: argparse.Namespace) -> int:
         print(problem.render(), file=sys.stderr)
     for note in imported.notes:
         print(f"nfc import: {note}", file=sys.stderr)
+    for finding in imported.fixed:
+        print(f"nfc import: fixed, lint's finding on the input as it was: {finding}", file=sys.stderr)
     print(
         f"nfc import: lint on the imported policy (the input's own mistakes, kept): "
         f"{len(imported.findings) or 'no'} finding(s)",

@@ -181,3 +181,10 @@ def _write(text: str, name: str = "p.yaml", directory: Path | None = None) -> st
     path = folder / name
     path.write_text(text)
     return str(path)
+
+
+def test_lint_on_the_input_as_it_was_names_what_the_import_fixes() -> None:
+    result = imported("seed-001-stateless-dns.rules")
+    assert any(f.startswith("NFC012 ") and "stateless-dns.rules:26,60" in f for f in result.fixed)
+    assert not any(f.code == "NFC012" for f in result.findings)
+    assert any(f.code == "NFC031" for f in result.findings)  # the redundant output accepts: kept

@@ -21,6 +21,7 @@ class Translation(NamedTuple):
     policy: str  # the policy's YAML text
     problems: list[Problem]  # what could not be translated exactly, in input order
     notes: list[str]  # the input's mistakes the policy fixes or keeps
+    literal: str  # the policy with the input's blanket untracked accepts as they were
 
 
 def detect(path: str, text: str) -> str:
@@ -55,4 +56,5 @@ def translate(path: str, text: str, source_format: str | None = None) -> Transla
         source = nft.read(path, text, "nft")
     policy = emit.build(source)
     problems = sorted(set(source.problems), key=lambda p: (p.loc, p.message))
-    return Translation(render.render(policy, problems), problems, policy.notes)
+    literal = render.render(emit.build(source, literal=True), problems)
+    return Translation(render.render(policy, problems), problems, policy.notes, literal)

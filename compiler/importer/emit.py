@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from nfc.errors import Loc
-from nfc.importer.model import HOOKS, TERMINAL, Chain, Problem, Rule, Source, flatten
+from nfc.importer.model import HOOKS, TERMINAL, Chain, Problem, Rule, Source, flatten, places
 
 FAMILY_NAMES = {"ip": "IPv4", "ip6": "IPv6"}
 SET_LITERAL = re.compile(r"\{[^{}]*\}")
@@ -47,7 +47,10 @@ class Policy:
     notes: list[str] = field(default_factory=list)  # the input's mistakes: kept or fixed
 
 
-def build(source: Source) -> Policy:
+def build(source: Source, literal: bool = False) -> Policy:
+    """The policy for `source`. `literal` keeps a blanket untracked accept as
+    the rule it is, instead of fixing it with `state: auto`: the policy the
+    input's own mistakes are linted on."""
     policy = Policy(source)
     policy.defines = {name: "[" + ", ".join(values) + "]" for name, values in source.sets.items()}
     problems = source.problems
@@ -68,7 +71,7 @@ def build(source: Source) -> Policy:
         if not chains:
             continue
         section = _merge(hook, chains, families, problems)
-        _recognise_state(section, bool(entries), policy.notes)
+        _recognise_state(section, bool(entries), policy.notes, literal)
         if section.rules or section.tail or section.policy == "drop" or section.left_out:
             policy.sections.append(section)
     _name_lists(policy)
@@ -203,7 +206,7 @@ def _with_family(rule: Rule, family: str) -> Rule:
     return replace(rule, fields={"family": family, **rule.fields})
 
 
-def _recognise_state(section: Section, has_notrack: bool, notes: list[str]) -> None:
+def _recognise_state(section: Section, has_notrack: bool, notes: list[str], literal: bool) -> None:
     """`state: auto` and `loopback: accept` where the input's chain starts the usual way.
 
     The state rule must be an unconditional accept of established,related
@@ -235,6 +238,8 @@ def _recognise_state(section: Section, has_notrack: bool, notes: list[str]) -> N
             continue
         if not states <= {"established", "related", "untracked"}:
             continue
+        if literal and "untracked" in states:
+            return
         if "untracked" not in states and has_notrack:
             where = _lines(rule.all_locs())
             notes.append(
@@ -366,7 +371,7 @@ def _mirror(fields: dict[str, str]) -> dict[str, str]:
 
 
 def _lines(locs: tuple[Loc, ...]) -> str:
-    return ", ".join(f"{loc.file}:{loc.line}" for loc in locs)
+    return places(locs)
 
 
 def _name_lists(policy: Policy) -> None:

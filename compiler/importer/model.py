@@ -129,6 +129,14 @@ class Source:
         return self.families.setdefault(family, {}).setdefault(kind, Table(kind))
 
 
+def places(locs: tuple[Loc, ...]) -> str:
+    """FILE:LINE[,LINE...]; LINE:COL where one line holds many rules (nft -j)."""
+    by_line = len({loc.line for loc in locs}) == len(locs) and locs[0].line > 1
+    return f"{locs[0].file}:" + ",".join(
+        str(loc.line) if by_line else f"{loc.line}:{loc.col}" for loc in locs
+    )
+
+
 def combine(call: Rule, inner: Rule) -> Rule | None:
     """The rule `inner` of a user chain as seen through the rule `call` that
     jumps there: both rules' matches at once. None when the two name the same

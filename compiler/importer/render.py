@@ -7,7 +7,7 @@ import re
 
 from nfc.errors import Loc
 from nfc.importer.emit import Policy, Section
-from nfc.importer.model import Problem, Rule
+from nfc.importer.model import Problem, Rule, places
 
 PLAIN = re.compile(r"[a-z$][^'\"]*")
 
@@ -82,7 +82,4 @@ def _quoted(text: str) -> str:
 
 
 def _where(locs: tuple[Loc, ...]) -> str:
-    """FILE:LINE[,LINE...]; LINE:COL where one line holds many rules (nft -j)."""
-    by_line = len({loc.line for loc in locs}) == len(locs) and locs[0].line > 1
-    places = [str(loc.line) if by_line else f"{loc.line}:{loc.col}" for loc in locs]
-    return f"{locs[0].file}:" + ",".join(places)
+    return places(locs)
