@@ -188,3 +188,34 @@ def test_lint_on_the_input_as_it_was_names_what_the_import_fixes() -> None:
     assert any(f.startswith("NFC012 ") and "stateless-dns.rules:26,60" in f for f in result.fixed)
     assert not any(f.code == "NFC012" for f in result.findings)
     assert any(f.code == "NFC031" for f in result.findings)  # the redundant output accepts: kept
+
+
+VMAP = """\
+table inet filter {
+\tchain input {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tct state vmap { invalid : drop, established : accept, related : accept }
+\t\ttcp dport 22 accept
+\t\ttcp dport 25 meta mark set 0x1 accept
+\t\tmeta l4proto udp vmap { 53 : jump dns }
+\t}
+\tchain raw {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tudp dport 53 fib daddr type local notrack
+\t}
+\tchain raw_out {
+\t\ttype filter hook output priority raw; policy accept;
+\t\tudp sport 53 notrack
+\t}
+}
+"""
+
+
+def test_verdict_maps_are_rules_or_drops_and_a_local_notrack_is_scope_host(tmp_path: Path) -> None:
+    result = api.import_ruleset(_write(VMAP, "vmap.nft", tmp_path))
+    policy = rules(result.policy)
+    assert policy[1:3] == ["- drop ct state invalid", "- accept ct state established,related"]
+    assert "- drop udp" in policy  # a map of verdicts nfc cannot follow drops what it matches
+    assert not any("dport 25" in rule for rule in policy)  # the accept with a mark is left out
+    assert "{rule: udp dport 53, scope: host}" in result.policy
+    assert sorted(p.loc.line for p in result.problems) == [6, 7]

@@ -113,8 +113,12 @@ def _unsupported_table(
                 )
 
 
-def _resolved(rule: Rule, problems: list[Problem]) -> Rule | None:
+def _resolved(rule: Rule, problems: list[Problem], hook: str) -> Rule | None:
     """The rule as the policy keeps it, or None when it is left out."""
+    if "scope" in rule.fields:  # 'to one of the host's addresses': always so in input
+        fields = {k: v for k, v in rule.fields.items() if k != "scope"}
+        inexact = rule.inexact if hook == "input" else [*rule.inexact, "a local-destination match"]
+        rule = replace(rule, fields=fields, inexact=inexact)
     if rule.verdict not in TERMINAL and not rule.verdict.startswith("reject"):
         problems.append(
             Problem(rule.loc, f"{', '.join(rule.inexact) or rule.verdict}", "left out: it changes no verdict")
@@ -153,9 +157,12 @@ def _merge(hook: str, chains: dict[str, Chain], families: list[str], problems: l
     match the same packet, so any interleaving that keeps each family's order
     is exact: the longest common subsequence of the two becomes rules for both."""
     lists = {
-        f: [r for r in (_resolved(x, problems) for x in c.rules) if r is not None] for f, c in chains.items()
+        f: [r for r in (_resolved(x, problems, hook) for x in c.rules) if r is not None]
+        for f, c in chains.items()
     }
-    left_out = [r for c in chains.values() for r in c.rules if _resolved(r, []) is None]
+    left_out = list(
+        {r.loc: r for c in chains.values() for r in c.rules if _resolved(r, [], hook) is None}.values()
+    )
     policies = {c.policy for c in chains.values()}
     complete = len(chains) == len(families)  # a family without this chain passes everything
     section = Section(hook, "drop" if policies == {"drop"} and complete else "accept", left_out=left_out)
@@ -283,6 +290,7 @@ def _notrack(
     nfc untracks both directions; a raw rule whose mirror image is missing is
     reported (the entry untracks that direction too)."""
     found: dict[str, dict[str, tuple[Loc, ...]]] = {}
+    scopes: dict[str, str] = {}  # PREROUTING with the host's own addresses only: scope host
     for family in families:
         raw = source.families.get(family, {}).get("raw")
         if raw is None:
@@ -315,7 +323,8 @@ def _notrack(
         for rule in pre:
             if rule.verdict != "notrack" or rule.inexact:
                 continue
-            mirror = _mirror(rule.fields)
+            fields = {k: v for k, v in rule.fields.items() if k != "scope"}
+            mirror = _mirror(fields)
             partner = next(
                 (o for o in unpaired_out if o.verdict == "notrack" and o.fields == mirror and not o.inexact),
                 None,
@@ -334,6 +343,7 @@ def _notrack(
                 locs = tuple(sorted({*locs, partner.loc}))
             text = rule.match_text()
             entries[text] = tuple(sorted({*entries.get(text, ()), *locs}))
+            scopes.setdefault(text, "host" if rule.fields.get("scope") == "host" else "all")
         for rule in unpaired_out:
             problems.append(
                 Problem(
@@ -345,16 +355,16 @@ def _notrack(
             text = Rule(rule.loc, "", _mirror(rule.fields)).match_text()
             entries[text] = tuple(sorted({*entries.get(text, ()), rule.loc}))
     result: list[tuple[str, str, tuple[Loc, ...]]] = []
-    places: dict[str, set[Loc]] = {}
+    where: dict[str, set[Loc]] = {}
     for entries in found.values():
         for text, locs in entries.items():
-            places.setdefault(text, set()).update(locs)
-    for text in sorted(places, key=lambda t: min(places[t])):  # in the order of the input
+            where.setdefault(text, set()).update(locs)
+    for text in sorted(where, key=lambda t: min(where[t])):  # in the order of the input
         having = [f for f in families if text in found.get(f, {})]
-        locs = tuple(sorted(places[text]))
+        scope = scopes.get(text, "all")
         if len(having) < len(families) and not re.search(r"\b(from|to|icmp|icmpv6)\b", text):
             text = f"{having[0]} {text}"
-        result.append((text, "all", locs))
+        result.append((text, scope, tuple(sorted(where[text]))))
     return result
 
 

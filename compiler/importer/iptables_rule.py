@@ -62,6 +62,15 @@ NON_TERMINAL = {
     "IDLETIMER",
     "CT",
 }
+KNOWN_OPTIONS = {
+    "--dport", "--destination-port", "--sport", "--source-port", "--dports", "--sports",
+    "--destination-ports", "--source-ports", "--ports", "--ctstate", "--state", "--icmp-type",
+    "--icmpv6-type", "--limit", "--limit-burst", "--comment", "--syn", "--tcp-flags",
+    "--hashlimit-upto", "--hashlimit-above", "--hashlimit-burst", "--hashlimit-mode", "--hashlimit-name",
+    "--hashlimit-srcmask", "--hashlimit-dstmask", "--hashlimit-htable-size", "--hashlimit-htable-max",
+    "--hashlimit-htable-expire", "--hashlimit-htable-gcinterval", "--hashlimit-rate-match",
+    "--hashlimit-rate-interval",
+}  # fmt: skip
 TOP_OPTIONS = {
     "-p",
     "--protocol",
@@ -161,6 +170,8 @@ def read_rule(path: str, number: int, words: list[Token], table: str, problems: 
             continue
         if option in ("-m", "--match"):
             module = state.take(token).text
+            if module == "addrtype" and _local_destination(state):
+                continue
             if module not in (
                 "tcp",
                 "udp",
@@ -178,6 +189,11 @@ def read_rule(path: str, number: int, words: list[Token], table: str, problems: 
                 state.inexact(token, f"-m {module}")
                 _skip_options(state)
             continue
+        if module and option.startswith("--") and option not in KNOWN_OPTIONS:
+            # an option of a module nfc reads, that nfc has no word for (--ctstatus, ...)
+            state.inexact(token, f"{'! ' if negated else ''}{option}")
+            _skip_options(state, then=True)
+            continue
         value = state.take(token)
         _option(state, token, option, value, negated, module)
     if not rule.verdict:
@@ -185,9 +201,23 @@ def read_rule(path: str, number: int, words: list[Token], table: str, problems: 
     return rule
 
 
-def _skip_options(state: _Rule) -> None:
-    while state.position < len(state.words) and state.words[state.position].text not in TOP_OPTIONS:
+def _skip_options(state: _Rule, then: bool = False) -> None:
+    """Past a module's options (`then`: past one option's values only)."""
+    while state.position < len(state.words):
+        text = state.words[state.position].text
+        if text in TOP_OPTIONS or (then and text.startswith("--")):
+            break
         state.position += 1
+
+
+def _local_destination(state: _Rule) -> bool:
+    """`-m addrtype --dst-type LOCAL` alone: the host's own addresses (notrack `scope: host`)."""
+    words = [w.text for w in state.words[state.position : state.position + 2]]
+    if words != ["--dst-type", "LOCAL"]:
+        return False
+    state.position += 2
+    state.rule.fields["scope"] = "host"
+    return True
 
 
 def _option(state: _Rule, token: Token, option: str, value: Token, negated: bool, module: str) -> None:

@@ -10,6 +10,20 @@ from collections.abc import Iterator
 from nfc.errors import Loc, PolicyError
 
 Json = object
+# Statements that decide no verdict; any other statement nfc does not know may decide one.
+NON_TERMINAL = (
+    "counter",
+    "mangle",
+    "quota",
+    "ct",
+    "meta",
+    "xt",
+    "dup",
+    "fwd",
+    "tproxy",
+    "synproxy",
+    "secmark",
+)
 
 
 def items(path: str, text: str) -> Iterator[tuple[dict[str, Json], Loc]]:
@@ -171,7 +185,7 @@ def _statement(statement: Json) -> str:
     if kind in ("accept", "drop", "return", "continue", "notrack"):
         return kind
     if not isinstance(inner, dict):
-        return "counter" if kind == "counter" else f"unknown-{kind}"
+        return "counter" if kind == "counter" else f"unknown-verdict-{kind}"
     if kind == "match":
         op = {"==": "", "in": ""}.get(str(inner.get("op")), str(inner.get("op")))
         return " ".join(w for w in (_expression(inner.get("left")), op, _value(inner.get("right"))) if w)
@@ -190,6 +204,16 @@ def _statement(statement: Json) -> str:
         prefix = f" prefix {json.dumps(inner['prefix'])}" if "prefix" in inner else ""
         level = f" level {inner['level']}" if "level" in inner else ""
         return f"log{prefix}{level}"
+    if kind == "vmap":
+        data = inner.get("data")
+        pairs = data.get("set") if isinstance(data, dict) else None
+        if isinstance(pairs, list):
+            mapped = [
+                f"{_value(p[0])} : {_statement(p[1])}" for p in pairs if isinstance(p, list) and len(p) == 2
+            ]
+            return f"{_expression(inner.get('key'))} vmap {{ {', '.join(mapped)} }}"
+    if kind in NON_TERMINAL:
+        return f"unknown-{kind}"
     if kind == "set" and inner.get("op") in ("update", "add"):
         stmts = inner.get("stmt")
         first = stmts[0] if isinstance(stmts, list) and stmts else None
@@ -197,4 +221,4 @@ def _statement(statement: Json) -> str:
         if isinstance(first, dict) and isinstance(first.get("limit"), dict):
             limit = _limit(first["limit"])
         return f"{inner.get('op')} {inner.get('set')} {{ {_expression(inner.get('elem'))} {limit} }}"
-    return f"unknown-{kind}"
+    return f"unknown-verdict-{kind}"  # a statement that may decide: the rule drops

@@ -28,6 +28,7 @@ class Context(Protocol):
 
     source: Source
     sets: dict[str, tuple[list[str], list[str], Loc]]  # name -> types, elements, where declared
+    generated: bool  # the text was written from JSON: places are the JSON's
 
     def error(
         self, statement: Statement, index: int, message: str, hint: str | None = None
@@ -47,6 +48,7 @@ class RuleReader:
         self.index = 0
         self.concat: tuple[list[str], list[list[str]]] | None = None  # fields, elements
         self.narrowed: list[str] = []  # ICMP types nfc has no name for
+        self.vmap: list[tuple[str, str]] = []  # ct state vmap: (state, verdict) pairs
 
     def word(self, offset: int = 0) -> str:
         position = self.index + offset
@@ -71,18 +73,16 @@ class RuleReader:
         return "{" + ", ".join(items(" ".join(words).replace(" ,", ","))) + "}"
 
     def inexact(self, what: str) -> None:
-        self.rule.inexact.append(what)
-        if self.rule.loc == self.st.loc:
-            self.rule.loc = (
-                self.st.loc._replace(col=self.st.cols[max(0, self.index - 1)])
-                if self.st.loc.col
-                else self.st.loc
-            )
+        self.rule.inexact.append(what.replace("unknown-verdict-", "").replace("unknown-", ""))
+        if self.rule.loc == self.st.loc and not self.reader.generated:  # JSON: the object's place stays
+            self.rule.loc = self.st.loc._replace(col=self.st.cols[max(0, self.index - 1)])
 
     def read(self) -> list[Rule]:
         while self.index < len(self.st.words):
             self.statement()
         rule = self.rule
+        if self.vmap:
+            return self.mapped(rule)
         if not rule.verdict:
             rule.verdict = "log" if rule.log else "nothing"
         if self.concat is None:
@@ -91,6 +91,29 @@ class RuleReader:
         return [
             replace(rule, fields={**rule.fields, **dict(zip(names, element, strict=True))})
             for element in elements
+        ]
+
+    def mapped(self, rule: Rule) -> list[Rule]:
+        """`ct state vmap { invalid : drop, established : accept, ... }`: one
+        rule per verdict (the states are disjoint, so in any order). A verdict
+        nfc cannot follow there (a jump), or a map of anything else, drops."""
+        verdicts: dict[str, list[str]] = {}
+        for state, verdict in self.vmap:
+            if verdict not in ("accept", "drop") or state not in vocab.CT_STATES:
+                verdicts = {}
+                break
+            verdicts.setdefault(verdict, []).append(state)
+        if not verdicts:
+            fields = {k: v for k, v in rule.fields.items() if k != "ct"}
+            inexact = rule.inexact or ["a verdict map"]
+            return [replace(rule, verdict="drop", fields=fields, inexact=inexact)]
+        return [
+            replace(
+                rule,
+                verdict=verdict,
+                fields={**rule.fields, "ct": ",".join(sorted(states, key=vocab.CT_STATES.index))},
+            )
+            for verdict, states in sorted(verdicts.items(), key=lambda v: v[0] != "drop")
         ]
 
     def statement(self) -> None:
@@ -134,7 +157,9 @@ class RuleReader:
             self.rule.comment = self.take().strip('"').replace('"', "'")
         elif word == "fib":
             words = [self.take() for _ in range(3)]
-            if words != ["daddr", "type", "local"]:
+            if words == ["daddr", "type", "local"]:
+                self.rule.fields["scope"] = "host"  # the host's own addresses
+            else:
                 self.inexact(f"fib {' '.join(words)}")
         elif word in VERDICTS:
             self.verdict(word)
@@ -142,12 +167,20 @@ class RuleReader:
             # a match nfc has no word for: everything up to the next statement nfc knows
             skipped = [word]
             while self.word() and self.word() not in (*VERDICTS, "log", "counter", "comment"):
+                if self.word() == "vmap" or self.word().startswith("unknown-verdict"):
+                    # verdicts nfc cannot follow: the rule drops instead
+                    word = self.take()
+                    skipped.append(f"vmap {self.value()}" if word == "vmap" else word)
+                    self.vmap = [("", "drop")]
+                    continue
                 skipped.append(self.take())
             self.inexact(" ".join(skipped)[:60])
 
     def meta(self) -> None:
         key = self.take()
         value = self.value()
+        if value == "set":
+            value = f"set {self.value()}"
         if key == "nfproto" and value in ("ipv4", "ipv6"):
             self.rule.fields["family"] = "ip" if value == "ipv4" else "ip6"
         elif key == "l4proto" and not value.startswith("{"):
@@ -250,6 +283,11 @@ class RuleReader:
 
     def conntrack(self) -> None:
         key = self.take()
+        if self.word() == "vmap":
+            self.take()
+            pairs = [item.partition(" : ") for item in items(self.value()[1:-1])]
+            self.vmap = [(k.strip(), v.strip()) for k, _, v in pairs] if key == "state" else [("", "drop")]
+            return
         value = self.value()
         states = items(value[1:-1]) if value.startswith("{") else value.split(",")
         if key != "state" or not set(states) <= set(vocab.CT_STATES):

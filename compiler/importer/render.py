@@ -32,7 +32,7 @@ def render(policy: Policy, problems: list[Problem]) -> str:
     if policy.notrack:
         lines += ["conntrack:", "  notrack:"]
         for text, scope, locs in policy.notrack:
-            lines.append(f"    - {{rule: {_quoted(text)}, scope: {scope}}}  # {_where(locs)}")
+            lines.append(f"    - {{rule: {_quoted(text, flow=True)}, scope: {scope}}}  # {_where(locs)}")
     for section in policy.sections:
         lines += _section(section, problems)
     return "\n".join(lines) + "\n"
@@ -75,8 +75,10 @@ def _note(rule: Rule, notes: dict[int, Problem]) -> str:
     return f" (stricter: without {', '.join(rule.inexact)})"
 
 
-def _quoted(text: str) -> str:
-    if PLAIN.fullmatch(text) and ": " not in text and " #" not in text and not text.endswith(":"):
+def _quoted(text: str, flow: bool = False) -> str:
+    """`text` as a YAML scalar: plain where YAML reads it back as it is."""
+    special = ": " in text or " #" in text or text.endswith(":") or (flow and any(c in text for c in ",{}[]"))
+    if PLAIN.fullmatch(text) and not special:
         return text
     return "'" + text.replace("'", "''") + "'"
 
