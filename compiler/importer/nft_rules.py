@@ -163,6 +163,9 @@ class RuleReader:
                 self.inexact(f"fib {' '.join(words)}")
         elif word in VERDICTS:
             self.verdict(word)
+        elif word == "vmap":  # a map of verdicts on a key read before: nfc cannot follow it, the rule drops
+            self.inexact(f"vmap {self.value()}")
+            self.vmap = [("", "drop")]
         else:
             # a match nfc has no word for: everything up to the next statement nfc knows
             skipped = [word]
