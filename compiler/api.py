@@ -297,7 +297,15 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
 
 def _lint_text(policy: str, path: Path) -> list[Finding]:
     path.write_text(policy, encoding="utf-8")
-    return nfc.lint.lint(compile_policy(str(path), allow_empty=True).ruleset)
+    try:
+        ruleset = compile_policy(str(path), allow_empty=True).ruleset
+    except PolicyError as exc:  # nfc's own limit, not the input's: say where in the policy
+        raise PolicyError(
+            exc.loc._replace(file="<import>"),
+            f"the imported policy does not compile: {exc.message}",
+            "please report it with the input line this policy line names",
+        ) from None
+    return nfc.lint.lint(ruleset)
 
 
 def _on_input(finding: Finding, literal: str) -> str:

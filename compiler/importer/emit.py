@@ -10,6 +10,7 @@ say when it drops or rejects (it then drops more)."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field, replace
 
@@ -185,25 +186,19 @@ def _key(rule: Rule) -> str | None:
 
 
 def _lcs_merge(v4: list[Rule], v6: list[Rule]) -> list[Rule]:
-    keys4, keys6 = [_key(r) for r in v4], [_key(r) for r in v6]
-    n, m = len(v4), len(v6)
-    table = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n - 1, -1, -1):
-        for j in range(m - 1, -1, -1):
-            same = keys4[i] is not None and keys4[i] == keys6[j]
-            table[i][j] = table[i + 1][j + 1] + 1 if same else max(table[i + 1][j], table[i][j + 1])
+    """Both families' rules in one list: the blocks the two have in common
+    (difflib's, in order) once, for both; the rest each with its family."""
+    keys4 = [_key(r) or f"\0ip {i}" for i, r in enumerate(v4)]  # a rule that may not merge matches nothing
+    keys6 = [_key(r) or f"\0ip6 {i}" for i, r in enumerate(v6)]
     out: list[Rule] = []
     i = j = 0
-    while i < n or j < m:
-        if i < n and j < m and keys4[i] is not None and keys4[i] == keys6[j]:
-            out.append(replace(v4[i], locs=tuple(sorted({*v4[i].locs, v6[j].loc, *v6[j].locs}))))
-            i, j = i + 1, j + 1
-        elif j >= m or (i < n and table[i + 1][j] >= table[i][j + 1]):
-            out.append(_with_family(v4[i], "ip"))
-            i += 1
-        else:
-            out.append(_with_family(v6[j], "ip6"))
-            j += 1
+    for block in difflib.SequenceMatcher(None, keys4, keys6, autojunk=False).get_matching_blocks():
+        out += [_with_family(r, "ip") for r in v4[i : block.a]]
+        out += [_with_family(r, "ip6") for r in v6[j : block.b]]
+        for k in range(block.size):
+            four, six = v4[block.a + k], v6[block.b + k]
+            out.append(replace(four, locs=tuple(sorted({*four.locs, six.loc, *six.locs}))))
+        i, j = block.a + block.size, block.b + block.size
     return out
 
 

@@ -226,7 +226,8 @@ class _Reader:
 
     def finish(self) -> None:
         for name, (types, elements, _) in self.sets.items():
-            simple = all(" " not in element for element in elements)  # no run-time state, no concatenation
+            # no run-time state, no concatenation, no address range (nfc has none)
+            simple = all(" " not in e and not ("-" in e and any(c in e for c in ".:")) for e in elements)
             if len(types) == 1 and types[0] in TYPES and elements and simple:
                 self.source.sets[name] = elements
         for family, chain, rules in self.chains:
