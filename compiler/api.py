@@ -278,7 +278,8 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
     translation = nfc.importer.translate(path, text, source_format)
     with tempfile.TemporaryDirectory(prefix="nfc-import-") as scratch:
         findings = _lint_text(translation.policy, Path(scratch) / "import.yaml")
-        before = _lint_text(translation.literal, Path(scratch) / "literal.yaml")
+        unchanged = translation.literal == translation.policy  # nothing fixed: no second lint
+        before = findings if unchanged else _lint_text(translation.literal, Path(scratch) / "literal.yaml")
     kept = {(f.code, f.message) for f in findings}
     fixed = [_on_input(f, translation.literal) for f in before if (f.code, f.message) not in kept]
     shown = output or "<import>"
