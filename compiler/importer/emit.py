@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from nfc.errors import Loc
-from nfc.importer.model import HOOKS, TERMINAL, Chain, Problem, Rule, Source, flatten, places
+from nfc.importer.model import HOOKS, TERMINAL, Chain, Problem, Rule, Source, flatten, join_alike, places
 
 FAMILY_NAMES = {"ip": "IPv4", "ip6": "IPv6"}
 SET_LITERAL = re.compile(r"\{[^{}]*\}")
@@ -73,6 +73,7 @@ def build(source: Source, literal: bool = False) -> Policy:
             continue
         section = _merge(hook, chains, families, problems)
         _recognise_state(section, bool(entries), policy.notes, literal)
+        section.rules = join_alike(section.rules)
         if section.rules or section.tail or section.policy == "drop" or section.left_out:
             policy.sections.append(section)
     _name_lists(policy)

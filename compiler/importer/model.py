@@ -258,3 +258,55 @@ def _fold_logs(rules: list[Rule], problems: list[Problem]) -> list[Rule]:
         )
         index += 1
     return out
+
+
+JOINABLE = ("dport", "sport", "saddr", "daddr")
+
+
+def join_alike(rules: list[Rule]) -> list[Rule]:
+    """Neighbours that differ in one list-valued match only become one rule
+    with the union (`accept tcp dport 80` and `accept tcp dport 443`: `accept
+    tcp dport {80, 443}`): the same packets, decided in the same place. A
+    limit is one bucket per rule, so limited rules stay as they are."""
+    out: list[Rule] = []
+    for rule in rules:
+        last = out[-1] if out else None
+        key = _joinable_with(last, rule) if last is not None else None
+        if last is None or key is None:
+            out.append(rule)
+            continue
+        members = _members(last.fields[key]) + [
+            m for m in _members(rule.fields[key]) if m not in _members(last.fields[key])
+        ]
+        fields = dict(last.fields)
+        fields[key] = "{" + ", ".join(members) + "}"
+        if last.fields.get("family") != rule.fields.get("family"):
+            fields.pop("family", None)  # the addresses say each one's family
+        out[-1] = replace(last, fields=fields, locs=tuple(sorted({*last.locs, rule.loc, *rule.locs})))
+    return out
+
+
+def _joinable_with(last: Rule, rule: Rule) -> str | None:
+    if (last.verdict, last.log, last.comment, last.inexact, rule.inexact) != (
+        rule.verdict,
+        rule.log,
+        rule.comment,
+        [],
+        [],
+    ):
+        return None
+    if "limit" in last.fields or "limit" in rule.fields:
+        return None
+    differing = {k for k in {*last.fields, *rule.fields} if last.fields.get(k) != rule.fields.get(k)}
+    if differing - {"family"} and len(differing - {"family"}) == 1:
+        key = next(iter(differing - {"family"}))
+        values = (last.fields.get(key), rule.fields.get(key))
+        plain = all(v and not v.startswith(("not ", "$")) for v in values)
+        # a family match may differ only where the addresses say the family
+        if key in JOINABLE and plain and ("family" not in differing or key in ("saddr", "daddr")):
+            return key
+    return None
+
+
+def _members(value: str) -> list[str]:
+    return [m.strip() for m in value.strip("{}").split(",")] if value.startswith("{") else [value]
