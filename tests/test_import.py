@@ -219,3 +219,19 @@ def test_verdict_maps_are_rules_or_drops_and_a_local_notrack_is_scope_host(tmp_p
     assert not any("dport 25" in rule for rule in policy)  # the accept with a mark is left out
     assert "{rule: udp dport 53, scope: host}" in result.policy
     assert sorted(p.loc.line for p in result.problems) == [6, 7]
+
+
+def test_nothing_moves_before_a_drop_it_could_let_through(tmp_path: Path) -> None:
+    save = (
+        "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        "-A INPUT -m conntrack --ctstate INVALID -j DROP\n"
+        "-A INPUT -i lo -j ACCEPT\n"
+        "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+        "-A INPUT -s 192.0.2.0/24 -j DROP\n"
+        "-A INPUT -i lo -j ACCEPT\n"
+        "COMMIT\n"
+    )
+    policy = api.import_ruleset(_write(save, "order.rules", tmp_path)).policy
+    # loopback: accept would come before the invalid drop; lo stays a rule
+    assert "loopback: manual" in policy and "accept ip iif lo" in policy
+    assert rules(policy)[:2] == ["- drop ip ct state invalid", "- accept ip iif lo"]

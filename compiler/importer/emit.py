@@ -229,7 +229,11 @@ def _recognise_state(section: Section, has_notrack: bool, notes: list[str], lite
         len(rules),
     )
     lo_field = {"input": "iif", "output": "oif"}.get(section.name)
-    for index, rule in enumerate(rules[:barrier]):
+    # loopback: accept comes before the invalid drop too
+    lo_barrier = next(
+        (i for i, r in enumerate(rules) if r.verdict != "accept" or "limit" in r.fields), len(rules)
+    )
+    for index, rule in enumerate(rules[:lo_barrier]):
         if lo_field and rule.fields == {lo_field: "lo"}:
             section.loopback, section.loopback_locs = "accept", rule.all_locs()
             del rules[index]
