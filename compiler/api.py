@@ -300,13 +300,21 @@ def _lint_text(policy: str, path: Path) -> list[Finding]:
     path.write_text(policy, encoding="utf-8")
     try:
         ruleset = compile_policy(str(path), allow_empty=True).ruleset
-    except PolicyError as exc:  # nfc's own limit, not the input's: say where in the policy
+    except PolicyError as exc:  # placed on the input line the policy line names
         raise PolicyError(
-            exc.loc._replace(file="<import>"),
-            f"the imported policy does not compile: {exc.message}",
-            "please report it with the input line this policy line names",
+            _input_loc(policy.splitlines(), exc.loc.line) or exc.loc._replace(file="<import>"),
+            f"nfc cannot take this as it is: {exc.message}",
+            exc.hint,
         ) from None
     return nfc.lint.lint(ruleset)
+
+
+def _input_loc(lines: list[str], line: int) -> Loc | None:
+    """The first input place a generated policy line names in its comment."""
+    if not 0 < line <= len(lines):
+        return None
+    match = re.search(r"  # (.+?):([0-9]+)(?::([0-9]+))?", lines[line - 1])
+    return Loc(match[1], int(match[2]), int(match[3] or 1)) if match else None
 
 
 def _on_input(finding: Finding, literal: str) -> str:

@@ -131,6 +131,7 @@ def test_nat_rules_are_reported_until_nat_is_translated(tmp_path: Path) -> None:
     assert [p.loc.line for p in result.problems] == [4]
 
 
+REVERSED = "table inet f {\n\tchain input {\n\t\ttype filter hook input priority 0;\n\t\ttcp dport 910-10 accept\n\t}\n}\n"
 BAD = [
     ("truncated.rules", "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\n", 3, "no COMMIT"),
     ("table.rules", "*filtre\n:INPUT DROP [0:0]\nCOMMIT\n", 1, "unknown table 'filtre'"),
@@ -151,6 +152,8 @@ BAD = [
     ("family.nft", "table foo bar {\n}\n", 1, "unknown table family"),
     ("broken.json", '{"nftables": [{"table": {"family": "inet"', 1, "not JSON"),
     ("nothing.txt", "hello\n", 1, "neither iptables-save output nor an nft ruleset"),
+    # a value nfc refuses is placed on the input line the policy line names
+    ("reversed.nft", REVERSED, 4, "port range 910-10 is reversed"),
 ]
 
 

@@ -361,10 +361,10 @@ def _notrack(
             where.setdefault(text, set()).update(locs)
     for text in sorted(where, key=lambda t: min(where[t])):  # in the order of the input
         having = [f for f in families if text in found.get(f, {})]
-        scope = scopes.get(text, "all")
-        if len(having) < len(families) and not re.search(r"\b(from|to|icmp|icmpv6)\b", text):
-            text = f"{having[0]} {text}"
-        result.append((text, scope, tuple(sorted(where[text]))))
+        written = text
+        if len(having) < len(families) and not re.search(r"\b(ip|ip6|from|to|icmp|icmpv6)\b", text):
+            written = f"{having[0]} {text}"
+        result.append((written, scopes.get(text, "all"), tuple(sorted(where[text]))))
     return result
 
 

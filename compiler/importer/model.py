@@ -123,6 +123,7 @@ class Source:
     format: str
     families: dict[str, dict[str, Table]] = field(default_factory=dict)
     sets: dict[str, list[str]] = field(default_factory=dict)  # named sets (nft), as nfc define values
+    set_locs: dict[str, Loc] = field(default_factory=dict)  # where each named set is declared
     problems: list[Problem] = field(default_factory=list)
 
     def table(self, family: str, kind: str) -> Table:

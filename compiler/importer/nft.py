@@ -225,11 +225,12 @@ class _Reader:
         del loc
 
     def finish(self) -> None:
-        for name, (types, elements, _) in self.sets.items():
+        for name, (types, elements, loc) in self.sets.items():
             # no run-time state, no concatenation, no address range (nfc has none)
             simple = all(" " not in e and not ("-" in e and any(c in e for c in ".:")) for e in elements)
             if len(types) == 1 and types[0] in TYPES and elements and simple:
                 self.source.sets[name] = elements
+                self.source.set_locs[name] = loc
         for family, chain, rules in self.chains:
             kind = chain.name.split(":")[-1] if chain.hook else None
             table_kind = (

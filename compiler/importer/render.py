@@ -28,7 +28,9 @@ def render(policy: Policy, problems: list[Problem]) -> str:
     lines += ["nfc: 1"]
     if policy.defines:
         lines.append("define:")
-        lines += [f"  {name}: {value}" for name, value in policy.defines.items()]
+        for name, value in policy.defines.items():
+            declared = source.set_locs.get(name)
+            lines.append(f"  {name}: {value}" + (f"  # {_where((declared,))}" if declared else ""))
     if policy.notrack:
         lines += ["conntrack:", "  notrack:"]
         for text, scope, locs in policy.notrack:
