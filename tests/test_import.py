@@ -131,7 +131,8 @@ def test_nat_rules_are_reported_until_nat_is_translated(tmp_path: Path) -> None:
     assert [p.loc.line for p in result.problems] == [4]
 
 
-REVERSED = "table inet f {\n\tchain input {\n\t\ttype filter hook input priority 0;\n\t\ttcp dport 910-10 accept\n\t}\n}\n"
+REVERSED = "table inet f {\n\tchain input {\n\t\ttype filter hook input priority 0;\n"
+REVERSED += "\t\ttcp dport 910-10 accept\n\t}\n}\n"
 BAD = [
     ("truncated.rules", "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\n", 3, "no COMMIT"),
     ("table.rules", "*filtre\n:INPUT DROP [0:0]\nCOMMIT\n", 1, "unknown table 'filtre'"),
