@@ -22,7 +22,7 @@ from conftest import ROOT
 from lab import TRAFFIC, Lab
 
 FIXTURES = ROOT / "tests" / "fixtures" / "import"
-# fixture -> the probes on which the import may differ (stricter only), or None: no difference at all
+# fixture -> the probes on which its import may differ from it (and then only be stricter)
 UNTRANSLATABLE = {"untranslatable.rules": lambda probe: probe.split()[1] == "tcp" and ":900" in probe}
 # The .json fixtures are `nft -j list ruleset` of the .nft ones: test_import.py shows they import
 # to the same rules, so the kernel proves the .nft ones only.

@@ -119,6 +119,8 @@ class RuleReader:
     def statement(self) -> None:
         word = self.take()
         fields = self.rule.fields
+        if word == "meta" and self.word() in ("iif", "iifname", "oif", "oifname"):
+            word = self.take()  # 'meta iifname' is 'iifname'
         if word in ("iif", "iifname", "oif", "oifname"):
             negated = self.word() == "!="
             value = self.value() if not negated else (self.take(), self.value())[1]
