@@ -60,6 +60,25 @@ def _compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _import(args: argparse.Namespace) -> int:
+    imported = api.import_ruleset(args.file, args.source_format, args.output)
+    if not args.output:
+        sys.stdout.write(imported.policy)
+    for problem in imported.problems:
+        print(problem.render(), file=sys.stderr)
+    for note in imported.notes:
+        print(f"nfc import: {note}", file=sys.stderr)
+    for finding in imported.fixed:
+        print(f"nfc import: fixed, lint's finding on the input as it was: {finding}", file=sys.stderr)
+    print(
+        f"nfc import: lint on the imported policy (the input's own mistakes, kept): "
+        f"{len(imported.findings) or 'no'} finding(s)",
+        file=sys.stderr,
+    )
+    sys.stderr.write(lint.render(imported.findings, "text"))
+    return EXIT_FINDINGS if imported.problems else EXIT_OK
+
+
 def _report(line: str) -> None:
     print(line, flush=True)
 
@@ -324,6 +343,19 @@ def parser() -> argparse.ArgumentParser:
         "--over-limit", action="store_true", help="assume the sender is over every limit (default: within)"
     )
     explain_.set_defaults(run=_explain)
+
+    import_ = commands.add_parser("import", help="turn an iptables-save or nft ruleset into a policy")
+    import_.add_argument("file", metavar="FILE")
+    import_.add_argument(
+        "--from",
+        dest="source_format",
+        choices=("iptables-save", "nft"),
+        help="the input's format (default: detected)",
+    )
+    import_.add_argument(
+        "-o", "--output", metavar="POLICY", help="write the policy here (default: standard output)"
+    )
+    import_.set_defaults(run=_import)
 
     check = commands.add_parser("check", help="have the kernel validate a ruleset without loading it")
     check.add_argument("target", metavar="POLICY|OUTDIR")

@@ -1,0 +1,224 @@
+"""`nft -j list ruleset` JSON, written back as the nft text the text reader
+reads, with each generated line mapped to the place of its object in the
+JSON file (so reports and comments name the JSON's own line and column)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from nfc.errors import Loc, PolicyError
+
+Json = object
+# Statements that decide no verdict; any other statement nfc does not know may decide one.
+NON_TERMINAL = (
+    "counter",
+    "mangle",
+    "quota",
+    "ct",
+    "meta",
+    "xt",
+    "dup",
+    "fwd",
+    "tproxy",
+    "synproxy",
+    "secmark",
+)
+
+
+def items(path: str, text: str) -> Iterator[tuple[dict[str, Json], Loc]]:
+    """The objects of the top-level 'nftables' list, each with its position."""
+    decoder = json.JSONDecoder()
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(Loc(path, exc.lineno, exc.colno), f"not JSON: {exc.msg}", None) from None
+    if not isinstance(whole, dict) or not isinstance(whole.get("nftables"), list):
+        raise PolicyError(
+            Loc(path, 1, 1), "no 'nftables' list: not the output of 'nft -j list ruleset'", None
+        )
+    index = text.index("[", text.index('"nftables"')) + 1
+    for _ in whole["nftables"]:
+        while text[index] in " \t\r\n,":
+            index += 1
+        item, end = decoder.raw_decode(text, index)
+        line = text.count("\n", 0, index) + 1
+        col = index - (text.rfind("\n", 0, index) + 1) + 1
+        index = end
+        if not isinstance(item, dict):
+            raise PolicyError(Loc(path, line, col), "an item of 'nftables' that is not an object", None)
+        yield item, Loc(path, line, col)
+
+
+def to_text(path: str, text: str) -> tuple[str, dict[int, Loc]]:
+    """The ruleset as nft text, and generated line → JSON position."""
+    tables: dict[tuple[str, str], dict[str, list[tuple[str, Loc]]]] = {}
+    chains: dict[tuple[str, str, str], list[tuple[str, Loc]]] = {}
+    for item, loc in items(path, text):
+        kind, body = next(iter(item.items()))
+        if not isinstance(body, dict) or kind == "metainfo":
+            continue
+        key = (str(body.get("family", "")), str(body.get("table", body.get("name", ""))))
+        if kind == "table":
+            tables.setdefault(key, {"sets": [], "chains": []})
+        elif kind == "set":
+            tables.setdefault(key, {"sets": [], "chains": []})["sets"].append((_set(body), loc))
+        elif kind == "chain":
+            tables.setdefault(key, {"sets": [], "chains": []})["chains"].append((str(body.get("name")), loc))
+            chains[(*key, str(body.get("name")))] = [(_chain_head(body), loc)]
+        elif kind == "rule":
+            chain = chains.get((*key, str(body.get("chain"))))
+            if chain is None:
+                raise PolicyError(
+                    loc, f"a rule for chain '{body.get('chain')}', which comes nowhere before it", None
+                )
+            chain.append((_rule(body), loc))
+    lines: list[str] = []
+    positions: dict[int, Loc] = {}
+
+    def add(line: str, loc: Loc | None = None) -> None:
+        lines.append(line)
+        if loc is not None:
+            positions[len(lines)] = loc
+
+    for (family, name), parts in tables.items():
+        add(f"table {family} {name} {{")
+        for set_text, loc in parts["sets"]:
+            for line in set_text.splitlines():
+                add(line, loc)
+            add("}")
+        for chain_name, _ in parts["chains"]:
+            head, *rules = chains[(family, name, chain_name)]
+            add(f"chain {chain_name} {{", head[1])
+            if head[0]:
+                add(head[0], head[1])
+            for rule, loc in rules:
+                add(rule, loc)
+            add("}")
+        add("}")
+    return "\n".join(lines) + "\n", positions
+
+
+def _set(body: dict[str, Json]) -> str:
+    kind = body.get("type")
+    types = " . ".join(kind) if isinstance(kind, list) else str(kind)
+    lines = [f"set {body.get('name')} {{", f"type {types}"]
+    flags = body.get("flags")
+    if isinstance(flags, list) and flags:
+        lines.append("flags " + ",".join(map(str, flags)))
+    elements = body.get("elem")
+    if isinstance(elements, list) and elements:
+        lines.append("elements = { " + ", ".join(_value(e) for e in elements) + " }")
+    return "\n".join(lines)
+
+
+def _chain_head(body: dict[str, Json]) -> str:
+    if "hook" not in body:
+        return ""
+    hook = f"type {body.get('type')} hook {body.get('hook')} priority {body.get('prio')}"
+    return f"{hook}; policy {body.get('policy', 'accept')};"
+
+
+def _value(value: Json) -> str:
+    if isinstance(value, bool) or value is None:
+        return "unknown-value"
+    if isinstance(value, (int, str)):
+        return str(value)
+    if isinstance(value, list):
+        return ",".join(_value(v) for v in value)
+    if isinstance(value, dict) and len(value) == 1:
+        kind, inner = next(iter(value.items()))
+        if kind == "set" and isinstance(inner, list):
+            return "{ " + ", ".join(_value(v) for v in inner) + " }"
+        if kind == "prefix" and isinstance(inner, dict):
+            return f"{inner.get('addr')}/{inner.get('len')}"
+        if kind == "range" and isinstance(inner, list) and len(inner) == 2:
+            return f"{_value(inner[0])}-{_value(inner[1])}"
+        if kind == "concat" and isinstance(inner, list):
+            return " . ".join(_value(v) for v in inner)
+        if kind == "elem" and isinstance(inner, dict):
+            return _value(inner.get("val"))
+    return _expression(value)
+
+
+def _expression(expr: Json) -> str:
+    if not isinstance(expr, dict) or len(expr) != 1:
+        return "unknown-expression"
+    kind, inner = next(iter(expr.items()))
+    if kind == "concat" and isinstance(inner, list):
+        return " . ".join(_expression(e) for e in inner)
+    if not isinstance(inner, dict):
+        return "unknown-expression"
+    if kind == "meta":
+        key = str(inner.get("key"))
+        return key if key in ("iif", "oif", "iifname", "oifname") else f"meta {key}"
+    if kind == "payload" and "protocol" in inner:
+        return f"{inner['protocol']} {inner.get('field')}"
+    if kind == "ct":
+        return f"ct {inner.get('key')}"
+    if kind == "fib":
+        flags = inner.get("flags")
+        return f"fib {' . '.join(flags) if isinstance(flags, list) else flags} {inner.get('result')}"
+    return f"unknown-{kind}"
+
+
+def _rule(body: dict[str, Json]) -> str:
+    statements = body.get("expr")
+    words = [_statement(s) for s in statements] if isinstance(statements, list) else ["unknown-rule"]
+    if isinstance(body.get("comment"), str):
+        words.append(json.dumps(body["comment"]).join(("comment ", "")))
+    return " ".join(words)
+
+
+def _limit(inner: dict[str, Json]) -> str:
+    unit = "" if inner.get("rate_unit", "packets") == "packets" else f" {inner.get('rate_unit')}"
+    over = "over " if inner.get("inv") else ""
+    burst = f" burst {inner['burst']} packets" if "burst" in inner and not unit else ""
+    return f"limit rate {over}{inner.get('rate')}{unit}/{inner.get('per')}{burst}"
+
+
+def _statement(statement: Json) -> str:
+    if not isinstance(statement, dict) or len(statement) != 1:
+        return "unknown-statement"
+    kind, inner = next(iter(statement.items()))
+    kind = str(kind)
+    if kind in ("accept", "drop", "return", "continue", "notrack"):
+        return kind
+    if not isinstance(inner, dict):
+        return "counter" if kind == "counter" else f"unknown-verdict-{kind}"
+    if kind == "match":
+        op = {"==": "", "in": ""}.get(str(inner.get("op")), str(inner.get("op")))
+        return " ".join(w for w in (_expression(inner.get("left")), op, _value(inner.get("right"))) if w)
+    if kind in ("jump", "goto"):
+        return f"{kind} {inner.get('target')}"
+    if kind == "reject":
+        what = str(inner.get("type", ""))
+        if what == "tcp reset":
+            return "reject with tcp reset"
+        return f"reject with {what} {inner['expr']}" if "expr" in inner else "reject"
+    if kind == "counter":
+        return "counter"
+    if kind == "limit":
+        return _limit(inner)
+    if kind == "log":
+        prefix = f" prefix {json.dumps(inner['prefix'])}" if "prefix" in inner else ""
+        level = f" level {inner['level']}" if "level" in inner else ""
+        return f"log{prefix}{level}"
+    if kind == "vmap":
+        data = inner.get("data")
+        pairs = data.get("set") if isinstance(data, dict) else None
+        if isinstance(pairs, list):
+            mapped = [
+                f"{_value(p[0])} : {_statement(p[1])}" for p in pairs if isinstance(p, list) and len(p) == 2
+            ]
+            return f"{_expression(inner.get('key'))} vmap {{ {', '.join(mapped)} }}"
+    if kind in NON_TERMINAL:
+        return f"unknown-{kind}"
+    if kind == "set" and inner.get("op") in ("update", "add"):
+        stmts = inner.get("stmt")
+        first = stmts[0] if isinstance(stmts, list) and stmts else None
+        limit = ""
+        if isinstance(first, dict) and isinstance(first.get("limit"), dict):
+            limit = _limit(first["limit"])
+        return f"{inner.get('op')} {inner.get('set')} {{ {_expression(inner.get('elem'))} {limit} }}"
+    return f"unknown-verdict-{kind}"  # a statement that may decide: the rule drops

@@ -1,0 +1,241 @@
+"""`nfc import` without the kernel: what the policy says, what the import
+reports, bad input. test_netns_import.py proves the fixtures equivalent
+with real packets."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nfc import api, cli
+from nfc.errors import PolicyError
+
+from conftest import ROOT, run_nfc
+
+FIXTURES = ROOT / "tests" / "fixtures" / "import"
+SEEDS = sorted(FIXTURES.glob("seed-*.rules"))
+ERROR = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): error: ", re.M)
+
+
+def imported(name: str) -> api.Imported:
+    return api.import_ruleset(str(FIXTURES / name))
+
+
+def rules(policy: str) -> list[str]:
+    return [line.split("  #")[0].strip() for line in policy.splitlines() if line.startswith("    - ")]
+
+
+@pytest.mark.parametrize("seed", SEEDS, ids=lambda p: p.stem)
+def test_each_seed_imports_exactly_and_lint_runs_on_it(
+    seed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "imported.yaml"
+    assert cli.main(["import", str(seed), "-o", str(policy)]) == 0
+    err = capsys.readouterr().err
+    assert "lint on the imported policy" in err
+    # the written policy is what the library returns, and it compiles and lints as it is
+    assert policy.read_text() == api.import_ruleset(str(seed)).policy
+    assert cli.main(["lint", str(policy)]) in (0, 1)
+
+
+def test_the_blanket_untracked_accept_is_replaced_by_the_untracked_answers() -> None:
+    result = imported("seed-001-stateless-dns.rules")
+    assert "state: auto" in result.policy
+    assert not any("untracked" in rule for rule in rules(result.policy))
+    fixes = [note for note in result.notes if note.startswith("fixes:")]
+    assert fixes and "seed-001-stateless-dns.rules:26" in fixes[0]
+    # the hashlimit it bypassed is a meter the untracked queries now meet
+    assert "drop udp dport 53 limit over 10/second burst 20 per saddr name dns_too_frequen" in result.policy
+    # the untracked answers are accepted by state: auto, for the sport entries
+    compiled = api.compile_policy(_write(result.policy)).ruleset
+    answers = [
+        r for c in compiled.chains if c.name == "input" for r in c.rules if r.match.ct_state == ("untracked",)
+    ]
+    assert {r.match.sport for r in answers if r.match.sport} and all(r.match.dport is None for r in answers)
+
+
+def test_a_state_rule_without_untracked_keeps_the_chain_manual() -> None:
+    text = (
+        (FIXTURES / "seed-000-isc.rules")
+        .read_text()
+        .replace("RELATED,ESTABLISHED,UNTRACKED", "RELATED,ESTABLISHED")
+    )
+    result = api.import_ruleset(_write(text, "seed.rules"))
+    assert "state: auto" not in result.policy  # auto would accept untracked answers the input drops
+    assert any(note.startswith("keeps:") for note in result.notes)
+    assert any(f.code == "NFC020" for f in result.findings)  # lint names the answers the input drops
+
+
+def test_seed_003_notrack_pairs_become_two_mirrored_entries_and_a_define() -> None:
+    policy = imported("seed-003-web-notrack.rules").policy
+    assert "ports_1: [80, 81, 82]" in policy
+    assert "{rule: tcp dport $ports_1, scope: all}" in policy
+    assert "{rule: tcp sport $ports_1, scope: all}" in policy
+    assert (
+        "accept ct state untracked" in policy
+    )  # the forward chain's blanket accept is kept: no state rule there
+
+
+def test_every_rule_names_its_input_lines() -> None:
+    policy = imported("webserver.rules").policy
+    lines = [line for line in policy.splitlines() if line.startswith("    - ")]
+    assert lines and all(re.search(r"# \S+webserver\.rules:\d+", line) for line in lines)
+    assert "'drop ip limit 5/minute burst 5 log prefix \"iptables denied: \" level debug'" in policy
+    assert re.search(r"- drop  # \S+:19,32", policy)  # the DROP after the limited LOG, once for both families
+
+
+def test_the_output_is_deterministic() -> None:
+    first = [api.import_ruleset(str(p)).policy for p in sorted(FIXTURES.iterdir())]
+    second = [api.import_ruleset(str(p)).policy for p in sorted(FIXTURES.iterdir())]
+    assert first == second
+
+
+@pytest.mark.parametrize("name", ["sets-server", "workstation"])
+def test_nft_json_imports_to_the_same_rules_as_the_text(name: str) -> None:
+    text = imported(f"{name}.nft")
+    json = imported(f"{name}.json")
+    assert rules(json.policy) == rules(text.policy)
+    assert len(json.problems) == len(text.problems)
+    assert re.search(r"json:1:\d+", json.policy)  # one-line JSON: placed by column
+
+
+def test_sets_become_defines_and_concatenations_one_rule_per_element() -> None:
+    policy = imported("sets-server.nft").policy
+    assert "admins: [10.77.2.0/28, 192.0.2.10]" in policy
+    assert (
+        "accept tcp dport 5432 from 10.77.1.2" in policy and "accept tcp dport 6379 from 10.77.2.2" in policy
+    )
+    assert "drop ip limit over 50/second burst 100 per saddr name flood" in policy
+
+
+def test_untranslatable_constructs_are_reported_and_the_policy_is_stricter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = str(FIXTURES / "untranslatable.rules")
+    assert cli.main(["import", path]) == 1
+    out, err = capsys.readouterr()
+    reported = {int(m[1]) for m in re.finditer(r"untranslatable\.rules:(\d+):\d+: warning: ", err)}
+    assert reported == {10, 23, 25, 26, 27, 28, 29, 30}
+    assert "drop ip tcp dport 9000  #" in out  # a drop nfc cannot say exactly drops more
+    assert "accept ip tcp dport 9002" not in out  # an accept it cannot say is left out
+    assert "drop ip tcp dport 9004-9005" in out  # the jump into an un-inlinable chain drops
+    assert "reject ip tcp dport 9007" in out
+
+
+def test_nat_rules_are_reported_until_nat_is_translated(tmp_path: Path) -> None:
+    save = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+    save += "-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n"
+    result = api.import_ruleset(_write(save, "nat.rules", tmp_path))
+    assert [p.loc.line for p in result.problems] == [4]
+
+
+REVERSED = "table inet f {\n\tchain input {\n\t\ttype filter hook input priority 0;\n"
+REVERSED += "\t\ttcp dport 910-10 accept\n\t}\n}\n"
+BAD = [
+    ("truncated.rules", "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\n", 3, "no COMMIT"),
+    ("table.rules", "*filtre\n:INPUT DROP [0:0]\nCOMMIT\n", 1, "unknown table 'filtre'"),
+    ("garbage.rules", "*filter\n:INPUT DROP [0:0]\nhello world\nCOMMIT\n", 3, "not iptables-save output"),
+    (
+        "option.rules",
+        "*filter\n:INPUT DROP [0:0]\n-A INPUT --dport-typo 22 -j ACCEPT\nCOMMIT\n",
+        3,
+        "unknown option",
+    ),
+    ("chain.rules", "*filter\n:INPUT DROP [0:0]\n-A NOPE -j ACCEPT\nCOMMIT\n", 3, "has not declared"),
+    (
+        "truncated.nft",
+        "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0;\n",
+        2,
+        "never closed",
+    ),
+    ("family.nft", "table foo bar {\n}\n", 1, "unknown table family"),
+    ("broken.json", '{"nftables": [{"table": {"family": "inet"', 1, "not JSON"),
+    ("nothing.txt", "hello\n", 1, "neither iptables-save output nor an nft ruleset"),
+    # a value nfc refuses is placed on the input line the policy line names
+    ("reversed.nft", REVERSED, 4, "port range 910-10 is reversed"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "line", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_an_error_at_its_place(
+    tmp_path: Path, name: str, text: str, line: int, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    result = run_nfc("import", str(path), "-o", str(tmp_path / "out.yaml"))
+    assert result.returncode == 2, result.stderr
+    match = ERROR.match(result.stderr)
+    assert match and match["file"] == str(path) and int(match["line"]) == line, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "out.yaml").exists()
+
+
+def test_a_missing_file_is_an_error() -> None:
+    with pytest.raises(PolicyError):
+        api.import_ruleset("/nonexistent/rules.v4")
+
+
+def _write(text: str, name: str = "p.yaml", directory: Path | None = None) -> str:
+    import tempfile
+
+    folder = directory or Path(tempfile.mkdtemp(prefix="nfc-test-import-"))
+    path = folder / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_lint_on_the_input_as_it_was_names_what_the_import_fixes() -> None:
+    result = imported("seed-001-stateless-dns.rules")
+    assert any(f.startswith("NFC012 ") and "stateless-dns.rules:26,60" in f for f in result.fixed)
+    assert not any(f.code == "NFC012" for f in result.findings)
+    assert any(f.code == "NFC031" for f in result.findings)  # the redundant output accepts: kept
+
+
+VMAP = """\
+table inet filter {
+\tchain input {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tct state vmap { invalid : drop, established : accept, related : accept }
+\t\ttcp dport 22 accept
+\t\ttcp dport 25 meta mark set 0x1 accept
+\t\tmeta l4proto udp vmap { 53 : jump dns }
+\t}
+\tchain raw {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tudp dport 53 fib daddr type local notrack
+\t}
+\tchain raw_out {
+\t\ttype filter hook output priority raw; policy accept;
+\t\tudp sport 53 notrack
+\t}
+}
+"""
+
+
+def test_verdict_maps_are_rules_or_drops_and_a_local_notrack_is_scope_host(tmp_path: Path) -> None:
+    result = api.import_ruleset(_write(VMAP, "vmap.nft", tmp_path))
+    policy = rules(result.policy)
+    assert policy[1:3] == ["- drop ct state invalid", "- accept ct state established,related"]
+    assert "- drop udp" in policy  # a map of verdicts nfc cannot follow drops what it matches
+    assert not any("dport 25" in rule for rule in policy)  # the accept with a mark is left out
+    assert "{rule: udp dport 53, scope: host}" in result.policy
+    assert sorted(p.loc.line for p in result.problems) == [6, 7]
+
+
+def test_nothing_moves_before_a_drop_it_could_let_through(tmp_path: Path) -> None:
+    save = (
+        "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        "-A INPUT -m conntrack --ctstate INVALID -j DROP\n"
+        "-A INPUT -i lo -j ACCEPT\n"
+        "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+        "-A INPUT -s 192.0.2.0/24 -j DROP\n"
+        "-A INPUT -i lo -j ACCEPT\n"
+        "COMMIT\n"
+    )
+    policy = api.import_ruleset(_write(save, "order.rules", tmp_path)).policy
+    # loopback: accept would come before the invalid drop; lo stays a rule
+    assert "loopback: manual" in policy and "accept ip iif lo" in policy
+    assert rules(policy)[:2] == ["- drop ip ct state invalid", "- accept ip iif lo"]
