@@ -277,12 +277,24 @@ def test_iptables_refuses_a_plus_in_a_list(tmp_path: Path) -> None:
         iptables.generate(with_ir(tmp_path, (listed(tmp_path, 30, ("eth1", "eth+")),)))
 
 
-def test_iptables_refuses_a_nat_rule_with_a_negated_list(tmp_path: Path) -> None:
+def test_iptables_nat_rule_with_a_negated_list_returns_from_a_chain(tmp_path: Path) -> None:
     negated = Addresses(Family.V4, network("10.0.0.0/8").networks + network("172.16.0.0/12").networks, True)
-    rule = NatRule("masquerade", Match(family=Family.V4, saddr=negated), at(tmp_path, 40))
-    with pytest.raises(PolicyError) as caught:
-        iptables.generate(with_ir(tmp_path, nat=(rule,)))
-    assert caught.value.loc.line == 40 and "nat rule with 'not'" in caught.value.message
+    match = Match(family=Family.V4, protocol="tcp", dport=one_port(8080), saddr=negated)
+    address = ipaddress.ip_address("192.168.1.10")
+    rule = NatRule("dnat", match, at(tmp_path, 40), address=address, ports=(80, 80))
+    files = iptables.generate(with_ir(tmp_path, nat=(rule,)))
+    comment = '-m comment --comment "policy.yaml:40"'
+    assert nat_lines(files[RULES_V4])[4:] == [
+        ":nfc-not-1 - [0:0]",
+        f"-A PREROUTING -p tcp -m tcp --dport 8080 {comment} -j nfc-not-1",
+        "-A nfc-not-1 -s 10.0.0.0/8 -j RETURN",
+        "-A nfc-not-1 -s 172.16.0.0/12 -j RETURN",
+        f"-A nfc-not-1 -p tcp {comment} -j DNAT --to-destination 192.168.1.10:80",
+    ]
+    path = tmp_path / RULES_V4
+    path.write_text(files[RULES_V4])
+    result = iptables_check(path)
+    assert result.returncode == 0, result.stderr
 
 
 # ---- the kernel side's ownership of nat

@@ -89,6 +89,7 @@ class FamilyFile:
     ruleset: Ruleset
     family: Family
     user_chains: dict[str, list[str]] = field(default_factory=dict)
+    nat_chains: dict[str, list[str]] = field(default_factory=dict)  # the user chains of table nat
 
     def render(self) -> str:
         nat = [line for rule in self.ruleset.nat if self._covers_nat(rule) for line in self._nat(rule)]
@@ -119,7 +120,7 @@ class FamilyFile:
             lines.extend(rules)
         lines.append("COMMIT")
         if nat:
-            lines.extend(nat_table(nat))
+            lines.extend(nat_table(nat, self.nat_chains))
         return "\n".join(lines) + "\n"
 
     def _covers(self, match: Match) -> bool:
@@ -239,8 +240,6 @@ class FamilyFile:
         ]
 
     def _nat(self, rule: NatRule) -> list[str]:
-        if self._exclusions(rule.match):
-            raise unsupported(rule.origin, "a nat rule with 'not' and several networks")
         chain = NAT_HOOKS[rule.hook]
         comment = self._comment(rule.origin, rule.comment)
         target = ["-j", NAT_TARGETS[rule.kind]]
@@ -253,6 +252,17 @@ class FamilyFile:
             target += [option, address + (f":{ports}" if ports else "")]
         elif ports:
             target += ["--to-ports", ports]
+        exclusions = self._exclusions(rule.match)
+        if exclusions:
+            # as in filter: a chain that returns for each excluded network;
+            # its rule repeats the protocol, which a new port needs to load
+            name = f"nfc-not-{len(self.nat_chains) + 1}"
+            protocol = (
+                ["-p", str(self._protocol(rule.match.protocol, rule.origin))] if rule.match.protocol else []
+            )
+            self.nat_chains[name] = [" ".join(["-A", name, *e]) for e in exclusions]
+            self.nat_chains[name].append(" ".join(["-A", name, *protocol, *comment, *target]))
+            target = ["-j", name]
         return [
             " ".join(["-A", chain, *options, *comment, *target])
             for options in self._combinations(rule.match, rule.origin)
@@ -357,9 +367,17 @@ class FamilyFile:
         return options
 
 
-def nat_table(rules: list[str]) -> list[str]:
-    """The nat table with `rules`; empty, what a load without NAT puts in force."""
-    return ["*nat", *(f":{chain} ACCEPT [0:0]" for chain in NAT_CHAINS), *rules, "COMMIT"]
+def nat_table(rules: list[str], user_chains: dict[str, list[str]] | None = None) -> list[str]:
+    """The nat table with `rules` and `user_chains`; empty, what a load without NAT puts in force."""
+    chains = user_chains or {}
+    return [
+        "*nat",
+        *(f":{chain} ACCEPT [0:0]" for chain in NAT_CHAINS),
+        *(f":{name} - [0:0]" for name in chains),
+        *rules,
+        *(line for lines in chains.values() for line in lines),
+        "COMMIT",
+    ]
 
 
 def _check_global_limits(ruleset: Ruleset) -> None:
