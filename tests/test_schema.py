@@ -82,8 +82,15 @@ def test_every_policy_of_the_repository_passes(path: Path) -> None:
 
 
 def load_includes(path: Path) -> list[str]:
-    value = (read(path.read_text()) or {}).get("include", [])
-    return [value] if isinstance(value, str) else value
+    """The files `path` includes: its `include` and its rule lists' `{include: FILE}` items."""
+    policy = read(path.read_text()) or {}
+    value = policy.get("include", [])
+    names = [value] if isinstance(value, str) else list(value)
+    sections = [policy] + [section for section in policy.values() if isinstance(section, dict)]
+    for section in sections:
+        rules = section.get("rules") or []
+        names += [item["include"] for item in rules if isinstance(item, dict) and "include" in item]
+    return names
 
 
 def test_the_readme_policy_passes() -> None:
