@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from nfc import __version__, api, diff, doctor, explain, lint, timer
+from nfc import __version__, api, diff, doctor, explain, lint, neighbours, timer
 from nfc.artifacts import ArtifactError
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, KernelRefused
@@ -60,7 +60,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _report(line: str) -> None:
-    print(line, flush=True)
+    print(line, file=sys.stderr if line.startswith(neighbours.WARNING) else sys.stdout, flush=True)
 
 
 def _lint(args: argparse.Namespace) -> int:
@@ -98,6 +98,8 @@ def _diff(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     diagnosis = api.doctor(args.policy, args.memory, args.warn_fill, args.log_window)
     sys.stdout.write(doctor.render(diagnosis, args.json))
+    if diagnosis.forward_warning is not None:
+        print(diagnosis.forward_warning, file=sys.stderr)
     return diagnosis.exit_code
 
 
