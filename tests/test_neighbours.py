@@ -139,3 +139,9 @@ def test_unreadable_kernel_output_gives_no_warning(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(nfc.neighbours, "kernel_tables", damaged)
     assert warning_here("nft", "nfc") is None
+
+
+def test_nfc_1_shows_the_warning_the_code_prints() -> None:
+    from test_man import NFC_1, plain  # the page's source with its escapes undone
+
+    assert DOCKER_WARNING in plain(NFC_1).splitlines()
