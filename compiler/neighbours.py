@@ -228,11 +228,35 @@ def parse_legacy(tool: str, dump: str) -> dict[tuple[str, str], Table]:
 
 
 def read_nft() -> dict[tuple[str, str], Table]:
+    """Every table, without the elements of named sets (an address list can
+    hold a million), then the elements of the interface sets rules name."""
     try:
-        listing = Nft().list_json()
+        nft = Nft()
     except ApplyError:
         return {}
-    return parse_nft(listing) if listing is not None else {}
+    listing = nft.list_json(terse=True)
+    if listing is None:
+        return {}
+    for family, table, name in _interface_sets(listing):
+        listing += [item for item in nft.list_json(f"set {family} {table} {name}") or () if "set" in item]
+    return parse_nft(listing)
+
+
+def _interface_sets(listing: list[Any]) -> set[tuple[str, str, str]]:
+    found = set()
+    for item in listing:
+        rule = item.get("rule")
+        for expression in rule["expr"] if rule is not None else ():
+            match = expression.get("match")
+            left = match["left"] if match is not None else None
+            key = left.get("meta", {}).get("key") if isinstance(left, dict) else None
+            if (
+                key in ("iifname", "oifname")
+                and isinstance(match["right"], str)
+                and match["right"][:1] == "@"
+            ):
+                found.add((rule["family"], rule["table"], match["right"][1:]))
+    return found
 
 
 def read_legacy() -> dict[tuple[str, str], Table]:

@@ -63,6 +63,26 @@ def test_no_warning_when_nfc_accepts_the_bridges_and_the_translated_connections(
     assert forward_warning(ACCEPTED_NFT, "nft", "nfc") is None
 
 
+def test_an_interface_set_by_name_is_read_with_its_elements() -> None:
+    """nft -j lists a named set's elements apart from the rule that names it."""
+    listing = [
+        {"table": {"family": "inet", "name": "nfc", "handle": 1}},
+        {"set": {"family": "inet", "name": "containers", "table": "nfc", "type": "ifname",
+                 "flags": ["interval"], "elem": ["br-*", "docker0"]}},
+        {"chain": {"family": "inet", "table": "nfc", "name": "forward", "type": "filter", "hook": "forward",
+                   "prio": 0, "policy": "drop"}},
+        {"rule": {"family": "inet", "table": "nfc", "chain": "forward", "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@containers"}},
+            {"accept": None}]}},
+        {"rule": {"family": "inet", "table": "nfc", "chain": "forward", "expr": [
+            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"accept": None}]}},
+    ]  # fmt: skip
+    ours = parse_nft(listing)
+    assert ours["inet", "nfc"].accepts("forward")[0].iif == ("br-*", "docker0")
+    tables = {k: v for k, v in DOCKER_NFT.items() if k != ("inet", "nfc")} | ours
+    assert forward_warning(tables, "nft", "nfc") is None
+
+
 def test_no_warning_without_a_forward_drop() -> None:
     tables = dict(DOCKER_NFT)
     ours = tables["inet", "nfc"]

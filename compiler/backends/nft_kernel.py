@@ -80,19 +80,21 @@ class Nft:
             rc, output, error = result.returncode, result.stdout, result.stderr
         return (output, "") if rc == 0 else (None, error)
 
-    def list_json(self) -> NftObjects | None:
-        """`nft -j list ruleset`: every table of this namespace, as objects; None if unreadable."""
+    def list_json(self, what: str = "ruleset", terse: bool = False) -> NftObjects | None:
+        """`nft -j [-t] list WHAT` as objects; None if unreadable. `terse`
+        leaves out the elements of named sets, which can be millions."""
         if self.binding is not None:
             binding = self.binding
             binding.set_json_output(True)  # type: ignore[attr-defined]
+            binding.set_terse_output(terse)  # type: ignore[attr-defined]
             try:
-                rc, output, _ = binding.cmd("list ruleset")  # type: ignore[attr-defined]
+                rc, output, _ = binding.cmd(f"list {what}")  # type: ignore[attr-defined]
             finally:
                 binding.set_json_output(False)  # type: ignore[attr-defined]
+                binding.set_terse_output(False)  # type: ignore[attr-defined]
         else:
-            result = subprocess.run(
-                ["nft", "-j", "list", "ruleset"], capture_output=True, text=True, timeout=60
-            )
+            command = ["nft", "-j", *(["-t"] if terse else []), "list", *what.split()]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
             rc, output = result.returncode, result.stdout
         if rc != 0:
             return None
