@@ -42,7 +42,7 @@ class Rule:
 
     iif: tuple[str, ...] = ()  # names a packet's iifname must be one of ('*' ends a prefix)
     oif: tuple[str, ...] = ()
-    ct_state: bool = False  # matches connection states or statuses only (established, dnat)
+    ct_state: bool = False  # matches a connection state or status (established, dnat)
     ct_dnat: bool = False  # matches connections whose destination was translated
     narrowed: bool = False  # has a match besides interfaces and connection state
     verdict: str | None = None  # accept, drop, jump, goto, return, ...
