@@ -195,7 +195,7 @@ def _legacy_rule(words: list[str]) -> Rule:
             oif += (name,)
         elif word in ("--ctstate", "--ctstatus", "--state"):
             ct_state = True
-            ct_dnat = ct_dnat or (word == "--ctstatus" and "DNAT" in value.split(","))
+            ct_dnat = ct_dnat or (word != "--state" and "DNAT" in value.split(","))  # --ctstate DNAT too
         elif word in ("-j", "-g") and value in LEGACY_VERDICTS:
             verdict = value.lower()
         elif word in ("-j", "-g"):  # a chain, or a target such as DNAT or LOG

@@ -117,6 +117,11 @@ COMMIT
 """,
     )
     assert forward_warning(tables | accepting, "iptables-legacy", "nfc") is None
+    # nfc writes ct status dnat as the conntrack match's virtual state DNAT
+    as_nfc_writes = parse_legacy(
+        "iptables-legacy", "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate DNAT -j ACCEPT\nCOMMIT\n"
+    )
+    assert as_nfc_writes["iptables-legacy", "filter"].chains["FORWARD"].rules[0].ct_dnat
 
 
 def test_docker_on_iptables_legacy_beside_nfc_on_nft() -> None:

@@ -14,6 +14,7 @@ rollback. Every namespace is removed afterwards, also on failure."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -126,6 +127,7 @@ class DockerLab:
         container.run("ip", "route", "add", "default", "via", HOST_BRIDGE4)
         outside.run("ip", "addr", "add", f"{OUTSIDE4}/24", "dev", "eth0")
         outside.run("ip", "link", "set", "eth0", "up")
+        outside.run("ip", "route", "add", "172.17.0.0/16", "via", HOST_UPLINK4)  # a neighbour on the link
         host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         result = subprocess.run(
             ["ip", "netns", "exec", host.name, "iptables-nft-restore"],
@@ -164,6 +166,12 @@ class DockerLab:
             "connect", "--server", HOST_UPLINK4, "--port", str(PUBLISHED), "--source", OUTSIDE4
         )["connected"] == 1  # fmt: skip
 
+    def outside_reaches_container_directly(self) -> bool:
+        """To the container's own address, not through the published port."""
+        return self.outside.traffic(
+            "connect", "--server", CONTAINER4, "--port", str(CONTAINER_PORT), "--source", OUTSIDE4
+        )["connected"] == 1  # fmt: skip
+
     def foreign_tables(self) -> dict[str, str]:
         """Docker's tables as the kernel lists them, counters left out."""
         return {table: self.host.nft("-s", "list", *table.split()) for table in FOREIGN}
@@ -188,9 +196,30 @@ def naive(tmp_path: Path) -> Path:
 
 
 def test_docker_rules_alone_forward_both_ways(docker_lab: DockerLab) -> None:
-    """The lab itself: Docker's rules let the container out and the published port in."""
+    """The lab itself: Docker's rules let the container out and the published
+    port in, and (as Docker's do) a neighbour on the uplink straight to the
+    container's port."""
     assert docker_lab.container_reaches_outside()
     assert docker_lab.outside_reaches_published_port()
+    assert docker_lab.outside_reaches_container_directly()
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables-legacy"])
+def test_the_docker_host_policy_lets_the_containers_work(docker_lab: DockerLab, backend: str) -> None:
+    before = docker_lab.foreign_tables()
+    applied = docker_lab.apply(DOCKER_HOST, backend)
+    assert applied.returncode == 0, applied.stderr
+    assert "nfc: warning" not in applied.stderr + applied.stdout
+    assert docker_lab.container_reaches_outside()
+    assert docker_lab.outside_reaches_published_port()
+    # nfc's forward drop still decides what neither rule accepts
+    assert not docker_lab.outside_reaches_container_directly()
+    doctor = docker_lab.host.nfc("doctor")
+    assert doctor.returncode in (0, 1) and "nfc: warning" not in doctor.stderr, doctor.stderr
+    assert docker_lab.foreign_tables() == before
+    rolled = docker_lab.nfc("rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    assert docker_lab.foreign_tables() == before
 
 
 @pytest.mark.parametrize("backend", ["nft", "iptables-legacy"])
@@ -209,9 +238,10 @@ def test_a_forward_drop_cuts_docker_off_and_apply_and_doctor_say_so(
     # the warning is true: Docker's accepts no longer get anything through
     assert not docker_lab.container_reaches_outside()
     assert not docker_lab.outside_reaches_published_port()
-    doctor = docker_lab.host.nfc("doctor")
+    doctor = docker_lab.host.nfc("doctor", "--json")
     assert doctor.returncode in (0, 1), doctor.stderr
     assert warning in doctor.stderr.splitlines()
+    assert json.loads(doctor.stdout)["forward_warning"] == warning
     assert docker_lab.foreign_tables() == before
 
     rolled = docker_lab.nfc("rollback")
