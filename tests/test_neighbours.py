@@ -118,9 +118,8 @@ COMMIT
     )
     assert forward_warning(tables | accepting, "iptables-legacy", "nfc") is None
     # nfc writes ct status dnat as the conntrack match's virtual state DNAT
-    as_nfc_writes = parse_legacy(
-        "iptables-legacy", "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate DNAT -j ACCEPT\nCOMMIT\n"
-    )
+    dnat_state = "-A FORWARD -m conntrack --ctstate DNAT -j ACCEPT"
+    as_nfc_writes = parse_legacy("iptables-legacy", f"*filter\n:FORWARD DROP [0:0]\n{dnat_state}\nCOMMIT\n")
     assert as_nfc_writes["iptables-legacy", "filter"].chains["FORWARD"].rules[0].ct_dnat
 
 
