@@ -42,6 +42,7 @@ import nfc.explain
 import nfc.importer
 import nfc.importer.model
 import nfc.lint
+import nfc.neighbours
 import nfc.persist
 import nfc.state
 import nfc.stats
@@ -295,11 +296,15 @@ def doctor(
     log_window: float = nfc.doctor.DEFAULT_LOG_WINDOW,
 ) -> nfc.doctor.Diagnosis:
     """Whether connection tracking is the problem on this host; with `policy`,
-    which suggestions it already covers. `memory` sizes the suggested max."""
+    which suggestions it already covers. `memory` sizes the suggested max.
+    Its `forward_warning` says when nfc's forward chain, as loaded, drops
+    what another table hooking forward (Docker's, say) accepts."""
     ruleset = compile_policy(policy).ruleset if policy else None
     host = Target.this_host()
     target = Target(memory or host.memory_bytes, host.word_bits)
-    return nfc.doctor.diagnose(nfc.doctor.read_system(log_window), target, warn_fill, ruleset)
+    diagnosis = nfc.doctor.diagnose(nfc.doctor.read_system(log_window), target, warn_fill, ruleset)
+    diagnosis.forward_warning = nfc.neighbours.warning_here(None, ruleset.table if ruleset else "nfc")
+    return diagnosis
 
 
 def import_ruleset(path: str, source_format: str | None = None, output: str | None = None) -> Imported:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nfc import persist, stats, timer
+from nfc import neighbours, persist, stats, timer
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
@@ -342,6 +342,9 @@ def apply(
         mixed = kernel.foreign_rules()
         if mixed:
             report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
+        beside = neighbours.warning_here(artifact.backend, artifact.table)
+        if beside is not None:
+            report(beside)  # e.g. Docker's table: its accepts cannot undo a drop of nfc's forward chain
         for line in refused:
             report(line)
         if persist_dir is not None:

@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from nfc import __version__, api, diff, doctor, explain, lint, stats_format, timer
+from nfc import __version__, api, diff, doctor, explain, lint, neighbours, stats_format, timer
 from nfc.artifacts import ArtifactError
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, KernelRefused
@@ -80,7 +80,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _report(line: str) -> None:
-    print(line, flush=True)
+    print(line, file=sys.stderr if line.startswith(neighbours.WARNING) else sys.stdout, flush=True)
 
 
 def _lint(args: argparse.Namespace) -> int:
@@ -118,6 +118,8 @@ def _diff(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     diagnosis = api.doctor(args.policy, args.memory, args.warn_fill, args.log_window)
     sys.stdout.write(doctor.render(diagnosis, args.json))
+    if diagnosis.forward_warning is not None:
+        print(diagnosis.forward_warning, file=sys.stderr)
     return diagnosis.exit_code
 
 

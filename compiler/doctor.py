@@ -252,6 +252,7 @@ class Diagnosis:
     suggestions: list[Suggestion]
     suggested_max: int
     max_in_policy: bool | None = None
+    forward_warning: str | None = None  # nfc.neighbours: another table's forward accepts cut off
 
     @property
     def exit_code(self) -> int:
@@ -287,6 +288,7 @@ class Diagnosis:
             ],
             "suggested_max": self.suggested_max,
             "skipped": r.skipped,
+            "forward_warning": self.forward_warning,
             "yaml": self.yaml(),
         }
 

@@ -3,12 +3,14 @@ through libnftables, and nothing else read, saved or replaced."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from nfc.backends.kernel import (
     PERMISSION_HINT,
@@ -24,6 +26,7 @@ from nfc.backends.kernel import (
 )
 from nfc.backends.nft import BACKEND, RULESET
 
+NftObjects = list[Any]  # what `nft -j` lists, under its "nftables" key
 NFT_ERROR = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?: Error: (?P<message>.*)$")
 
 
@@ -76,6 +79,30 @@ class Nft:
             )
             rc, output, error = result.returncode, result.stdout, result.stderr
         return (output, "") if rc == 0 else (None, error)
+
+    def list_json(self, what: str = "ruleset", terse: bool = False) -> NftObjects | None:
+        """`nft -j [-t] list WHAT` as objects; None if unreadable. `terse`
+        leaves out the elements of named sets, which can be millions."""
+        if self.binding is not None:
+            binding = self.binding
+            binding.set_json_output(True)  # type: ignore[attr-defined]
+            binding.set_terse_output(terse)  # type: ignore[attr-defined]
+            try:
+                rc, output, _ = binding.cmd(f"list {what}")  # type: ignore[attr-defined]
+            finally:
+                binding.set_json_output(False)  # type: ignore[attr-defined]
+                binding.set_terse_output(False)  # type: ignore[attr-defined]
+        else:
+            command = ["nft", "-j", *(["-t"] if terse else []), "list", *what.split()]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            rc, output = result.returncode, result.stdout
+        if rc != 0:
+            return None
+        try:
+            listing = json.loads(output)["nftables"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return listing if isinstance(listing, list) else None
 
 
 def _nft_error(error: str) -> str:
