@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nfc.backends import iptables
+from nfc.backends.iptables_kernel import with_owned_tables
 from nfc.backends.kernel import ApplyError
 
 DEFAULT_PERSIST_DIR = "/etc/iptables"
@@ -52,7 +53,8 @@ def write(target: Path, rules: Mapping[str, str]) -> list[Path]:
             final = target / name
             temporary = target / f".{name}.nfc-{os.getpid()}"
             temporaries.append((temporary, final))
-            _write_durably(temporary, rules[name])
+            # what nfc loads, so that a boot also empties a nat table nfc does not use
+            _write_durably(temporary, with_owned_tables(rules[name]))
         for temporary, final in temporaries:
             os.replace(temporary, final)
         _sync_directory(target)

@@ -11,7 +11,7 @@ import pytest
 
 from nfc.backends import iptables
 from nfc.backends.iptables import RULES_V4, RULES_V6
-from nfc.backends.iptables_kernel import _owned
+from nfc.backends.iptables_kernel import with_owned_tables
 from nfc.backends.nft import render
 from nfc.errors import Loc, PolicyError
 from nfc.ir import (
@@ -302,12 +302,12 @@ def test_iptables_nat_rule_with_a_negated_list_returns_from_a_chain(tmp_path: Pa
 
 def test_a_load_without_nat_empties_the_nat_table() -> None:
     filter_only = "*raw\nCOMMIT\n*filter\nCOMMIT\n"
-    assert _owned(filter_only) == filter_only + (
+    assert with_owned_tables(filter_only) == filter_only + (
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
         ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
     )
     with_nat = filter_only + "*nat\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
-    assert _owned(with_nat) == with_nat
+    assert with_owned_tables(with_nat) == with_nat
 
 
 @pytest.mark.parametrize("tables", [("raw", "filter"), ("raw", "filter", "nat"), ("nat", "raw", "filter")])

@@ -25,7 +25,7 @@ class LegacyKernel:
 
     def _restore(self, family_file: str, text: str, test: bool = False) -> subprocess.CompletedProcess[str]:
         tool = TOOLS[family_file] + "-restore"
-        return run_tool([tool, "-w", *(["--test"] if test else [])], stdin=_owned(text))
+        return run_tool([tool, "-w", *(["--test"] if test else [])], stdin=with_owned_tables(text))
 
     def _refused(self, artifact: Artifact, family_file: str, error: str) -> KernelRefused:
         message = " ".join(line for line in error.splitlines() if line and not line.startswith("Try "))
@@ -92,7 +92,7 @@ class LegacyKernel:
         return f"nftables tables are loaded too ({', '.join(tables)})" if tables else None
 
 
-def _owned(text: str) -> str:
+def with_owned_tables(text: str) -> str:
     """`text` with every table nfc owns: without a nat table of its own it
     gets an empty one, so that no translation outlives the policy that asked
     for it. Lines that follow the text keep their numbers in errors."""
