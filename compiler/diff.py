@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nfc.errors import Loc
 from nfc.ir import CHAIN_NAMES, Destination, Match, Meter, NotrackHook, Ruleset
-from nfc.space import ICMP_OF, Cube, Space, describe, minus, overlap
+from nfc.space import ICMP_OF, Cube, Space, describe, minus, verdicts
 from nfc.values import merge_ranges
 
 
@@ -50,20 +50,11 @@ Decision = tuple[Cube, str, Loc | None]  # packets, verdict, the rule (None: pol
 def decisions(ruleset: Ruleset, space: Space, chain_name: str) -> list[Decision]:
     """The chain's verdict for every packet, as disjoint cubes, with every
     sender assumed within its limits (as `nfc explain` assumes)."""
-    remaining = space.cubes(Match())
     chain = next((c for c in ruleset.chains if c.name == chain_name), None)
-    if chain is None:
-        return [(cube, "accept", None) for cube in remaining]  # no hook: the kernel accepts
-    result: list[Decision] = []
-    for rule in chain.rules:
-        if rule.meter is not None and rule.meter.over:
-            continue  # matches only senders over the limit
-        cubes = space.cubes(rule.match)
-        result += [(cube, rule.verdict.kind, rule.origin) for cube in overlap(remaining, cubes)]
-        remaining = minus(remaining, cubes)
-        if not remaining:
-            break
-    return result + [(cube, chain.policy, None) for cube in remaining]
+    return [
+        (cube, verdict, rule.origin if rule else None)
+        for cube, verdict, rule in verdicts(chain, space, space.cubes(Match()))
+    ]
 
 
 def _merge(cubes: list[Cube]) -> list[Cube]:
