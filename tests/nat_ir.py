@@ -22,7 +22,6 @@ from nfc.ir import (
     Ruleset,
     Verdict,
 )
-
 from nfc.load import load_policy
 from nfc.lower import lower
 from nfc.parse import parse_policy

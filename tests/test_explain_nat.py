@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nat_ir import MASQUERADE, PORT_FORWARD, REDIRECT, SNAT, nat, router, shown
+
 from nfc.explain import explain, parse_packet
 
-from nat_ir import MASQUERADE, PORT_FORWARD, REDIRECT, SNAT, nat, router, shown
+FROM_LAN = "tcp 192.168.1.20:40000 > 198.51.100.7:443 iif eth1"
 
 
 def test_a_port_forward_is_translated_then_forwarded(tmp_path: Path) -> None:
@@ -54,17 +56,13 @@ def test_the_ct_status_is_the_translation_s(tmp_path: Path) -> None:
 
 def test_masquerade_follows_the_forward_accept(tmp_path: Path) -> None:
     ruleset = router(tmp_path, MASQUERADE, PORT_FORWARD)
-    result = explain(
-        ruleset, parse_packet("tcp 192.168.1.20:40000 > 198.51.100.7:443 iif eth1 oif eth0 dir fwd")
-    )
+    result = explain(ruleset, parse_packet(f"{FROM_LAN} oif eth0 dir fwd"))
     assert result.verdict == "accept" and result.snat is not None and result.snat.rule is MASQUERADE
     assert shown(result.lines(), tmp_path)[-2:] == [
         "router.yaml:11:7: verdict: ACCEPT in chain forward",
         "router.yaml:20:5: masquerade: source 192.168.1.20 becomes the address of oif eth0",
     ]
-    elsewhere = explain(
-        ruleset, parse_packet("tcp 192.168.1.20:40000 > 198.51.100.7:443 iif eth1 oif eth3 dir fwd")
-    )
+    elsewhere = explain(ruleset, parse_packet(f"{FROM_LAN} oif eth3 dir fwd"))
     assert elsewhere.snat is None and elsewhere.verdict == "drop"
 
 
