@@ -286,9 +286,9 @@ def describe(cube: Cube, space: Space) -> str:
         words.append("ct state " + ",".join(s for s in vocab.CT_STATES if s in cube.ct))
     _describe_status(cube.status, words, exceptions)
     family = "ip" if cube.family is Family.V4 else "ip6"
-    text = " ".join(w for w in words if w)
     if cube.saddr == ADDRESS_SPACE[cube.family]:
-        text += " from any"
+        words.append("from any")
+    text = " ".join(w for w in words if w)
     if exceptions:
         text += " except " + " and ".join(exceptions)
     return f"{family} {text}".strip()
