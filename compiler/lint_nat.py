@@ -6,96 +6,19 @@ a policy with thousands of port forwards is checked in near-linear time."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import replace
 
 from nfc.errors import Loc
-from nfc.ir import Chain, NatHook, NatRule, RuleRole
+from nfc.ir import NatHook, NatRule
 from nfc.lint_registry import Check, Context, filed_in
-from nfc.space import Cube, Space, intersect, subtract
-from nfc.space_index import Index
+from nfc.nat_space import NatView, accepted_somewhere, chain_index, nat_view, target_text, translated
 
 NAT_CHECKS: list[Check] = []
 check = filed_in(NAT_CHECKS)
-NEW = frozenset({"new"})  # NAT sees a connection's first packet only
 
 
-def target_text(rule: NatRule) -> str:
-    """Where a NAT rule sends packets: 192.168.1.10:80, [2001:db8::10]:443, port 5353."""
-    ports = None
-    if rule.ports:
-        low, high = rule.ports
-        ports = str(low) if low == high else f"{low}-{high}"
-    if rule.address is None:
-        return f"port {ports}" if ports else "this host"
-    address = f"[{rule.address}]" if rule.address.version == 6 and ports else str(rule.address)
-    return f"{address}:{ports}" if ports else address
-
-
-def translated(rule: NatRule, cube: Cube) -> Cube | None:
-    """The first packet of a connection in `cube` as `rule` (dnat or
-    redirect) leaves it, as the filter sees it: to the new address (dnat;
-    redirect keeps the address, as `nfc explain` does) and port, ct status
-    dnat. A port outside a new range becomes the range's first (the kernel's
-    choice for an unused one)."""
-    dport = cube.dport
-    if rule.ports is not None:
-        low, high = rule.ports
-        inside = intersect(dport, ((low, high),))
-        outside = subtract(dport, ((low, high),))
-        dport = tuple(sorted({*inside, *(((low, low),) if outside else ())}))
-    daddr = cube.daddr
-    if rule.address is not None:
-        if (rule.address.version == 4) != (cube.family.value == "ipv4"):
-            return None
-        daddr = ((int(rule.address), int(rule.address)),)
-    return replace(cube, dport=dport, daddr=daddr, ct=NEW, status=frozenset({"dnat"}))
-
-
-@dataclass
-class NatView:
-    """Each NAT rule of one hook with the packets it translates (its match
-    less what earlier rules of the hook take) and the rules that take the rest."""
-
-    rules: list[NatRule]
-    space: Space
-
-    @cached_property
-    def index(self) -> Index:
-        return Index([self.space.cubes(r.match, ct=NEW) for r in self.rules])
-
-    def effective(self) -> Iterator[tuple[NatRule, list[Cube], list[NatRule]]]:
-        for number, rule in enumerate(self.rules):
-            parts = self.index.first_match(self.index.rules[number], before=number)
-            mine = [cube for cube, taker in parts if taker is None]
-            takers = sorted({taker for _, taker in parts if taker is not None})
-            yield rule, mine, [self.rules[t] for t in takers]
-
-
-def nat_view(ctx: Context, hook: NatHook) -> NatView:
-    return NatView([n for n in ctx.ruleset.nat if n.hook == hook], ctx.space)
-
-
-def chain_index(chain: Chain, space: Space) -> Index:
-    """The chain's rules that decide connections, as an index. The
-    essential ICMP accepts let through errors, which follow their
-    connection's translation: no connection of their own. A `limit over`
-    rule matches no sender within its limits, which these checks assume
-    (as explain does)."""
-    return Index([
-        [] if (r.meter and r.meter.over) or r.role is RuleRole.ESSENTIAL_ICMP else space.cubes(r.match)
-        for r in chain.rules
-    ])  # fmt: skip
-
-
-def accepted_somewhere(chain: Chain | None, index: Index | None, cubes: list[Cube]) -> bool:
-    """Whether `chain` accepts any packet of `cubes` (no chain: the kernel does)."""
-    if chain is None or index is None:
-        return bool(cubes)
-    return any(
-        (chain.rules[number].verdict.kind if number is not None else chain.policy) == "accept"
-        for _, number in index.first_match(cubes)
-    )
+def _view(ctx: Context, hook: NatHook) -> NatView:
+    return nat_view(ctx.ruleset, ctx.space, hook)
 
 
 def _lines(rules: list[NatRule]) -> str:
@@ -111,7 +34,7 @@ def _lines(rules: list[NatRule]) -> str:
 def dnat_unreachable(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     forward = ctx.chain("forward")
     index = chain_index(forward, ctx.space) if forward else None
-    for rule, mine, _ in nat_view(ctx, "prerouting").effective():
+    for rule, mine, _ in _view(ctx, "prerouting").effective():
         if rule.kind != "dnat" or not mine:
             continue
         arriving = [t for cube in mine if (t := translated(rule, cube)) is not None]
@@ -140,12 +63,12 @@ def source_nat_unreachable(ctx: Context) -> Iterator[tuple[Loc, str, str | None]
     # The connections forward sees: untranslated ones, and those a dnat translated.
     dnats = [
         t
-        for rule, mine, _ in nat_view(ctx, "prerouting").effective()
+        for rule, mine, _ in _view(ctx, "prerouting").effective()
         if rule.kind == "dnat"
         for cube in mine
         if (t := translated(rule, cube)) is not None
     ]
-    for rule, mine, _ in nat_view(ctx, "postrouting").effective():
+    for rule, mine, _ in _view(ctx, "postrouting").effective():
         if not mine:
             continue
         plain = [replace(cube, status=frozenset({"none"})) for cube in mine]
@@ -175,7 +98,7 @@ def source_nat_unreachable(ctx: Context) -> Iterator[tuple[Loc, str, str | None]
 )
 def shadowed_nat_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for hook in ("prerouting", "postrouting"):
-        view = nat_view(ctx, hook)
+        view = _view(ctx, hook)
         for rule, mine, takers in view.effective():
             if not mine and takers:
                 yield (

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nfc import vocab
-from nfc.ir import Addresses, Chain, CtStatus, Family, Interfaces, Match, Ports, Rule, Ruleset
+from nfc.ir import Addresses, CtStatus, Family, Interfaces, Match, Ports, Ruleset
 
 OTHER = "*other*"  # every value of a finite dimension that no rule names
 # conntrack's translation records as atoms: each combination of the flags is
@@ -185,25 +185,6 @@ def _covers(pattern: str, atom: str) -> bool:
 def status_of(required: tuple[CtStatus, ...]) -> frozenset[str]:
     """The status atoms in which every flag of `required` is set."""
     return frozenset(atom for atom in STATUSES if all(flag in atom.split("+") for flag in required))
-
-
-def verdicts(chain: Chain | None, space: Space, cubes: list[Cube]) -> list[tuple[Cube, str, Rule | None]]:
-    """What `chain` decides for the packets `cubes`, as disjoint cubes with
-    the verdict and the rule (None: the policy), every sender assumed
-    within its limits (as `nfc explain` assumes). No chain: the kernel accepts."""
-    if chain is None:
-        return [(cube, "accept", None) for cube in cubes]
-    result: list[tuple[Cube, str, Rule | None]] = []
-    remaining = cubes
-    for rule in chain.rules:
-        if not remaining:
-            break
-        if rule.meter is not None and rule.meter.over:
-            continue  # matches only senders over the limit
-        mine = space.cubes(rule.match)
-        result += [(cube, rule.verdict.kind, rule) for cube in overlap(remaining, mine)]
-        remaining = minus(remaining, mine)
-    return result + [(cube, chain.policy, None) for cube in remaining]
 
 
 def _matches(ruleset: Ruleset) -> list[Match]:

@@ -75,6 +75,10 @@ class Index:
             remaining = minus(remaining, theirs)
         return parts + [(cube, None) for cube in remaining]
 
+    def decided(self, number: int) -> list[Cube]:
+        """The packets rule `number` decides: its own, less what earlier rules take."""
+        return [cube for cube, taker in self.first_match(self.rules[number], before=number) if taker is None]
+
 
 def _ports(cubes: list[Cube]) -> set[tuple[Family, int]] | None:
     """The destination ports of `cubes`, when few."""
