@@ -50,7 +50,8 @@ def test_source_nat_and_redirects(tmp_path: Path) -> None:
         "(was: not translated)",
         "nat: newly REDIRECTS ip6 udp dport 53 iif eth1 from any to port 5353 (router.yaml:22:5) "
         "(was: not translated)",
-        "nat: newly SNATS ip from 10.0.0.0/8 oif eth2 to 203.0.113.7 (router.yaml:23:5) (was: not translated)",
+        "nat: newly SNATS ip from 10.0.0.0/8 oif eth2 to 203.0.113.7 (router.yaml:23:5) "
+        "(was: not translated)",
         "nat: no longer MASQUERADES ip from 192.168.1.0/24 oif eth0 (was: masquerade at router.yaml:20:5)",
     ]
 
