@@ -12,6 +12,7 @@ from nfc.errors import Loc
 from nfc.ir import NatHook, NatRule
 from nfc.lint_registry import Check, Context, filed_in
 from nfc.nat_space import NatView, accepted_somewhere, chain_index, nat_view, target_text, translated
+from nfc.space import interval_text
 
 NAT_CHECKS: list[Check] = []
 check = filed_in(NAT_CHECKS)
@@ -19,6 +20,17 @@ check = filed_in(NAT_CHECKS)
 
 def _view(ctx: Context, hook: NatHook) -> NatView:
     return nat_view(ctx.ruleset, ctx.space, hook)
+
+
+def _accept_text(rule: NatRule) -> str:
+    """A forward rule that accepts what the dnat `rule` translates."""
+    words = ["accept"] + ([rule.match.protocol] if rule.match.protocol else [])
+    if rule.ports:
+        low, high = rule.ports
+        words.append(f"dport {low}" if low == high else f"dport {low}-{high}")
+    elif rule.match.dport:
+        words.append(f"dport {interval_text(rule.match.dport.ranges)}")
+    return " ".join([*words, f"to {rule.address}"])
 
 
 def _lines(rules: list[NatRule]) -> str:
@@ -44,8 +56,7 @@ def dnat_unreachable(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
                 rule.origin,
                 f"nothing in forward accepts the connections this dnat sends to {target}: "
                 "the port forward cannot work",
-                "use state: auto in forward (it accepts them), or accept them in forward, "
-                f"e.g. 'accept to {rule.address}'",
+                f"use state: auto in forward (it accepts them), or accept them: '{_accept_text(rule)}'",
             )
 
 
