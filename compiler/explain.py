@@ -75,7 +75,7 @@ class Packet:
         return _endpoint_text(self.daddr, self.dport)
 
 
-def _endpoint_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int | None) -> str:
+def _endpoint_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int | str | None) -> str:
     text = f"[{address}]" if address.version == 6 and port is not None else str(address)
     return f"{text}:{port}" if port is not None else text
 
@@ -249,7 +249,7 @@ class Translation:
         elif rule.kind == "snat":
             new = after.source()
             if rule.ports and after.sport != before.sport:  # the kernel picks a free port of the range
-                new = f"{_endpoint_text(after.saddr, 0)[:-2]}:{rule.ports[0]}-{rule.ports[1]}"
+                new = _endpoint_text(after.saddr, f"{rule.ports[0]}-{rule.ports[1]}")
             what = f"source {before.source()} becomes {new}"
         else:
             interface = f"oif {before.oif}" if before.oif else "the outgoing interface"
