@@ -68,9 +68,18 @@ class ChainSide:
         return self.policy if number is None else self.rules[number].verdict.kind
 
 
+PAIRWISE = 64  # up to this many cubes, _merge tries every pair
+
+
 def _merge(cubes: list[Cube]) -> list[Cube]:
-    """Join cubes that differ in one dimension only, for shorter reports."""
+    """Join cubes that differ in one dimension only, for shorter reports.
+    Trying every pair is quadratic: a longer list (a thousand port forwards
+    gone at once) is first joined by buckets of equal other dimensions."""
     merged = list(cubes)
+    if len(merged) > PAIRWISE:
+        merged = _join_by_buckets(merged)
+        if len(merged) > PAIRWISE:
+            return merged
     changed = True
     while changed:
         changed = False
@@ -84,6 +93,33 @@ def _merge(cubes: list[Cube]) -> list[Cube]:
                     break
             if changed:
                 break
+    return merged
+
+
+def _join_by_buckets(cubes: list[Cube]) -> list[Cube]:
+    """Cubes equal in every dimension but one, joined, in passes over the
+    dimensions until none joins: linear work per pass."""
+    merged = cubes
+    changed = True
+    while changed:
+        changed = False
+        for name in (*Cube.INTERVALS, *Cube.FINITE):
+            buckets: dict[tuple[object, ...], list[Cube]] = {}
+            for cube in merged:
+                dims = cube.dims()
+                key = (cube.family, *(value for other, value in dims.items() if other != name))
+                buckets.setdefault(key, []).append(cube)
+            if len(buckets) == len(merged):
+                continue
+            changed = True
+            merged = []
+            for bucket in buckets.values():
+                first = bucket[0]
+                if name in Cube.FINITE:
+                    value: object = frozenset().union(*(getattr(c, name) for c in bucket))
+                else:
+                    value = merge_ranges(r for c in bucket for r in getattr(c, name))
+                merged.append(Cube(first.family, **{**first.dims(), name: value}))
     return merged
 
 

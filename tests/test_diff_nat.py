@@ -113,3 +113,31 @@ def test_the_nat_diff_is_near_linear_in_the_rule_count(tmp_path: Path, monkeypat
 
     small, large = work(100), work(800)
     assert large < 8 * small * 2  # eight times the rules; a quadratic diff would do 64 times the work
+
+
+def test_long_lists_of_cubes_are_joined_by_buckets_without_changing_their_packets() -> None:
+    from nfc.diff import PAIRWISE, _merge
+    from nfc.ir import Family, Match, Ports
+    from nfc.space import Space, minus
+
+    space = Space()
+    ports = [
+        space.cubes(Match(family=Family.V4, protocol="tcp", dport=Ports(((p, p),))))[0] for p in range(1, 200)
+    ]
+    both = [
+        cube
+        for p in range(1, 100)
+        for cube in space.cubes(
+            Match(
+                family=Family.V4,
+                protocol=("udp", "tcp")[p % 2],
+                dport=Ports(((p, p),)),
+            )
+        )
+    ]
+    for cubes in (ports, both):
+        assert len(cubes) > PAIRWISE
+        merged = _merge(cubes)
+        assert len(merged) < len(cubes)
+        assert not minus(cubes, merged) and not minus(merged, cubes)
+    assert len(_merge(ports)) == 1  # tcp dport 1-199
