@@ -394,19 +394,28 @@ def loopback_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
 )
 def sensitive_service_open(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     chain = ctx.chain("input")
-    if chain is None:
-        return
-    for rule in ctx.user_rules(chain):
-        match = rule.match
-        if not accepts(rule) or match.dport is None or (match.saddr is not None and not match.saddr.negated):
-            continue
-        open_ports = [
-            f"{name} ({port})"
-            for port, name in SENSITIVE_PORTS.items()
-            if any(lo <= port <= hi for lo, hi in match.dport.ranges)
-        ]
-        if open_ports:
-            yield rule.origin, f"{', '.join(open_ports)} open to any address", "add 'from $admins' or similar"
+    for rule in ctx.user_rules(chain) if chain else []:
+        if accepts(rule) and (found := _sensitive(rule.match, rule.match.dport)):
+            yield rule.origin, f"{found} open to any address", "add 'from $admins' or similar"
+    for nat in ctx.ruleset.nat:  # a port forward opens the port of the host it forwards to
+        ports = Ports((nat.ports,)) if nat.ports else nat.match.dport
+        if nat.kind == "dnat" and (found := _sensitive(nat.match, ports)):
+            yield (
+                nat.origin,
+                f"{found} of {nat.address} forwarded from any address",
+                "add 'from $admins' or similar",
+            )
+
+
+def _sensitive(match: Match, ports: Ports | None) -> str:
+    """The sensitive services among `ports`, when `match` takes them from any address."""
+    if ports is None or (match.saddr is not None and not match.saddr.negated):
+        return ""
+    return ", ".join(
+        f"{name} ({port})"
+        for port, name in SENSITIVE_PORTS.items()
+        if any(lo <= port <= hi for lo, hi in ports.ranges)
+    )
 
 
 @check(

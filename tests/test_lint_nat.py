@@ -140,3 +140,13 @@ def test_thousands_of_port_forwards_are_checked_in_near_linear_work(
 
     small, large = work(100), work(800)
     assert large < 8 * small * 2  # eight times the rules; a quadratic check would do 64 times the work
+
+
+def test_a_sensitive_port_forwarded_from_anywhere(tmp_path: Path) -> None:
+    ssh = nat("dnat", 40, to="192.168.1.10", ports=(22, 22), protocol="tcp", dport=2222, iif="eth0")
+    kept = nat("dnat", 41, to="192.168.1.11", protocol="tcp", dport=(5432, 5432), iif="eth0")
+    admins = nat("dnat", 42, to="192.168.1.12", ports=(22, 22), protocol="tcp", saddr="192.0.2.0/24")
+    assert found(router(tmp_path, ssh, kept, admins))["NFC060"] == [
+        "40: ssh (22) of 192.168.1.10 forwarded from any address",
+        "41: postgresql (5432) of 192.168.1.11 forwarded from any address",
+    ]
