@@ -33,8 +33,12 @@ def _accept_text(rule: NatRule) -> str:
     return " ".join([*words, f"to {rule.address}"])
 
 
-def _lines(rules: list[NatRule]) -> str:
-    return ", ".join(f"line {r.origin.line}" for r in rules)
+def _taken_by(rules: list[NatRule]) -> str:
+    """'line 3 takes' or 'lines 3, 5 take'."""
+    lines = sorted({r.origin.line for r in rules})
+    if len(lines) == 1:
+        return f"line {lines[0]} takes"
+    return f"lines {', '.join(map(str, lines))} take"
 
 
 @check(
@@ -114,7 +118,7 @@ def shadowed_nat_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
             if not mine and takers:
                 yield (
                     rule.origin,
-                    f"never translates a connection: {_lines(takers)} match all of them first",
+                    f"never translates a connection: {_taken_by(takers)} them all first",
                     "move it above them, or delete it",
                 )
 

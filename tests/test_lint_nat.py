@@ -74,8 +74,8 @@ def test_nat_rules_shadowed_by_earlier_ones(tmp_path: Path) -> None:
     later = nat("snat", 34, to="203.0.113.9", oif="eth0", saddr="192.168.1.0/24")
     findings = found(router(tmp_path, wide, narrow, partly, masquerade, later))["NFC092"]
     assert findings == [
-        "31: never translates a connection: line 30 match all of them first",
-        "34: never translates a connection: line 33 match all of them first",
+        "31: never translates a connection: line 30 takes them all first",
+        "34: never translates a connection: line 33 takes them all first",
     ]
 
 
