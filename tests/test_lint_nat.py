@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from nat_ir import MASQUERADE, PORT_FORWARD, ROUTER, nat, router
 
-from nfc.ir import Ruleset
+from nfc.ir import Interfaces, Ruleset
 from nfc.lint import lint
 from nfc.space import Cube, Space
 from nfc.space_index import Index
@@ -150,3 +150,28 @@ def test_a_sensitive_port_forwarded_from_anywhere(tmp_path: Path) -> None:
         "40: ssh (22) of 192.168.1.10 forwarded from any address",
         "41: postgresql (5432) of 192.168.1.11 forwarded from any address",
     ]
+
+
+def test_interface_lists_and_wildcards_in_shadowing(tmp_path: Path) -> None:
+    """A wildcard takes the names it covers; a list takes each of its names."""
+    policy = "nfc: 1\ninput:\n  policy: drop\n  rules:\n    - accept tcp dport 22 from 192.0.2.10\n{}\n"
+
+    def findings(*rules: tuple[str, tuple[str, ...]]) -> dict[str, list[str]]:
+        text = policy.format("\n".join(f"    - {verdict} iif placeholder" for verdict, _ in rules))
+        ruleset = router(tmp_path, policy=text)
+        (chain,) = ruleset.chains
+        users = iter(names for _, names in rules)
+        patched = tuple(
+            replace(r, match=replace(r.match, iifname=Interfaces(next(users))))
+            if r.match.iifname and r.match.iifname.names == ("placeholder",)
+            else r
+            for r in chain.rules
+        )
+        return found(replace(ruleset, chains=(replace(chain, rules=patched),)))
+
+    assert "NFC030" in findings(("accept", ("eth*",)), ("drop", ("eth0",)))
+    assert "NFC030" not in findings(("accept", ("eth0",)), ("drop", ("eth*",)))
+    assert "NFC030" not in findings(("accept", ("eth1*",)), ("drop", ("eth*",)))
+    assert "NFC030" in findings(("accept", ("eth1", "ppp*")), ("drop", ("ppp0", "eth1")))
+    assert "NFC031" in findings(("accept", ("eth1", "eth2")), ("accept", ("eth2",)))
+    assert "NFC031" not in findings(("accept", ("eth1", "eth2")), ("accept", ("eth2", "eth3")))
