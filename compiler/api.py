@@ -85,17 +85,17 @@ def compile_policy(
 ) -> Compiled:
     """Load, parse and lower a policy; PolicyError on bad input. `memory` (bytes) and
     `word_bits` size 'conntrack.max: auto' for the target host (default: this one).
-    A policy with no chain and no notrack entry (an include fragment, say) is
+    A policy with no chain, no notrack entry and no NAT rule (an include fragment, say) is
     refused unless `allow_empty`: loading it would leave the host without a
     firewall."""
     host = Target.this_host()
     target = Target(memory or host.memory_bytes, word_bits or host.word_bits)
     with _collector_paused():
         source = load_policy(path)
-        if not (source.chains or source.conntrack.notrack or allow_empty):
+        if not (source.chains or source.conntrack.notrack or source.nat or allow_empty):
             raise PolicyError(
                 Loc(source.path, 1, 1),
-                "this policy has no input, forward or output chain and no notrack entry: "
+                "this policy has no input, forward or output chain, no notrack entry and no NAT rule: "
                 "it would load an empty firewall",
                 "an included file is compiled through the policy that includes it; "
                 "'nfc compile --allow-empty' compiles an empty one on purpose",

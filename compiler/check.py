@@ -4,7 +4,6 @@ result is IR `Match`es, one per family where the rule needs a split."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import cast
@@ -16,21 +15,24 @@ from nfc.ir import (
     BOTH_FAMILIES,
     Addresses,
     CtState,
+    CtStatus,
     Family,
     Interfaces,
     Log,
     Match,
+    NatKind,
     Network,
     Ports,
     RejectWith,
     Verdict,
 )
-from nfc.load import COMMENT_MAX, RuleText, check_text
 from nfc.objects import NamedObjects
-from nfc.syntax import Addrs, LogNode, MatchNode, PortItem, RuleNode
+from nfc.schema import COMMENT_MAX, RuleText, check_text
+from nfc.syntax import Addrs, IfaceItem, LogNode, MatchNode, PortItem, RuleNode
 from nfc.values import (
     AddressValue,
     PortValue,
+    check_interface_name,
     check_port,
     collapse,
     merge_ranges,
@@ -40,9 +42,10 @@ from nfc.values import (
 )
 
 LOG_PREFIX_MAX = 64
-# IFNAMSIZ holds 15 bytes and a NUL; a final '*' takes a byte of them in nft
-# and in iptables (as '+') alike.
-IFNAME = re.compile(r"(?=.{1,15}\Z)[A-Za-z0-9_.:@+-]+\*?\Z")
+# The hook where each kind of NAT acts, and the interface match it cannot have:
+# prerouting comes before routing picks the output interface, and
+# postrouting in iptables' nat table knows no input interface.
+NAT_HOOK_WITHOUT = {"dnat": "oif", "redirect": "oif", "masquerade": "iif", "snat": "iif"}
 
 
 @dataclass
@@ -59,6 +62,7 @@ class RuleParts:
     oifname: Interfaces | None = None
     ct_state: tuple[CtState, ...] = ()
     icmp_types: tuple[str, ...] = ()
+    ct_status: tuple[CtStatus, ...] = ()
 
 
 def _describe_families(families: Iterable[Family]) -> str:
@@ -70,14 +74,27 @@ def _describe_families(families: Iterable[Family]) -> str:
 
 class RuleChecker:
     """Checks one parsed rule's matches and turns them into IR matches, one
-    per family it covers. `chain` is None for a notrack entry."""
+    per family it covers. `chain` is None for a notrack entry and for a NAT
+    rule, which names its `nat` kind."""
 
-    def __init__(self, defines: Defines, objects: NamedObjects, node: RuleNode, chain: str | None) -> None:
+    def __init__(
+        self,
+        defines: Defines,
+        objects: NamedObjects,
+        node: RuleNode,
+        chain: str | None,
+        nat: NatKind | None = None,
+    ) -> None:
         self.defines = defines
         self.objects = objects
         self.node = node
         self.chain = chain
+        self.nat = nat
         self.parts = RuleParts()
+
+    @property
+    def notrack(self) -> bool:
+        return self.chain is None and self.nat is None
 
     def restrict(self, families: set[Family], why: str, loc: Loc) -> None:
         remaining = self.parts.families & families
@@ -188,30 +205,42 @@ class RuleChecker:
     def _match_daddr(self, match: MatchNode) -> None:
         self.parts.daddr = self._addresses(match, "to")
 
-    def _interface(self, match: MatchNode, hook_without: str) -> Interfaces:
-        name: str = match.value
-        if not IFNAME.match(name):
+    def _interface(self, match: MatchNode, word: str, chain_without: str) -> Interfaces:
+        if self.chain == chain_without:
+            raise PolicyError(match.loc, f"'{word}' can match nothing in the {chain_without} chain")
+        if self.nat is not None and NAT_HOOK_WITHOUT[self.nat] == word:
+            hook = "prerouting, before routing picks the output interface" if word == "oif" else "postrouting"
             raise PolicyError(
                 match.loc,
-                f"'{printable(name)}' is not a valid interface name",
-                "at most 15 characters of letters, digits and _ . : @ + -, a final '*' included",
+                f"'{word}' can match nothing in a {self.nat} rule: {self.nat} acts in {hook}",
+                "use 'iif' (where the packet comes in)" if word == "oif" else "use 'oif' or 'from'",
             )
-        if self.chain == hook_without:
-            word = "iif" if hook_without == "output" else "oif"
-            raise PolicyError(match.loc, f"'{word}' can match nothing in the {hook_without} chain")
-        return Interfaces((name,))
+        if isinstance(match.value, str):
+            return Interfaces((check_interface_name(match.value, match.loc),))
+        items: tuple[IfaceItem, ...] = match.value
+        names: list[str] = []
+        for item in items:
+            if item.kind == "var":
+                listed = self.defines.interfaces(item.text, item.loc).names
+            else:
+                listed = (check_interface_name(item.text, item.loc),)
+            for name in listed:
+                if name not in names:  # merged in the order written, each name once
+                    names.append(name)
+        set_name = items[0].text if len(items) == 1 and items[0].kind == "var" else None
+        return Interfaces(tuple(names), set_name)
 
     def _match_iif(self, match: MatchNode) -> None:
-        self.parts.iifname = self._interface(match, "output")
+        self.parts.iifname = self._interface(match, "iif", "output")
 
     def _match_oif(self, match: MatchNode) -> None:
-        if self.chain is None:
+        if self.notrack:
             raise PolicyError(
                 match.loc,
                 "a notrack entry is written as the packet arrives: use 'iif'",
                 "the output direction gets the mirrored 'oif' automatically",
             )
-        self.parts.oifname = self._interface(match, "input")
+        self.parts.oifname = self._interface(match, "oif", "input")
 
     def _names(self, match: MatchNode, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
         names: list[str] = []
@@ -222,16 +251,31 @@ class RuleChecker:
                 names.append(name)
         return tuple(names)
 
+    def _refuse_ct(self, match: MatchNode, word: str) -> None:
+        if self.notrack:
+            raise PolicyError(match.loc, f"a notrack entry cannot match '{word}': it runs before conntrack")
+        if self.nat is not None:
+            raise PolicyError(
+                match.loc,
+                f"a NAT rule cannot match '{word}': it sees only the first packet of each connection",
+            )
+
     def _match_ct_state(self, match: MatchNode) -> None:
-        if self.chain is None:
-            raise PolicyError(match.loc, "a notrack entry cannot match 'ct state': it runs before conntrack")
+        self._refuse_ct(match, "ct state")
         # `_names` admits only vocab.CT_STATES, the words of the IR's CtState
         self.parts.ct_state = cast(
             tuple[CtState, ...], self._names(match, vocab.CT_STATES, "connection state")
         )
 
+    def _match_ct_status(self, match: MatchNode) -> None:
+        self._refuse_ct(match, "ct status")
+        # `_names` admits only vocab.CT_STATUSES, the words of the IR's CtStatus
+        self.parts.ct_status = cast(
+            tuple[CtStatus, ...], self._names(match, vocab.CT_STATUSES, "connection status")
+        )
+
     def _icmp_types(self, match: MatchNode, protocol: str, types: tuple[str, ...]) -> None:
-        if self.chain is None:
+        if self.notrack:
             raise PolicyError(
                 match.loc, "a notrack entry cannot match ICMP types", f"untrack all of '{protocol}' instead"
             )
@@ -273,6 +317,7 @@ class RuleChecker:
             oifname=parts.oifname,
             ct_state=parts.ct_state,
             icmp_types=parts.icmp_types,
+            ct_status=parts.ct_status,
         )
 
 
@@ -285,6 +330,7 @@ def _match_word(match: MatchNode) -> str:
         "icmp_type": "icmp type",
         "icmpv6_type": "icmp type",
         "ct_state": "ct state",
+        "ct_status": "ct status",
     }.get(match.kind, match.kind)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from nfc.defines import Defines
 from nfc.errors import Loc
-from nfc.ir import CHAIN_NAMES, Chain, Match, NotrackRule, Rule, Ruleset, Sysctl
+from nfc.ir import CHAIN_NAMES, Chain, Match, NatRule, NotrackRule, Rule, Ruleset, Sysctl
 from nfc.objects import NamedObjects
 from nfc.syntax import PolicyTree
 from nfc.target import Target
@@ -33,10 +33,12 @@ class Lowering:
     answers: list[Answer] = field(default_factory=list)
     chain_rules: dict[str, list[Rule]] = field(default_factory=dict)  # by chain name
     sysctls: list[Sysctl] = field(default_factory=list)
+    nat: list[NatRule] = field(default_factory=list)
 
     @classmethod
     def start(cls, tree: PolicyTree, target: Target) -> Lowering:
-        return cls(tree, target, Defines(tree.source.defines), NamedObjects(tree.source.defines))
+        source = tree.source
+        return cls(tree, target, Defines(source.defines, source.interfaces), NamedObjects(source.defines))
 
     def ruleset(self) -> Ruleset:
         source = self.tree.source
@@ -60,4 +62,5 @@ class Lowering:
             port_sets=tuple(objects.port_sets[n] for n in sorted(objects.port_sets)),
             meters=tuple(objects.meters[n] for n in sorted(objects.meters)),
             sysctls=tuple(self.sysctls),
+            nat=tuple(self.nat),
         )

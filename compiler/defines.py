@@ -1,13 +1,16 @@
 """Define resolution: each `$name` resolved once, to addresses or to ports,
-with cycles, unknown names and mixed lists refused at their position."""
+or to the interface names of an `interfaces` entry, with cycles, unknown
+names, names used as what they are not and mixed lists refused at their
+position."""
 
 from __future__ import annotations
 
 import re
 
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
-from nfc.ir import Network
-from nfc.load import Define, type_name
+from nfc.ir import Interfaces, Network
+from nfc.load import Define, InterfaceList
+from nfc.schema import type_name
 from nfc.values import (
     AddressValue,
     DefineValue,
@@ -30,10 +33,31 @@ SPACE = " \t\r\n"  # around a value; a space of another script is no more part o
 class Defines:
     """Resolves `$name` references, each define once, with cycle detection."""
 
-    def __init__(self, defines: dict[str, Define]) -> None:
+    def __init__(self, defines: dict[str, Define], interface_lists: dict[str, InterfaceList]) -> None:
         self.defines = defines
+        self.interface_lists = interface_lists
         self.resolved: dict[str, DefineValue] = {}
         self.resolving: list[str] = []
+
+    def interfaces(self, name: str, use: Loc) -> Interfaces:
+        """The interface names `$name` stands for in `iif`/`oif`."""
+        found = self.interface_lists.get(name)
+        if found is not None:
+            return Interfaces(found.names, name)
+        if name in self.defines:
+            value = self.value(name, use)
+            what = "addresses" if isinstance(value, AddressValue) else "ports"
+            raise PolicyError(
+                use,
+                f"'${printable(name)}' holds {what}, not interface names",
+                "name interfaces under 'interfaces:' (lan: [eth1, eth2]) and use them as 'iif $lan'",
+            )
+        lists = tuple(self.interface_lists)
+        raise PolicyError(
+            use,
+            f"unknown name '${printable(name)}'",
+            did_you_mean(name, lists) if lists else "add it under 'interfaces'",
+        )
 
     def resolve_all(self) -> None:
         """Resolve every define, used or not, so that a mistake in one is
@@ -44,6 +68,12 @@ class Defines:
     def value(self, name: str, use: Loc) -> DefineValue:
         if name in self.resolved:
             return self.resolved[name]
+        if name in self.interface_lists:
+            raise PolicyError(
+                use,
+                f"'${printable(name)}' names interfaces, not addresses or ports",
+                f"match them with 'iif ${name}' or 'oif ${name}'",
+            )
         if name not in self.defines:
             raise PolicyError(
                 use,

@@ -85,7 +85,7 @@ def add_implied_rules(lowering: Lowering) -> None:
             rules.append(Rule(loopback, Verdict("accept"), section.loopback_loc, role=RuleRole.LOOPBACK))
         if section.icmp == "essential":
             rules.extend(_essential_icmp(section))
-        if section.state == "auto" and (section.policy == "drop" or section.rules):
+        if section.has_state_rules:
             origin = section.state_loc
             rules.append(Rule(Match(ct_state=("invalid",)), Verdict("drop"), origin, role=RuleRole.STATE))
             rules.append(

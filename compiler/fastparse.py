@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import Literal, TypeVar, cast
 
 from nfc.errors import Loc
 from nfc.grammar import PATTERNS, WORDS
@@ -20,13 +20,18 @@ from nfc.syntax import (
     Addrs,
     CommentClause,
     CounterClause,
+    IfaceItem,
+    Ifnames,
     LimitNode,
     Locate,
     LogNode,
     MatchNode,
+    NatAction,
+    NatNode,
     PortItem,
     RuleNode,
     RulePart,
+    SyntaxNode,
     VerdictNode,
     assemble_rule,
 )
@@ -50,6 +55,7 @@ INT = _whole(PATTERNS["INT"])
 NAME = _whole(PATTERNS["NAME"])
 VAR = _whole(PATTERNS["VAR"])
 ADDRESS = _whole(PATTERNS["ADDRESS"])
+NAT_ADDRESS = _whole(PATTERNS["NAT_ADDRESS"])
 IFNAME = _whole(PATTERNS["IFNAME"])
 RANGE = _whole(f"({PATTERNS['INT']})-({PATTERNS['INT']})")
 RATE = _whole(f"({PATTERNS['INT']})/({_words('TIME_UNIT')})")
@@ -97,30 +103,59 @@ class _Reader:
 
 
 ReadMatch = Callable[[_Reader], MatchNode]
+ReadPart = Callable[[_Reader], RulePart]
 
 
-def parse(text: str, locate: Locate, start: str) -> RuleNode | None:
-    """The rule's tree, or None where only lark can say."""
+def parse(text: str, locate: Locate, start: str) -> SyntaxNode | None:
+    """The rule's tree (a NatNode for `start` "nat"), or None where only lark can say."""
     if not text.isascii() or not text.isprintable() or '""' in text:
         return None
     reader = _Reader(text, locate)
     if not reader.tokens:
         return None
     try:
-        verdict = _verdict(reader) if start == "rule" else None
-        parts: list[RulePart] = []
-        while (word := reader.peek()) is not None and word in MATCHES:
-            parts.append(MATCHES[word](reader))
-        if start == "entry" and not parts:
+        if start == "nat":
+            action = _nat_action(reader)
+            return NatNode(action, _rest(reader, None, ENTRY_CLAUSES))
+        if start == "rule":
+            return _rest(reader, _verdict(reader), CLAUSES)
+        if reader.peek() not in MATCHES:  # an entry has a match at least
             raise _Unsure
-        clauses = CLAUSES if start == "rule" else ENTRY_CLAUSES
-        while (word := reader.peek()) is not None:
-            if word not in clauses:
-                raise _Unsure
-            parts.append(clauses[word](reader))
-        return assemble_rule(verdict, parts, locate(1, reader.tokens[0][1]))
+        return _rest(reader, None, ENTRY_CLAUSES)
     except _Unsure:
         return None
+
+
+def _rest(reader: _Reader, verdict: VerdictNode | None, clauses: dict[str, ReadPart]) -> RuleNode:
+    """The matches and then the clauses after the verdict (or NAT action), to the end."""
+    parts: list[RulePart] = []
+    while (word := reader.peek()) is not None and word in MATCHES:
+        parts.append(MATCHES[word](reader))
+    matches = len(parts)
+    while (word := reader.peek()) is not None:
+        # an entry's one comment ends it: lark refuses a second one as it
+        # refuses any other word there
+        if word not in clauses or (clauses is ENTRY_CLAUSES and len(parts) > matches):
+            raise _Unsure
+        parts.append(clauses[word](reader))
+    return assemble_rule(verdict, parts, reader.locate(1, reader.tokens[0][1]))
+
+
+def _nat_action(reader: _Reader) -> NatAction:
+    word, col = reader.take()
+    loc = reader.locate(1, col)
+    if word == "masquerade":
+        return NatAction("masquerade", None, None, loc, None)
+    if word in ("snat", "dnat"):
+        reader.expect("to")
+        target, target_col = reader.matching(NAT_ADDRESS)
+        kind: Literal["snat", "dnat"] = "snat" if word == "snat" else "dnat"
+        return NatAction(kind, target, None, loc, reader.locate(1, target_col))
+    if word == "redirect":
+        reader.expect("to")
+        port = _port(reader)
+        return NatAction("redirect", None, port, loc, port.loc)
+    raise _Unsure
 
 
 def _verdict(reader: _Reader) -> VerdictNode:
@@ -247,25 +282,45 @@ def _addresses(kind: str) -> ReadMatch:
     return read
 
 
+def _interface_name(reader: _Reader) -> tuple[str, int]:
+    word, col = reader.take()
+    if word.startswith('"'):
+        return word[1:-1], col
+    if IFNAME.match(word):
+        return word, col
+    raise _Unsure
+
+
+def _interface_item(reader: _Reader) -> IfaceItem:
+    if (word := reader.peek()) is not None and VAR.match(word):
+        _, col = reader.take()
+        return IfaceItem("var", word[1:], reader.locate(1, col))
+    name, col = _interface_name(reader)
+    return IfaceItem("name", name, reader.locate(1, col))
+
+
 def _interface(kind: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
         _, col = reader.take()
-        word, _ = reader.take()
-        if word.startswith('"'):
-            name = word[1:-1]
-        elif IFNAME.match(word):
-            name = word
+        value: Ifnames
+        if reader.peek() == "{":
+            reader.take()
+            value = _set(reader, _interface_item)
+        elif (word := reader.peek()) is not None and VAR.match(word):
+            value = (_interface_item(reader),)
         else:
-            raise _Unsure
-        return MatchNode(kind, name, reader.locate(1, col))
+            value = _interface_name(reader)[0]
+        return MatchNode(kind, value, reader.locate(1, col))
 
     return read
 
 
 def _ct(reader: _Reader) -> MatchNode:
     _, col = reader.take()
-    reader.expect("state")
-    return MatchNode("ct_state", _names(reader), reader.locate(1, col))
+    word = reader.take()[0]
+    if word not in ("state", "status"):
+        raise _Unsure
+    return MatchNode(f"ct_{word}", _names(reader), reader.locate(1, col))
 
 
 MATCHES: dict[str, ReadMatch] = {
@@ -383,10 +438,10 @@ def _comment(reader: _Reader) -> CommentClause:
     return CommentClause(text, reader.locate(1, col))
 
 
-CLAUSES: dict[str, Callable[[_Reader], RulePart]] = {
+CLAUSES: dict[str, ReadPart] = {
     "limit": _limit,
     "log": _log,
     "counter": _counter,
     "comment": _comment,
 }
-ENTRY_CLAUSES: dict[str, Callable[[_Reader], RulePart]] = {"comment": _comment}
+ENTRY_CLAUSES: dict[str, ReadPart] = {"comment": _comment}

@@ -7,15 +7,28 @@ turns them into syntax trees and `lower` into IR.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from nfc.errors import Loc, PolicyError, did_you_mean, printable
-from nfc.ir import CHAIN_NAMES, ChainName, ChainPolicy, NotrackScope
+from nfc.errors import Loc, PolicyError, printable
+from nfc.ir import CHAIN_NAMES, ChainName, ChainPolicy
+from nfc.schema import (
+    ENTRY_KEYS,
+    RULE_KEYS,
+    RuleText,
+    check_keys,
+    expect_choice,
+    expect_int,
+    expect_list,
+    expect_mapping,
+    expect_str,
+    rule_list,
+    rule_text,
+)
+from nfc.values import check_interface_name
 from nfc.vocab import NFT_KEYWORDS
 from nfc.yaml_source import YNode, load_yaml
 
@@ -23,12 +36,11 @@ MAX_INCLUDE_DEPTH = 32
 FORMAT_VERSION = 1
 
 CHAIN_POLICIES: tuple[ChainPolicy, ...] = ("drop", "accept")
-TOP_KEYS = ("nfc", "name", "table", "include", "define", "conntrack", *CHAIN_NAMES)
-INCLUDE_KEYS = ("nfc", "include", "define", "conntrack")
+TOP_KEYS = ("nfc", "name", "table", "include", "define", "interfaces", "conntrack", *CHAIN_NAMES, "nat")
+INCLUDE_KEYS = ("nfc", "include", "define", "interfaces", "conntrack")
+RULES_FILE_KEYS = ("nfc", "define", "interfaces", "rules")  # a file that `{include: FILE}` splices
 CHAIN_KEYS = ("policy", "rules", "state", "icmp", "loopback")
-RULE_KEYS = ("rule", "comment", "expires")
-ENTRY_KEYS = (*RULE_KEYS, "scope")
-SCOPES: tuple[NotrackScope, ...] = ("host", "routed", "all")
+SPLICE_KEYS = ("include",)
 CONNTRACK_KEYS = ("notrack", "max", "timeouts")
 INCLUDE_CONNTRACK_KEYS = ("notrack",)
 # Policy timeout names and the sysctl each one sets.
@@ -49,26 +61,6 @@ POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 @dataclass(frozen=True)
-class RuleText:
-    """A rule or notrack entry as written, with its optional annotations."""
-
-    node: YNode
-    comment: str | None = None
-    comment_loc: Loc | None = None
-    expires: dt.date | None = None
-    scope: NotrackScope = "host"  # of a notrack entry
-
-    @property
-    def text(self) -> str:
-        text: str = self.node.value  # checked to be a string when loaded
-        return text
-
-    @property
-    def loc(self) -> Loc:
-        return self.node.loc
-
-
-@dataclass(frozen=True)
 class ChainSection:
     name: ChainName
     loc: Loc
@@ -81,11 +73,27 @@ class ChainSection:
     loopback_loc: Loc
     rules: tuple[RuleText, ...]
 
+    @property
+    def has_state_rules(self) -> bool:
+        """Whether `state: auto` puts its rules in: not in a chain that
+        accepts everything anyway."""
+        return self.state == "auto" and (self.policy == "drop" or bool(self.rules))
+
 
 @dataclass(frozen=True)
 class Define:
     name: str
     loc: Loc
+    node: YNode
+
+
+@dataclass(frozen=True)
+class InterfaceList:
+    """An entry of `interfaces`: a name for one or more interface names."""
+
+    name: str
+    loc: Loc
+    names: tuple[str, ...]  # checked, in the order written, without repeats
     node: YNode
 
 
@@ -106,151 +114,15 @@ class PolicySource:
     conntrack: ConntrackSection
     chains: dict[ChainName, ChainSection]
     files: tuple[str, ...]  # every file read, main policy first
-
-
-# --------------------------------------------------------------------------
-# Schema checks
-
-
-def type_name(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "a number"
-    if isinstance(value, float):
-        return "a decimal number"
-    if isinstance(value, str):
-        return "a string"
-    return type(value).__name__
-
-
-def expect_mapping(node: YNode, what: str) -> dict[str, YNode]:
-    if not isinstance(node.value, dict):
-        raise PolicyError(node.loc, f"{what} must be a mapping, not {type_name(node.value)}")
-    return node.value
-
-
-def expect_list(node: YNode, what: str) -> list[YNode]:
-    if not isinstance(node.value, list):
-        raise PolicyError(node.loc, f"{what} must be a list, not {type_name(node.value)}")
-    return node.value
-
-
-def expect_str(node: YNode, what: str) -> str:
-    if not isinstance(node.value, str):
-        raise PolicyError(node.loc, f"{what} must be a string, not {type_name(node.value)}")
-    return node.value
-
-
-Word = TypeVar("Word", bound=str)
-
-
-def expect_choice(node: YNode, what: str, choices: tuple[Word, ...]) -> Word:
-    value = node.value
-    if not isinstance(value, str) or value not in choices:
-        shown = printable(str(value)) if isinstance(value, str) else type_name(value)
-        raise PolicyError(
-            node.loc,
-            f"{what} must be one of {', '.join(choices)}, not {shown}",
-            did_you_mean(value, choices) if isinstance(value, str) else None,
-        )
-    return value
-
-
-def expect_int(node: YNode, what: str, low: int, high: int) -> int:
-    value = node.value
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PolicyError(node.loc, f"{what} must be a whole number, not {type_name(value)}")
-    if not low <= value <= high:
-        raise PolicyError(node.loc, f"{what} must be between {low} and {high}, not {value}")
-    return value
-
-
-def check_keys(node: YNode, allowed: tuple[str, ...], what: str) -> None:
-    for key, key_loc in node.key_locs.items():
-        if key not in allowed:
-            raise PolicyError(
-                key_loc, f"unknown key '{printable(key)}' in {what}", did_you_mean(key, allowed)
-            )
-
-
-def check_text(text: str, loc: Loc, what: str, max_len: int) -> str:
-    """Free text that ends up inside a quoted nft/iptables string."""
-    if not text:
-        raise PolicyError(loc, f"{what} is empty")
-    for ch in text:
-        if not ch.isprintable() or ch in '"\\`$':
-            shown = repr(ch) if not ch.isprintable() else f"'{ch}'"
-            raise PolicyError(
-                loc,
-                f"{what} contains the character {shown}, which is not allowed",
-                "use plain printable text without quotes, backslashes, '$', '`' or line breaks",
-            )
-    if len(text.encode()) > max_len:
-        raise PolicyError(loc, f"{what} is longer than {max_len} bytes")
-    return text
+    interfaces: dict[str, InterfaceList] = field(default_factory=dict)
+    nat: tuple[RuleText, ...] = ()
 
 
 # --------------------------------------------------------------------------
 # Policy structure
 
-COMMENT_MAX = 64
 
-
-def _rule_text(node: YNode, what: str, keys: tuple[str, ...] = RULE_KEYS) -> RuleText:
-    if isinstance(node.value, str):
-        return RuleText(node)
-    if not isinstance(node.value, dict):
-        raise PolicyError(
-            node.loc, f"{what} must be a string or a mapping with 'rule', not {type_name(node.value)}"
-        )
-    fields = node.value
-    if "rule" not in fields and any(" " in key for key in fields):
-        raise PolicyError(
-            node.loc,
-            f"this {what} was read as a mapping because it holds ': '",
-            "put the whole rule in single quotes",
-        )
-    check_keys(node, keys, what)
-    if "rule" not in fields:
-        raise PolicyError(node.loc, f"{what} mapping needs a 'rule' key")
-    rule_node = fields["rule"]
-    expect_str(rule_node, "'rule'")
-    comment = comment_loc = None
-    if "comment" in fields:
-        comment_loc = fields["comment"].loc
-        comment = check_text(expect_str(fields["comment"], "'comment'"), comment_loc, "comment", COMMENT_MAX)
-    expires = None
-    if "expires" in fields:
-        expires_node = fields["expires"]
-        value = expires_node.value
-        if isinstance(value, dt.datetime):
-            value = value.date()
-        elif isinstance(value, str):
-            try:
-                value = dt.date.fromisoformat(value)
-            except ValueError:
-                value = None
-        if not isinstance(value, dt.date):
-            raise PolicyError(expires_node.loc, "'expires' must be a date written YYYY-MM-DD")
-        expires = value
-    scope = expect_choice(fields["scope"], "'scope'", SCOPES) if "scope" in fields else "host"
-    return RuleText(rule_node, comment, comment_loc, expires, scope)
-
-
-def _rule_list(node: YNode, key: str, what: str, keys: tuple[str, ...] = RULE_KEYS) -> tuple[RuleText, ...]:
-    if node.value is None:
-        return ()
-    return tuple(_rule_text(item, what, keys) for item in expect_list(node, f"'{key}'"))
-
-
-def _chain(name: ChainName, node: YNode) -> ChainSection:
+def _chain(name: ChainName, node: YNode, path: str, loading: _Loading) -> ChainSection:
     fields = expect_mapping(node, f"'{name}'")
     check_keys(node, CHAIN_KEYS, f"chain '{name}'")
     if "policy" not in fields:
@@ -271,7 +143,9 @@ def _chain(name: ChainName, node: YNode) -> ChainSection:
         loopback = expect_choice(loopback_node, "'loopback'", ("accept", "manual"))
         if name == "forward" and loopback == "accept":
             raise PolicyError(loopback_node.loc, "the forward chain never sees loopback traffic", "remove it")
-    rules = _rule_list(fields["rules"], "rules", "rule") if "rules" in fields else ()
+    rules = (
+        _chain_rules(fields["rules"], path, loading, (os.path.realpath(path),)) if "rules" in fields else ()
+    )
     return ChainSection(
         name=name,
         loc=node.loc,
@@ -291,7 +165,7 @@ def _conntrack(node: YNode, in_include: bool) -> ConntrackSection:
     allowed = INCLUDE_CONNTRACK_KEYS if in_include else CONNTRACK_KEYS
     check_keys(node, allowed, "an included file's 'conntrack'" if in_include else "'conntrack'")
     notrack = (
-        _rule_list(fields["notrack"], "notrack", "notrack entry", ENTRY_KEYS) if "notrack" in fields else ()
+        rule_list(fields["notrack"], "notrack", "notrack entry", ENTRY_KEYS) if "notrack" in fields else ()
     )
     max_value: int | str | None = None
     max_loc = None
@@ -329,53 +203,143 @@ def _version(fields: dict[str, YNode], node: YNode, required: bool) -> None:
         )
 
 
-def _defines(node: YNode) -> dict[str, Define]:
-    fields = expect_mapping(node, "'define'")
-    defines = {}
-    for name, value in fields.items():
-        key_loc = node.key_locs[name]
+def _names(node: YNode, section: str, what: str) -> dict[str, tuple[Loc, YNode]]:
+    """The entries of a `define` or `interfaces` mapping, their names checked."""
+    fields = expect_mapping(node, f"'{section}'")
+    for name in fields:
         if not IDENTIFIER.match(name):
             raise PolicyError(
-                key_loc,
-                f"define name '{printable(name)}' is not a valid name",
+                node.key_locs[name],
+                f"{what} name '{printable(name)}' is not a valid name",
                 "use letters, digits and '_', starting with a letter or '_', at most 32 characters",
             )
-        defines[name] = Define(name, key_loc, value)
-    return defines
+    return {name: (node.key_locs[name], value) for name, value in fields.items()}
+
+
+def _defines(node: YNode) -> dict[str, Define]:
+    return {name: Define(name, loc, value) for name, (loc, value) in _names(node, "define", "define").items()}
+
+
+def _interfaces(node: YNode) -> dict[str, InterfaceList]:
+    lists = {}
+    for name, (loc, value) in _names(node, "interfaces", "interface list").items():
+        items = value.value if isinstance(value.value, list) else [value]
+        if not items:
+            raise PolicyError(value.loc, f"interface list '{name}' is empty")
+        names: list[str] = []
+        for item in items:
+            if isinstance(item.value, str) and item.value.startswith("$"):
+                raise PolicyError(
+                    item.loc,
+                    "an interface list holds interface names, not $names",
+                    "write the names out, or use 'iif {$a, $b}' in the rule",
+                )
+            interface = check_interface_name(expect_str(item, "an interface name"), item.loc)
+            if interface not in names:
+                names.append(interface)
+        lists[name] = InterfaceList(name, loc, tuple(names), value)
+    return lists
 
 
 @dataclass
 class _Loading:
     files: list[str] = field(default_factory=list)
     defines: dict[str, Define] = field(default_factory=dict)
+    interfaces: dict[str, InterfaceList] = field(default_factory=dict)
     notrack: list[RuleText] = field(default_factory=list)
     included: set[str] = field(default_factory=set)
     main_conntrack: ConntrackSection = field(default_factory=ConntrackSection)
 
     def merge_defines(self, new: dict[str, Define]) -> None:
         for name, define in new.items():
-            old = self.defines.get(name)
-            if old is None:
-                self.defines[name] = define
-            elif old.node.plain() != define.node.plain():
-                raise PolicyError(
-                    define.loc,
-                    f"'{name}' is defined again with a different value (first defined at {old.loc})",
-                )
+            _refuse_clash(name, define.loc, "define", self.interfaces.get(name))
+            self.defines[name] = _first_of_equals(self.defines.get(name), define)
+
+    def merge_interfaces(self, new: dict[str, InterfaceList]) -> None:
+        for name, interfaces in new.items():
+            _refuse_clash(name, interfaces.loc, "interfaces", self.defines.get(name))
+            self.interfaces[name] = _first_of_equals(self.interfaces.get(name), interfaces)
+
+
+def _refuse_clash(name: str, loc: Loc, section: str, other: Define | InterfaceList | None) -> None:
+    """A name is defined once across `define` and `interfaces`."""
+    if other is not None:
+        other_section = "interfaces" if section == "define" else "define"
+        raise PolicyError(
+            loc,
+            f"'{name}' is defined under '{section}' here and under '{other_section}' at {other.loc}",
+            "a name is defined once across 'define' and 'interfaces'",
+        )
+
+
+Named = TypeVar("Named", Define, InterfaceList)
+
+
+def _first_of_equals(old: Named | None, new: Named) -> Named:
+    """The first definition of a name; the same value again (one file
+    included from two places) is no conflict, another value is."""
+    if old is None:
+        return new
+    if old.node.plain() != new.node.plain():
+        raise PolicyError(
+            new.loc, f"'{new.name}' is defined again with a different value (first defined at {old.loc})"
+        )
+    return old
+
+
+def _include_target(item: YNode, path: str, stack: tuple[str, ...]) -> tuple[str, str]:
+    """The file an include names, as shown (relative to the including file)
+    and as its real path; a cycle or too deep a nest is refused at `item`."""
+    target = expect_str(item, "an include")
+    if not target or "\0" in target:
+        raise PolicyError(item.loc, "an include must name a file")
+    shown = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    real = os.path.realpath(shown)
+    if real in stack:
+        raise PolicyError(item.loc, f"include cycle: {printable(shown)} includes itself")
+    if len(stack) >= MAX_INCLUDE_DEPTH:
+        raise PolicyError(item.loc, f"includes nest deeper than {MAX_INCLUDE_DEPTH} levels")
+    return shown, real
+
+
+def _chain_rules(node: YNode, path: str, state: _Loading, stack: tuple[str, ...]) -> tuple[RuleText, ...]:
+    """A `rules` list, with each `{include: FILE}` item replaced by FILE's rules."""
+    if node.value is None:
+        return ()
+    rules: list[RuleText] = []
+    for item in expect_list(node, "'rules'"):
+        if isinstance(item.value, dict) and "include" in item.value:
+            rules.extend(_spliced_rules(item, path, state, stack))
+        else:
+            rules.append(rule_text(item, "rule"))
+    return tuple(rules)
+
+
+def _spliced_rules(item: YNode, path: str, state: _Loading, stack: tuple[str, ...]) -> tuple[RuleText, ...]:
+    """The rules of the file an `{include: FILE}` item names. Their text
+    nodes keep FILE's own positions, so errors and provenance name FILE."""
+    check_keys(item, SPLICE_KEYS, "a rules include")
+    target = item.value["include"]
+    shown, real = _include_target(target, path, stack)
+    root = load_yaml(shown, target.loc)
+    fields = expect_mapping(root, "an included rules file")
+    check_keys(root, RULES_FILE_KEYS, "an included rules file")
+    _version(fields, root, required=False)
+    if shown not in state.files:
+        state.files.append(shown)
+    if "define" in fields:
+        state.merge_defines(_defines(fields["define"]))
+    if "interfaces" in fields:
+        state.merge_interfaces(_interfaces(fields["interfaces"]))
+    if "rules" not in fields:
+        return ()
+    return _chain_rules(fields["rules"], shown, state, (*stack, real))
 
 
 def _includes(node: YNode, path: str, state: _Loading, stack: tuple[str, ...]) -> None:
     items = node.value if isinstance(node.value, list) else [node]
     for item in items:
-        target = expect_str(item, "an include")
-        if not target or "\0" in target:
-            raise PolicyError(item.loc, "an include must name a file")
-        shown = os.path.normpath(os.path.join(os.path.dirname(path), target))
-        real = os.path.realpath(shown)
-        if real in stack:
-            raise PolicyError(item.loc, f"include cycle: {printable(shown)} includes itself")
-        if len(stack) >= MAX_INCLUDE_DEPTH:
-            raise PolicyError(item.loc, f"includes nest deeper than {MAX_INCLUDE_DEPTH} levels")
+        shown, real = _include_target(item, path, stack)
         if real in state.included:
             continue  # one file included from two places counts once
         state.included.add(real)
@@ -388,6 +352,12 @@ def _load_file(
     root = load_yaml(path, include_loc)
     in_include = include_loc is not None
     fields = expect_mapping(root, "an included file" if in_include else "a policy")
+    if "rules" in fields:
+        raise PolicyError(
+            root.key_locs["rules"],
+            f"'rules' belong in a chain{', not in a file under include' if in_include else ''}",
+            "splice a file's rules into a chain with an item {include: FILE} in its 'rules'",
+        )
     check_keys(
         root, INCLUDE_KEYS if in_include else TOP_KEYS, "an included file" if in_include else "the policy"
     )
@@ -397,6 +367,8 @@ def _load_file(
         _includes(fields["include"], path, state, stack)
     if "define" in fields:
         state.merge_defines(_defines(fields["define"]))
+    if "interfaces" in fields:
+        state.merge_interfaces(_interfaces(fields["interfaces"]))
     if "conntrack" in fields:
         section = _conntrack(fields["conntrack"], in_include)
         state.notrack.extend(section.notrack)
@@ -437,7 +409,8 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
     conntrack = ConntrackSection(
         tuple(state.notrack), main_conntrack.max, main_conntrack.max_loc, main_conntrack.timeouts
     )
-    chains = {name_: _chain(name_, fields[name_]) for name_ in CHAIN_NAMES if name_ in fields}
+    chains = {name_: _chain(name_, fields[name_], path, state) for name_ in CHAIN_NAMES if name_ in fields}
+    nat = rule_list(fields["nat"], "nat", "NAT rule", RULE_KEYS) if "nat" in fields else ()
     return PolicySource(
         path=path,
         name=name,
@@ -446,4 +419,6 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
         conntrack=conntrack,
         chains=chains,
         files=tuple(state.files),
+        interfaces=dict(state.interfaces),
+        nat=nat,
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from nfc.context import Lowering
 from nfc.desugar import add_implied_rules, lower_rules, mirror_notrack
 from nfc.ir import Ruleset
+from nfc.nat import accept_dnat_forward, lower_nat
 from nfc.syntax import PolicyTree
 from nfc.target import Target, conntrack_sysctls
 
@@ -28,7 +29,9 @@ def set_sysctls(lowering: Lowering) -> None:
 PASSES: tuple[Callable[[Lowering], None], ...] = (
     resolve_defines,
     mirror_notrack,  # notrack entries checked, mirrored into both directions; the answers they imply
+    lower_nat,  # each NAT rule checked and split by family; refused where a notrack entry untracks it
     add_implied_rules,  # icmp: essential and state: auto, at the head of each chain
+    accept_dnat_forward,  # forward accepts what a dnat translated, after the state rules
     lower_rules,  # each rule checked, split by family, its named sets and meters allocated
     set_sysctls,
 )

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nfc.errors import Loc, PolicyError
-from nfc.ir import ByteUnit, ChainName, LogLevel, MeterKey, TimeUnit, VerdictKind
-from nfc.load import PolicySource, RuleText
+from nfc.ir import ByteUnit, ChainName, LogLevel, MeterKey, NatKind, TimeUnit, VerdictKind
+from nfc.load import PolicySource
+from nfc.schema import RuleText
 
 # Turns a 1-based (line, col) inside a rule's text into its file position.
 Locate = Callable[[int, int], Loc]
@@ -43,9 +44,24 @@ class Addrs:
 
 
 @dataclass(frozen=True, slots=True)
+class IfaceItem:
+    """An interface in a list: a name (`kind` "name", a final '*' included)
+    or a `$name` of the `interfaces` section ("var", `text` without '$')."""
+
+    kind: str
+    text: str
+    loc: Loc
+
+
+# `iif`/`oif` as written: one name, or a `$name` or `{...}` list of them.
+Ifnames = str | tuple[IfaceItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MatchNode:
     """One match clause: `kind` is family, proto, dport, sport, saddr, daddr,
-    iif, oif, ct_state, icmp_type or icmpv6_type."""
+    iif, oif (their value `Ifnames`), ct_state, ct_status, icmp_type or
+    icmpv6_type."""
 
     kind: str
     value: Any
@@ -136,11 +152,43 @@ def assemble_rule(verdict: VerdictNode | None, parts: Iterable[RulePart], loc: L
 
 
 @dataclass(frozen=True, slots=True)
+class NatAction:
+    """What a NAT rule does: `target` is the new address as written (one
+    token, `ADDR[:PORTS]` or `[IPV6]:PORTS`, for snat and dnat), `port` the
+    new port of redirect."""
+
+    kind: NatKind
+    target: str | None
+    port: PortItem | None
+    loc: Loc  # of the action's first word
+    target_loc: Loc | None  # of the target or port
+
+
+@dataclass(frozen=True, slots=True)
+class NatNode:
+    """A NAT rule: its action, and its matches and comment as a verdict-less rule."""
+
+    action: NatAction
+    rule: RuleNode
+
+
+SyntaxNode = RuleNode | NatNode
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedRule:
     """A rule or notrack entry: as written, and as parsed."""
 
     text: RuleText
     node: RuleNode
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedNat:
+    """An item of `nat:`: as written, and as parsed."""
+
+    text: RuleText
+    node: NatNode
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +198,4 @@ class PolicyTree:
     source: PolicySource
     notrack: tuple[ParsedRule, ...]
     chains: dict[ChainName, tuple[ParsedRule, ...]]  # by chain name, in the order of source.chains
+    nat: tuple[ParsedNat, ...] = ()

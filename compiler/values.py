@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -14,6 +15,9 @@ from nfc.errors import Loc, PolicyError, did_you_mean, printable
 from nfc.ir import Family, Network
 
 MAX_DIGITS = 20  # as many as 2**64 has: more than any number nfc reads
+# IFNAMSIZ holds 15 bytes and a NUL; a final '*' takes a byte of them in nft
+# and in iptables (as '+') alike.
+IFNAME = re.compile(r"(?=.{1,15}\Z)[A-Za-z0-9_.:@+-]+\*?\Z")
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,15 @@ def _collapsed(networks: tuple[Network, ...]) -> tuple[Network, ...]:
     The networks are of one IP version (callers split them by family), which
     the type of `collapse_addresses` cannot be told."""
     return tuple(sorted(ipaddress.collapse_addresses(networks)))  # type: ignore[type-var]
+
+
+def check_interface_name(name: str, loc: Loc) -> str:
+    """An interface name, or a prefix wildcard: a name with a final '*'."""
+    if not IFNAME.match(name):
+        hint = "at most 15 characters of letters, digits and _ . : @ + -, a final '*' included"
+        if name == "*":
+            hint = "'*' alone would match every interface: leave out the interface match"
+        elif "*" in name[:-1]:
+            hint = "a '*' is a wildcard at the end of an interface name only (eth* matches eth0, eth1, ...)"
+        raise PolicyError(loc, f"'{printable(name)}' is not a valid interface name", hint)
+    return name

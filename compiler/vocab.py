@@ -82,6 +82,7 @@ PROTOCOLS: dict[str, int] = {
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 
 CT_STATES = ("new", "established", "related", "invalid", "untracked")
+CT_STATUSES = ("dnat", "snat")  # the translations conntrack records (nft `ct status`)
 
 # ICMP and ICMPv6 type names (nft's words) and their numbers.
 ICMP_TYPES: dict[str, int] = {

@@ -23,6 +23,9 @@ PATTERNS: dict[str, str] = {
     # An address literal always holds a '.' or a ':' (IPv4, IPv6, prefixes);
     # whether it is a valid address is checked after parsing.
     "ADDRESS": r"[0-9A-Fa-f]*[.:][0-9A-Fa-f.:]*(/[0-9]+)?",
+    # The new address of snat and dnat, with an optional port or port range;
+    # an IPv6 address with a port goes in brackets, as nft writes it.
+    "NAT_ADDRESS": r"\[[0-9A-Fa-f:.]*\](:[0-9]+(-[0-9]+)?)?|[0-9A-Fa-f]*[.:][0-9A-Fa-f.:]*(-[0-9]+)?",
     "IFNAME": r"[A-Za-z0-9_.:@+-]+\*?",
     "STRING": r'"[^"\n]*"',
 }

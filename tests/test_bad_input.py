@@ -810,6 +810,78 @@ RULES = [
     case("notrack-entry-empty", notrack('@^"@^"'), "empty rule"),
 ]
 
+# Interface lists, shared rules and NAT (issue 12): errors in the policy and
+# in the files it splices, at their place.
+IFACES = "interfaces:\n  lan: [eth1, eth2]\n  wan: eth0\n"
+SHARED = [
+    case(
+        "splice-cycle",
+        rules("{include: r.yaml}"),
+        "include cycle",
+        files={"r.yaml": "rules:\n  - {include: @^r.yaml}\n"},
+    ),
+    case(
+        "splice-cycle-through-the-policy",
+        rules("{include: r.yaml}"),
+        "include cycle",
+        files={"r.yaml": "rules:\n  - {include: @^p.yaml}\n"},
+    ),
+    case("splice-missing-file", rules("{include: @^gone.yaml}"), "gone.yaml"),
+    case("splice-directory", rules("{include: @^sub}"), "cannot read", files={"sub/": ""}),
+    case(
+        "splice-binary",
+        rules("{include: r.yaml}"),
+        "UTF-8",
+        files={"r.yaml": "rules:\n  - accept @^\udcff\n"},
+    ),
+    case(
+        "splice-forbidden-key",
+        rules("{include: r.yaml}"),
+        "unknown key 'conntrack'",
+        files={"r.yaml": "rules: []\n@^conntrack: {max: 5}\n"},
+    ),
+    case(
+        "splice-bad-rule-in-the-file",
+        rules("{include: r.yaml}"),
+        "out of range",
+        files={"r.yaml": "rules:\n  - accept tcp dport @^99999\n"},
+    ),
+    case("splice-extra-key", rules("{include: r.yaml, @^rule: accept}"), "unknown key 'rule'"),
+    case(
+        "splice-redefines-differently",
+        rules("{include: r.yaml}", head="define:\n  @^dns: 53\n"),
+        "p.yaml:3:",
+        files={"r.yaml": "define:\n  @^dns: 54\nrules: []\n"},
+    ),
+]
+NAT = [
+    case(
+        "interfaces-clash-with-define",
+        "nfc: 1\ndefine:\n  @^lan: 53\n" + IFACES.replace("  lan", "  @^lan"),
+        "a name is defined once",
+    ),
+    case("interfaces-bad-name", "nfc: 1\ninterfaces:\n  lan: [eth0, @^eth0123456789abc]\n", "interface name"),
+    case("iif-address-define", rules("accept iif @^$admins", head=DEFINES), "not interface names"),
+    case("from-interface-list", rules("accept from @^$lan", head=IFACES), "names interfaces"),
+    case("iif-list-unknown-name", rules("accept iif {eth0, @^$nope}", head=IFACES), "unknown name"),
+    case("ct-status-unknown", rules("accept ct status @^expected"), "connection status"),
+    case("nat-not-a-list", "nfc: 1\nnat: @^masquerade\n", "must be a list"),
+    case("nat-verdict", "nfc: 1\nnat:\n  - @^accept\n", "masquerade, snat, dnat or redirect"),
+    case("nat-in-a-chain", rules("@^masquerade oif eth0"), "top-level 'nat' list"),
+    case("nat-oif-on-dnat", "nfc: 1\nnat:\n  - dnat to 192.0.2.1 @^oif eth0\n", "prerouting"),
+    case("nat-iif-on-masquerade", "nfc: 1\nnat:\n  - masquerade @^iif eth0\n", "postrouting"),
+    case("nat-port-without-protocol", "nfc: 1\nnat:\n  - dnat to @^192.0.2.1:80\n", "tcp, udp or sctp"),
+    case("nat-port-out-of-range", "nfc: 1\nnat:\n  - dnat to 192.0.2.1:@^99999 tcp\n", "out of range"),
+    case("nat-family-mismatch", "nfc: 1\nnat:\n  - snat to @^192.0.2.1 from fd00::/8\n", "IPv4 address"),
+    case("nat-ct-state", "nfc: 1\nnat:\n  - masquerade @^ct state new\n", "first packet"),
+    case(
+        "nat-on-untracked-packets",
+        "nfc: 1\nconntrack:\n  notrack:\n    - @~udp dport 53\nnat:\n  - @^redirect to 5353 udp dport 53\n",
+        "NAT needs connection tracking",
+        "p.yaml:4:7",
+    ),
+]
+
 CASES = [
     *YAML_SYNTAX,
     *NESTING,
@@ -827,6 +899,8 @@ CASES = [
     *WRONG_TYPES,
     *DUPLICATES,
     *RULES,
+    *SHARED,
+    *NAT,
 ]
 
 
@@ -885,6 +959,8 @@ IN_A_SUBPROCESS = {
     "ip6-with-v4-address",
     "comment-quote-injection",
     "rule-ends-early",
+    "splice-cycle",
+    "nat-on-untracked-packets",
 }
 
 

@@ -59,6 +59,16 @@ CASES = [
     ("rule", 'accept comment "a" comment "b"'),
     ("rule", "accept counter log counter"),
     ("entry", "udp sport 53 dport 1024-65535 from 192.0.2.0/24 iif eth0 comment \"x\""),
+    ("rule", "accept iif $lan oif { eth0, \"wg*\", $wan, } ct status dnat,snat"),
+    ("entry", "udp dport 53 iif {eth1,$lan}"),
+    ("nat", "masquerade"),
+    ("nat", "masquerade oif $wan from 192.168.1.0/24 comment \"lan\""),
+    ("nat", "snat to 203.0.113.7:1024-65535 udp oif {eth0, ppp*}"),
+    ("nat", "dnat to 192.168.1.10:80 tcp dport 8080 iif $wan"),
+    ("nat", "dnat to [2001:db8::10]:443 tcp dport 443"),
+    ("nat", "dnat to 2001:db8::10 tcp dport 443"),
+    ("nat", "redirect to 5353-5360 udp dport 53"),
+    ("nat", "redirect to $proxy tcp dport http"),
 ]
 
 
@@ -80,6 +90,40 @@ def test_the_fast_path_reads_the_language(start: str, text: str) -> None:
 )
 def test_it_steps_aside_where_unsure(text: str) -> None:
     assert fast(text, "rule") is None
+
+
+@pytest.mark.parametrize(
+    ("start", "text"),
+    [
+        ("nat", "accept"),
+        ("nat", "dnat 192.0.2.1"),
+        ("nat", "redirect to :53"),
+        ("nat", "masquerade limit 1/second"),
+        ("nat", "snat to eth0"),
+        ("nat", "masquerade to"),
+        # lark refuses the second comment as an unexpected word, not as one given twice
+        ("nat", 'masquerade comment "a" comment "b"'),
+        ("entry", 'udp comment "a" comment "b"'),
+    ],
+)
+def test_it_steps_aside_from_entries_and_nat_rules_where_unsure(start: str, text: str) -> None:
+    assert fast(text, start) is None
+
+
+NAT_WORDS = st.sampled_from(
+    (
+        "masquerade", "snat", "dnat", "redirect", "to", "192.0.2.1", "192.0.2.1:80", "192.0.2.1:80-90",
+        "[2001:db8::1]:443", "[2001:db8::1]", "2001:db8::1", "[::1", ":53", "53", "53-54", "domain", "$p",
+        "tcp", "udp", "dport", "iif", "oif", "$lan", "{", "}", ",", "eth*", "ct", "status", "dnat,snat",
+        "comment", '"x"', "from", "10.0.0.0/8",
+    )
+)  # fmt: skip
+
+
+@SETTINGS
+@given(st.lists(NAT_WORDS, max_size=10).map(" ".join))
+def test_fast_path_equals_lark_on_nat_rules(text: str) -> None:
+    agree(text, "nat")
 
 
 @SETTINGS

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nfc.errors import Loc, PolicyError
-from nfc.parse import parse_entry, parse_rule
+from nfc.parse import parse_entry, parse_nat, parse_rule
+from nfc.syntax import IfaceItem
 
 
 def locate(line: int, col: int) -> Loc:
@@ -135,3 +136,60 @@ def test_near_misses_are_located(text: str, col: int, fragment: str) -> None:
 def test_entry_rejects_a_verdict() -> None:
     with pytest.raises(PolicyError):
         parse_entry("accept udp dport 53", locate)
+
+
+def test_interface_lists() -> None:
+    found = kinds('accept iif {eth1, "wg*", $lan,} oif $wan')
+    assert found["iif"] == (
+        IfaceItem("name", "eth1", Loc("p.yaml", 10, 19)),
+        IfaceItem("name", "wg*", Loc("p.yaml", 10, 25)),
+        IfaceItem("var", "lan", Loc("p.yaml", 10, 32)),
+    )
+    assert found["oif"] == (IfaceItem("var", "wan", Loc("p.yaml", 10, 43)),)
+    assert kinds("accept iif eth*")["iif"] == "eth*"  # one name stays a name
+
+
+def test_ct_status() -> None:
+    assert [n for n, _ in kinds("accept ct status dnat, snat")["ct_status"]] == ["dnat", "snat"]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "target", "port"),
+    [
+        ("masquerade", "masquerade", None, None),
+        ("snat to 203.0.113.7", "snat", "203.0.113.7", None),
+        ("dnat to 192.0.2.1:80-81", "dnat", "192.0.2.1:80-81", None),
+        ("dnat to [2001:db8::1]:443", "dnat", "[2001:db8::1]:443", None),
+        ("dnat to 2001:db8::1", "dnat", "2001:db8::1", None),
+        ("redirect to 5353", "redirect", None, ("number", 5353, None)),
+        ("redirect to 8000-8010", "redirect", None, ("range", 8000, 8010)),
+        ("redirect to domain", "redirect", None, ("service", "domain", None)),
+    ],
+)
+def test_nat_actions(text: str, kind: str, target: str | None, port: tuple | None) -> None:
+    node = parse_nat(text + ' tcp iif $wan comment "c"', locate)
+    assert (node.action.kind, node.action.target) == (kind, target)
+    new_port = node.action.port
+    assert (None if new_port is None else (new_port.kind, new_port.value, new_port.end)) == port
+    assert [m.kind for m in node.rule.matches] == ["proto", "iif"] and node.rule.comment == "c"
+    assert node.rule.verdict is None and node.action.loc == Loc("p.yaml", 10, 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "col", "fragment"),
+    [
+        ("accept", 1, "a NAT rule starts with masquerade, snat, dnat or redirect"),
+        ("dnat 192.0.2.1", 6, "expected 'to'"),
+        ("snat to", 8, "ends too early"),
+        ("masquerade to [::1]", 15, "unexpected '[::1]'"),
+        ("masquerade log", 12, "unexpected 'log' in NAT rule"),
+        ("masquerade counter", 12, "unexpected 'counter'"),
+        ("redirect to :53", 13, "nfc writes 'to 53' where nft writes 'to :53'"),
+        ('masquerade comment "a" comment "b"', 24, "unexpected 'comment'"),
+    ],
+)
+def test_nat_near_misses_are_located(text: str, col: int, fragment: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_nat(text, locate)
+    assert caught.value.loc == Loc("p.yaml", 10, 7 + col - 1), caught.value.render()
+    assert fragment in caught.value.render()

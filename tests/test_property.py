@@ -38,6 +38,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
+INTERFACE_LISTS = {"lan": ["eth1", "br-lan"], "containers": "veth*"}
 DEFINES = {
     "internal": ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"],
     "admins": "192.0.2.10",
@@ -60,7 +61,7 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _policy(rule: Any, where: str) -> dict[str, Any]:
     """A minimal policy holding `rule` (a string or a rule mapping) in `where`:
     a chain name, or "notrack" for conntrack.notrack."""
-    policy: dict[str, Any] = {"nfc": 1, "define": DEFINES}
+    policy: dict[str, Any] = {"nfc": 1, "define": DEFINES, "interfaces": INTERFACE_LISTS}
     if where == "notrack":
         policy["conntrack"] = {"notrack": [rule]}
         policy["input"] = {"policy": "drop"}
@@ -194,7 +195,8 @@ KEYWORDS = (
     "port-unreachable", "host-prohibited", "prot-unreachable", "admin-prohibited", "limit", "over",
     "burst", "packets", "bytes", "kbytes", "mbytes", "per", "saddr", "daddr", "size", "name", "log",
     "prefix", "level", "info", "warn", "debug", "emerg", "counter", "comment", "second", "minute",
-    "hour", "day", "domain", "ssh", "https", "gre", "esp", "bogus",
+    "hour", "day", "domain", "ssh", "https", "gre", "esp", "bogus", "status", "dnat", "snat",
+    "masquerade", "redirect",
 )  # fmt: skip
 PUNCTUATION = ("{", "}", ",", "-", "/", "{ ", " }", ", ")
 VARIABLES = ("$internal", "$admins", "$v6nets", "$dns", "$web", "$ephemeral", "$nosuch", "$", "$1")
@@ -208,7 +210,10 @@ ADDRESSES = (
     "1.2.3.4.5", "2001:db8::/32", "fd00::/8", "::1", "::", "::/0", "2001:db8::/129",
     "fe80::1%eth0", ".", ":", "::ffff:10.0.0.1", "10.0.0.0/33", "1.2.3.4/",
 )  # fmt: skip
-INTERFACES = ("eth0", "eth+", "veth*", "lo", '"eth0"', '"a b"', "abcdefghijklmnopq", "*", "eth0**")
+INTERFACES = (
+    "eth0", "eth+", "veth*", "lo", '"eth0"', '"a b"', "abcdefghijklmnopq", "*", "eth0**", "$lan",
+    "$containers", "$internal", "{ eth0, veth* }", "{$lan, wg0}", "{}",
+)  # fmt: skip
 STRINGS = ('"ssh: "', '"x"', '""', '"unterminated', '"a\\"b"', '"$x"', '"tab\there"', '"`id`"')
 VOCABULARY = st.one_of(
     st.sampled_from(KEYWORDS),
@@ -258,7 +263,9 @@ ADDRESS = st.one_of(
     st.tuples(st.ip_addresses(v=4), st.integers(0, 33)).map(lambda a: f"{a[0]}/{a[1]}"),
     st.tuples(st.ip_addresses(v=6), st.integers(0, 129)).map(lambda a: f"{a[0]}/{a[1]}"),
 )
-NAMES = st.sampled_from(("new", "established", "related", "invalid", "untracked", "echo-request", "bogus"))
+NAMES = st.sampled_from(
+    ("new", "established", "related", "invalid", "untracked", "echo-request", "bogus", "dnat", "snat")
+)
 RATE = st.one_of(
     st.tuples(st.integers(0, 2**33), st.sampled_from(("second", "minute", "hour", "day", "week"))).map(
         lambda r: f"{r[0]}/{r[1]}"
@@ -296,8 +303,8 @@ MATCH = st.one_of(
     st.tuples(st.sampled_from(("dport", "sport")), _one_or_set(PORT)).map(" ".join),
     st.tuples(st.sampled_from(("from", "to", "from not", "to not")), _one_or_set(ADDRESS)).map(" ".join),
     st.tuples(st.sampled_from(("iif", "oif")), st.sampled_from(INTERFACES)).map(" ".join),
-    st.tuples(st.sampled_from(("ct state", "icmp type", "icmpv6 type")), st.lists(NAMES, min_size=1,
-              max_size=3).map(",".join)).map(" ".join),
+    st.tuples(st.sampled_from(("ct state", "ct status", "icmp type", "icmpv6 type")),
+              st.lists(NAMES, min_size=1, max_size=3).map(",".join)).map(" ".join),
 )  # fmt: skip
 TRAILING = st.one_of(
     LIMIT,

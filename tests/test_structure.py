@@ -121,4 +121,8 @@ def test_the_ir_literals_name_what_the_policy_can_say() -> None:
     assert set(typing.get_args(ir.MeterKey)) == grammar_terminal("PER_KEY")
     assert set(typing.get_args(ir.LogLevel)) == grammar_terminal("LOG_LEVEL")
     assert set(typing.get_args(ir.CtState)) == set(vocab.CT_STATES)
+    assert set(typing.get_args(ir.CtStatus)) == set(vocab.CT_STATUSES)
+    nat_words = {t.pattern.value for t in parse._parser().terminals if t.pattern.type == "str"}
+    assert set(typing.get_args(ir.NatKind)) <= nat_words
+    assert set(typing.get_args(ir.NatKind)) == set(parse.NAT_ACTIONS)
     assert set(typing.get_args(ir.RejectIcmpType)) == set(vocab.REJECT_ICMP_TYPES)
