@@ -7,6 +7,7 @@ loop is bounded in count and time."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import selectors
 import socket
@@ -192,6 +193,67 @@ def probe(args: argparse.Namespace) -> None:
     print(json.dumps(verdicts), flush=True)
 
 
+def tell_peer(args: argparse.Namespace) -> None:
+    """Answer every TCP connection and UDP datagram with NAME and the peer's
+    address as this host sees it, until the deadline."""
+    socks = [_dual_stack(socket.SOCK_DGRAM, p) for p in args.udp]
+    for port in args.tcp:
+        sock = _dual_stack(socket.SOCK_STREAM, port)
+        sock.listen(64)
+        socks.append(sock)
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    print("ready", flush=True)
+    deadline = time.monotonic() + args.lifetime
+    while time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=0.5):
+            sock = key.fileobj
+            try:
+                if sock.type == socket.SOCK_DGRAM:
+                    _, peer = sock.recvfrom(4096)
+                    sock.sendto(_told(args.name, peer), peer)
+                else:
+                    conn, peer = sock.accept()
+                    with conn:
+                        conn.settimeout(1)
+                        conn.sendall(_told(args.name, peer))
+            except OSError:
+                pass
+
+
+def _told(name: str, peer: tuple) -> bytes:
+    address = peer[0].removeprefix("::ffff:")  # an IPv4 peer of a dual-stack socket
+    return f"{name} {address}".encode()
+
+
+def ask(args: argparse.Namespace) -> None:
+    """Send one datagram or open one connection per question, all at once,
+    and print the answer of each (null when none came in time)."""
+    questions = json.loads(args.questions)
+    selector = selectors.DefaultSelector()
+    answers: list[str | None] = [None] * len(questions)
+    for index, item in enumerate(questions):
+        kind = socket.SOCK_DGRAM if item["proto"] == "udp" else socket.SOCK_STREAM
+        sock = socket.socket(_family(item["server"]), kind)
+        if item.get("source"):
+            sock.bind((item["source"], 0))
+        sock.setblocking(False)
+        sock.connect_ex((item["server"], item["port"]))
+        if kind == socket.SOCK_DGRAM:
+            sock.send(b"?")
+        selector.register(sock, selectors.EVENT_READ, index)
+    deadline = time.monotonic() + args.timeout
+    while selector.get_map() and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
+            selector.unregister(key.fileobj)
+            with contextlib.suppress(OSError):
+                answers[key.data] = key.fileobj.recv(256).decode() or None
+            key.fileobj.close()
+    print(json.dumps(answers), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
@@ -216,8 +278,18 @@ def main() -> None:
     many = commands.add_parser("probe")
     many.add_argument("probes", help='JSON list of {"proto", "server", "port", "source"}')
     many.add_argument("--timeout", type=float, default=1.0)
+    peer = commands.add_parser("tell-peer")
+    peer.add_argument("--name", required=True)
+    peer.add_argument("--udp", type=int, nargs="*", default=[])
+    peer.add_argument("--tcp", type=int, nargs="*", default=[])
+    peer.add_argument("--lifetime", type=float, default=120)
+    asking = commands.add_parser("ask")
+    asking.add_argument("questions", help='JSON list of {"proto", "server", "port", "source"?}')
+    asking.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args()
-    {"serve": serve, "query": query, "connect": connect, "probe": probe}[args.command](args)
+    run = {"serve": serve, "query": query, "connect": connect, "probe": probe}
+    run |= {"tell-peer": tell_peer, "ask": ask}
+    run[args.command](args)
 
 
 if __name__ == "__main__":

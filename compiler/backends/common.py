@@ -12,6 +12,7 @@ ROLE_NOTES = {
     RuleRole.STATE: "state auto",
     RuleRole.UNTRACKED_ANSWER: "answers of notrack entry",
     RuleRole.LOOPBACK: "loopback accept",
+    RuleRole.DNAT_FORWARD: "dnat forward",
 }
 
 

@@ -8,21 +8,24 @@ import re
 import shutil
 import subprocess
 
-from nfc.backends.iptables import BACKEND, TOOLS
+from nfc.backends.iptables import BACKEND, TOOLS, nat_table
 from nfc.backends.kernel import ApplyError, Artifact, Json, KernelRefused, RestoreFailed, refusal, run_tool
 
 RESTORE_ERROR = re.compile(r"(?:Error occurred at line: |line )(?P<line>\d+)")
 
 
 class LegacyKernel:
-    """The raw and filter tables of iptables-legacy and ip6tables-legacy,
+    """The raw, filter and nat tables of iptables-legacy and ip6tables-legacy,
     owned whole, as iptables-persistent owns them."""
 
-    TABLES = ("raw", "filter")
+    TABLES = ("raw", "filter", "nat")
+    # A rules file of a policy without NAT holds no nat table, and neither
+    # does a state saved before nfc owned it: loading one empties nat.
+    OPTIONAL = ("nat",)
 
     def _restore(self, family_file: str, text: str, test: bool = False) -> subprocess.CompletedProcess[str]:
         tool = TOOLS[family_file] + "-restore"
-        return run_tool([tool, "-w", *(["--test"] if test else [])], stdin=text)
+        return run_tool([tool, "-w", *(["--test"] if test else [])], stdin=_owned(text))
 
     def _refused(self, artifact: Artifact, family_file: str, error: str) -> KernelRefused:
         message = " ".join(line for line in error.splitlines() if line and not line.startswith("Try "))
@@ -50,7 +53,7 @@ class LegacyKernel:
         return saved
 
     def saved_form(self, artifact: Artifact) -> Json:
-        # a rules file holds the raw and filter tables of its family, as a snapshot does
+        # a rules file holds the tables of its family, as a snapshot does
         return {"backend": BACKEND} | {name: artifact.path(name).read_text() for name in TOOLS}
 
     def load(self, artifact: Artifact) -> None:
@@ -78,7 +81,7 @@ class LegacyKernel:
                 raise RestoreFailed(f"rollback failed: {TOOLS[family_file]}-restore: {result.stderr.strip()}")
 
     def describe(self, saved: Json) -> str:
-        return "the iptables-legacy raw and filter tables"
+        return "the iptables-legacy raw, filter and nat tables"
 
     def foreign_rules(self) -> str | None:
         """nftables tables beside the legacy ones, which mix badly."""
@@ -87,3 +90,12 @@ class LegacyKernel:
         result = run_tool(["nft", "list", "tables"], check=False)
         tables = [line.strip() for line in result.stdout.splitlines() if line.strip()]
         return f"nftables tables are loaded too ({', '.join(tables)})" if tables else None
+
+
+def _owned(text: str) -> str:
+    """`text` with every table nfc owns: without a nat table of its own it
+    gets an empty one, so that no translation outlives the policy that asked
+    for it. Lines that follow the text keep their numbers in errors."""
+    if "*nat" in text.splitlines():
+        return text
+    return text + "\n".join(nat_table([])) + "\n"

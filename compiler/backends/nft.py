@@ -18,6 +18,7 @@ from nfc.ir import (
     Family,
     Match,
     Meter,
+    NatRule,
     Network,
     NotrackRule,
     Origin,
@@ -33,6 +34,8 @@ RULESET = "ruleset.nft"
 COMMENT_MAX = 128  # bytes, the kernel's limit for a rule comment
 ADDRESS_KEYWORD = {Family.V4: "ip", Family.V6: "ip6"}
 ADDRESS_TYPE = {Family.V4: "ipv4_addr", Family.V6: "ipv6_addr"}
+# The nat chains by hook, at the priorities nft names for translation.
+NAT_PRIORITIES = {"prerouting": "dstnat", "postrouting": "srcnat"}
 
 
 def generate(ruleset: Ruleset) -> dict[str, str]:
@@ -59,6 +62,10 @@ def render(ruleset: Ruleset) -> str:
         entries = [r for r in ruleset.notrack if r.hook == hook]
         if entries:
             body.append(_chain(f"raw_{hook}", hook, "raw", "accept", [_notrack(ruleset, r) for r in entries]))
+    for hook, priority in NAT_PRIORITIES.items():
+        translations = [_nat(ruleset, r) for r in ruleset.nat if r.hook == hook]
+        if translations:
+            body.append(_chain(f"nat_{hook}", hook, priority, "accept", translations, kind="nat"))
     for chain in ruleset.chains:
         rendered = [line for rule in chain.rules for line in _rule(ruleset, rule)]
         body.append(_chain(chain.name, chain.name, "filter", chain.policy, rendered))
@@ -109,8 +116,10 @@ def _meter_set(meter: Meter) -> list[str]:
     ]
 
 
-def _chain(name: str, hook: str, priority: str, policy: str, rules: list[str]) -> list[str]:
-    header = f"\ttype filter hook {hook} priority {priority}; policy {policy};"
+def _chain(
+    name: str, hook: str, priority: str, policy: str, rules: list[str], kind: str = "filter"
+) -> list[str]:
+    header = f"\ttype {kind} hook {hook} priority {priority}; policy {policy};"
     return [f"chain {name} {{", header, *("\t" + r for r in rules), "}"]
 
 
@@ -166,6 +175,8 @@ def _match(match: Match) -> list[str]:
         parts.append(f"meta l4proto {match.protocol}")
     if match.ct_state:
         parts.append(f"ct state {','.join(match.ct_state)}")
+    # one match per status: `ct status dnat,snat` would match either of them
+    parts.extend(f"ct status {status}" for status in match.ct_status)
     return parts
 
 
@@ -259,3 +270,18 @@ def _notrack(ruleset: Ruleset, rule: NotrackRule) -> str:
     destination = [DESTINATIONS[rule.destination]] if rule.destination else []
     parts = [*_match(rule.match), *destination, "notrack", _comment(ruleset, rule.origin, rule.comment)]
     return " ".join(parts)
+
+
+def _nat(ruleset: Ruleset, rule: NatRule) -> str:
+    parts = [*_match(rule.match), _translation(rule), _comment(ruleset, rule.origin, rule.comment)]
+    return " ".join(parts)
+
+
+def _translation(rule: NatRule) -> str:
+    """`masquerade`, `snat ip to ADDR[:PORTS]`, `dnat ip6 to [ADDR]:PORTS`, `redirect to :PORTS`."""
+    ports = f":{_port_range(rule.ports)}" if rule.ports else ""
+    if rule.address is None:
+        return f"{rule.kind} to {ports}" if ports else rule.kind
+    family = Family.V4 if rule.address.version == 4 else Family.V6
+    address = f"[{rule.address}]" if ports and family is Family.V6 else str(rule.address)
+    return f"{rule.kind} {ADDRESS_KEYWORD[family]} to {address}{ports}"
