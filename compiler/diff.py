@@ -212,7 +212,7 @@ def _nat_side(view: NatView, other: NatView, ruleset: Ruleset, newly: bool) -> I
             if was is not None and (_same(rule, was) or not newly):
                 continue  # unchanged, or translated otherwise now: the new side says so
             verb = NAT_VERBS[rule.kind]
-            if rule.kind == "dnat" and not accepted_somewhere(forward, accepting, _translated(rule, cube)):
+            if rule.kind == "dnat" and not accepted_somewhere(forward, accepting, translated(rule, cube)):
                 verb = "DNATS"
             if not newly:
                 kind, then = f"no longer {verb}", f"{rule.kind} at {rule.origin}"
@@ -233,10 +233,6 @@ def _same(a: NatRule, b: NatRule) -> bool:
 def _target(rule: NatRule) -> str:
     """Where a NAT rule sends a connection, as the diff writes it after 'to'."""
     return "" if rule.kind == "masquerade" else target_text(rule)
-
-
-def _translated(rule: NatRule, cube: Cube) -> list[Cube]:
-    return [t] if (t := translated(rule, cube)) is not None else []
 
 
 # Where raw-table rules act: prerouting on packets addressed to the host, on

@@ -235,13 +235,26 @@ class Translation:
     before: Packet
     after: Packet
 
+    @property
+    def changes(self) -> bool:
+        """Whether the packet's addresses or ports change. The kernel marks
+        a connection translated (ct status dnat, snat) only when they do:
+        a dnat to the address and port the packet already has is not one.
+        A redirect of a forwarded packet changes its address (to this host's)."""
+        if self.rule.kind == "redirect" and self.before.direction == "fwd":
+            return True
+        ends = ("saddr", "sport", "daddr", "dport")
+        return any(getattr(self.before, end) != getattr(self.after, end) for end in ends)
+
     def line(self) -> str:
         rule, before, after = self.rule, self.before, self.after
         moved = {
             ("in", "fwd"): ", so the packet is forwarded",
             ("fwd", "in"): ", so the packet goes to input",
         }.get((before.direction, after.direction), "")
-        if rule.kind == "dnat":
+        if rule.kind in ("dnat", "redirect") and not self.changes:
+            what = f"destination {before.destination()} stays as it is: no ct status dnat"
+        elif rule.kind == "dnat":
             what = f"destination {before.destination()} becomes {after.destination()}"
         elif rule.kind == "redirect":
             port = f"port {after.dport} of " if after.dport is not None else ""
@@ -363,7 +376,7 @@ def explain(ruleset: Ruleset, packet: Packet, over_limit: bool = False) -> Expla
     translating = result.ct == "new"
     if translating and hook == "prerouting":
         result.dnat = _translate(ruleset, "prerouting", packet)
-    status: tuple[CtStatus, ...] = ("dnat",) if result.dnat else ()
+    status: tuple[CtStatus, ...] = ("dnat",) if result.dnat and result.dnat.changes else ()
     judged = result.judged
     _filter(ruleset, judged, result, status)
     if translating and result.verdict == "accept" and judged.direction != "in":

@@ -53,7 +53,7 @@ def dnat_unreachable(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for rule, mine, _ in _view(ctx, "prerouting").effective():
         if rule.kind != "dnat" or not mine:
             continue
-        arriving = [t for cube in mine if (t := translated(rule, cube)) is not None]
+        arriving = [t for cube in mine for t in translated(rule, cube)]
         if arriving and not accepted_somewhere(forward, index, arriving):
             target = target_text(rule)
             yield (
@@ -81,7 +81,7 @@ def source_nat_unreachable(ctx: Context) -> Iterator[tuple[Loc, str, str | None]
         for rule, mine, _ in _view(ctx, "prerouting").effective()
         if rule.kind == "dnat"
         for cube in mine
-        if (t := translated(rule, cube)) is not None
+        for t in translated(rule, cube)
     ]
     for rule, mine, _ in _view(ctx, "postrouting").effective():
         if not mine:

@@ -30,24 +30,28 @@ def target_text(rule: NatRule) -> str:
     return f"{address}:{ports}" if ports else address
 
 
-def translated(rule: NatRule, cube: Cube) -> Cube | None:
-    """The first packet of a connection in `cube` as `rule` (dnat or
-    redirect) leaves it, as the filter sees it: to the new address (dnat;
-    redirect keeps the address, as `nfc explain` does) and port, ct status
-    dnat. A port outside a new range becomes the range's first (the kernel's
-    choice for an unused one)."""
-    dport = cube.dport
-    if rule.ports is not None:
-        low, high = rule.ports
-        inside = intersect(dport, ((low, high),))
-        outside = subtract(dport, ((low, high),))
-        dport = merge_ranges([*inside, *([(low, low)] if outside else [])])
-    daddr = cube.daddr
-    if rule.address is not None:
-        if (rule.address.version == 4) != (cube.family.value == "ipv4"):
-            return None
-        daddr = ((int(rule.address), int(rule.address)),)
-    return replace(cube, dport=dport, daddr=daddr, ct=NEW, status=frozenset({"dnat"}))
+def translated(rule: NatRule, cube: Cube) -> list[Cube]:
+    """The first packets of connections in `cube` as `rule` (dnat or
+    redirect) leaves them, as the filter sees them: to the new address
+    (dnat; redirect keeps the address, as `nfc explain` does) and port, with
+    ct status dnat. A port outside a new range becomes the range's first
+    (the kernel's choice for an unused one). Packets that already have the
+    new address and port are left as they are, and the kernel does not
+    mark their connections ct status dnat."""
+    if rule.address is not None and (rule.address.version == 4) != (cube.family.value == "ipv4"):
+        return []
+    ports = ((rule.ports[0], rule.ports[1]),) if rule.ports else cube.dport
+    address = ((int(rule.address), int(rule.address)),) if rule.address is not None else cube.daddr
+    target = replace(cube, daddr=address, dport=ports)
+    kept = cube & target
+    result = [replace(kept, ct=NEW, status=frozenset({"none"}))] if kept else []
+    for moved in cube - target:
+        dport = moved.dport
+        if rule.ports is not None:
+            inside, outside = intersect(dport, ports), subtract(dport, ports)
+            dport = merge_ranges([*inside, *([(rule.ports[0],) * 2] if outside else [])])
+        result.append(replace(moved, dport=dport, daddr=address, ct=NEW, status=frozenset({"dnat"})))
+    return result
 
 
 @dataclass

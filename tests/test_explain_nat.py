@@ -146,3 +146,20 @@ def test_without_a_matching_nat_rule_the_output_is_as_before(tmp_path: Path) -> 
         before, after = explain(plain, packet), explain(with_nat, packet)
         assert after.lines() == before.lines() and after.to_json() == before.to_json(), text
         assert "nat" not in after.to_json()
+
+
+def test_a_dnat_that_changes_nothing_marks_no_translation(tmp_path: Path) -> None:
+    """The kernel sets ct status dnat only when the address or port
+    changes: a packet already sent to the port forward's target is judged
+    as untranslated, so the dnat-forward accept does not take it (the
+    random router campaign found this)."""
+    keep_port = nat("dnat", 50, to="192.168.1.10", protocol="tcp", dport=80, iif="eth*")
+    ruleset = router(tmp_path, keep_port)
+    result = explain(ruleset, parse_packet("tcp 203.0.113.2:40000 > 192.168.1.10:80 iif eth0 dir fwd"))
+    assert result.dnat is not None and not result.dnat.changes
+    assert (result.verdict, result.rule) == ("drop", None)
+    assert shown(result.lines(), tmp_path)[2] == (
+        "router.yaml:50:5: dnat: destination 192.168.1.10:80 stays as it is: no ct status dnat"
+    )
+    moved = explain(ruleset, parse_packet("tcp 203.0.113.2:40000 > 203.0.113.1:80 iif eth0"))
+    assert moved.dnat is not None and moved.dnat.changes and moved.verdict == "accept"

@@ -175,3 +175,14 @@ def test_interface_lists_and_wildcards_in_shadowing(tmp_path: Path) -> None:
     assert "NFC030" in findings(("accept", ("eth1", "ppp*")), ("drop", ("ppp0", "eth1")))
     assert "NFC031" in findings(("accept", ("eth1", "eth2")), ("accept", ("eth2",)))
     assert "NFC031" not in findings(("accept", ("eth1", "eth2")), ("accept", ("eth2", "eth3")))
+
+
+def test_what_a_dnat_leaves_as_it_is_is_not_translated(tmp_path: Path) -> None:
+    """Packets that already go to the target keep no ct status dnat: the
+    dnat-forward accept does not take them, so forward's rules must."""
+    keep = nat("dnat", 50, to="192.168.1.10", ports=(80, 80), protocol="tcp", dport=80, iif="eth0",
+               daddr="192.168.1.10/32")  # fmt: skip
+    assert found(router(tmp_path, keep))["NFC090"] == [
+        "50: nothing in forward accepts the connections this dnat sends to 192.168.1.10:80: "
+        "the port forward cannot work"
+    ]
