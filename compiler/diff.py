@@ -9,12 +9,14 @@ import os
 import subprocess
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nfc.errors import Loc
-from nfc.ir import CHAIN_NAMES, Destination, Match, Meter, NotrackHook, Ruleset
-from nfc.space import ICMP_OF, Cube, Space, describe, minus, overlap
+from nfc.ir import CHAIN_NAMES, Destination, Match, Meter, NatRule, NotrackHook, Rule, Ruleset
+from nfc.nat_space import NatView, accepted_somewhere, chain_index, nat_view, target_text, translated
+from nfc.space import ADDRESS_SPACE, ICMP_OF, Cube, Space, describe, minus
+from nfc.space_index import Index
 from nfc.values import merge_ranges
 
 
@@ -44,31 +46,40 @@ class Change:
         }
 
 
-Decision = tuple[Cube, str, Loc | None]  # packets, verdict, the rule (None: policy)
+@dataclass(frozen=True)
+class ChainSide:
+    """One side of a comparison: a chain's rules (those a sender within its
+    limits can match: `limit over` rules match none, as `nfc explain`
+    assumes), indexed, and its policy. No chain: the kernel accepts."""
+
+    rules: tuple[Rule, ...]
+    index: Index
+    policy: str
+
+    @classmethod
+    def of(cls, ruleset: Ruleset, space: Space, name: str) -> ChainSide:
+        chain = next((c for c in ruleset.chains if c.name == name), None)
+        if chain is None:
+            return cls((), Index([]), "accept")
+        cubes = [[] if r.meter and r.meter.over else space.cubes(r.match) for r in chain.rules]
+        return cls(chain.rules, Index(cubes), chain.policy)
+
+    def verdict(self, number: int | None) -> str:
+        return self.policy if number is None else self.rules[number].verdict.kind
 
 
-def decisions(ruleset: Ruleset, space: Space, chain_name: str) -> list[Decision]:
-    """The chain's verdict for every packet, as disjoint cubes, with every
-    sender assumed within its limits (as `nfc explain` assumes)."""
-    remaining = space.cubes(Match())
-    chain = next((c for c in ruleset.chains if c.name == chain_name), None)
-    if chain is None:
-        return [(cube, "accept", None) for cube in remaining]  # no hook: the kernel accepts
-    result: list[Decision] = []
-    for rule in chain.rules:
-        if rule.meter is not None and rule.meter.over:
-            continue  # matches only senders over the limit
-        cubes = space.cubes(rule.match)
-        result += [(cube, rule.verdict.kind, rule.origin) for cube in overlap(remaining, cubes)]
-        remaining = minus(remaining, cubes)
-        if not remaining:
-            break
-    return result + [(cube, chain.policy, None) for cube in remaining]
+PAIRWISE = 64  # up to this many cubes, _merge tries every pair
 
 
 def _merge(cubes: list[Cube]) -> list[Cube]:
-    """Join cubes that differ in one dimension only, for shorter reports."""
+    """Join cubes that differ in one dimension only, for shorter reports.
+    Trying every pair is quadratic: a longer list (a thousand port forwards
+    gone at once) is first joined by buckets of equal other dimensions."""
     merged = list(cubes)
+    if len(merged) > PAIRWISE:
+        merged = _join_by_buckets(merged)
+        if len(merged) > PAIRWISE:
+            return merged
     changed = True
     while changed:
         changed = False
@@ -82,6 +93,33 @@ def _merge(cubes: list[Cube]) -> list[Cube]:
                     break
             if changed:
                 break
+    return merged
+
+
+def _join_by_buckets(cubes: list[Cube]) -> list[Cube]:
+    """Cubes equal in every dimension but one, joined, in passes over the
+    dimensions until none joins: linear work per pass."""
+    merged = cubes
+    changed = True
+    while changed:
+        changed = False
+        for name in (*Cube.INTERVALS, *Cube.FINITE):
+            buckets: dict[tuple[object, ...], list[Cube]] = {}
+            for cube in merged:
+                dims = cube.dims()
+                key = (cube.family, *(value for other, value in dims.items() if other != name))
+                buckets.setdefault(key, []).append(cube)
+            if len(buckets) == len(merged):
+                continue
+            changed = True
+            merged = []
+            for bucket in buckets.values():
+                first = bucket[0]
+                if name in Cube.FINITE:
+                    value: object = frozenset().union(*(getattr(c, name) for c in bucket))
+                else:
+                    value = merge_ranges(r for c in bucket for r in getattr(c, name))
+                merged.append(Cube(first.family, **{**first.dims(), name: value}))
     return merged
 
 
@@ -105,21 +143,96 @@ def _join(a: Cube, b: Cube) -> Cube | None:
 
 
 def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iterator[Change]:
-    before = decisions(old, space, chain)
-    after = decisions(new, space, chain)
+    """The packets whose verdict in `chain` changes, grouped by the old
+    verdict, the new one and the new rule that decides them. Each rule's
+    packets meet only the other side's rules that may overlap them (an
+    index finds those), so the work grows with the overlaps, not with the
+    product of the two chains' lengths."""
+    before, after = ChainSide.of(old, space, chain), ChainSide.of(new, space, chain)
     groups: dict[tuple[str, str, Loc | None], list[Cube]] = {}
-    for new_cube, new_verdict, origin in after:
-        for old_cube, old_verdict, _ in before:
-            if new_verdict == old_verdict:
-                continue
-            both = new_cube & old_cube
-            if both is not None:
-                groups.setdefault((old_verdict, new_verdict, origin), []).append(both)
+
+    def note(cube: Cube, old_verdict: str, new_verdict: str, origin: Loc | None) -> None:
+        if old_verdict != new_verdict:
+            groups.setdefault((old_verdict, new_verdict, origin), []).append(cube)
+
+    for number, rule in enumerate(after.rules):  # what a new rule decides
+        for cube, other in before.index.first_match(after.index.decided(number)):
+            note(cube, before.verdict(other), rule.verdict.kind, rule.origin)
+    for number in range(len(before.rules)):  # what an old rule decided and the new policy does
+        for cube, other in after.index.first_match(before.index.decided(number)):
+            if other is None:
+                note(cube, before.verdict(number), after.policy, None)
+    if before.policy != after.policy:  # what both policies decide
+        rest = minus(
+            space.cubes(Match()), [c for side in (before, after) for cs in side.index.rules for c in cs]
+        )
+        for cube in rest:
+            note(cube, before.policy, after.policy, None)
     for (old_verdict, new_verdict, origin), cubes in sorted(groups.items(), key=lambda g: str(g[0])):
         for cube in _merge(cubes):
             yield Change(
                 chain, f"newly {new_verdict.upper()}S", describe(cube, space), old_verdict.upper(), origin
             )
+
+
+# What each kind of NAT rule does to a connection, in a reviewer's words.
+NAT_VERBS = {"dnat": "FORWARDS", "redirect": "REDIRECTS", "masquerade": "MASQUERADES", "snat": "SNATS"}
+
+
+NatKey = tuple[str, str, str, Loc | None]  # change, target, what it was, the new rule
+
+
+def _nat_changes(old: Ruleset, new: Ruleset, space: Space) -> Iterator[Change]:
+    """The connections whose translation changes: those a new or changed
+    NAT rule now translates (with what the old policy did with them) and
+    those an old rule translated that no new rule does. A port forward
+    whose connections forward drops is said so."""
+    groups: dict[NatKey, list[Cube]] = {}
+    for hook in ("prerouting", "postrouting"):
+        before, after = nat_view(old, space, hook), nat_view(new, space, hook)
+        for key, cube in [*_nat_side(after, before, new, True), *_nat_side(before, after, old, False)]:
+            groups.setdefault(key, []).append(cube)
+    for (kind, target, then, origin), cubes in sorted(groups.items(), key=lambda g: str(g[0])):
+        for cube in _merge(cubes):
+            what = describe(cube, space)
+            if target:
+                joint = " to " if cube.daddr == ADDRESS_SPACE[cube.family] else ", translated to "
+                what += joint + target
+            yield Change("nat", kind, what, then, origin)
+
+
+def _nat_side(view: NatView, other: NatView, ruleset: Ruleset, newly: bool) -> Iterator[tuple[NatKey, Cube]]:
+    """The connections `view`'s rules translate and `other`'s do not, or
+    (`newly`: `view` is the new policy) translate otherwise."""
+    forward = next((c for c in ruleset.chains if c.name == "forward"), None)
+    accepting = chain_index(forward, view.space) if forward else None
+    for rule, mine, _ in view.effective():
+        for cube, number in other.index.first_match(mine):
+            was = other.rules[number] if number is not None else None
+            if was is not None and (_same(rule, was) or not newly):
+                continue  # unchanged, or translated otherwise now: the new side says so
+            verb = NAT_VERBS[rule.kind]
+            if rule.kind == "dnat" and not accepted_somewhere(forward, accepting, translated(rule, cube)):
+                verb = "DNATS"
+            if not newly:
+                kind, then = f"no longer {verb}", f"{rule.kind} at {rule.origin}"
+            elif was is None:
+                kind, then = f"newly {verb}", "not translated"
+            else:
+                kind, then = f"newly {verb}", " ".join(w for w in (was.kind, _target(was), "at") if w)
+                then += f" {was.origin}"
+            target = _target(rule) + (", which forward drops" if verb == "DNATS" else "")
+            key = (kind, target, then, rule.origin if newly else None)
+            yield key, replace(cube, ct=view.space.ct_states)  # NAT sees new connections: no news
+
+
+def _same(a: NatRule, b: NatRule) -> bool:
+    return (a.kind, a.address, a.ports) == (b.kind, b.address, b.ports)
+
+
+def _target(rule: NatRule) -> str:
+    """Where a NAT rule sends a connection, as the diff writes it after 'to'."""
+    return "" if rule.kind == "masquerade" else target_text(rule)
 
 
 # Where raw-table rules act: prerouting on packets addressed to the host, on
@@ -189,6 +302,7 @@ def diff(old: Ruleset, new: Ruleset) -> list[Change]:
     changes: list[Change] = []
     for chain in CHAIN_NAMES:
         changes += _chain_changes(old, new, space, chain)
+    changes += _nat_changes(old, new, space)
     changes += _notrack_changes(old, new, space)
     changes += _meter_changes(old, new)
     changes += _sysctl_changes(old, new)

@@ -1,6 +1,8 @@
 """nfc's executable semantics: walk a packet through the IR exactly as the
 kernel walks the generated ruleset — the raw-priority notrack chain first,
-then the filter chain of its direction, then that chain's policy.
+then the destination NAT of prerouting (which may turn a packet for this
+host into a forwarded one, or the reverse), then the filter chain of its
+direction, then that chain's policy, and last the source NAT of postrouting.
 
 Meters are the one thing a single packet cannot decide: explain assumes
 the sender is within every limit (or over all of them, with `over_limit`)
@@ -10,11 +12,24 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nfc import vocab
 from nfc.errors import Loc, printable
-from nfc.ir import Addresses, Family, Interfaces, Match, Meter, Ports, Rule, RuleRole, Ruleset
+from nfc.ir import (
+    Addresses,
+    CtStatus,
+    Family,
+    Interfaces,
+    Match,
+    Meter,
+    NatHook,
+    NatRule,
+    Ports,
+    Rule,
+    RuleRole,
+    Ruleset,
+)
 from nfc.values import ascii_int
 
 # A name as a rule's iif takes it, less the wildcard: what no rule can name
@@ -47,15 +62,22 @@ class Packet:
     icmp_type: str | None = None
 
     def describe(self) -> str:
-        def endpoint(address: object, port: int | None) -> str:
-            text = f"[{address}]" if self.family is Family.V6 and port is not None else str(address)
-            return f"{text}:{port}" if port is not None else text
-
-        words = [self.protocol, endpoint(self.saddr, self.sport), ">", endpoint(self.daddr, self.dport)]
+        words = [self.protocol, self.source(), ">", self.destination()]
         for key, value in (("type", self.icmp_type), ("iif", self.iif), ("oif", self.oif), ("ct", self.ct)):
             if value is not None:
                 words += [key, value]
         return " ".join([*words, "dir", self.direction])
+
+    def source(self) -> str:
+        return _endpoint_text(self.saddr, self.sport)
+
+    def destination(self) -> str:
+        return _endpoint_text(self.daddr, self.dport)
+
+
+def _endpoint_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int | str | None) -> str:
+    text = f"[{address}]" if address.version == 6 and port is not None else str(address)
+    return f"{text}:{port}" if port is not None else text
 
 
 def _endpoint(word: str, column: int) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]:
@@ -170,9 +192,12 @@ def _interface_match(interfaces: Interfaces | None, name: str | None) -> bool:
     return name is not None and interfaces.admits(name)
 
 
-def matches(match: Match, packet: Packet, ct: str | None) -> bool:
-    """Whether `packet`, in connection state `ct`, matches `match`."""
+def matches(match: Match, packet: Packet, ct: str | None, status: tuple[CtStatus, ...] = ()) -> bool:
+    """Whether `packet`, in connection state `ct`, its connection translated
+    as `status` says, matches `match`."""
     if match.family is not None and match.family is not packet.family:
+        return False
+    if not set(match.ct_status) <= set(status):
         return False
     if match.protocol is not None and match.protocol != packet.protocol:
         return False
@@ -201,6 +226,61 @@ class MeterStep:
     matched: bool  # whether the rule matched under the assumption made
 
 
+@dataclass(frozen=True)
+class Translation:
+    """What a NAT rule made of the packet: `before` and `after` differ in
+    the destination (prerouting) or the source (postrouting)."""
+
+    rule: NatRule
+    before: Packet
+    after: Packet
+
+    @property
+    def changes(self) -> bool:
+        """Whether the packet's addresses or ports change. The kernel marks
+        a connection translated (ct status dnat, snat) only when they do:
+        a dnat to the address and port the packet already has is not one.
+        A redirect of a forwarded packet changes its address (to this host's)."""
+        if self.rule.kind == "redirect" and self.before.direction == "fwd":
+            return True
+        ends = ("saddr", "sport", "daddr", "dport")
+        return any(getattr(self.before, end) != getattr(self.after, end) for end in ends)
+
+    def line(self) -> str:
+        rule, before, after = self.rule, self.before, self.after
+        moved = {
+            ("in", "fwd"): ", so the packet is forwarded",
+            ("fwd", "in"): ", so the packet goes to input",
+        }.get((before.direction, after.direction), "")
+        if rule.kind in ("dnat", "redirect") and not self.changes:
+            what = f"destination {before.destination()} stays as it is: no ct status dnat"
+        elif rule.kind == "dnat":
+            what = f"destination {before.destination()} becomes {after.destination()}"
+        elif rule.kind == "redirect":
+            port = f"port {after.dport} of " if after.dport is not None else ""
+            what = f"destination {before.destination()} becomes {port}this host"
+        elif rule.kind == "snat":
+            new = after.source()
+            if rule.ports and after.sport != before.sport:  # the kernel picks a free port of the range
+                new = _endpoint_text(after.saddr, f"{rule.ports[0]}-{rule.ports[1]}")
+            what = f"source {before.source()} becomes {new}"
+        else:
+            interface = f"oif {before.oif}" if before.oif else "the outgoing interface"
+            what = f"source {before.saddr} becomes the address of {interface}"
+        return f"{rule.origin}: {rule.kind}: {what}{moved}"
+
+    def to_json(self) -> dict[str, object]:
+        rule = self.rule
+        return {
+            "kind": rule.kind,
+            "hook": rule.hook,
+            "file": rule.origin.file,
+            "line": rule.origin.line,
+            "address": str(rule.address) if rule.address else None,
+            "ports": list(rule.ports) if rule.ports else None,
+        }
+
+
 @dataclass
 class Explanation:
     packet: Packet
@@ -211,10 +291,17 @@ class Explanation:
     rule: Rule | None = None  # None: the chain's policy (or no chain)
     meters: list[MeterStep] = field(default_factory=list)
     over_limit: bool = False
+    dnat: Translation | None = None  # prerouting's: the filter judges its `after`
+    snat: Translation | None = None  # postrouting's, after an accept
+
+    @property
+    def judged(self) -> Packet:
+        """The packet as the filter chain sees it."""
+        return self.dnat.after if self.dnat else self.packet
 
     def to_json(self) -> dict[str, object]:
         rule = self.rule
-        return {
+        data: dict[str, object] = {
             "packet": self.packet.describe(),
             "untracked": self.untracked_by is not None,
             "notrack_entry": str(self.untracked_by) if self.untracked_by else None,
@@ -237,6 +324,11 @@ class Explanation:
             ],
             "assumed": "over every limit" if self.over_limit else "within every limit",
         }
+        translations = [t for t in (self.dnat, self.snat) if t]
+        if translations:  # absent without NAT: the output of earlier versions stays as it was
+            data["nat"] = [t.to_json() for t in translations]
+            data["translated_packet"] = self.judged.describe()
+        return data
 
     def lines(self) -> list[str]:
         out = [f"packet: {self.packet.describe()}"]
@@ -244,6 +336,8 @@ class Explanation:
             out.append(f"{self.untracked_by}: untracked by this notrack entry (ct state untracked)")
         else:
             out.append(f"connection state: {self.ct}")
+        if self.dnat:
+            out += [self.dnat.line(), f"translated packet: {self.dnat.after.describe()}"]
         for step in self.meters:
             meter = step.meter
             name = f"meter {meter.name}" if meter.name else "a limit"
@@ -254,17 +348,19 @@ class Explanation:
             assumed = "over the limit" if self.over_limit else "within the limit"
             out.append(f"{step.origin}: passes {name} ({rate}{key}): {assumed}, {effect}")
         if self.chain is None:
-            out.append(f"verdict: {self.verdict.upper()}: no {DIRECTIONS[self.packet.direction][1]} chain")
+            out.append(f"verdict: {self.verdict.upper()}: no {DIRECTIONS[self.judged.direction][1]} chain")
         elif self.rule is None:
             out.append(f"verdict: {self.verdict.upper()} by the policy of chain {self.chain}")
         else:
             role = "" if self.rule.role is RuleRole.USER else f" ({self.rule.role.value})"
             out.append(f"{self.rule.origin}: verdict: {self.verdict.upper()} in chain {self.chain}{role}")
+        if self.snat:
+            out.append(self.snat.line())
         return out
 
 
 def explain(ruleset: Ruleset, packet: Packet, over_limit: bool = False) -> Explanation:
-    hook, chain_name = DIRECTIONS[packet.direction]
+    hook = DIRECTIONS[packet.direction][0]
     result = Explanation(packet, over_limit=over_limit)
     # In prerouting, a packet `dir in` is addressed to the host, `dir fwd` is not.
     destination = {"in": "host", "fwd": "routed"}.get(packet.direction)
@@ -275,22 +371,73 @@ def explain(ruleset: Ruleset, packet: Packet, over_limit: bool = False) -> Expla
             result.untracked_by = entry.origin
             break
     result.ct = "untracked" if result.untracked_by else (packet.ct or "new")
-    chain = next((c for c in ruleset.chains if c.name == chain_name), None)
+    # NAT sees only the first packet of a connection; later ones follow its
+    # translation, which a single packet cannot show.
+    translating = result.ct == "new"
+    if translating and hook == "prerouting":
+        result.dnat = _translate(ruleset, "prerouting", packet)
+    status: tuple[CtStatus, ...] = ("dnat",) if result.dnat and result.dnat.changes else ()
+    judged = result.judged
+    _filter(ruleset, judged, result, status)
+    if translating and result.verdict == "accept" and judged.direction != "in":
+        result.snat = _translate(ruleset, "postrouting", judged, status)
+    return result
+
+
+def _filter(ruleset: Ruleset, packet: Packet, result: Explanation, status: tuple[CtStatus, ...]) -> None:
+    """The verdict of the filter chain of `packet`'s direction, into `result`."""
+    chain = next((c for c in ruleset.chains if c.name == DIRECTIONS[packet.direction][1]), None)
     if chain is None:
-        return result  # no base chain at this hook: the kernel accepts
+        return  # no base chain at this hook: the kernel accepts
     result.chain = chain.name
     for rule in chain.rules:
-        if not matches(rule.match, packet, result.ct):
+        if not matches(rule.match, packet, result.ct, status):
             continue
         if rule.meter is not None:
             # Within the limit a `limit over` rule does not match, a plain
             # `limit` rule does; over the limit the reverse.
-            matched = rule.meter.over == over_limit
+            matched = rule.meter.over == result.over_limit
             result.meters.append(MeterStep(rule.meter, rule.origin, matched))
             if not matched:
                 continue
         result.verdict = rule.verdict.kind
         result.rule = rule
-        return result
+        return
     result.verdict = chain.policy
-    return result
+
+
+def _translate(
+    ruleset: Ruleset, hook: NatHook, packet: Packet, status: tuple[CtStatus, ...] = ()
+) -> Translation | None:
+    """The first NAT rule of `hook` that matches `packet` (a new connection), and what it makes of it."""
+    rule = next((n for n in ruleset.nat if n.hook == hook and matches(n.match, packet, "new", status)), None)
+    if rule is None:
+        return None
+    if rule.kind == "dnat":
+        address = rule.address or packet.daddr
+        after = replace(
+            packet,
+            daddr=address,
+            dport=_port(rule.ports, packet.dport),
+            # a packet for this host sent on to another one is forwarded
+            direction="fwd" if address != packet.daddr else packet.direction,
+        )
+    elif rule.kind == "redirect":
+        # The kernel writes the incoming interface's address, which explain
+        # does not know: it keeps the destination address for the rules.
+        after = replace(packet, dport=_port(rule.ports, packet.dport), direction="in")
+    elif rule.kind == "snat":
+        after = replace(packet, saddr=rule.address or packet.saddr, sport=_port(rule.ports, packet.sport))
+    else:  # masquerade: the address of the outgoing interface, which explain does not know
+        after = packet
+    return Translation(rule, packet, after)
+
+
+def _port(ports: tuple[int, int] | None, port: int | None) -> int | None:
+    """The port a translation to `ports` gives a packet from or to `port`:
+    kept when inside the range (the kernel keeps an unused one), else the
+    range's first (dnat's choice; snat's is random, which `line` says)."""
+    if ports is None or port is None:
+        return port
+    low, high = ports
+    return port if low <= port <= high else low

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from nfc import lint_report
 from nfc.errors import Loc
-from nfc.ir import Chain, Family, Match, NotrackRule, Ports, Rule, RuleRole, Ruleset
+from nfc.ir import Chain, Family, Match, Ports, Rule, RuleRole, Ruleset
+from nfc.lint_nat import NAT_CHECKS
+from nfc.lint_registry import Check, Context, accepts, filed_in
 from nfc.lint_report import Finding
 from nfc.space import Cube, Space, interval_text, minus, overlap
+from nfc.space_index import Index
 
 SENSITIVE_PORTS = {
     22: "ssh",
@@ -35,63 +37,12 @@ HIGH_RATE_UDP = {53: "DNS", 123: "NTP", 514: "syslog"}
 SOON = dt.timedelta(days=14)
 
 
-@dataclass(frozen=True)
-class Context:
-    ruleset: Ruleset
-    space: Space
-    today: dt.date
-    management_port: int
-
-    def chain(self, name: str) -> Chain | None:
-        return next((c for c in self.ruleset.chains if c.name == name), None)
-
-    def user_rules(self, chain: Chain) -> list[Rule]:
-        return [r for r in chain.rules if r.role is RuleRole.USER]
-
-    def for_other_hosts(self, chain: Chain) -> list[Rule]:
-        """The rules that decide traffic with other hosts: all but the
-        loopback accept, which only sees the host talking to itself."""
-        return [r for r in chain.rules if r.role is not RuleRole.LOOPBACK]
-
-    def entries(self, chain: str) -> list[NotrackRule]:
-        """The notrack rules whose packets go on to `chain`: prerouting's to
-        input when addressed to the host, to forward when not; output's."""
-        if chain == "output":
-            return [n for n in self.ruleset.notrack if n.hook == "output"]
-        other = "routed" if chain == "input" else "host"
-        return [n for n in self.ruleset.notrack if n.hook == "prerouting" and n.destination != other]
-
-
-# A check yields where, what and how to fix it (None: no hint).
-CheckFunction = Callable[[Context], Iterator[tuple[Loc, str, str | None]]]
-
-
-@dataclass(frozen=True)
-class Check:
-    code: str
-    name: str
-    severity: str
-    rationale: str
-    run: CheckFunction
-
-
-CHECKS: list[Check] = []
-
-
-def check(code: str, name: str, severity: str, rationale: str) -> Callable[[CheckFunction], CheckFunction]:
-    def register(function: CheckFunction) -> CheckFunction:
-        CHECKS.append(Check(code, name, severity, rationale, function))
-        return function
-
-    return register
+FILTER_CHECKS: list[Check] = []
+check = filed_in(FILTER_CHECKS)
 
 
 def _ports_text(ports: Ports) -> str:
     return interval_text(ports.ranges)
-
-
-def _accepts(rule: Rule) -> bool:
-    return rule.verdict.kind == "accept"
 
 
 def _terminal(rule: Rule) -> bool:
@@ -116,7 +67,7 @@ def stateful_udp_service(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     untracked = [c for entry in ctx.entries("input") for c in ctx.space.cubes(entry.match)]
     for rule in ctx.user_rules(chain):
         match = rule.match
-        if not _accepts(rule) or match.protocol != "udp" or match.dport is None:
+        if not accepts(rule) or match.protocol != "udp" or match.dport is None:
             continue
         tracked = minus(ctx.space.cubes(match, ct=ctx.space.ct_states), untracked)
         if tracked:
@@ -147,7 +98,7 @@ def untracked_requests_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | N
             continue  # only served entries bring requests
         requests = ctx.space.cubes(entry.match, ct=["untracked"])
         if not any(
-            _accepts(r) and overlap(requests, ctx.space.cubes(r.match)) for r in ctx.for_other_hosts(chain)
+            accepts(r) and overlap(requests, ctx.space.cubes(r.match)) for r in ctx.for_other_hosts(chain)
         ):
             yield (
                 entry.origin,
@@ -176,7 +127,7 @@ def untracked_answers_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | No
             continue
         cubes = ctx.space.cubes(answers, ct=["untracked"])
         if not any(
-            _accepts(r) and overlap(cubes, ctx.space.cubes(r.match)) for r in ctx.for_other_hosts(chain)
+            accepts(r) and overlap(cubes, ctx.space.cubes(r.match)) for r in ctx.for_other_hosts(chain)
         ):
             yield (
                 entry.origin,
@@ -196,7 +147,7 @@ def blanket_untracked_accept(ctx: Context) -> Iterator[tuple[Loc, str, str | Non
     for chain in ctx.ruleset.chains:
         rules = ctx.user_rules(chain)
         for index, rule in enumerate(rules):
-            if not _accepts(rule) or "untracked" not in rule.match.ct_state:
+            if not accepts(rule) or "untracked" not in rule.match.ct_state:
                 continue
             mine = ctx.space.cubes(rule.match)
             for later in rules[index + 1 :]:
@@ -256,24 +207,24 @@ def notrack_needs_conntrack(ctx: Context) -> Iterator[tuple[Loc, str, str | None
 # reachability
 
 
-def _coverage(ctx: Context, chain: Chain) -> Iterator[tuple[Rule, list[Cube], list[Rule]]]:
-    """Each user rule, the part of its packets earlier rules leave to it, and
-    the earlier terminal rules that take the rest."""
-    earlier: list[tuple[Rule, list[Cube]]] = []
-    for rule in chain.rules:
-        cubes = ctx.space.cubes(rule.match)
-        remaining = cubes
+def _coverage(ctx: Context, chain: Chain) -> Iterator[tuple[int, Rule, list[Cube], list[Rule]]]:
+    """Each user rule (with its place in the chain), the part of its packets
+    earlier rules leave to it, and the earlier terminal rules that take the
+    rest. The index offers only the earlier rules that may overlap: a chain
+    of a thousand port forwards is not a million comparisons."""
+    terminal = Index([ctx.space.cubes(r.match) if _terminal(r) else [] for r in chain.rules])
+    for number, rule in enumerate(chain.rules):
+        if rule.role is not RuleRole.USER:
+            continue
+        remaining = ctx.space.cubes(rule.match)
         takers = []
-        for other, other_cubes in earlier:
-            if overlap(remaining, other_cubes):
-                takers.append(other)
-                remaining = minus(remaining, other_cubes)
+        for other in terminal.candidates(remaining, before=number):
             if not remaining:
                 break
-        if rule.role is RuleRole.USER:
-            yield rule, remaining, takers
-        if _terminal(rule):
-            earlier.append((rule, cubes))
+            if overlap(remaining, terminal.rules[other]):
+                takers.append(chain.rules[other])
+                remaining = minus(remaining, terminal.rules[other])
+        yield number, rule, remaining, takers
 
 
 def _named(rules: list[Rule]) -> str:
@@ -303,7 +254,7 @@ def _contradicting(rule: Rule, takers: list[Rule]) -> list[Rule]:
 )
 def shadowed_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
-        for rule, remaining, takers in _coverage(ctx, chain):
+        for _, rule, remaining, takers in _coverage(ctx, chain):
             if not remaining and ctx.space.cubes(rule.match) and _contradicting(rule, takers):
                 yield (
                     rule.origin,
@@ -316,7 +267,8 @@ def shadowed_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
 def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
         rules = list(chain.rules)
-        for rule, remaining, takers in _coverage(ctx, chain):
+        everything = Index([ctx.space.cubes(r.match) for r in rules])
+        for number, rule, remaining, takers in _coverage(ctx, chain):
             if not ctx.space.cubes(rule.match) or rule.log is not None or rule.counter or rule.meter:
                 continue
             if not remaining:
@@ -329,11 +281,11 @@ def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
                 continue
             if rule.verdict.kind != chain.policy:
                 continue
-            later = rules[rules.index(rule) + 1 :]
             if not any(
-                (other.verdict.kind != chain.policy or other.meter is not None)
-                and overlap(remaining, ctx.space.cubes(other.match))
-                for other in later
+                (rules[other].verdict.kind != chain.policy or rules[other].meter is not None)
+                and overlap(remaining, everything.rules[other])
+                for other in everything.candidates(remaining)
+                if other > number
             ):
                 yield rule.origin, f"does what the chain's policy ({chain.policy}) does anyway", "delete it"
 
@@ -344,6 +296,9 @@ def matches_nothing(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
         for rule in ctx.user_rules(chain):
             if not ctx.space.cubes(rule.match):
                 yield rule.origin, "matches no packet in any family", "check its 'not' and address lists"
+    for nat in ctx.ruleset.nat:
+        if not ctx.space.cubes(nat.match):
+            yield nat.origin, "matches no packet in any family", "check its 'not' and address lists"
 
 
 # ---------------------------------------------------------------------------
@@ -367,6 +322,7 @@ def expires_soon(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
 def _expiring(ctx: Context) -> list[tuple[Loc, dt.date]]:
     found = {r.origin: r.expires for c in ctx.ruleset.chains for r in c.rules if r.expires}
     found.update({n.origin: n.expires for n in ctx.ruleset.notrack if n.expires})
+    found.update({n.origin: n.expires for n in ctx.ruleset.nat if n.expires})
     return sorted(found.items())
 
 
@@ -383,7 +339,7 @@ def lockout_risk(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     ssh = ctx.space.cubes(
         Match(protocol="tcp", dport=Ports(((ctx.management_port,) * 2,))), ct=["new", "untracked"]
     )
-    if not any(_accepts(r) and overlap(ssh, ctx.space.cubes(r.match)) for r in ctx.user_rules(chain)):
+    if not any(accepts(r) and overlap(ssh, ctx.space.cubes(r.match)) for r in ctx.user_rules(chain)):
         origin = chain.rules[0].origin if chain.rules else Loc(ctx.ruleset.source, 1, 1)
         yield (
             origin,
@@ -417,7 +373,7 @@ def loopback_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
         on_loopback = [
             r
             for r in ctx.user_rules(chain)
-            if _accepts(r)
+            if accepts(r)
             and ((interfaces := getattr(r.match, interface)) is None or interfaces.admits("lo"))
             and any(_admits(r.match, family, address) for family, address in LOOPBACK_ADDRESSES.items())
         ]
@@ -438,19 +394,28 @@ def loopback_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
 )
 def sensitive_service_open(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     chain = ctx.chain("input")
-    if chain is None:
-        return
-    for rule in ctx.user_rules(chain):
-        match = rule.match
-        if not _accepts(rule) or match.dport is None or (match.saddr is not None and not match.saddr.negated):
-            continue
-        open_ports = [
-            f"{name} ({port})"
-            for port, name in SENSITIVE_PORTS.items()
-            if any(lo <= port <= hi for lo, hi in match.dport.ranges)
-        ]
-        if open_ports:
-            yield rule.origin, f"{', '.join(open_ports)} open to any address", "add 'from $admins' or similar"
+    for rule in ctx.user_rules(chain) if chain else []:
+        if accepts(rule) and (found := _sensitive(rule.match, rule.match.dport)):
+            yield rule.origin, f"{found} open to any address", "add 'from $admins' or similar"
+    for nat in ctx.ruleset.nat:  # a port forward opens the port of the host it forwards to
+        ports = Ports((nat.ports,)) if nat.ports else nat.match.dport
+        if nat.kind == "dnat" and (found := _sensitive(nat.match, ports)):
+            yield (
+                nat.origin,
+                f"{found} of {nat.address} forwarded from any address",
+                "add 'from $admins' or similar",
+            )
+
+
+def _sensitive(match: Match, ports: Ports | None) -> str:
+    """The sensitive services among `ports`, when `match` takes them from any address."""
+    if ports is None or (match.saddr is not None and not match.saddr.negated):
+        return ""
+    return ", ".join(
+        f"{name} ({port})"
+        for port, name in SENSITIVE_PORTS.items()
+        if any(lo <= port <= hi for lo, hi in ports.ranges)
+    )
 
 
 @check(
@@ -480,6 +445,9 @@ def meter_mask_trap(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
 
 # ---------------------------------------------------------------------------
 # running and reporting
+
+
+CHECKS: list[Check] = sorted([*FILTER_CHECKS, *NAT_CHECKS], key=lambda each: each.code)
 
 
 def lint(ruleset: Ruleset, today: dt.date | None = None, management_port: int = 22) -> list[Finding]:

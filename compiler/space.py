@@ -4,16 +4,21 @@ compared by the packets they match, never by their text."""
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nfc import vocab
-from nfc.ir import Addresses, Family, Interfaces, Match, Ports, Ruleset
+from nfc.ir import Addresses, CtStatus, Family, Interfaces, Match, Ports, Ruleset
 
 OTHER = "*other*"  # every value of a finite dimension that no rule names
+# conntrack's translation records as atoms: each combination of the flags is
+# one value, so "ct status dnat" is the atoms that hold dnat.
+STATUS_FLAGS: tuple[CtStatus, ...] = ("dnat", "snat")
+UNTRANSLATED = "none"
+STATUSES = frozenset({UNTRANSLATED, "dnat", "snat", "dnat+snat"})
 Intervals = tuple[tuple[int, int], ...]
 PORT_SPACE: Intervals = ((0, 65535),)
 ADDRESS_SPACE = {Family.V4: ((0, 2**32 - 1),), Family.V6: ((0, 2**128 - 1),)}
@@ -64,9 +69,10 @@ class Cube:
     oif: frozenset[str]
     ct: frozenset[str]
     icmp: frozenset[str]
+    status: frozenset[str]
 
     INTERVALS = ("sport", "dport", "saddr", "daddr")
-    FINITE = ("protocol", "iif", "oif", "ct", "icmp")
+    FINITE = ("protocol", "iif", "oif", "ct", "icmp", "status")
 
     def dims(self) -> dict[str, Any]:  # Intervals or frozenset[str], by dimension
         return {name: getattr(self, name) for name in (*self.INTERVALS, *self.FINITE)}
@@ -122,6 +128,7 @@ class Space:
         self.protocols = frozenset({*vocab.PORT_PROTOCOLS, "icmp", "icmpv6", OTHER} | {
             m.protocol for m in matches if m.protocol
         })  # fmt: skip
+        # Every name and wildcard written anywhere is an atom; OTHER the names none admits.
         self.interfaces = frozenset(
             {OTHER} | {n for m in matches for i in (m.iifname, m.oifname) if i is not None for n in i.names}
         )
@@ -131,16 +138,17 @@ class Space:
     def interfaces_of(self, interfaces: Interfaces | None) -> frozenset[str]:
         """The atoms `interfaces` admits. A wildcard atom ('veth*') stands for
         the names it covers that no other atom names, so a pattern admits it
-        only when the pattern covers the wildcard itself."""
+        only when the pattern covers the wildcard itself: 'veth*' admits
+        'vethx*' and 'veth0', not 've*'."""
         if interfaces is None:
             return self.interfaces
         return frozenset(
-            atom
-            for atom in self.interfaces
-            if any(atom == pattern or fnmatch.fnmatchcase(atom, pattern) for pattern in interfaces.names)
+            atom for atom in self.interfaces if any(_covers(pattern, atom) for pattern in interfaces.names)
         )
 
-    def cubes(self, match: Match, ct: Iterable[str] | None = None) -> list[Cube]:
+    def cubes(
+        self, match: Match, ct: Iterable[str] | None = None, status: frozenset[str] | None = None
+    ) -> list[Cube]:
         """The packets `match` matches, as cubes (one or two families)."""
         families = [match.family] if match.family else [Family.V4, Family.V6]
         result = []
@@ -160,14 +168,31 @@ class Space:
                 oif=self.interfaces_of(match.oifname),
                 ct=frozenset(ct if ct is not None else (match.ct_state or self.ct_states)),
                 icmp=frozenset(match.icmp_types) if match.icmp_types else self.icmp_types,
+                status=status_of(match.ct_status) if status is None else status,
             )
             if not cube.empty():
                 result.append(cube)
         return result
 
 
+def _covers(pattern: str, atom: str) -> bool:
+    """Whether every name `atom` stands for matches `pattern` (either may be a wildcard)."""
+    if not pattern.endswith("*"):
+        return atom == pattern
+    return pattern == "*" if atom == OTHER else atom.startswith(pattern[:-1])
+
+
+def status_of(required: tuple[CtStatus, ...]) -> frozenset[str]:
+    """The status atoms in which every flag of `required` is set."""
+    return frozenset(atom for atom in STATUSES if all(flag in atom.split("+") for flag in required))
+
+
 def _matches(ruleset: Ruleset) -> list[Match]:
-    return [r.match for c in ruleset.chains for r in c.rules] + [n.match for n in ruleset.notrack]
+    return (
+        [r.match for c in ruleset.chains for r in c.rules]
+        + [n.match for n in ruleset.notrack]
+        + [n.match for n in ruleset.nat]
+    )
 
 
 def _ports(ports: Ports | None) -> Intervals:
@@ -201,13 +226,18 @@ def describe(cube: Cube, space: Space) -> str:
     words: list[str] = []
     exceptions: list[str] = []
 
-    def finite(label: str, value: frozenset[str], universe: frozenset[str]) -> None:
+    def finite(label: str, value: frozenset[str], universe: frozenset[str], listed: bool = False) -> None:
+        """`listed`: interface names, written as the rule grammar's list {a, b},
+        a wildcard standing for the names it covers."""
         if value >= universe:
             return
-        if OTHER in value:
-            exceptions.append(f"{label} {','.join(sorted(universe - value))}")
+        where, values = (exceptions, universe - value) if OTHER in value else (words, value)
+        if listed:
+            values = _as_written(values, universe)
+        if listed and len(values) > 1:
+            where.append(f"{label} {{{', '.join(sorted(values))}}}")
         else:
-            words.append(f"{label} {','.join(sorted(value))}")
+            where.append(f"{label} {','.join(sorted(values))}")
 
     protocols = cube.protocol & protocols_here
     if protocols < protocols_here:
@@ -232,16 +262,44 @@ def describe(cube: Cube, space: Space) -> str:
     # talking to itself, which 'loopback: accept' decides before every rule.
     interfaces = space.interfaces - {"lo"}
     for word in ("iif", "oif"):
-        finite(word, getattr(cube, word) - {"lo"}, interfaces)
+        finite(word, getattr(cube, word) - {"lo"}, interfaces, listed=True)
     if cube.ct != space.ct_states:
         words.append("ct state " + ",".join(s for s in vocab.CT_STATES if s in cube.ct))
+    _describe_status(cube.status, words, exceptions)
     family = "ip" if cube.family is Family.V4 else "ip6"
-    text = " ".join(w for w in words if w)
     if cube.saddr == ADDRESS_SPACE[cube.family]:
-        text += " from any"
+        words.append("from any")
+    text = " ".join(w for w in words if w)
     if exceptions:
         text += " except " + " and ".join(exceptions)
     return f"{family} {text}".strip()
+
+
+def _as_written(names: frozenset[str], universe: frozenset[str]) -> frozenset[str]:
+    """Interface atoms less those a wildcard among them already covers
+    (with every atom it covers present): {veth*, veth0} is 'veth*'."""
+    whole = {
+        pattern
+        for pattern in names
+        if pattern.endswith("*") and {a for a in universe if _covers(pattern, a)} <= names
+    }
+    return frozenset(n for n in names if not any(w != n and _covers(w, n) for w in whole))
+
+
+def _describe_status(status: frozenset[str], words: list[str], exceptions: list[str]) -> None:
+    """`ct status dnat` for the atoms that hold dnat; the complement as an exception."""
+    if status == STATUSES:
+        return
+    for count in (1, 2):
+        for flags in itertools.combinations(STATUS_FLAGS, count):
+            text = "ct status " + ",".join(flags)
+            if status == status_of(flags):
+                words.append(text)
+                return
+            if status == STATUSES - status_of(flags):
+                exceptions.append(text)
+                return
+    words.append("ct status " + " or ".join(sorted(status)))
 
 
 def interval_text(intervals: Intervals, show: Callable[[int], str] = str) -> str:

@@ -114,6 +114,33 @@ CASES = {
         6,
         BASE + "    - accept from not 10.0.0.0/8\n",
     ),
+    "NFC090": (
+        "nfc: 1\nnat:\n  - dnat to 192.168.1.10:80 tcp dport 8080 iif eth0\n"
+        "forward:\n  policy: drop\n  state: manual\n  rules:\n    - accept ct state established,related\n",
+        3,
+        "nfc: 1\nnat:\n  - dnat to 192.168.1.10:80 tcp dport 8080 iif eth0\n"
+        "forward:\n  policy: drop\n  state: manual\n  rules:\n    - accept ct state established,related\n"
+        "    - accept tcp dport 80 to 192.168.1.10\n",
+    ),
+    "NFC091": (
+        "nfc: 1\nnat:\n  - masquerade oif eht0 from 192.168.1.0/24\n"
+        "forward:\n  policy: drop\n  rules:\n    - accept iif eth1 oif eth0\n",
+        3,
+        "nfc: 1\nnat:\n  - masquerade oif eth0 from 192.168.1.0/24\n"
+        "forward:\n  policy: drop\n  rules:\n    - accept iif eth1 oif eth0\n",
+    ),
+    "NFC092": (
+        "nfc: 1\nnat:\n  - dnat to 192.168.1.10 tcp dport 8000-8100 iif eth0\n"
+        "  - dnat to 192.168.1.11 tcp dport 8080 iif eth0\n",
+        4,
+        "nfc: 1\nnat:\n  - dnat to 192.168.1.11 tcp dport 8080 iif eth0\n"
+        "  - dnat to 192.168.1.10 tcp dport 8000-8100 iif eth0\n",
+    ),
+    "NFC093": (
+        "nfc: 1\nnat:\n  - masquerade from 192.168.1.0/24\n",
+        3,
+        "nfc: 1\nnat:\n  - masquerade oif eth0 from 192.168.1.0/24\n",
+    ),
 }
 
 

@@ -576,3 +576,27 @@ def test_nfc_1_documents_every_figure_of_stats() -> None:
     for metric in metrics:
         assert mentions(section(text, "STATS"), metric), f"metric {metric} is missing from STATS in nfc(1)"
     assert mentions(section(text, "FILES"), ORIGINS)
+
+
+def test_the_nat_samples_of_explain_and_diff_are_what_nfc_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The router of nfc(1)'s explain examples, each of its explanations,
+    and the diff example made from it."""
+    blocks = example_blocks(section(plain(NFC_1), "COMMANDS"))
+    (router,) = [b for b in blocks if b.startswith("$ cat router.yaml\n")]
+    lines = router.splitlines()[1:]
+    commands = [n for n, line in enumerate(lines) if line.startswith("$ nfc explain router.yaml ")]
+    policy = lines[: commands[0]]
+    (tmp_path / "router.yaml").write_text("\n".join(policy) + "\n")
+    monkeypatch.chdir(tmp_path)
+    for start, end in zip(commands, [*commands[1:], len(lines)], strict=True):
+        packet = lines[start].split("'")[1]
+        assert cli.main(["explain", "router.yaml", packet]) == cli.EXIT_OK
+        assert capsys.readouterr().out.splitlines() == lines[start + 1 : end], packet
+    (shown,) = [b for b in blocks if "nat: newly FORWARDS" in b]
+    dnat, masquerade = (next(line for line in policy if word in line) for word in ("- dnat", "- masquerade"))
+    (tmp_path / "old.yaml").write_text("".join(f"{line}\n" for line in policy if line != dnat))
+    (tmp_path / "new.yaml").write_text("".join(f"{line}\n" for line in policy if line != masquerade))
+    assert cli.main(["diff", "old.yaml", "new.yaml"]) == cli.EXIT_OK
+    assert capsys.readouterr().out.splitlines() == shown.splitlines()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nfc.ir import Family, Match, Ports
-from nfc.space import Space, intersect, minus, subtract
+from nfc.ir import Family, Interfaces, Match, Ports
+from nfc.space import OTHER, STATUSES, Space, describe, intersect, minus, status_of, subtract
 
 spans = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=5).map(
     lambda pairs: tuple(sorted({(min(a, b), max(a, b)) for a, b in pairs}))
@@ -42,3 +42,30 @@ def test_cube_difference_is_exact() -> None:
     assert not minus(narrow, wide)  # narrow lies inside wide
     assert left and not minus(left, wide)  # what is left lies inside wide ...
     assert all((piece & cube) is None for piece in left for cube in narrow)  # ... and outside narrow
+
+
+def test_interface_patterns_admit_exactly_the_atoms_they_cover() -> None:
+    """A wildcard atom stands for the names it covers that no other atom
+    names: 'veth*' covers 'vethx*' and 'veth0', not 've*' (which holds
+    'vexx'), and only a bare '*' holds the names nobody wrote."""
+    space = Space()
+    space.interfaces = frozenset({OTHER, "ve*", "veth*", "vethx*", "veth0", "eth0", "eth0*"})
+    assert space.interfaces_of(Interfaces(("veth*",))) == {"veth*", "vethx*", "veth0"}
+    assert space.interfaces_of(Interfaces(("ve*",))) == {"ve*", "veth*", "vethx*", "veth0"}
+    assert space.interfaces_of(Interfaces(("eth0",))) == {"eth0"}
+    assert space.interfaces_of(Interfaces(("eth0*", "veth0"))) == {"eth0", "eth0*", "veth0"}
+    assert space.interfaces_of(Interfaces(("*",))) == space.interfaces
+    assert space.interfaces_of(Interfaces(("e[th]?",))) == frozenset()  # no glob but the trailing '*'
+
+
+def test_descriptions_write_interface_lists_and_ct_status_as_rules_do() -> None:
+    match = Match(family=Family.V4, iifname=Interfaces(("eth1", "eth2")), oifname=Interfaces(("veth*",)))
+    forward = Match(family=Family.V4, oifname=Interfaces(("veth0", "eth0")), ct_status=("dnat",))
+    space = Space()
+    space.interfaces = frozenset({OTHER, "eth1", "eth2", "veth*", "veth0", "eth0"})
+    (cube,) = space.cubes(match)
+    assert describe(cube, space) == "ip iif {eth1, eth2} oif veth* from any"
+    (translated,) = space.cubes(forward)
+    assert describe(translated, space) == "ip oif {eth0, veth0} ct status dnat from any"
+    (plain,) = space.cubes(Match(family=Family.V4), status=STATUSES - status_of(("dnat",)))
+    assert describe(plain, space) == "ip from any except ct status dnat"

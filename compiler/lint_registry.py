@@ -1,0 +1,73 @@
+"""What every lint check shares: the context it reads, the record of a
+check (its stable code, name, severity and rationale) and the decorator
+that files a check in a list. The checks live in nfc.lint (filter chains
+and notrack) and nfc.lint_nat (NAT)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from nfc.errors import Loc
+from nfc.ir import Chain, NotrackRule, Rule, RuleRole, Ruleset
+from nfc.space import Space
+
+
+@dataclass(frozen=True)
+class Context:
+    ruleset: Ruleset
+    space: Space
+    today: dt.date
+    management_port: int
+
+    def chain(self, name: str) -> Chain | None:
+        return next((c for c in self.ruleset.chains if c.name == name), None)
+
+    def user_rules(self, chain: Chain) -> list[Rule]:
+        return [r for r in chain.rules if r.role is RuleRole.USER]
+
+    def for_other_hosts(self, chain: Chain) -> list[Rule]:
+        """The rules that decide traffic with other hosts: all but the
+        loopback accept, which only sees the host talking to itself."""
+        return [r for r in chain.rules if r.role is not RuleRole.LOOPBACK]
+
+    def entries(self, chain: str) -> list[NotrackRule]:
+        """The notrack rules whose packets go on to `chain`: prerouting's to
+        input when addressed to the host, to forward when not; output's."""
+        if chain == "output":
+            return [n for n in self.ruleset.notrack if n.hook == "output"]
+        other = "routed" if chain == "input" else "host"
+        return [n for n in self.ruleset.notrack if n.hook == "prerouting" and n.destination != other]
+
+
+# A check yields where, what and how to fix it (None: no hint).
+CheckFunction = Callable[[Context], Iterator[tuple[Loc, str, str | None]]]
+
+
+@dataclass(frozen=True)
+class Check:
+    code: str
+    name: str
+    severity: str
+    rationale: str
+    run: CheckFunction
+
+
+def filed_in(checks: list[Check]) -> Callable[[str, str, str, str], Callable[[CheckFunction], CheckFunction]]:
+    """A decorator `check(code, name, severity, rationale)` that files each check it decorates in `checks`."""
+
+    def check(
+        code: str, name: str, severity: str, rationale: str
+    ) -> Callable[[CheckFunction], CheckFunction]:
+        def register(function: CheckFunction) -> CheckFunction:
+            checks.append(Check(code, name, severity, rationale, function))
+            return function
+
+        return register
+
+    return check
+
+
+def accepts(rule: Rule) -> bool:
+    return rule.verdict.kind == "accept"
