@@ -9,6 +9,7 @@ import re
 
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
 from nfc.ir import Interfaces, Network
+from nfc.listfile import read_address_list
 from nfc.load import Define, InterfaceList
 from nfc.schema import type_name
 from nfc.values import (
@@ -83,8 +84,11 @@ class Defines:
         if name in self.resolving:
             cycle = " -> ".join(f"${n}" for n in [*self.resolving[self.resolving.index(name) :], name])
             raise PolicyError(use, f"define cycle: {cycle}")
-        self.resolving.append(name)
         define = self.defines[name]
+        if define.list_file is not None:
+            self.resolved[name] = read_address_list(define.list_file, define.node.value["file"].loc)
+            return self.resolved[name]
+        self.resolving.append(name)
         node = define.node
         items = node.value if isinstance(node.value, list) else [node]
         if not items:

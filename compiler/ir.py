@@ -265,6 +265,7 @@ class NamedAddressSet:
     name: str
     family: Family
     networks: tuple[Network, ...]
+    list_file: str | None = None  # the list file (`{file: PATH}`) it holds, which `nfc refresh` reloads
 
 
 @dataclass(frozen=True)

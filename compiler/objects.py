@@ -52,13 +52,15 @@ class NamedObjects:
         self.object_names[name] = owner
 
     def address_set(self, define: str, family: Family, networks: tuple[Network, ...]) -> str | None:
-        if len(networks) < 2:
+        list_file = self.defines[define].list_file
+        # A list file's set is named even with one element: `nfc refresh` refills it.
+        if len(networks) < 2 and list_file is None:
             return None
         name = f"{define}_{family.suffix}"
         if name in self.address_sets:
             return name
         self.claim(name, f"define '{define}'", self.defines[define].loc)
-        self.address_sets[name] = NamedAddressSet(name, family, networks)
+        self.address_sets[name] = NamedAddressSet(name, family, networks, list_file)
         return name
 
     def port_set(self, define: str, value: PortValue) -> str:
