@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator
 
 from nfc.errors import Loc, PolicyError, printable
 from nfc.ir import Network
@@ -36,17 +35,14 @@ def read_address_list(path: str, where: Loc) -> AddressValue:
     """The addresses of the list file `path`, collapsed and sorted per
     family; `where` (the `{file: ...}` in the policy) places a file that
     cannot be read."""
-    text = _read(path, where)
-    ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-    for version, low, high in _entries(path, text):
-        ranges[version].append((low, high))
-    if not ranges[4] and not ranges[6]:
+    v4, v6 = _entries(path, _read(path, where))
+    if not v4 and not v6:
         raise PolicyError(
             Loc(path, 1, 1),
             "this list file holds no address",
             "write one address or network per line; an empty list would match nothing",
         )
-    return AddressValue(_collapsed(ranges[4], 4), _collapsed(ranges[6], 6))
+    return AddressValue(_collapsed(v4, 4), _collapsed(v6, 6))
 
 
 def _read(path: str, where: Loc) -> str:
@@ -69,30 +65,38 @@ def _read(path: str, where: Loc) -> str:
         ) from None
 
 
-def _entries(path: str, text: str) -> Iterator[tuple[int, int, int]]:
-    """(IP version, first address, last address) of each entry, as integers."""
+def _entries(path: str, text: str) -> tuple[list[int], list[int]]:
+    """The IPv4 and the IPv6 entries, each as one integer: its first
+    address shifted left by 8 bits, with its prefix length in those bits
+    (integers sort several times faster than tuples)."""
     pton, from_bytes = socket.inet_pton, int.from_bytes
-    families = {4: socket.AF_INET, 6: socket.AF_INET6}
+    v4: list[int] = []
+    v6: list[int] = []
     # split("\n"), not splitlines(): that would also end a line at U+2028
     # and the like, and put every later error on the wrong line.
     for number, line in enumerate(text.split("\n"), 1):
-        entry = line.split("#", 1)[0].strip(" \t\r")
+        entry = line[: line.index("#")] if "#" in line else line
+        entry = entry.strip(" \t\r")
         if not entry:
             continue
         address, slash, length_text = entry.partition("/")
-        version = 6 if ":" in address else 4
-        bits = V6_BITS if version == 6 else V4_BITS
+        is_v6 = ":" in address
+        bits = V6_BITS if is_v6 else V4_BITS
         try:
-            value = from_bytes(pton(families[version], address), "big")
+            value = from_bytes(pton(socket.AF_INET6 if is_v6 else socket.AF_INET, address), "big")
         except (OSError, ValueError):
             value = -1
-        length = int(length_text) if length_text.isascii() and length_text.isdigit() else -1
         if not slash:
             length = bits
+        elif length_text.isascii() and length_text.isdigit() and len(length_text) <= 3:
+            length = int(length_text)
+        else:
+            length = -1
         if value < 0 or not 0 <= length <= bits or value & ((1 << (bits - length)) - 1):
             network = _slow(path, number, line, entry)
             value, length = int(network.network_address), network.prefixlen
-        yield version, value, value | ((1 << (bits - length)) - 1)
+        (v6 if is_v6 else v4).append(value << 8 | length)
+    return v4, v6
 
 
 def _slow(path: str, number: int, line: str, entry: str) -> Network:
@@ -115,28 +119,30 @@ def _slow(path: str, number: int, line: str, entry: str) -> Network:
     return parse_network(entry, loc)
 
 
-def _collapsed(ranges: list[tuple[int, int]], version: int) -> tuple[Network, ...]:
-    """The fewest prefixes that cover `ranges`, in address order."""
+def _collapsed(entries: list[int], version: int) -> tuple[Network, ...]:
+    """The fewest prefixes that cover `entries` (from `_entries`), in address order."""
     bits = V6_BITS if version == 6 else V4_BITS
-    ranges.sort()
-    merged: list[tuple[int, int]] = []
-    for low, high in ranges:
+    entries.sort()
+    merged: list[list[int]] = []
+    for entry in entries:
+        low, length = entry >> 8, entry & 0xFF
+        high = low | ((1 << (bits - length)) - 1)
         if merged and low <= merged[-1][1] + 1:
             if high > merged[-1][1]:
-                merged[-1] = (merged[-1][0], high)
+                merged[-1][1] = high
         else:
-            merged.append((low, high))
+            merged.append([low, high])
     network_class, address_class = _CLASSES[version]
     masks = _MASKS[version]
     new = object.__new__
     networks: list[Network] = []
     for low, high in merged:
         while low <= high:
-            # the largest prefix that starts at `low` and ends within `high`
-            size = (low & -low) if low else 1 << bits
-            while size > high - low + 1:
-                size >>= 1
-            length = bits - size.bit_length() + 1
+            # the longest block that starts at `low` (its trailing zero
+            # bits) and ends within `high`
+            aligned = (low & -low).bit_length() - 1 if low else bits
+            fits = (high - low + 1).bit_length() - 1
+            length = bits - min(aligned, fits)
             # What ipaddress's own constructor makes, without parsing again
             # what was just checked: it would triple the time of a long list.
             address = new(address_class)
@@ -148,5 +154,5 @@ def _collapsed(ranges: list[tuple[int, int]], version: int) -> tuple[Network, ..
             network.netmask = masks[length]
             network._prefixlen = length  # type: ignore[union-attr]
             networks.append(network)
-            low += size
+            low += 1 << (bits - length)
     return tuple(networks)
