@@ -184,6 +184,8 @@ class RuleChecker:
         for item in addrs.items:
             if item.kind == "literal":
                 networks.append(parse_network(item.text, item.loc))
+            elif len(addrs.items) == 1 and item.text in self.defines.sets:
+                return AddressValue((), (), runtime=True), addrs.negated, item.text
             else:
                 value = self.defines.value(item.text, item.loc)
                 if not isinstance(value, AddressValue):
@@ -308,6 +310,8 @@ class RuleChecker:
             if spec is None or family is None:
                 return None
             value, negated, define = spec
+            if value.runtime:
+                return Addresses(family, (), negated, f"{define}_{family.suffix}", runtime=True)
             networks = value.of(family)
             set_name = self.objects.address_set(define, family, networks) if define else None
             return Addresses(family, networks, negated, set_name)

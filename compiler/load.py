@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from nfc.errors import Loc, PolicyError, printable
 from nfc.ir import CHAIN_NAMES, ChainName, ChainPolicy
+from nfc.runtime_sets import SetDeclaration, declarations
 from nfc.schema import (
     ENTRY_KEYS,
     RULE_KEYS,
@@ -48,6 +49,7 @@ TOP_KEYS = (
     "conntrack",
     *CHAIN_NAMES,
     "nat",
+    "sets",
 )
 INCLUDE_KEYS = ("nfc", "include", "define", "interfaces", "conntrack")
 RULES_FILE_KEYS = ("nfc", "define", "interfaces", "rules")  # a file that `{include: FILE}` splices
@@ -131,6 +133,7 @@ class PolicySource:
     interfaces: dict[str, InterfaceList] = field(default_factory=dict)
     nat: tuple[RuleText, ...] = ()
     counters: bool = False  # every rule counts its packets and bytes (nfc stats)
+    sets: dict[str, SetDeclaration] = field(default_factory=dict)  # runtime sets, `sets:`
 
 
 # --------------------------------------------------------------------------
@@ -236,9 +239,13 @@ def _defines(node: YNode, path: str, state: _Loading) -> dict[str, Define]:
     for name, (loc, value) in _names(node, "define", "define").items():
         list_file = None
         if isinstance(value.value, dict):
-            check_keys(value, LIST_FILE_KEYS, "a list file define")
             if "file" not in value.value:
-                raise PolicyError(value.loc, f"define '{name}' needs 'file: PATH' or a value")
+                raise PolicyError(
+                    value.loc,
+                    f"define '{name}' is a mapping without 'file'",
+                    "a define is an address, a port, a list of them, or a list file: {file: PATH}",
+                )
+            check_keys(value, LIST_FILE_KEYS, "a list file define")
             file_node = value.value["file"]
             target = expect_str(file_node, "a list file")
             if not target or "\0" in target:
@@ -449,6 +456,15 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
             raise PolicyError(
                 fields["counters"].loc, f"'counters' must be true or false, not {type_name(counters)}"
             )
+    sets = declarations(fields["sets"], _names(fields["sets"], "sets", "set")) if "sets" in fields else {}
+    for set_name, declaration in sets.items():
+        other = state.defines.get(set_name) or state.interfaces.get(set_name)
+        if other is not None:
+            raise PolicyError(
+                declaration.loc,
+                f"'{set_name}' is a set here and defined again at {other.loc}",
+                "a name is defined once across 'define', 'interfaces' and 'sets'",
+            )
     return PolicySource(
         path=path,
         name=name,
@@ -460,4 +476,5 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
         interfaces=dict(state.interfaces),
         nat=nat,
         counters=counters,
+        sets=sets,
     )

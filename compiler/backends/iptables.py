@@ -152,6 +152,8 @@ class FamilyFile:
         return [head + [o for part in combo for o in part] + tail for combo in itertools.product(*choices)]
 
     def _addresses(self, flag: str, addresses: Addresses | None, origin: Loc) -> list[list[str]]:
+        if addresses is not None and addresses.runtime:
+            raise unsupported(origin, "a runtime set ('sets:')", "runtime sets need the nft backend")
         if addresses is None or (addresses.negated and len(addresses.networks) > 1):
             return [[]]  # a negated list is matched by _exclusions
         if addresses.negated:
