@@ -209,6 +209,11 @@ def _stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _refresh(args: argparse.Namespace) -> int:
+    api.refresh(args.target, report=_report, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
+    return EXIT_OK
+
+
 def _set(args: argparse.Namespace) -> int:
     if args.action == "list":
         if len(args.words) > 1:
@@ -428,6 +433,11 @@ def parser() -> argparse.ArgumentParser:
         help=f"where apply saved the origin of each rule (default $NFC_STATE_DIR or {DEFAULT_STATE_DIR})",
     )
     stats.set_defaults(run=_stats)
+
+    refresh = commands.add_parser("refresh", help="reload the sets of list files, rules unchanged")
+    refresh.add_argument("target", metavar="POLICY|OUTDIR", nargs="?", help="default: what was last applied")
+    _state_options(refresh)
+    refresh.set_defaults(run=_refresh)
 
     set_ = commands.add_parser("set", help="add, delete or list the elements of a runtime set")
     set_.add_argument("action", choices=("add", "del", "list"))

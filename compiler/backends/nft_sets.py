@@ -113,7 +113,7 @@ def parse_element(text: str) -> tuple[int, str]:
     return address.version, str(address)
 
 
-def _run_script(script: str) -> None:
+def run_script(script: str) -> None:
     try:
         done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=120)
     except OSError as exc:
@@ -163,7 +163,7 @@ def change(table: str, action: str, name: str, elements: list[str], timeout_ms: 
         f"{verb} element inet {table} {by_version[v]['name']} {{ {', '.join(a + suffix for a in found)} }}\n"
         for v, found in sorted(chosen.items())
     )
-    _run_script(script)
+    run_script(script)
     return len(elements)
 
 
