@@ -272,14 +272,11 @@ def _coverage(ctx: Context, chain: Chain) -> Iterator[tuple[Rule, list[Cube], li
                 break
         if rule.role is RuleRole.USER:
             yield rule, remaining, takers
-        if _terminal(rule) and not _runtime(rule.match):
+        # a runtime set may be empty: its rule takes no packet from later ones as far as lint knows
+        if _terminal(rule) and not any(
+            a is not None and a.runtime for a in (rule.match.saddr, rule.match.daddr)
+        ):
             earlier.append((rule, cubes))
-
-
-def _runtime(match: Match) -> bool:
-    """Whether `match` looks up a runtime set, which may be empty: its rule
-    takes no packet away from later rules as far as lint can tell."""
-    return any(a is not None and a.runtime for a in (match.saddr, match.daddr))
 
 
 def _named(rules: list[Rule]) -> str:
