@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from nfc import stats
 from nfc.apply import applied_path, confirmed_path
@@ -22,7 +23,7 @@ from nfc.state import State
 ELEMENTS = re.compile(r"^\t\telements = \{ .* \}$", re.MULTILINE)
 
 
-def _in_force(state: State) -> tuple[Json, object]:
+def _in_force(state: State) -> tuple[Json, Path]:
     """The journal of what nfc last put in force, and its path."""
     if state.read(state.rolled_back) is not None:
         raise ApplyError("the last apply was rolled back: 'nfc apply' the policy instead of refreshing it")
@@ -84,7 +85,7 @@ def refresh(artifact: Artifact, state: State, report: Callable[[str], None], loc
         )
         # What the next refresh compares with, and what boot (`nfc restore`) loads.
         record["to"] = loaded | {"listing": text}
-        state.write(path, record)  # type: ignore[arg-type]
+        state.write(path, record)
         stats.remember(state, record["to"], artifact.name, report)
     for name in names:
         report(f"refreshed set {name} from {artifact.manifest['list_sets'][name]}")

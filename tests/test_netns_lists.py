@@ -13,7 +13,7 @@ from lab import CLIENT_A4, CLIENT_B4, SERVER_A4, SERVER_B4, Lab
 
 pytestmark = pytest.mark.netns
 
-ENTRIES = 50_000
+ENTRIES = 20_000
 POLICY = """nfc: 1
 define:
   blocklist: {file: lists/drop.txt}
