@@ -37,25 +37,23 @@ def nft_json(*command: str) -> list[Json]:
     return [o for o in objects if isinstance(o, dict)]
 
 
-def live_sets(table: str) -> dict[str, Json]:
-    """The sets of `table inet TABLE` in force, by name (none if there is no such table)."""
-    try:
-        objects = nft_json("list", "table", "inet", table)
-    except ApplyError as exc:
-        if "No such file or directory" in str(exc):
-            return {}
-        raise
-    return {o["set"]["name"]: o["set"] for o in objects if "set" in o and isinstance(o["set"], dict)}
-
-
 def runtime_sets(table: str) -> dict[str, dict[int, Json]]:
-    """The runtime sets in force, by the policy's name, each by IP version."""
+    """The runtime sets in force, with their elements, by the policy's name,
+    each by IP version. The declarations come from `nft -t list sets inet`,
+    the one listing that leaves every set's elements in the kernel (even
+    `-t list table` fetches them): a list file's set of a million entries
+    takes the kernel over a minute to dump."""
     found: dict[str, dict[int, Json]] = {}
-    for live in live_sets(table).values():
+    for declared in nft_json("-t", "list", "sets", "inet"):
+        live = declared.get("set")
+        if not isinstance(live, dict) or live.get("table") != table:
+            continue
         comment = live.get("comment", "")
         if isinstance(comment, str) and comment.startswith(RUNTIME_COMMENT):
+            listed = nft_json("list", "set", "inet", table, str(live["name"]))
+            filled = next((o["set"] for o in listed if isinstance(o.get("set"), dict)), live)
             version = 6 if live.get("type") == FAMILY_TYPES[6] else 4
-            found.setdefault(comment[len(RUNTIME_COMMENT) :], {})[version] = live
+            found.setdefault(comment[len(RUNTIME_COMMENT) :], {})[version] = filled
     return found
 
 
