@@ -86,6 +86,11 @@ def refresh(artifact: Artifact, state: State, report: Callable[[str], None], loc
         # What the next refresh compares with, and what boot (`nfc restore`) loads.
         record["to"] = loaded | {"listing": text}
         state.write(path, record)
-        stats.remember(state, record["to"], artifact.name, report)
+        # The rules and their handles are those of the map `nfc stats` keeps;
+        # only what identifies the ruleset in force changed. Listing the
+        # table anew would dump every list element out of the kernel.
+        origins = state.read(stats.origins_path(state))
+        if origins is not None and origins.get("table") == artifact.table:
+            state.write(stats.origins_path(state), origins | {"loaded": stats.loaded_digest(record["to"])})
     for name in names:
         report(f"refreshed set {name} from {artifact.manifest['list_sets'][name]}")
