@@ -8,8 +8,11 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from nfc import api
-from nfc.errors import Loc
+from nfc.backends import iptables
+from nfc.errors import Loc, PolicyError
 from nfc.ir import Family
 from nfc.listfile import read_address_list
 from nfc.yaml_source import MAX_NODES
@@ -115,3 +118,15 @@ def test_the_yaml_node_cap_does_not_apply(tmp_path: Path) -> None:
     )
     (listed,) = ruleset_of(tmp_path, POLICY).address_sets
     assert len(listed.networks) == entries
+
+
+def test_iptables_legacy_refuses_a_list_longer_than_its_threshold(tmp_path: Path) -> None:
+    entries = iptables.MAX_LISTED_NETWORKS + 1
+    write_list(
+        tmp_path, "".join(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(0, 2 * entries, 2))
+    )
+    with pytest.raises(
+        PolicyError, match=f"a list of {entries} networks: the iptables-legacy backend"
+    ) as raised:
+        iptables.generate(ruleset_of(tmp_path, POLICY))
+    assert raised.value.loc.line == 7

@@ -67,7 +67,7 @@ def test_lists_sets_refresh_and_reapply(lab: Lab, tmp_path: Path) -> None:
     assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 1
     assert CLIENT_B4 in server.nft("list", "set", "inet", "nfc", "web_v4")  # the meter kept its element
     assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 0  # and the runtime set its
-    assert server.nfc("stats", str(policy), *state).returncode == 0  # the rules in force are still the policy's
+    assert server.nfc("stats", str(policy), *state).returncode == 0  # still the policy's rules, says stats
 
     policy.write_text(POLICY + "    - accept tcp dport 23\n")
     changed = server.nfc("refresh", str(policy), *state)
