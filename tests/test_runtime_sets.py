@@ -106,3 +106,13 @@ def test_refresh_needs_a_list_file(tmp_path: Path, capsys: pytest.CaptureFixture
     policy = write_policy(tmp_path, POLICY)
     assert cli.main(["refresh", str(policy), "--state-dir", str(tmp_path / "state")]) == 2
     assert "no list file" in capsys.readouterr().err
+
+
+def test_lint_and_explain_know_the_set_may_be_empty(tmp_path: Path) -> None:
+    """A runtime set may hold nothing, so the rules after it are not shadowed,
+    and explain decides a packet as if the set did not hold its address."""
+    policy = write_policy(tmp_path, POLICY.replace("from not $watch", "").replace("size: 65536", "size: 64"))
+    codes = {finding.code for finding in api.lint([str(policy)])}
+    assert not codes & {"NFC030", "NFC031"}, codes
+    explained = api.explain(str(policy), "tcp 192.0.2.7:40000 > 192.0.2.1:22")
+    assert explained.verdict == "accept" and explained.rule is not None and explained.rule.origin.line == 9
