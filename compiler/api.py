@@ -44,6 +44,7 @@ import nfc.importer.model
 import nfc.lint
 import nfc.neighbours
 import nfc.persist
+import nfc.refresh
 import nfc.state
 import nfc.stats
 from nfc.artifacts import build, write
@@ -204,6 +205,21 @@ def apply(
     where = nfc.persist.directory(persist_dir) if persist else None
     with artifact(target, backend, optimize) as loadable:
         nfc.apply.apply(loadable, _state(state_dir), report, confirm_seconds, lock_timeout, where)
+
+
+def refresh(
+    target: str | None = None,
+    *,
+    report: nfc.apply.Report,
+    state_dir: StateDir = None,
+    lock_timeout: float = nfc.state.LOCK_TIMEOUT,
+) -> None:
+    """Reload the sets of `target`'s list files in one transaction, if its
+    rules are those in force (`nfc.refresh`); by default the policy or
+    directory last applied."""
+    state = _state(state_dir)
+    with artifact(target or nfc.refresh.last_target(state)) as loadable:
+        nfc.refresh.refresh(loadable, state, report, lock_timeout)
 
 
 def confirm(

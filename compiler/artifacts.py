@@ -65,6 +65,11 @@ def build(ruleset: Ruleset, backend: str, sources: tuple[str, ...], optimize: bo
         "policy_sha256": policy_hash.hexdigest(),
         "artifacts": {name: _sha256(text.encode()) for name, text in sorted(files.items())},
     }
+    if ruleset.runtime_sets:  # which sets `nfc apply` carries the elements of, and with timeouts or not
+        manifest["runtime_sets"] = {s.name: s.timeout_ms is not None for s in ruleset.runtime_sets}
+    list_sets = {s.name: s.list_file for s in ruleset.address_sets if s.list_file is not None}
+    if list_sets:  # what `nfc refresh` reloads
+        manifest["list_sets"] = list_sets
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     return files
 

@@ -184,17 +184,25 @@ class RuleChecker:
         for item in addrs.items:
             if item.kind == "literal":
                 networks.append(parse_network(item.text, item.loc))
+            elif len(addrs.items) == 1 and item.text in self.defines.sets:
+                return AddressValue((), (), runtime=True), addrs.negated, item.text
             else:
                 value = self.defines.value(item.text, item.loc)
                 if not isinstance(value, AddressValue):
                     raise PolicyError(item.loc, f"'${item.text}' holds ports, not addresses")
-                networks.extend(value.v4 + value.v6)
                 if len(addrs.items) == 1:
                     set_name = item.text
-        value = AddressValue(
-            collapse(n for n in networks if n.version == 4),
-            collapse(n for n in networks if n.version == 6),
-        )
+                else:
+                    networks.extend(value.v4 + value.v6)
+        if set_name is not None:
+            # a define's value is collapsed already: a long list is not collapsed twice
+            value = self.defines.value(set_name, addrs.items[0].loc)
+            assert isinstance(value, AddressValue)
+        else:
+            value = AddressValue(
+                collapse(n for n in networks if n.version == 4),
+                collapse(n for n in networks if n.version == 6),
+            )
         families = {f for f in BOTH_FAMILIES if value.of(f)}
         self.restrict(families, f"the '{direction}' address list", addrs.loc)
         return value, addrs.negated, set_name
@@ -302,6 +310,8 @@ class RuleChecker:
             if spec is None or family is None:
                 return None
             value, negated, define = spec
+            if value.runtime:
+                return Addresses(family, (), negated, f"{define}_{family.suffix}", runtime=True)
             networks = value.of(family)
             set_name = self.objects.address_set(define, family, networks) if define else None
             return Addresses(family, networks, negated, set_name)

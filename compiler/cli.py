@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 
 from nfc import __version__, api, diff, doctor, explain, lint, neighbours, stats_format, timer
 from nfc.artifacts import ArtifactError
-from nfc.backends import BACKENDS, DEFAULT_BACKEND
+from nfc.backends import BACKENDS, DEFAULT_BACKEND, nft_sets
 from nfc.backends.kernel import ApplyError, KernelRefused
 from nfc.errors import PolicyError, printable
 from nfc.persist import DEFAULT_PERSIST_DIR, PERSIST_DIR_ENV
+from nfc.runtime_sets import duration_ms
 from nfc.state import DEFAULT_STATE_DIR, LOCK_TIMEOUT
 from nfc.values import ascii_int
 
@@ -207,6 +208,36 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     sys.stdout.write(stats_format.render(api.stats(args.target, state_dir=args.state_dir), args.format))
+    return EXIT_OK
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    api.refresh(args.target, report=_report, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
+    return EXIT_OK
+
+
+def _set(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        if len(args.words) > 1:
+            print("nfc: error: 'nfc set list' takes at most one NAME", file=sys.stderr)
+            return EXIT_USAGE
+        for line in nft_sets.listing(args.table, args.words[0] if args.words else None):
+            print(line)
+        return EXIT_OK
+    if len(args.words) < 2:
+        print(f"nfc: error: 'nfc set {args.action}' takes NAME ELEMENT...", file=sys.stderr)
+        return EXIT_USAGE
+    timeout = None
+    if args.timeout is not None:
+        timeout = duration_ms(args.timeout)
+        if timeout is None or timeout < 1:
+            print(
+                f"nfc: error: '{printable(args.timeout)}' is not a timeout such as 90s or 10m",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    count = nft_sets.change(args.table, args.action, args.words[0], args.words[1:], timeout)
+    print(f"{'added to' if args.action == 'add' else 'deleted from'} {args.words[0]}: {count} element(s)")
     return EXIT_OK
 
 
@@ -404,6 +435,18 @@ def parser() -> argparse.ArgumentParser:
         help=f"where apply saved the origin of each rule (default $NFC_STATE_DIR or {DEFAULT_STATE_DIR})",
     )
     stats.set_defaults(run=_stats)
+
+    refresh = commands.add_parser("refresh", help="reload the sets of list files, rules unchanged")
+    refresh.add_argument("target", metavar="POLICY|OUTDIR", nargs="?", help="default: what was last applied")
+    _state_options(refresh)
+    refresh.set_defaults(run=_refresh)
+
+    set_ = commands.add_parser("set", help="add, delete or list the elements of a runtime set")
+    set_.add_argument("action", choices=("add", "del", "list"))
+    set_.add_argument("words", nargs="*", metavar="NAME [ELEMENT...]")
+    set_.add_argument("--timeout", metavar="DURATION", help="add: how long the elements stay (10m, 1h)")
+    set_.add_argument("--table", default="nfc", help="the table of nfc's ruleset (the policy's 'table'; nfc)")
+    set_.set_defaults(run=_set)
 
     timer_ = commands.add_parser(timer.COMMAND)  # started by apply --confirm
     _state_options(timer_)

@@ -38,7 +38,10 @@ class Lowering:
     @classmethod
     def start(cls, tree: PolicyTree, target: Target) -> Lowering:
         source = tree.source
-        return cls(tree, target, Defines(source.defines, source.interfaces), NamedObjects(source.defines))
+        objects = NamedObjects(source.defines)
+        for declaration in source.sets.values():
+            objects.runtime_sets(declaration)
+        return cls(tree, target, Defines(source.defines, source.interfaces, source.sets), objects)
 
     def ruleset(self) -> Ruleset:
         source = self.tree.source
@@ -66,4 +69,5 @@ class Lowering:
             meters=tuple(objects.meters[n] for n in sorted(objects.meters)),
             sysctls=tuple(self.sysctls),
             nat=tuple(self.nat),
+            runtime_sets=tuple(objects.runtime[n] for n in sorted(objects.runtime)),
         )

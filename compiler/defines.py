@@ -6,9 +6,11 @@ position."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
 from nfc.ir import Interfaces, Network
+from nfc.listfile import read_address_list
 from nfc.load import Define, InterfaceList
 from nfc.schema import type_name
 from nfc.values import (
@@ -33,9 +35,12 @@ SPACE = " \t\r\n"  # around a value; a space of another script is no more part o
 class Defines:
     """Resolves `$name` references, each define once, with cycle detection."""
 
-    def __init__(self, defines: dict[str, Define], interface_lists: dict[str, InterfaceList]) -> None:
+    def __init__(
+        self, defines: dict[str, Define], interface_lists: dict[str, InterfaceList], sets: Iterable[str] = ()
+    ) -> None:
         self.defines = defines
         self.interface_lists = interface_lists
+        self.sets = frozenset(sets)
         self.resolved: dict[str, DefineValue] = {}
         self.resolving: list[str] = []
 
@@ -44,8 +49,8 @@ class Defines:
         found = self.interface_lists.get(name)
         if found is not None:
             return Interfaces(found.names, name)
-        if name in self.defines:
-            value = self.value(name, use)
+        if name in self.defines or name in self.sets:
+            value = self.value(name, use) if name in self.defines else AddressValue((), ())
             what = "addresses" if isinstance(value, AddressValue) else "ports"
             raise PolicyError(
                 use,
@@ -68,6 +73,12 @@ class Defines:
     def value(self, name: str, use: Loc) -> DefineValue:
         if name in self.resolved:
             return self.resolved[name]
+        if name in self.sets:
+            raise PolicyError(
+                use,
+                f"'${printable(name)}' is a runtime set, filled at run time",
+                f"use it alone, as 'from ${name}' or 'to ${name}'",
+            )
         if name in self.interface_lists:
             raise PolicyError(
                 use,
@@ -83,8 +94,11 @@ class Defines:
         if name in self.resolving:
             cycle = " -> ".join(f"${n}" for n in [*self.resolving[self.resolving.index(name) :], name])
             raise PolicyError(use, f"define cycle: {cycle}")
-        self.resolving.append(name)
         define = self.defines[name]
+        if define.list_file is not None:
+            self.resolved[name] = read_address_list(define.list_file, define.node.value["file"].loc)
+            return self.resolved[name]
+        self.resolving.append(name)
         node = define.node
         items = node.value if isinstance(node.value, list) else [node]
         if not items:

@@ -88,6 +88,7 @@ class Addresses:
     networks: tuple[Network, ...]
     negated: bool = False
     set_name: str | None = None
+    runtime: bool = False  # the elements of a runtime set (`sets:`): unknown until run time, `networks` empty
 
     def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         """Whether a packet with `address` here matches: never one of the
@@ -265,6 +266,18 @@ class NamedAddressSet:
     name: str
     family: Family
     networks: tuple[Network, ...]
+    list_file: str | None = None  # the list file (`{file: PATH}`) it holds, which `nfc refresh` reloads
+
+
+@dataclass(frozen=True)
+class RuntimeSet:
+    """One family's set of a `sets` entry, filled at run time (`nfc set add`)."""
+
+    name: str  # as the backend names it: banned_v4
+    declared: str  # as the policy names it: banned
+    family: Family
+    timeout_ms: int | None
+    size: int | None
 
 
 @dataclass(frozen=True)
@@ -292,3 +305,4 @@ class Ruleset:
     meters: tuple[Meter, ...]
     sysctls: tuple[Sysctl, ...]
     nat: tuple[NatRule, ...] = ()  # in policy order
+    runtime_sets: tuple[RuntimeSet, ...] = ()  # by name

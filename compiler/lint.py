@@ -212,7 +212,7 @@ def _coverage(ctx: Context, chain: Chain) -> Iterator[tuple[int, Rule, list[Cube
     earlier rules leave to it, and the earlier terminal rules that take the
     rest. The index offers only the earlier rules that may overlap: a chain
     of a thousand port forwards is not a million comparisons."""
-    terminal = Index([ctx.space.cubes(r.match) if _terminal(r) else [] for r in chain.rules])
+    terminal = Index([ctx.space.cubes(r.match) if _takes_for_sure(r) else [] for r in chain.rules])
     for number, rule in enumerate(chain.rules):
         if rule.role is not RuleRole.USER:
             continue
@@ -225,6 +225,13 @@ def _coverage(ctx: Context, chain: Chain) -> Iterator[tuple[int, Rule, list[Cube
                 takers.append(chain.rules[other])
                 remaining = minus(remaining, terminal.rules[other])
         yield number, rule, remaining, takers
+
+
+def _takes_for_sure(rule: Rule) -> bool:
+    """Whether `rule` ends the walk of every packet it matches, as far as lint
+    knows: a runtime set may be empty, so its rule takes nothing for sure."""
+    addresses = (rule.match.saddr, rule.match.daddr)
+    return _terminal(rule) and not any(a is not None and a.runtime for a in addresses)
 
 
 def _named(rules: list[Rule]) -> str:

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from nfc.errors import Loc, PolicyError, printable
 from nfc.ir import CHAIN_NAMES, ChainName, ChainPolicy
+from nfc.runtime_sets import SetDeclaration, declarations
 from nfc.schema import (
     ENTRY_KEYS,
     RULE_KEYS,
@@ -48,11 +49,13 @@ TOP_KEYS = (
     "conntrack",
     *CHAIN_NAMES,
     "nat",
+    "sets",
 )
 INCLUDE_KEYS = ("nfc", "include", "define", "interfaces", "conntrack")
 RULES_FILE_KEYS = ("nfc", "define", "interfaces", "rules")  # a file that `{include: FILE}` splices
 CHAIN_KEYS = ("policy", "rules", "state", "icmp", "loopback")
 SPLICE_KEYS = ("include",)
+LIST_FILE_KEYS = ("file",)
 CONNTRACK_KEYS = ("notrack", "max", "timeouts")
 INCLUDE_CONNTRACK_KEYS = ("notrack",)
 # Policy timeout names and the sysctl each one sets.
@@ -97,6 +100,7 @@ class Define:
     name: str
     loc: Loc
     node: YNode
+    list_file: str | None = None  # `{file: PATH}`: PATH, relative to the policy's directory as given
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class PolicySource:
     interfaces: dict[str, InterfaceList] = field(default_factory=dict)
     nat: tuple[RuleText, ...] = ()
     counters: bool = False  # every rule counts its packets and bytes (nfc stats)
+    sets: dict[str, SetDeclaration] = field(default_factory=dict)  # runtime sets, `sets:`
 
 
 # --------------------------------------------------------------------------
@@ -229,8 +234,27 @@ def _names(node: YNode, section: str, what: str) -> dict[str, tuple[Loc, YNode]]
     return {name: (node.key_locs[name], value) for name, value in fields.items()}
 
 
-def _defines(node: YNode) -> dict[str, Define]:
-    return {name: Define(name, loc, value) for name, (loc, value) in _names(node, "define", "define").items()}
+def _defines(node: YNode, path: str, state: _Loading) -> dict[str, Define]:
+    defines = {}
+    for name, (loc, value) in _names(node, "define", "define").items():
+        list_file = None
+        if isinstance(value.value, dict):
+            if "file" not in value.value:
+                raise PolicyError(
+                    value.loc,
+                    f"define '{name}' is a mapping without 'file'",
+                    "a define is an address, a port, a list of them, or a list file: {file: PATH}",
+                )
+            check_keys(value, LIST_FILE_KEYS, "a list file define")
+            file_node = value.value["file"]
+            target = expect_str(file_node, "a list file")
+            if not target or "\0" in target:
+                raise PolicyError(file_node.loc, "'file' must name a list file")
+            list_file = os.path.normpath(os.path.join(os.path.dirname(path), target))
+            if list_file not in state.files:
+                state.files.append(list_file)
+        defines[name] = Define(name, loc, value, list_file)
+    return defines
 
 
 def _interfaces(node: YNode) -> dict[str, InterfaceList]:
@@ -293,7 +317,8 @@ def _first_of_equals(old: Named | None, new: Named) -> Named:
     included from two places) is no conflict, another value is."""
     if old is None:
         return new
-    if old.node.plain() != new.node.plain():
+    other_file = isinstance(old, Define) and isinstance(new, Define) and old.list_file != new.list_file
+    if old.node.plain() != new.node.plain() or other_file:
         raise PolicyError(
             new.loc, f"'{new.name}' is defined again with a different value (first defined at {old.loc})"
         )
@@ -341,7 +366,7 @@ def _spliced_rules(item: YNode, path: str, state: _Loading, stack: tuple[str, ..
     if shown not in state.files:
         state.files.append(shown)
     if "define" in fields:
-        state.merge_defines(_defines(fields["define"]))
+        state.merge_defines(_defines(fields["define"], shown, state))
     if "interfaces" in fields:
         state.merge_interfaces(_interfaces(fields["interfaces"]))
     if "rules" not in fields:
@@ -379,7 +404,7 @@ def _load_file(
     if "include" in fields:
         _includes(fields["include"], path, state, stack)
     if "define" in fields:
-        state.merge_defines(_defines(fields["define"]))
+        state.merge_defines(_defines(fields["define"], path, state))
     if "interfaces" in fields:
         state.merge_interfaces(_interfaces(fields["interfaces"]))
     if "conntrack" in fields:
@@ -431,6 +456,15 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
             raise PolicyError(
                 fields["counters"].loc, f"'counters' must be true or false, not {type_name(counters)}"
             )
+    sets = declarations(fields["sets"], _names(fields["sets"], "sets", "set")) if "sets" in fields else {}
+    for set_name, declaration in sets.items():
+        other = state.defines.get(set_name) or state.interfaces.get(set_name)
+        if other is not None:
+            raise PolicyError(
+                declaration.loc,
+                f"'{set_name}' is a set here and defined again at {other.loc}",
+                "a name is defined once across 'define', 'interfaces' and 'sets'",
+            )
     return PolicySource(
         path=path,
         name=name,
@@ -442,4 +476,5 @@ def load_policy(path: str | os.PathLike[str]) -> PolicySource:
         interfaces=dict(state.interfaces),
         nat=nat,
         counters=counters,
+        sets=sets,
     )

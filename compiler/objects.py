@@ -17,8 +17,10 @@ from nfc.ir import (
     NamedPortSet,
     Network,
     Rate,
+    RuntimeSet,
 )
 from nfc.load import IDENTIFIER, Define
+from nfc.runtime_sets import SetDeclaration
 from nfc.syntax import LimitNode
 from nfc.values import PortValue
 
@@ -41,6 +43,7 @@ class NamedObjects:
     port_sets: dict[str, NamedPortSet] = field(default_factory=dict)
     meters: dict[str, Meter] = field(default_factory=dict)  # by nft-independent key: name + family
     meter_signatures: dict[str, tuple[MeterSignature, Loc]] = field(default_factory=dict)
+    runtime: dict[str, RuntimeSet] = field(default_factory=dict)  # the sets of `sets:`, by name
     object_names: dict[str, str] = field(default_factory=dict)  # generated object name -> what made it
 
     def claim(self, name: str, owner: str, loc: Loc) -> None:
@@ -52,14 +55,25 @@ class NamedObjects:
         self.object_names[name] = owner
 
     def address_set(self, define: str, family: Family, networks: tuple[Network, ...]) -> str | None:
-        if len(networks) < 2:
+        list_file = self.defines[define].list_file
+        # A list file's set is named even with one element: `nfc refresh` refills it.
+        if len(networks) < 2 and list_file is None:
             return None
         name = f"{define}_{family.suffix}"
         if name in self.address_sets:
             return name
         self.claim(name, f"define '{define}'", self.defines[define].loc)
-        self.address_sets[name] = NamedAddressSet(name, family, networks)
+        self.address_sets[name] = NamedAddressSet(name, family, networks, list_file)
         return name
+
+    def runtime_sets(self, declaration: SetDeclaration) -> None:
+        """A set per family, whether or not a rule uses it: `nfc set add` may fill either."""
+        for family in (Family.V4, Family.V6):
+            name = f"{declaration.name}_{family.suffix}"
+            self.claim(name, f"set '{declaration.name}'", declaration.loc)
+            self.runtime[name] = RuntimeSet(
+                name, declaration.name, family, declaration.timeout_ms, declaration.size
+            )
 
     def port_set(self, define: str, value: PortValue) -> str:
         name = f"{define}_ports"

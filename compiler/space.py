@@ -205,6 +205,8 @@ def _addresses(addresses: Addresses | None, family: Family) -> Intervals | None:
         return ADDRESS_SPACE[family]
     if addresses.family is not family:
         return None
+    if addresses.runtime:
+        return ADDRESS_SPACE[family]  # any address may be in the set: as far as order goes, it takes them all
     ranges = tuple(sorted((int(n.network_address), int(n.broadcast_address)) for n in addresses.networks))
     return subtract(ADDRESS_SPACE[family], ranges) if addresses.negated else ranges
 

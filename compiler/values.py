@@ -24,6 +24,7 @@ IFNAME = re.compile(r"(?=.{1,15}\Z)[A-Za-z0-9_.:@+-]+\*?\Z")
 class AddressValue:
     v4: tuple[Network, ...]
     v6: tuple[Network, ...]
+    runtime: bool = False  # a runtime set's: its addresses are known only at run time
 
     def of(self, family: Family) -> tuple[Network, ...]:
         return self.v4 if family is Family.V4 else self.v6

@@ -882,7 +882,41 @@ NAT = [
     ),
 ]
 
+LIST_POLICY = (
+    "nfc: 1\ndefine:\n  block: {file: @~lists/drop.txt}\n"
+    "input:\n  policy: drop\n  rules:\n    - drop from $block\n"
+)
+
+
+def list_case(case_id: str, text: str, *fragments: str, policy: str = LIST_POLICY) -> object:
+    """A list file `lists/drop.txt` holding `text`, whose markers say where
+    its mistake is (the policy's marks where an unreadable file is reported)."""
+    return case(case_id, policy.replace("@~", ""), *fragments, files={"lists/drop.txt": text})
+
+
+LIST_FILES = [
+    list_case("list-bad-address", "10.0.0.1\n# a comment\n\n@^10.0.0.300\n", "not a valid IP address"),
+    list_case("list-host-bits", "  @^10.0.0.1/8  # too wide\n", "host bits set"),
+    list_case("list-two-addresses", "10.0.0.1@^ 10.0.0.2\n", "more than one address"),
+    list_case("list-garbage", "10.0.0.1\n@^<html><body>\n", "not a valid IP address"),
+    list_case("list-binary", "10.0.0.1\n\x00\x01@^\udcff\n", "not valid UTF-8"),
+    list_case("list-control-character", "10.0.0.1\n10.0@^\x00.0.2\n", "U+0000"),
+    list_case("list-line-separator", "10.0.0.1\n10.0.0.2@^\u2028\n", "U+2028"),
+    list_case("list-other-digits", "@^\u0661\u0660.0.0.1\n", "not a valid IP address"),
+    list_case("list-empty", "@^# nothing yet\n\n", "holds no address"),
+    list_case("list-ports-only", "@^ssh\n", "not a valid IP address"),
+    case("list-missing", LIST_POLICY, "cannot read list file"),
+    case("list-a-directory", LIST_POLICY, "cannot read list file", files={"lists/drop.txt/": ""}),
+    case(
+        "list-file-unknown-key",
+        "nfc: 1\ndefine:\n  block: {file: x.txt, @^format: csv}\n",
+        "unknown key",
+    ),
+]
+
+
 CASES = [
+    *LIST_FILES,
     *YAML_SYNTAX,
     *NESTING,
     *DIGITS,
@@ -961,6 +995,7 @@ IN_A_SUBPROCESS = {
     "rule-ends-early",
     "splice-cycle",
     "nat-on-untracked-packets",
+    "list-binary",
 }
 
 

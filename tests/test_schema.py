@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from nfc import api, load, schema
+from nfc import api, load, runtime_sets, schema
 from nfc.errors import PolicyError
 
 from conftest import ROOT
@@ -265,6 +265,12 @@ def test_the_schema_has_every_key_of_the_code() -> None:
     assert set(load.ENTRY_KEYS) == set(notrack_mapping["properties"])
     for chain in ("inputChain", "forwardChain", "outputChain"):
         assert set(load.CHAIN_KEYS) == keys(chain)
+    list_file = DEFINITIONS["defineValue"]["anyOf"][2]
+    assert set(load.LIST_FILE_KEYS) == set(list_file["properties"]) == set(list_file["required"])
+    a_set = DEFINITIONS["sets"]["additionalProperties"]
+    assert set(runtime_sets.SET_KEYS) == set(a_set["properties"])
+    assert a_set["properties"]["type"]["enum"] == list(runtime_sets.SET_TYPES)
+    assert a_set["properties"]["size"]["maximum"] == runtime_sets.MAX_SET_SIZE
 
 
 def test_the_schemas_enums_are_the_codes(tmp_path: Path) -> None:

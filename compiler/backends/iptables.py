@@ -72,6 +72,11 @@ DESTINATIONS = {
 }
 
 
+# A list longer than this (a list file, typically) would be as many rules,
+# each walked by every packet: past it, iptables-legacy is the wrong tool.
+MAX_LISTED_NETWORKS = 10_000
+
+
 def unsupported(origin: Loc, feature: str, hint: str | None = None) -> PolicyError:
     return PolicyError(origin, f"{feature}: the {BACKEND} backend cannot express this exactly", hint)
 
@@ -180,6 +185,15 @@ class FamilyFile:
         ]
 
     def _addresses(self, flag: str, addresses: Addresses | None, origin: Loc) -> list[list[str]]:
+        if addresses is not None and addresses.runtime:
+            raise unsupported(origin, "a runtime set ('sets:')", "runtime sets need the nft backend")
+        if addresses is not None and len(addresses.networks) > MAX_LISTED_NETWORKS:
+            raise PolicyError(
+                origin,
+                f"a list of {len(addresses.networks)} networks: the {BACKEND} backend writes a rule per "
+                f"network, which every packet walks; nfc refuses more than {MAX_LISTED_NETWORKS}",
+                "use the nft backend, which looks the list up in a set",
+            )
         if addresses is None or (addresses.negated and len(addresses.networks) > 1):
             return [[]]  # a negated list is matched by _exclusions
         if addresses.negated:

@@ -28,6 +28,7 @@ from nfc.ir import (
     Rate,
     Rule,
     Ruleset,
+    RuntimeSet,
     Verdict,
 )
 
@@ -75,6 +76,7 @@ def render(ruleset: Ruleset, write_chain: ChainWriter = linear) -> str:
     body.extend(_named_limit(m) for m in ruleset.meters if m.key is None)
     body.extend(_address_set(s.name, s.family, s.networks) for s in ruleset.address_sets)
     body.extend(_port_set(s.name, s.ranges) for s in ruleset.port_sets)
+    body.extend(_runtime_set(s) for s in ruleset.runtime_sets)
     body.extend(_meter_set(m) for m in ruleset.meters if m.key is not None)
     chains = [(chain, write_chain(ruleset, chain)) for chain in ruleset.chains]
     body.extend(declaration for _, text in chains for declaration in text.declarations)
@@ -121,6 +123,21 @@ def _port_set(name: str, ranges: tuple[tuple[int, int], ...]) -> list[str]:
         f"\telements = {{ {', '.join(_port_range(r) for r in ranges)} }}",
         "}",
     ]
+
+
+def _runtime_set(declared: RuntimeSet) -> list[str]:
+    """Declared empty: `nfc set add` fills it, and `nfc apply` carries its elements over."""
+    lines = [f"set {declared.name} {{", f"\ttype {ADDRESS_TYPE[declared.family]}"]
+    lines.append(f'\tcomment "nfc runtime set {declared.declared}"')  # what `nfc set` looks for
+    if declared.size is not None:
+        lines.append(f"\tsize {declared.size}")
+    if declared.timeout_ms is not None:
+        seconds, milliseconds = divmod(declared.timeout_ms, 1000)
+        lines += [
+            "\tflags timeout",
+            f"\ttimeout {f'{seconds}s' if not milliseconds else f'{declared.timeout_ms}ms'}",
+        ]
+    return [*lines, "}"]
 
 
 def _meter_set(meter: Meter) -> list[str]:

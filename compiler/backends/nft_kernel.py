@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from nfc.backends.kernel import (
     run_tool,
 )
 from nfc.backends.nft import BACKEND, RULESET
+from nfc.backends.nft_sets import carried_elements
 
 NftObjects = list[Any]  # what `nft -j` lists, under its "nftables" key
 NFT_ERROR = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?: Error: (?P<message>.*)$")
@@ -152,7 +154,15 @@ class NftKernel:
         return {"backend": BACKEND, "table": artifact.table, "listing": artifact.path(RULESET).read_text()}
 
     def load(self, artifact: Artifact) -> None:
-        error = self.nft.run_file(artifact.path(RULESET))
+        # The load deletes the table: the runtime sets' elements go back in
+        # within the same transaction, with the time they have left.
+        carried, notes = carried_elements(artifact)
+        for note in notes:
+            print(f"nfc apply: note: {note}", file=sys.stderr)
+        if carried:
+            error = self.nft.run_text(artifact.path(RULESET).read_text() + carried)
+        else:
+            error = self.nft.run_file(artifact.path(RULESET))
         if error is not None:
             raise self._failed(artifact, error, "apply")
 

@@ -1,0 +1,81 @@
+"""List files, runtime sets and `nfc refresh` against the real kernel: a
+listed address is dropped and an unlisted one passes, `nfc set add` bans
+at once, a refresh changes the list without emptying the runtime set or
+the meter, and a full re-apply keeps the banned address banned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab import CLIENT_A4, CLIENT_B4, SERVER_A4, SERVER_B4, Lab
+
+pytestmark = pytest.mark.netns
+
+ENTRIES = 20_000
+POLICY = """nfc: 1
+define:
+  blocklist: {file: lists/drop.txt}
+sets:
+  banned: {type: address, timeout: 1h, size: 1024}
+input:
+  policy: drop
+  rules:
+    - drop from $blocklist
+    - drop from $banned
+    - accept tcp dport 22
+    - accept tcp dport 80 limit 100/minute per saddr name web
+"""
+
+
+def write_list(path: Path, *listed: str) -> None:
+    """`ENTRIES` addresses of 172.16.0.0/12 (none of the lab's) and `listed`."""
+    lines = [f"172.{16 + (i >> 16)}.{i >> 8 & 255}.{i & 255}" for i in range(0, 2 * ENTRIES, 2)]
+    path.write_text("# blocklist\n" + "\n".join([*lines, *listed]) + "\n")
+
+
+def test_lists_sets_refresh_and_reapply(lab: Lab, tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    listed = tmp_path / "lists" / "drop.txt"
+    write_list(listed, CLIENT_A4)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    lab.start_servers(tcp=(22, 80))
+    done = lab.apply(policy)
+    assert done.returncode == 0, done.stderr
+    server = lab.server
+    assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 0  # listed
+    assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 1  # not listed
+    assert lab.connects(lab.client_b, SERVER_B4, 80, CLIENT_B4) == 1  # fills the meter
+    assert CLIENT_B4 in server.nft("list", "set", "inet", "nfc", "web_v4")
+
+    state = ("--state-dir", str(lab.state_dir))
+    assert server.nfc("set", "add", "banned", CLIENT_B4, "--timeout", "10m").returncode == 0
+    assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 0
+    listing = server.nfc("set", "list", "banned")
+    assert listing.stdout.startswith(f"banned {CLIENT_B4} timeout 600s expires "), listing
+    bad_input = [("add", "banned", "10.0.0.300"), ("add", "bannd", CLIENT_B4)]
+    bad_input.append(("del", "banned", "10.0.0.0/8"))
+    for bad in bad_input:
+        refused = server.nfc("set", *bad)
+        assert refused.returncode == 2 and refused.stderr.startswith("nfc: error: "), refused
+
+    write_list(listed)  # client A is no longer listed
+    refreshed = server.nfc("refresh", str(policy), *state)
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 1
+    assert CLIENT_B4 in server.nft("list", "set", "inet", "nfc", "web_v4")  # the meter kept its element
+    assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 0  # and the runtime set its
+    assert server.nfc("stats", str(policy), *state).returncode == 0  # still the policy's rules, says stats
+
+    policy.write_text(POLICY + "    - accept tcp dport 23\n")
+    changed = server.nfc("refresh", str(policy), *state)
+    assert changed.returncode == 2 and "differ" in changed.stderr, changed
+
+    done = lab.apply(policy)  # a full re-apply: the banned address stays banned
+    assert done.returncode == 0, done.stderr
+    assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 0
+    assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 1
+    assert server.nfc("set", "del", "banned", CLIENT_B4).returncode == 0
+    assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 1
