@@ -435,7 +435,7 @@ def _nat_target(state: _Rule, target: Token, options: list[str]) -> None:
     if wanted is None:
         return
     if len(values) != 1:
-        state.inexact(target, f"-j {name} with {len(values)} {wanted}")
+        state.inexact(target, f"-j {name} {f'with {len(values)}' if values else 'without'} {wanted}")
         return
     to = (
         _nat_to(values[0])

@@ -253,6 +253,10 @@ class _Reader:
                         "nfc import takes one filter chain per hook: merge them first",
                     )
                 kept = [r for r in parsed if _matches_family(r, each)]
+                if table_kind == "nat" and key in table.chains:
+                    # the family's nat chains on one hook act as one list (the first translation wins)
+                    table.chains[key].rules += [_for_family(r, family) for r in kept]
+                    continue
                 table.chains[key] = Chain(
                     key, chain.hook, chain.policy, chain.loc, [_for_family(r, family) for r in kept]
                 )

@@ -301,6 +301,7 @@ class RuleReader:
             words.append(self.take())
         self.rule.verdict = word
         if words[:1] in (["ip"], ["ip6"]):
+            self.rule.fields["family"] = words[0]
             words = words[1:]
         to = None
         if word in ("dnat", "snat") and len(words) == 2 and words[0] == "to":
@@ -320,6 +321,8 @@ class RuleReader:
         if high == low:  # 80-80: one port
             to = to[: -len(high) - 1]
         self.rule.verdict = f"{word} to {to}"
+        if word in ("dnat", "snat"):  # an address of one family: the rule is of that family
+            self.rule.fields["family"] = "ip6" if ":" in to.rpartition(":")[0] or to.startswith("[") else "ip"
 
     def conntrack(self) -> None:
         key = self.take()
