@@ -124,7 +124,9 @@ def test_untranslatable_constructs_are_reported_and_the_policy_is_stricter(
     assert "reject ip tcp dport 9007" in out
 
 
-NAT_HEAD = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+NAT_HEAD = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+NAT_HEAD += ":POSTROUTING ACCEPT [0:0]\n"
+DNAT_8080 = "-A PREROUTING -i eth0 -p tcp --dport 8080 -j DNAT --to-destination 192.168.1.10:80\nCOMMIT\n"
 FORWARD = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
 FORWARD += "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
 
@@ -138,16 +140,19 @@ def nat_rules(policy: str) -> list[str]:
 NAT_FORMS = [
     ("-A PREROUTING -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.1.10:80",
      "dnat to 192.168.1.10:80 tcp dport 8080 iif eth0"),
-    ("-A PREROUTING -i eth0 -p tcp -m multiport --dports 25,587 -s 198.51.100.0/24 -j DNAT --to-destination 192.168.1.11",
+    ("-A PREROUTING -i eth0 -p tcp -m multiport --dports 25,587 -s 198.51.100.0/24 -j DNAT "
+     "--to-destination 192.168.1.11",
      "dnat to 192.168.1.11 tcp dport {25, 587} from 198.51.100.0/24 iif eth0"),
     ("-A PREROUTING -i eth0 -p udp --dport 6000:6010 -j DNAT --to-destination 192.168.1.12:7000-7010",
      "dnat to 192.168.1.12:7000-7010 udp dport 6000-6010 iif eth0"),
     ("-A PREROUTING -i br+ -p udp -m udp --dport 53 -j REDIRECT --to-ports 5353",
      "redirect to 5353 ip udp dport 53 iif br*"),
     ("-A POSTROUTING -o eth0 -j MASQUERADE", "masquerade ip oif eth0"),
-    ("-A POSTROUTING -s 10.0.0.0/8 -o ppp+ -p tcp --sport 1024:65535 -j SNAT --to-source 203.0.113.7:20000-29999",
+    ("-A POSTROUTING -s 10.0.0.0/8 -o ppp+ -p tcp --sport 1024:65535 -j SNAT "
+     "--to-source 203.0.113.7:20000-29999",
      "snat to 203.0.113.7:20000-29999 tcp sport 1024-65535 from 10.0.0.0/8 oif ppp*"),
-    ("-A POSTROUTING -d 198.51.100.9 -o eth0 -j SNAT --to-source 203.0.113.8", "snat to 203.0.113.8 to 198.51.100.9 oif eth0"),
+    ("-A POSTROUTING -d 198.51.100.9 -o eth0 -j SNAT --to-source 203.0.113.8",
+     "snat to 203.0.113.8 to 198.51.100.9 oif eth0"),
 ]  # fmt: skip
 
 
@@ -196,12 +201,15 @@ def test_nft_nat_statements_of_inet_and_family_tables(tmp_path: Path) -> None:
 
 
 REFUSED_NAT = [
-    ("-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10 --to-destination 192.168.1.11", "2 --to-destination"),
-    ("-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10-192.168.1.12", "192.168.1.10-192.168.1.12"),
+    ("-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10 --to-destination 192.168.1.11",
+     "2 --to-destination"),
+    ("-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10-192.168.1.12",
+     "192.168.1.10-192.168.1.12"),
     ("-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10 --random", "--random"),
     ("-A PREROUTING -d 10.0.0.0/8 -j NETMAP --to 192.168.0.0/8", "NETMAP"),
     ("-A PREROUTING -p tcp --dport 80 -j REDIRECT", "without --to-ports"),
-    ("-A PREROUTING -p tcp --dport 80 -m addrtype --dst-type LOCAL -j DNAT --to-destination 192.168.1.10", "addrtype"),
+    ("-A PREROUTING -p tcp --dport 80 -m addrtype --dst-type LOCAL -j DNAT --to-destination 192.168.1.10",
+     "addrtype"),
     ("-A OUTPUT -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10:3128", "output chain"),
     ("-A INPUT -p tcp --dport 80 -j SNAT --to-source 192.168.1.1", "input chain"),
     ("-A POSTROUTING -o eth0 -j MASQUERADE --random", "--random"),
@@ -246,7 +254,8 @@ def test_a_later_nat_rule_that_may_take_the_same_connections_is_left_out_too(tmp
 def test_a_nat_chain_that_drops_is_refused(tmp_path: Path) -> None:
     save = NAT_HEAD.replace(":PREROUTING ACCEPT", ":PREROUTING DROP") + "COMMIT\n"
     result = run_nfc("import", _write(save, "nat.rules", tmp_path))
-    assert result.returncode == 2 and "nat.rules:2:1: error: the nat chain PREROUTING has policy DROP" in result.stderr
+    assert result.returncode == 2
+    assert "nat.rules:2:1: error: the nat chain PREROUTING has policy DROP" in result.stderr
 
 
 # an IPv6 filter table with the same state rule: the forward chain is one for both families
@@ -254,7 +263,7 @@ SIX = FORWARD + "COMMIT\n"
 
 
 def test_an_explicit_forward_accept_of_the_dnat_keeps_state_auto(tmp_path: Path) -> None:
-    nat = NAT_HEAD + "-A PREROUTING -i eth0 -p tcp --dport 8080 -j DNAT --to-destination 192.168.1.10:80\nCOMMIT\n"
+    nat = NAT_HEAD + DNAT_8080
     for accept in ("-d 192.168.1.10/32 -p tcp -m tcp --dport 80", "-m conntrack --ctstate DNAT"):
         save = nat + FORWARD + f"-A FORWARD {accept} -j ACCEPT\nCOMMIT\n" + SIX
         result = api.import_ruleset(_write(save, "nat.rules", tmp_path))
@@ -265,7 +274,7 @@ def test_an_explicit_forward_accept_of_the_dnat_keeps_state_auto(tmp_path: Path)
 
 
 def test_state_auto_would_accept_the_dnat_the_forward_chain_drops_so_it_stays_manual(tmp_path: Path) -> None:
-    nat = NAT_HEAD + "-A PREROUTING -i eth0 -p tcp --dport 8080 -j DNAT --to-destination 192.168.1.10:80\nCOMMIT\n"
+    nat = NAT_HEAD + DNAT_8080
     save = nat + FORWARD + "-A FORWARD -d 192.168.1.10/32 -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n" + SIX
     result = api.import_ruleset(_write(save, "nat.rules", tmp_path))
     assert "forward:\n  policy: drop\n  state: manual" in result.policy

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from nfc.errors import PolicyError
 from nfc.importer.model import Chain, Problem, Rule, Source, flatten, places
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NAT_HOOKS = ("prerouting", "postrouting")
 ACTIONS = {"prerouting": ("dnat", "redirect"), "postrouting": ("masquerade", "snat")}
 # The filter chains that see a hook's packets after it, where a left-out rule's connections are dropped.
@@ -137,14 +138,18 @@ def _disjoint(a: Rule, b: Rule) -> bool:
         if x and y and x != y and not any(c in x + y for c in "*{$"):
             return True
     for key in ("dport", "sport"):
-        x, y = _ranges(a.fields.get(key)), _ranges(b.fields.get(key))
-        if x and y and not any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in x for lo2, hi2 in y):
+        ports, others = _ranges(a.fields.get(key)), _ranges(b.fields.get(key))
+        if ports and others and not any(p[0] <= q[1] and q[0] <= p[1] for p in ports for q in others):
             return True
     for key in ("saddr", "daddr"):
-        n, m = _networks(a.fields.get(key)), _networks(b.fields.get(key))
-        if n and m and not any(p.version == q.version and p.overlaps(q) for p in n for q in m):  # type: ignore[arg-type]
+        nets, other_nets = _networks(a.fields.get(key)), _networks(b.fields.get(key))
+        if nets and other_nets and not any(_overlap(n, m) for n in nets for m in other_nets):
             return True
     return False
+
+
+def _overlap(a: Network, b: Network) -> bool:
+    return a.version == b.version and a.overlaps(b)
 
 
 def _items(value: str | None) -> list[str] | None:
@@ -160,7 +165,7 @@ def _ranges(value: str | None) -> list[tuple[int, int]] | None:
     return [(int(i.partition("-")[0]), int(i.partition("-")[2] or i.partition("-")[0])) for i in items]
 
 
-def _networks(value: str | None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+def _networks(value: str | None) -> list[Network] | None:
     items = _items(value)
     try:
         return [ipaddress.ip_network(i, strict=False) for i in items] if items else None
