@@ -41,7 +41,13 @@ from lab import TRAFFIC, Lab, require_lab
 
 FIXTURES = ROOT / "tests" / "fixtures" / "import"
 # NAT and forwarding: proven through a router, below
-ROUTER_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if p.name.startswith("router."))
+ROUTER_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if p.name.startswith("router"))
+# router fixture -> the questions on which its import may differ (and then only get no answer):
+# the traffic of its reported lines, lines 9 (DNAT --random) and 10 (MASQUERADE --random of .20's UDP)
+ROUTER_REPORTED = {
+    "router-untranslatable.rules": lambda key: key.endswith(f"{ROUTER_WAN4}:9001")
+    or key.startswith(f"lan udp {LAN_SNATTED4} ")
+}
 # fixture -> the probes on which its import may differ from it (and then only be stricter)
 UNTRANSLATABLE = {"untranslatable.rules": lambda probe: probe.split()[1] == "tcp" and ":900" in probe}
 # The .json fixtures are `nft -j list ruleset` of the .nft ones: test_import.py shows they import
@@ -274,7 +280,8 @@ def test_router_import_translates_and_filters_as_the_original(
         text=True,
         timeout=60,
     )
-    assert imported.returncode == 0, imported.stderr  # exact: nothing reported
+    allowed = ROUTER_REPORTED.get(name)
+    assert imported.returncode == (0 if allowed is None else 1), imported.stderr  # exact: nothing reported
     questions = import_probes.router_probes(fixture.read_text(), HOSTS)
     ports = sorted(import_probes.router_ports(fixture.read_text()))
     phases = ("original", "nft", "iptables-legacy")
@@ -308,7 +315,15 @@ def test_router_import_translates_and_filters_as_the_original(
     original = results["original"]
     # the probes saw translations, answers and silence
     seen = set(original.values())
-    assert {f"lan {WAN_HOST6}", f"wan {ROUTER_WAN4}", f"wan {ROUTER_WAN6}", None} <= seen, original
+    assert {f"wan {ROUTER_WAN4}", None} <= seen, original
+    assert any(a is not None and a.startswith("lan ") for a in seen), original  # a port forward
+    if name != "router-untranslatable.rules":  # IPv6 NAT too
+        assert {f"lan {WAN_HOST6}", f"wan {ROUTER_WAN6}"} <= seen, original
     for backend in ("nft", "iptables-legacy"):
         differences = {k: (v, results[backend][k]) for k, v in original.items() if results[backend][k] != v}
-        assert differences == {}, backend
+        if allowed is None:
+            assert differences == {}, backend
+            continue
+        # a connection nfc cannot translate as the input did fails; it never passes translated otherwise
+        assert all(allowed(k) and new is None for k, (_, new) in differences.items()), (backend, differences)
+        assert any(allowed(k) and v is not None for k, v in original.items())  # the reported lines' traffic
