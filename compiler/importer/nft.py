@@ -3,7 +3,7 @@ the import model.
 
 Tables of family inet, ip and ip6 are read: filter chains on the input,
 forward and output hooks; prerouting and output chains at raw priority
-(their `notrack` rules); nat chains (reported). Named sets become defines;
+(their `notrack` rules); nat chains (see `nat`). Named sets become defines;
 a concatenation (`ip saddr . tcp dport { a . 22, b . 80 }`) becomes one rule
 per element. Rules of an inet table go to each family they can match."""
 
