@@ -92,7 +92,7 @@ def test_the_output_is_deterministic() -> None:
     assert first == second
 
 
-@pytest.mark.parametrize("name", ["sets-server", "workstation"])
+@pytest.mark.parametrize("name", ["sets-server", "workstation", "router"])
 def test_nft_json_imports_to_the_same_rules_as_the_text(name: str) -> None:
     text = imported(f"{name}.nft")
     json = imported(f"{name}.json")
