@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field, replace
 
 from nfc.errors import Loc
-from nfc.importer import nat
 from nfc.importer.model import HOOKS, TERMINAL, Chain, Problem, Rule, Source, flatten, join_alike, places
+from nfc.importer.nat import NAT_HOOKS, read_nat, without_implied_family
 
 FAMILY_NAMES = {"ip": "IPv4", "ip6": "IPv6"}
 SET_LITERAL = re.compile(r"\{[^{}]*\}")
@@ -72,11 +72,11 @@ def build(source: Source, literal: bool = False, forward_manual: bool = False) -
         per_family[family] = filter_chains
     entries = _notrack(source, families, problems)
     policy.notrack = entries
-    nats = {family: nat.read(source, family, problems) for family in families}
-    for hook in nat.NAT_HOOKS:
+    nats = {family: read_nat(source, family, problems) for family in families}
+    for hook in NAT_HOOKS:
         merged = _lcs_merge(nats["ip"].rules.get(hook, []), nats["ip6"].rules.get(hook, []))
         if merged:
-            policy.nat[hook] = [nat.without_implied_family(rule) for rule in merged]
+            policy.nat[hook] = [without_implied_family(rule) for rule in merged]
     policy.nat_left_out = [rule for each in nats.values() for rule in each.left_out]
     for hook in HOOKS:
         chains = {f: per_family[f][hook] for f in families if hook in per_family[f]}

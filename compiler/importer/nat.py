@@ -42,7 +42,7 @@ class FamilyNat:
     left_out: list[Rule] = field(default_factory=list)
 
 
-def read(source: Source, family: str, problems: list[Problem]) -> FamilyNat:
+def read_nat(source: Source, family: str, problems: list[Problem]) -> FamilyNat:
     """The family's nat chains, flattened, as kept rules and drops."""
     result = FamilyNat()
     table = source.families.get(family, {}).get("nat")
