@@ -141,3 +141,42 @@ def ping(targets: list[tuple[str, str]], timeout: float) -> list[str]:
 
 if __name__ == "__main__":
     print(json.dumps(ping([tuple(t) for t in json.loads(sys.argv[2])], float(sys.argv[3]))), flush=True)
+
+
+def router_probes(text: str, hosts: dict[str, str]) -> list[tuple[str, str, str, int, str | None]]:
+    """The questions through a router (tests/test_netns_router.py's lab) for
+    a ruleset with NAT: (asking host, proto, address, port, source). From the
+    WAN host, the edges of every port the ruleset names at the router's WAN
+    addresses (translated or not) and the LAN host itself; from the LAN
+    hosts, the WAN host's listeners (masquerade, snat, redirect of 53);
+    from the container and DMZ hosts, the WAN host. `hosts` names the
+    addresses: wan4, wan6 (the router's), wan_host4, wan_host6, lan4,
+    lan6, lan_snatted4."""
+    ports = router_ports(text)
+    questions: list[tuple[str, str, str, int, str | None]] = []
+    for port in sorted(ports):
+        for proto in ("tcp", "udp"):
+            questions += [
+                ("wan", proto, hosts["wan4"], port, None),
+                ("wan", proto, hosts["wan6"], port, None),
+            ]
+    questions += [("wan", "tcp", hosts["lan4"], 80, None), ("wan", "tcp", hosts["lan6"], 80, None)]
+    for proto, port in (("tcp", 80), ("udp", 5300), ("udp", 53), ("tcp", 9001), ("tcp", 9002)):
+        for source in (hosts["lan4"], hosts["lan_snatted4"]):
+            questions.append(("lan", proto, hosts["wan_host4"], port, source))
+        questions.append(("lan", proto, hosts["wan_host6"], port, hosts["lan6"]))
+        for role in ("ctr", "dmz"):
+            questions.append((role, proto, hosts["wan_host4"], port, None))
+    return questions
+
+
+def router_ports(text: str) -> set[int]:
+    """The edges of every destination port the ruleset names, and port 80."""
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    ports = {80}
+    for span in [m[1] for m in PORT_WORD.finditer(body)] + [m[1] for m in SET_BODY.finditer(body)]:
+        for item in re.split(r"[,\s]+", span.strip()):
+            numbers = [int(n) for n in re.split(r"[:-]", item) if n.isdigit()]
+            if numbers:
+                ports |= edges(numbers[0], numbers[-1])
+    return ports

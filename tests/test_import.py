@@ -92,7 +92,7 @@ def test_the_output_is_deterministic() -> None:
     assert first == second
 
 
-@pytest.mark.parametrize("name", ["sets-server", "workstation"])
+@pytest.mark.parametrize("name", ["sets-server", "workstation", "router"])
 def test_nft_json_imports_to_the_same_rules_as_the_text(name: str) -> None:
     text = imported(f"{name}.nft")
     json = imported(f"{name}.json")
@@ -124,11 +124,165 @@ def test_untranslatable_constructs_are_reported_and_the_policy_is_stricter(
     assert "reject ip tcp dport 9007" in out
 
 
-def test_nat_rules_are_reported_until_nat_is_translated(tmp_path: Path) -> None:
-    save = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
-    save += "-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n"
+NAT_HEAD = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+NAT_HEAD += ":POSTROUTING ACCEPT [0:0]\n"
+DNAT_8080 = "-A PREROUTING -i eth0 -p tcp --dport 8080 -j DNAT --to-destination 192.168.1.10:80\nCOMMIT\n"
+FORWARD = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+FORWARD += "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+
+
+def nat_rules(policy: str) -> list[str]:
+    """The policy's `nat` list, without comments."""
+    lines = policy.split("\nnat:\n", 1)[1].split("\n")
+    return [line.split("  #")[0][4:] for line in lines if line.startswith("  - ")]
+
+
+NAT_FORMS = [
+    ("-A PREROUTING -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.1.10:80",
+     "dnat to 192.168.1.10:80 tcp dport 8080 iif eth0"),
+    ("-A PREROUTING -i eth0 -p tcp -m multiport --dports 25,587 -s 198.51.100.0/24 -j DNAT "
+     "--to-destination 192.168.1.11",
+     "dnat to 192.168.1.11 tcp dport {25, 587} from 198.51.100.0/24 iif eth0"),
+    ("-A PREROUTING -i eth0 -p udp --dport 6000:6010 -j DNAT --to-destination 192.168.1.12:7000-7010",
+     "dnat to 192.168.1.12:7000-7010 udp dport 6000-6010 iif eth0"),
+    ("-A PREROUTING -i br+ -p udp -m udp --dport 53 -j REDIRECT --to-ports 5353",
+     "redirect to 5353 ip udp dport 53 iif br*"),
+    ("-A POSTROUTING -o eth0 -j MASQUERADE", "masquerade ip oif eth0"),
+    ("-A POSTROUTING -s 10.0.0.0/8 -o ppp+ -p tcp --sport 1024:65535 -j SNAT "
+     "--to-source 203.0.113.7:20000-29999",
+     "snat to 203.0.113.7:20000-29999 tcp sport 1024-65535 from 10.0.0.0/8 oif ppp*"),
+    ("-A POSTROUTING -d 198.51.100.9 -o eth0 -j SNAT --to-source 203.0.113.8",
+     "snat to 203.0.113.8 to 198.51.100.9 oif eth0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "rule"), NAT_FORMS, ids=[r for _, r in NAT_FORMS])
+def test_each_iptables_nat_form_becomes_its_nat_rule(tmp_path: Path, line: str, rule: str) -> None:
+    result = api.import_ruleset(_write(NAT_HEAD + line + "\nCOMMIT\n", "nat.rules", tmp_path))
+    assert nat_rules(result.policy) == [rule]
+    assert result.problems == []
+    assert "nat.rules:6" in result.policy  # the rule names its input line
+
+
+NFT_NAT = """\
+table inet nat {
+\tchain pre {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tiifname "eth0" tcp dport 8080 dnat ip to 192.168.1.10:80
+\t\tiifname "eth0" tcp dport 443 dnat ip6 to [2001:db8::10]:443
+\t\tiifname { "eth1", "br-*" } udp dport 53 redirect to :5353
+\t}
+\tchain post {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname "eth0" ip saddr 192.168.1.20 snat ip to 203.0.113.7
+\t\toifname "eth0" masquerade
+\t}
+}
+table ip6 nat6 {
+\tchain pre {
+\t\ttype nat hook prerouting priority -100; policy accept;
+\t\tiifname "eth0" tcp dport 8443 dnat to [2001:db8::11]:443
+\t}
+}
+"""
+
+
+def test_nft_nat_statements_of_inet_and_family_tables(tmp_path: Path) -> None:
+    result = api.import_ruleset(_write(NFT_NAT, "nat.nft", tmp_path))
+    assert nat_rules(result.policy) == [
+        "dnat to 192.168.1.10:80 tcp dport 8080 iif eth0",
+        "dnat to [2001:db8::10]:443 tcp dport 443 iif eth0",
+        "redirect to 5353 udp dport 53 iif {eth1, br-*}",  # one rule for both families of the inet table
+        "dnat to [2001:db8::11]:443 tcp dport 8443 iif eth0",
+        "snat to 203.0.113.7 from 192.168.1.20 oif eth0",
+        "masquerade oif eth0",
+    ]
+    assert result.problems == []
+
+
+REFUSED_NAT = [
+    ("-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10 --to-destination 192.168.1.11",
+     "2 --to-destination"),
+    ("-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10-192.168.1.12",
+     "192.168.1.10-192.168.1.12"),
+    ("-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10 --random", "--random"),
+    ("-A PREROUTING -d 10.0.0.0/8 -j NETMAP --to 192.168.0.0/8", "NETMAP"),
+    ("-A PREROUTING -p tcp --dport 80 -j REDIRECT", "without --to-ports"),
+    ("-A PREROUTING -p tcp --dport 80 -m addrtype --dst-type LOCAL -j DNAT --to-destination 192.168.1.10",
+     "addrtype"),
+    ("-A OUTPUT -p tcp --dport 80 -j DNAT --to-destination 192.168.1.10:3128", "output chain"),
+    ("-A INPUT -p tcp --dport 80 -j SNAT --to-source 192.168.1.1", "input chain"),
+    ("-A POSTROUTING -o eth0 -j MASQUERADE --random", "--random"),
+    ("-A POSTROUTING -o eth0 -j MASQUERADE --to-ports 1024-2000", "--to-ports"),
+    ("-A POSTROUTING -o eth0 -j SNAT --to-source 203.0.113.7 --persistent", "--persistent"),
+    ("-A POSTROUTING -o eth0 -p tcp -m string --string x --algo bm -j MASQUERADE", "-m string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "what"), REFUSED_NAT, ids=[w for _, w in REFUSED_NAT])
+def test_a_nat_rule_nfc_cannot_say_is_reported_and_its_new_connections_dropped(
+    tmp_path: Path, line: str, what: str
+) -> None:
+    path = _write(NAT_HEAD + line + "\nCOMMIT\n" + FORWARD + "COMMIT\n", "nat.rules", tmp_path)
+    result = api.import_ruleset(path)
+    assert [p.loc.line for p in result.problems] == [6] and what in result.problems[0].message
+    assert nat_rules(result.policy + "\nnat:\n") == []  # no translation nfc cannot say exactly
+    assert "# left out " in result.policy
+    drops = [r for r in rules(result.policy) if r.startswith("- drop") and "ct state new" in r]
+    hook = line.split()[1]
+    feeds = {"PREROUTING": 2, "POSTROUTING": 2, "OUTPUT": 1, "INPUT": 1}[hook]
+    assert len(drops) == feeds  # in each filter chain after the hook, before every accept
+    assert cli.main(["import", path]) == 1
+
+
+def test_a_later_nat_rule_that_may_take_the_same_connections_is_left_out_too(tmp_path: Path) -> None:
+    save = NAT_HEAD + (
+        "-A POSTROUTING -d 192.168.0.0/16 -j RETURN\n"  # an exception nfc cannot say
+        "-A POSTROUTING -o eth0 -j MASQUERADE\n"  # would translate what the RETURN exempts
+        "-A PREROUTING -p tcp --dport 8080 -j DNAT --to-destination 192.168.1.10 --random\n"
+        "-A PREROUTING -p udp --dport 8080 -j DNAT --to-destination 192.168.1.11\n"  # disjoint: kept
+        "-A PREROUTING -p tcp --dport 8000:8090 -j DNAT --to-destination 192.168.1.12\n"  # overlaps
+        "COMMIT\n"
+    )
     result = api.import_ruleset(_write(save, "nat.rules", tmp_path))
-    assert [p.loc.line for p in result.problems] == [4]
+    assert nat_rules(result.policy) == ["dnat to 192.168.1.11 udp dport 8080"]
+    assert sorted(p.loc.line for p in result.problems) == [6, 7, 8, 10]
+    # the RETURN's connections pass untranslated in both: no drop for it
+    assert not any("192.168.0.0/16" in r for r in rules(result.policy))
+
+
+def test_a_nat_chain_that_drops_is_refused(tmp_path: Path) -> None:
+    save = NAT_HEAD.replace(":PREROUTING ACCEPT", ":PREROUTING DROP") + "COMMIT\n"
+    result = run_nfc("import", _write(save, "nat.rules", tmp_path))
+    assert result.returncode == 2
+    assert "nat.rules:2:1: error: the nat chain PREROUTING has policy DROP" in result.stderr
+
+
+# an IPv6 filter table with the same state rule: the forward chain is one for both families
+SIX = FORWARD + "COMMIT\n"
+
+
+def test_an_explicit_forward_accept_of_the_dnat_keeps_state_auto(tmp_path: Path) -> None:
+    nat = NAT_HEAD + DNAT_8080
+    for accept in ("-d 192.168.1.10/32 -p tcp -m tcp --dport 80", "-m conntrack --ctstate DNAT"):
+        save = nat + FORWARD + f"-A FORWARD {accept} -j ACCEPT\nCOMMIT\n" + SIX
+        result = api.import_ruleset(_write(save, "nat.rules", tmp_path))
+        assert "forward:\n  policy: drop\n  state: auto" in result.policy
+        kept = "accept tcp dport 80 to 192.168.1.10" if "-d" in accept else "accept ip ct status dnat"
+        assert kept in rules(result.policy)[0]  # the user's rule stays as it was
+        assert result.problems == []
+
+
+def test_state_auto_would_accept_the_dnat_the_forward_chain_drops_so_it_stays_manual(tmp_path: Path) -> None:
+    nat = NAT_HEAD + DNAT_8080
+    save = nat + FORWARD + "-A FORWARD -d 192.168.1.10/32 -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n" + SIX
+    result = api.import_ruleset(_write(save, "nat.rules", tmp_path))
+    assert "forward:\n  policy: drop\n  state: manual" in result.policy
+    assert rules(result.policy)[0] == "- accept ct state established,related"
+    assert any("stays 'state: manual'" in note for note in result.notes)
+    compiled = api.compile_policy(_write(result.policy)).ruleset
+    forward = next(c for c in compiled.chains if c.name == "forward")
+    assert not any(r.match.ct_status for r in forward.rules)  # no dnat forward accept
 
 
 REVERSED = "table inet f {\n\tchain input {\n\t\ttype filter hook input priority 0;\n"

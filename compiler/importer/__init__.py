@@ -8,11 +8,20 @@ is stricter there."""
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import replace
+from pathlib import Path
 from typing import NamedTuple
 
+import nfc.diff
 from nfc.errors import Loc, PolicyError
 from nfc.importer import emit, iptables, nft, nft_json, render
 from nfc.importer.model import Problem
+from nfc.ir import Ruleset
+from nfc.load import load_policy
+from nfc.lower import lower
+from nfc.parse import parse_policy
+from nfc.target import Target
 
 FORMATS = ("iptables-save", "nft")
 
@@ -56,5 +65,40 @@ def translate(path: str, text: str, source_format: str | None = None) -> Transla
         source = nft.read(path, text, "nft")
     policy = emit.build(source)
     problems = sorted(set(source.problems), key=lambda p: (p.loc, p.message))
-    literal = render.render(emit.build(source, literal=True), problems)
+    forward_manual = _dnat_forward_widens(policy, problems)
+    if forward_manual:
+        policy = emit.build(replace(source, problems=[]), forward_manual=True)
+        policy.notes.append(
+            "keeps: the forward chain stays 'state: manual' with the input's state rules: 'state: auto' "
+            "would also accept the connections each dnat translates, which the input's forward does not"
+        )
+    literal = render.render(emit.build(replace(source, problems=[]), True, forward_manual), problems)
     return Translation(render.render(policy, problems), problems, policy.notes, literal)
+
+
+def _dnat_forward_widens(policy: emit.Policy, problems: list[Problem]) -> bool:
+    """Whether `state: auto` in forward accepts more than the input's forward
+    did: it accepts what each dnat translated, which the input's forward may
+    not. The kernel-free analysis of `nfc diff` compares the policy with
+    its forward chain in `state: manual` (the input's state rules as rules).
+    When in doubt (the policy does not compile here), the chain stays manual."""
+    forward = next((s for s in policy.sections if s.name == "forward"), None)
+    dnats = [r for r in policy.nat.get("prerouting", []) if r.verdict.startswith("dnat")]
+    if forward is None or forward.state != "auto" or not dnats:
+        return False
+    manual = emit.build(replace(policy.source, problems=[]), forward_manual=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nfc-import-") as scratch:
+            rulesets = [
+                _compile(render.render(each, problems), Path(scratch) / f"{name}.yaml")
+                for name, each in (("auto", policy), ("manual", manual))
+            ]
+    except PolicyError:
+        return True
+    changes = nfc.diff.diff(rulesets[1], rulesets[0])
+    return any(c.section == "forward" and c.kind == "newly ACCEPTS" for c in changes)
+
+
+def _compile(text: str, path: Path) -> Ruleset:
+    path.write_text(text, encoding="utf-8")
+    return lower(parse_policy(load_policy(str(path))), Target.this_host())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from nfc.errors import Loc
 from nfc.importer.model import HOOKS, TERMINAL, Chain, Problem, Rule, Source, flatten, join_alike, places
+from nfc.importer.nat import NAT_HOOKS, read_nat, without_implied_family
 
 FAMILY_NAMES = {"ip": "IPv4", "ip6": "IPv6"}
 SET_LITERAL = re.compile(r"\{[^{}]*\}")
@@ -46,12 +47,16 @@ class Policy:
     sections: list[Section] = field(default_factory=list)
     defines: dict[str, str] = field(default_factory=dict)  # name -> YAML list text
     notes: list[str] = field(default_factory=list)  # the input's mistakes: kept or fixed
+    nat: dict[str, list[Rule]] = field(default_factory=dict)  # hook -> NAT rules, both families
+    nat_left_out: list[Rule] = field(default_factory=list)
 
 
-def build(source: Source, literal: bool = False) -> Policy:
+def build(source: Source, literal: bool = False, forward_manual: bool = False) -> Policy:
     """The policy for `source`. `literal` keeps a blanket untracked accept as
     the rule it is, instead of fixing it with `state: auto`: the policy the
-    input's own mistakes are linted on."""
+    input's own mistakes are linted on. `forward_manual` keeps the forward
+    chain's state rules as rules (`state: auto` would also accept what each
+    dnat translated)."""
     policy = Policy(source)
     policy.defines = {name: "[" + ", ".join(values) + "]" for name, values in source.sets.items()}
     problems = source.problems
@@ -61,19 +66,27 @@ def build(source: Source, literal: bool = False) -> Policy:
     for family in families:
         tables = source.families.get(family, {})
         filter_chains = flatten(tables["filter"].chains, problems) if "filter" in tables else {}
-        for kind in ("nat", "mangle", "security"):
+        for kind in ("mangle", "security"):
             if kind in tables:
                 _unsupported_table(kind, tables[kind].chains, filter_chains, problems)
         per_family[family] = filter_chains
     entries = _notrack(source, families, problems)
     policy.notrack = entries
+    nats = {family: read_nat(source, family, problems) for family in families}
+    for hook in NAT_HOOKS:
+        merged = _lcs_merge(nats["ip"].rules.get(hook, []), nats["ip6"].rules.get(hook, []))
+        if merged:
+            policy.nat[hook] = [without_implied_family(rule) for rule in merged]
+    policy.nat_left_out = [rule for each in nats.values() for rule in each.left_out]
     for hook in HOOKS:
         chains = {f: per_family[f][hook] for f in families if hook in per_family[f]}
-        if not chains:
+        drops = _lcs_merge(nats["ip"].drops.get(hook, []), nats["ip6"].drops.get(hook, []))
+        if not chains and not drops:
             continue
-        section = _merge(hook, chains, families, problems)
-        _recognise_state(section, bool(entries), policy.notes, literal)
-        section.rules = join_alike(section.rules)
+        section = _merge(hook, chains, families, problems) if chains else Section(hook, "accept")
+        if hook != "forward" or not forward_manual:
+            _recognise_state(section, bool(entries), policy.notes, literal)
+        section.rules = drops + join_alike(section.rules)
         if section.rules or section.tail or section.policy == "drop" or section.left_out:
             policy.sections.append(section)
     _name_lists(policy)
@@ -85,11 +98,7 @@ def _unsupported_table(
 ) -> None:
     for chain in chains.values():
         for rule in chain.rules:
-            if kind == "nat":
-                problems.append(
-                    Problem(rule.loc, "NAT is not translated", "left out: the policy does no NAT")
-                )
-            elif rule.verdict in TERMINAL or rule.verdict.startswith("reject"):
+            if rule.verdict in TERMINAL or rule.verdict.startswith("reject"):
                 hooks = {"prerouting": ("input", "forward"), "postrouting": ("forward", "output")}.get(
                     chain.hook or "", (chain.hook or "",)
                 )
@@ -388,6 +397,7 @@ def _name_lists(policy: Policy) -> None:
     """A list written in two or more places gets a name in `define`."""
     counts: dict[str, int] = {}
     texts = [r.text() for s in policy.sections for r in s.rules] + [t for t, _, _ in policy.notrack]
+    texts += [r.text() for rules in policy.nat.values() for r in rules]
     for text in texts:
         for literal in SET_LITERAL.findall(text):
             counts[literal] = counts.get(literal, 0) + 1
@@ -407,6 +417,8 @@ def _name_lists(policy: Policy) -> None:
 
     for section in policy.sections:
         section.rules = [replace(r, fields=named(r.fields)) for r in section.rules]
+    for hook, rules in policy.nat.items():
+        policy.nat[hook] = [replace(r, fields=named(r.fields)) for r in rules]
     policy.notrack = [(_replace_all(text, names), scope, locs) for text, scope, locs in policy.notrack]
 
 

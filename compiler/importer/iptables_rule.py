@@ -64,7 +64,7 @@ NON_TERMINAL = {
 }
 KNOWN_OPTIONS = {
     "--dport", "--destination-port", "--sport", "--source-port", "--dports", "--sports",
-    "--destination-ports", "--source-ports", "--ports", "--ctstate", "--state", "--icmp-type",
+    "--destination-ports", "--source-ports", "--ports", "--ctstate", "--ctstatus", "--state", "--icmp-type",
     "--icmpv6-type", "--limit", "--limit-burst", "--comment", "--syn", "--tcp-flags",
     "--hashlimit-upto", "--hashlimit-above", "--hashlimit-burst", "--hashlimit-mode", "--hashlimit-name",
     "--hashlimit-srcmask", "--hashlimit-dstmask", "--hashlimit-htable-size", "--hashlimit-htable-max",
@@ -259,6 +259,10 @@ def _option(state: _Rule, token: Token, option: str, value: Token, negated: bool
             rule.fields[key] = _ports(state, value)
     elif option == "--ports":
         state.inexact(token, "-m multiport --ports (either port)")
+    elif option in ("--ctstate", "--ctstatus") and text in ("DNAT", "SNAT") and not negated:
+        rule.fields["ctstatus"] = text.lower()  # one status: nfc's 'ct status dnat'
+    elif option == "--ctstatus":
+        state.inexact(token, f"--ctstatus {'! ' if negated else ''}{text}")
     elif option in ("--ctstate", "--state"):
         states = text.lower().split(",")
         if negated or not set(states) <= set(vocab.CT_STATES):
@@ -370,6 +374,7 @@ def _hashlimit(state: _Rule, token: Token, option: str, value: Token) -> None:
 def _target(state: _Rule, target: Token) -> None:
     rule = state.rule
     name = target.text
+    rest = [word.text for word in state.words[state.position :]]
     options = {
         state.words[i].text: state.words[i + 1].text if i + 1 < len(state.words) else ""
         for i in range(state.position, len(state.words))
@@ -401,7 +406,65 @@ def _target(state: _Rule, target: Token) -> None:
         rule.verdict = "nothing"
         state.inexact(target, f"-j {name}")
     elif name in ("DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP"):
-        rule.verdict = "nat"
-        state.inexact(target, f"-j {name}")
+        _nat_target(state, target, rest)
     else:  # a user chain; a target nfc does not know is a chain that does not exist: dropped
         rule.verdict = f"jump {name}"
+
+
+NAT_TARGET_OPTIONS = {"DNAT": "--to-destination", "SNAT": "--to-source", "REDIRECT": "--to-ports"}
+
+
+def _nat_target(state: _Rule, target: Token, options: list[str]) -> None:
+    """DNAT, SNAT, MASQUERADE, REDIRECT as nfc's NAT actions. What nfc's
+    actions cannot say (--random, --persistent, several ranges, an address
+    range, NETMAP, masquerade --to-ports) makes the rule inexact: left out."""
+    name = target.text
+    rule = state.rule
+    rule.verdict = {"DNAT": "dnat", "SNAT": "snat", "MASQUERADE": "masquerade", "REDIRECT": "redirect"}.get(
+        name, "nat"
+    )
+    if name == "NETMAP":
+        state.inexact(target, "-j NETMAP")
+        return
+    wanted = NAT_TARGET_OPTIONS.get(name)
+    values = [options[i + 1] for i, word in enumerate(options[:-1]) if word == wanted]
+    others = [word for word in options if word.startswith("--") and word != wanted]
+    if others:
+        state.inexact(target, f"-j {name} {' '.join(others)}")
+        return
+    if wanted is None:
+        return
+    if len(values) != 1:
+        state.inexact(target, f"-j {name} {f'with {len(values)}' if values else 'without'} {wanted}")
+        return
+    to = (
+        _nat_to(values[0])
+        if name != "REDIRECT"
+        else (values[0] if re.fullmatch(r"\d+(-\d+)?", values[0]) else None)
+    )
+    if to is None:
+        state.inexact(target, f"-j {name} {wanted} {values[0]}")
+        return
+    rule.verdict += f" to {to}"
+
+
+def _nat_to(text: str) -> str | None:
+    """`ADDR[:PORT[-PORT]]` / `[ADDR]:PORT` as nfc writes it; None for an address range."""
+    bracketed = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+(?:-\d+)?))?", text)
+    if bracketed:
+        address, ports = bracketed[1], bracketed[2]
+    elif text.count(":") == 1:
+        address, _, ports = text.partition(":")
+    else:
+        address, ports = text, None
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if ports is not None and not re.fullmatch(r"\d+(-\d+)?", ports):
+        return None
+    if ports is not None and ports.partition("-")[0] == ports.partition("-")[2]:
+        ports = ports.partition("-")[0]
+    if ports is None:
+        return str(parsed)
+    return f"[{parsed}]:{ports}" if parsed.version == 6 else f"{parsed}:{ports}"

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, replace
 from nfc.errors import Loc
 
 # The order in which a rule's matches are written, as nfc's examples write them.
-FIELDS = ("family", "proto", "icmp", "dport", "sport", "saddr", "daddr", "iif", "oif", "ct", "limit")
+FIELDS = (
+    "family", "proto", "icmp", "dport", "sport", "saddr", "daddr", "iif", "oif", "ct", "ctstatus", "limit"
+)  # fmt: skip
 # Matches whose text names one value set: two rules' fields are combined by equality only.
 TERMINAL = ("accept", "drop", "reject")
 HOOKS = ("input", "forward", "output")
@@ -45,6 +47,7 @@ class Rule:
     comment: str | None = None
     inexact: list[str] = field(default_factory=list)
     locs: tuple[Loc, ...] = ()  # further input lines this rule stands for (a folded LOG, a call site)
+    note: str | None = None  # why the import wrote this rule (a drop instead of a NAT rule)
 
     def match_text(self) -> str:
         return " ".join(self._words())
@@ -95,6 +98,7 @@ _KEYWORD = {
     "iif": "iif ",
     "oif": "oif ",
     "ct": "ct state ",
+    "ctstatus": "ct status ",
 }
 
 

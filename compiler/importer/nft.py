@@ -3,7 +3,7 @@ the import model.
 
 Tables of family inet, ip and ip6 are read: filter chains on the input,
 forward and output hooks; prerouting and output chains at raw priority
-(their `notrack` rules); nat chains (reported). Named sets become defines;
+(their `notrack` rules); nat chains (see `nat`). Named sets become defines;
 a concatenation (`ip saddr . tcp dport { a . 22, b . 80 }`) becomes one rule
 per element. Rules of an inet table go to each family they can match."""
 
@@ -253,6 +253,10 @@ class _Reader:
                         "nfc import takes one filter chain per hook: merge them first",
                     )
                 kept = [r for r in parsed if _matches_family(r, each)]
+                if table_kind == "nat" and key in table.chains:
+                    # the family's nat chains on one hook act as one list (the first translation wins)
+                    table.chains[key].rules += [_for_family(r, family) for r in kept]
+                    continue
                 table.chains[key] = Chain(
                     key, chain.hook, chain.policy, chain.loc, [_for_family(r, family) for r in kept]
                 )

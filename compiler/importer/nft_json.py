@@ -184,6 +184,8 @@ def _statement(statement: Json) -> str:
     kind = str(kind)
     if kind in ("accept", "drop", "return", "continue", "notrack"):
         return kind
+    if kind == "masquerade" and inner is None:
+        return "masquerade"
     if not isinstance(inner, dict):
         return "counter" if kind == "counter" else f"unknown-verdict-{kind}"
     if kind == "match":
@@ -212,6 +214,8 @@ def _statement(statement: Json) -> str:
                 f"{_value(p[0])} : {_statement(p[1])}" for p in pairs if isinstance(p, list) and len(p) == 2
             ]
             return f"{_expression(inner.get('key'))} vmap {{ {', '.join(mapped)} }}"
+    if kind in ("dnat", "snat", "masquerade", "redir", "redirect"):
+        return _nat(kind, inner)
     if kind in NON_TERMINAL:
         return f"unknown-{kind}"
     if kind == "set" and inner.get("op") in ("update", "add"):
@@ -222,3 +226,20 @@ def _statement(statement: Json) -> str:
             limit = _limit(first["limit"])
         return f"{inner.get('op')} {inner.get('set')} {{ {_expression(inner.get('elem'))} {limit} }}"
     return f"unknown-verdict-{kind}"  # a statement that may decide: the rule drops
+
+
+def _nat(kind: str, inner: dict[str, Json]) -> str:
+    """A NAT statement as nft writes it: `dnat ip to ADDR:PORT`, `redirect to :PORT`, ..."""
+    words = ["redirect" if kind.startswith("redir") else kind]
+    if "family" in inner:
+        words.append(str(inner["family"]))
+    address = _value(inner["addr"]) if "addr" in inner else ""
+    if ":" in address and "port" in inner:
+        address = f"[{address}]"
+    port = f":{_value(inner['port'])}" if "port" in inner else ""
+    if address or port:
+        words += ["to", address + port]
+    flags = inner.get("flags")
+    if flags:
+        words += [_value(flags)]
+    return " ".join(words)

@@ -14,6 +14,8 @@ from nfc.importer.model import Problem, Rule, Source
 
 PORT_KEYS = {"dport": "dport", "sport": "sport"}
 VERDICTS = ("accept", "drop", "reject", "jump", "goto", "return", "continue", "notrack", "queue")
+NAT_STATEMENTS = ("dnat", "snat", "masquerade", "redirect")
+NAT_ADDRESS = re.compile(r"(\[[0-9a-fA-F:.]+\]|[0-9.]+|[0-9a-fA-F:]+)(?::(\d+(?:-\d+)?))?\Z")
 
 
 @dataclass
@@ -124,8 +126,10 @@ class RuleReader:
         if word in ("iif", "iifname", "oif", "oifname"):
             negated = self.word() == "!="
             value = self.value() if not negated else (self.take(), self.value())[1]
-            if negated or value.startswith(("{", "@")):
+            if negated or value.startswith("@") or (word in ("iif", "oif") and value.startswith("{")):
                 self.inexact(f"{word} {'!= ' if negated else ''}{value}")
+            elif value.startswith("{"):  # a list of names, as nfc's 'iif {a, b*}'
+                fields["iif" if word.startswith("i") else "oif"] = value.replace('"', "")
             else:
                 fields["iif" if word.startswith("i") else "oif"] = value
         elif word == "meta":
@@ -165,6 +169,8 @@ class RuleReader:
                 self.inexact(f"fib {' '.join(words)}")
         elif word in VERDICTS:
             self.verdict(word)
+        elif word in NAT_STATEMENTS:
+            self.nat(word)
         elif word == "vmap":  # a map of verdicts on a key read before: nfc cannot follow it, the rule drops
             self.inexact(f"vmap {self.value()}")
             self.vmap = [("", "drop")]
@@ -286,6 +292,38 @@ class RuleReader:
         else:
             self.inexact(f"{protocol} type {value}")
 
+    def nat(self, word: str) -> None:
+        """`dnat [ip|ip6] to ADDR[:PORT]`, `snat ...`, `masquerade`, `redirect to :PORT`:
+        nfc's NAT actions. Anything else of the statement (a range of addresses,
+        a map, random, persistent, masquerade's ports) makes the rule inexact."""
+        words: list[str] = []
+        while self.word() and self.word() not in ("comment", "counter", "log"):
+            words.append(self.take())
+        self.rule.verdict = word
+        if words[:1] in (["ip"], ["ip6"]):
+            self.rule.fields["family"] = words[0]
+            words = words[1:]
+        to = None
+        if word in ("dnat", "snat") and len(words) == 2 and words[0] == "to":
+            match = NAT_ADDRESS.match(words[1])
+            to = words[1] if match and "." not in (match[2] or "") else None
+            if match and match[1].startswith("[") and match[2] is None:
+                to = match[1][1:-1]
+        elif word == "redirect" and len(words) == 2 and words[0] == "to":
+            port = words[1].removeprefix(":")
+            to = port if re.fullmatch(r"\d+(-\d+)?", port) else None
+        elif word == "masquerade" and not words:
+            return
+        if to is None:
+            self.inexact(f"{word} {' '.join(words)}".strip())
+            return
+        low, _, high = to.rpartition(":")[2].partition("-")
+        if high == low:  # 80-80: one port
+            to = to[: -len(high) - 1]
+        self.rule.verdict = f"{word} to {to}"
+        if word in ("dnat", "snat"):  # an address of one family: the rule is of that family
+            self.rule.fields["family"] = "ip6" if ":" in to.rpartition(":")[0] or to.startswith("[") else "ip"
+
     def conntrack(self) -> None:
         key = self.take()
         if self.word() == "vmap":
@@ -294,6 +332,9 @@ class RuleReader:
             self.vmap = [(k.strip(), v.strip()) for k, _, v in pairs] if key == "state" else [("", "drop")]
             return
         value = self.value()
+        if key == "status" and value in ("dnat", "snat"):
+            self.rule.fields["ctstatus"] = value
+            return
         states = items(value[1:-1]) if value.startswith("{") else value.split(",")
         if key != "state" or not set(states) <= set(vocab.CT_STATES):
             self.inexact(f"ct {key} {value}")

@@ -35,6 +35,8 @@ def render(policy: Policy, problems: list[Problem]) -> str:
         lines += ["conntrack:", "  notrack:"]
         for text, scope, locs in policy.notrack:
             lines.append(f"    - {{rule: {_quoted(text, flow=True)}, scope: {scope}}}  # {_where(locs)}")
+    if policy.nat or policy.nat_left_out:
+        lines += _nat(policy, problems)
     for section in policy.sections:
         lines += _section(section, problems)
     return "\n".join(lines) + "\n"
@@ -65,13 +67,32 @@ def _section(section: Section, problems: list[Problem]) -> list[str]:
     return lines
 
 
-def _left_out(rule: Rule, notes: dict[int, Problem]) -> str:
+def _nat(policy: Policy, problems: list[Problem]) -> list[str]:
+    """The NAT rules, prerouting's then postrouting's, each in input order; a
+    comment at the place of each rule left out."""
+    notes = {p.loc.line: p for p in problems}
+    rules = [rule for hook in ("prerouting", "postrouting") for rule in policy.nat.get(hook, [])]
+    pending = sorted(policy.nat_left_out, key=lambda r: r.loc)
+    lines = ["nat:"]
+    for rule in rules:
+        while pending and pending[0].loc < rule.loc:
+            lines.append(_left_out(pending.pop(0), notes, "  "))
+        lines.append(f"  - {_quoted(rule.text())}  # {_where(rule.all_locs())}")
+    lines += [_left_out(rule, notes, "  ") for rule in pending]
+    if not rules:
+        lines.append("  []")
+    return lines
+
+
+def _left_out(rule: Rule, notes: dict[int, Problem], indent: str = "    ") -> str:
     problem = notes.get(rule.loc.line)
     why = f": {problem.message}" if problem else ""
-    return f"    # left out {_where(rule.all_locs())}{why}"
+    return f"{indent}# left out {_where(rule.all_locs())}{why}"
 
 
 def _note(rule: Rule, notes: dict[int, Problem]) -> str:
+    if rule.note is not None:
+        return f" ({rule.note})"
     if not rule.inexact:
         return ""
     return f" (stricter: without {', '.join(rule.inexact)})"
