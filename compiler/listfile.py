@@ -16,6 +16,7 @@ import socket
 
 from nfc.errors import Loc, PolicyError, printable
 from nfc.ir import Network
+from nfc.textfile import read_text
 from nfc.values import AddressValue, parse_network
 
 MAX_LIST_BYTES = 512 * 1024 * 1024
@@ -46,23 +47,8 @@ def read_address_list(path: str, where: Loc) -> AddressValue:
 
 
 def _read(path: str, where: Loc) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_LIST_BYTES + 1)
-    except OSError as exc:
-        raise PolicyError(where, f"cannot read list file {printable(path)}: {exc.strerror}") from None
-    if len(data) > MAX_LIST_BYTES:
-        raise PolicyError(where, f"list file {printable(path)} is larger than {MAX_LIST_BYTES} bytes")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # a byte order mark, which some editors write
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise PolicyError(
-            Loc(path, line, col), "list file is not valid UTF-8 text", "a list file is plain text"
-        ) from None
+    text = read_text(path, where, limit=MAX_LIST_BYTES, kind="list file", hint="a list file is plain text")
+    return text.removeprefix("\ufeff")  # a byte order mark, which some editors write
 
 
 def _entries(path: str, text: str) -> tuple[list[int], list[int]]:

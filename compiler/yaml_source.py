@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import yaml
 
 from nfc.errors import Loc, PolicyError, printable
+from nfc.textfile import read_text
 
 # libyaml's parser where PyYAML was built with it: the same marks, 15x faster.
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -93,30 +94,13 @@ class TextSpan:
         return _text_map(self, value)
 
 
-def _read_text(path: str, loc: Loc | None = None) -> str:
-    where = loc or Loc(path, 1, 1)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise PolicyError(where, f"cannot read {printable(path)}: {exc.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise PolicyError(where, f"file is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise PolicyError(Loc(path, line, col), "file is not valid UTF-8") from None
-
-
 def _mark_loc(path: str, mark: Any) -> Loc:
     return Loc(path, mark.line + 1, mark.column + 1)
 
 
 def load_yaml(path: str, loc: Loc | None = None) -> YNode:
     """Parse one YAML file into YNodes; every failure is a PolicyError."""
-    text = _read_text(path, loc)
+    text = read_text(path, loc or Loc(path, 1, 1), limit=MAX_FILE_BYTES, kind="file")
     if not text.strip():
         raise PolicyError(Loc(path, 1, 1), "empty policy file", "a policy starts with 'nfc: 1'")
     try:
