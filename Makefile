@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := nftables iptables conntrack iproute2 python3-nftables python3-venv groff-base kmod procps systemd zsh
+APT_PACKAGES := nftables iptables conntrack iproute2 python3-nftables python3-venv groff-base kmod procps systemd zsh dnsmasq-base dnsperf bind9-dnsutils
 INSTALLED := $(VENV)/.installed
 POLICIES := $(wildcard policies/*.yaml)
 # where install-system puts the boot unit, shell completion and the policy

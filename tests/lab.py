@@ -88,6 +88,7 @@ class Lab:
     client_a: Namespace = field(init=False)
     client_b: Namespace = field(init=False)
     servers: list[subprocess.Popen[str]] = field(default_factory=list)
+    extra: list[Namespace] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # iptables-legacy's lock is a host file; keep the lab's to itself.
@@ -98,7 +99,7 @@ class Lab:
 
     @property
     def namespaces(self) -> list[Namespace]:
-        return [self.server, self.client_a, self.client_b]
+        return [self.server, self.client_a, self.client_b, *self.extra]
 
     def build(self) -> None:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +123,26 @@ class Lab:
                 ns.run("ip", "link", "set", dev, "up")
         self._extra_addresses(self.client_a, "eth-a", [OUTSIDER4, *SPREAD4], [OUTSIDER6, *SPREAD6])
         self._extra_addresses(self.client_b, "eth-b", [ADMIN4], [])
+
+    def attach(
+        self, suffix: str, server_dev: str, server: tuple[str, str], peer: tuple[str, str]
+    ) -> Namespace:
+        """A further namespace on its own veth from the server (an upstream
+        server, say), deleted with the lab. `server` and `peer` are each an
+        (IPv4, IPv6) pair of the link's /24 and /64."""
+        ns = Namespace(f"nfc-{self.tag}-{suffix}")
+        _ip("netns", "add", ns.name)
+        self.extra.append(ns)
+        ns.run("ip", "link", "set", "lo", "up")
+        ns.run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+        self.server.run(
+            "ip", "link", "add", server_dev, "type", "veth", "peer", "name", "eth0", "netns", ns.name
+        )
+        for each, dev, (v4, v6) in ((self.server, server_dev, server), (ns, "eth0", peer)):
+            each.run("ip", "addr", "add", f"{v4}/24", "dev", dev)
+            each.run("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            each.run("ip", "link", "set", dev, "up")
+        return ns
 
     def _extra_addresses(self, client: Namespace, server_dev: str, v4: list[str], v6: list[str]) -> None:
         commands = [f"address add {a}/32 dev eth0" for a in v4]
