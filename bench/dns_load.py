@@ -34,8 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+# dns_software imports conftest before lab (they import each other, conftest first)
 
-from dns_software import authoritative, dnsperf, resolver, start_dnsmasq  # noqa: E402
+from dns_software import authoritative, dnsperf, resolver, start_dnsmasq, udp_datagrams_received  # noqa: E402
 
 from nfc.backends import BACKENDS  # noqa: E402
 
@@ -46,19 +47,23 @@ CONTROLS = ROOT / "tests" / "policies"
 UPSTREAM = "10.77.3.2"
 
 
-def serve_authoritative(lab: Lab) -> tuple[Namespace, str]:
+# where dnsperf runs, the address it asks, and the resolver's upstream if any
+Setup = tuple[Namespace, str, Namespace | None]
+
+
+def serve_authoritative(lab: Lab) -> Setup:
     start_dnsmasq(lab, lab.server, authoritative(["eth-a", "eth-b"]), probe=SERVER_A4)
-    return lab.client_a, SERVER_A4
+    return lab.client_a, SERVER_A4, None
 
 
-def serve_resolver(lab: Lab) -> tuple[Namespace, str]:
+def serve_resolver(lab: Lab) -> Setup:
     upstream = lab.attach("u", "eth-u", ("10.77.3.1", "fd00:77:3::1"), (UPSTREAM, "fd00:77:3::2"))
     start_dnsmasq(lab, upstream, authoritative(["eth0"]), probe=UPSTREAM)
     start_dnsmasq(lab, lab.server, resolver(UPSTREAM, ["lo", "eth-a", "eth-b"]), probe="127.0.0.1")
-    return lab.server, "127.0.0.1"
+    return lab.server, "127.0.0.1", upstream
 
 
-ROWS: list[tuple[str, Callable[[Lab], tuple[Namespace, str]], Path, Path]] = [
+ROWS: list[tuple[str, Callable[[Lab], Setup], Path, Path]] = [
     (
         "authoritative",
         serve_authoritative,
@@ -72,7 +77,7 @@ ROWS: list[tuple[str, Callable[[Lab], tuple[Namespace, str]], Path, Path]] = [
 def measure(
     directory: Path,
     backend: str,
-    serve: Callable[[Lab], tuple[Namespace, str]],
+    serve: Callable[[Lab], Setup],
     policy: Path,
     args: argparse.Namespace,
 ) -> str:
@@ -82,9 +87,11 @@ def measure(
         applied = lab.apply(policy, backend=backend)
         if applied.returncode != 0:
             return f"nfc apply failed: {applied.stderr.strip()}"
-        client, server = serve(lab)
+        client, server, upstream = serve(lab)
+        before = udp_datagrams_received(upstream) if upstream else 0
         report = dnsperf(lab, client, server, seconds=args.seconds, rate=args.rate, clients=args.clients)
-        return f"{report}, conntrack {lab.server.conntrack_count()}"
+        asked = f", upstream asked {udp_datagrams_received(upstream) - before}" if upstream else ""
+        return f"{report}{asked}, conntrack {lab.server.conntrack_count()}"
     finally:
         lab.teardown()
 

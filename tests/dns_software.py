@@ -28,6 +28,12 @@ BIG = f"big.{ZONE}"
 # a query without EDNS, so that the server sets TC and the client retries
 # over TCP.
 BIG_TXT = ["x" * 200] * 6
+# Twelve 250-byte strings: about 3,100 bytes, which fit an EDNS buffer of
+# 4,096 but not one Ethernet frame, so the answer travels over UDP in IP
+# fragments.
+HUGE = f"huge.{ZONE}"
+HUGE_TXT = ["y" * 250] * 12
+EDNS_MAX = 4096
 # What dnsperf asks, in turn: one name the zone has, one it has not.
 QUERIES = f"{WWW} A\n{MISSING} A\n"
 
@@ -43,6 +49,8 @@ def authoritative(interfaces: list[str]) -> list[str]:
         f"--auth-zone={ZONE}",
         f"--host-record={WWW},{WWW4},{WWW6}",
         f"--txt-record={BIG},{','.join(BIG_TXT)}",
+        f"--txt-record={HUGE},{','.join(HUGE_TXT)}",
+        f"--edns-packet-max={EDNS_MAX}",
     ]
 
 
@@ -53,6 +61,7 @@ def resolver(upstream: str, interfaces: list[str]) -> list[str]:
     return [
         f"--server={upstream}",
         "--cache-size=0",
+        f"--edns-packet-max={EDNS_MAX}",
         *(f"--interface={name}" for name in interfaces),
         "--bind-interfaces",
     ]
@@ -83,6 +92,16 @@ def _read(path: Path) -> str:
 
 def dig(ns: Namespace, server: str, *args: str) -> subprocess.CompletedProcess[str]:
     return ns.run("dig", "+time=2", "+tries=2", f"@{server}", *args, timeout=20)
+
+
+def udp_datagrams_received(ns: Namespace) -> int:
+    """The IPv4 UDP datagrams ns has received (Udp InDatagrams of /proc/net/snmp)."""
+    header, values = [
+        line.split()
+        for line in ns.run("cat", "/proc/net/snmp").stdout.splitlines()
+        if line.startswith("Udp:")
+    ]
+    return int(values[header.index("InDatagrams")])
 
 
 @dataclass(frozen=True)
@@ -127,7 +146,6 @@ def dnsperf_command(
     rate: int,
     clients: int = 1,
     source: str | None = None,
-    mode: str = "udp",
     outstanding: int = 100,
 ) -> list[str]:
     """dnsperf to server: `rate` queries a second for `seconds`, from
@@ -136,7 +154,7 @@ def dnsperf_command(
     queries = lab.state_dir.parent / "queries.txt"
     queries.parent.mkdir(parents=True, exist_ok=True)
     queries.write_text(QUERIES)
-    command = ["dnsperf", "-m", mode, "-s", server, "-d", str(queries), "-l", str(seconds), "-Q", str(rate)]
+    command = ["dnsperf", "-s", server, "-d", str(queries), "-l", str(seconds), "-Q", str(rate)]
     command += ["-c", str(clients), "-q", str(outstanding), "-t", "1"]
     return [*command, "-a", source] if source else command
 

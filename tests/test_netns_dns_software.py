@@ -15,6 +15,9 @@ import pytest
 from dns_software import (
     BIG,
     BIG_TXT,
+    EDNS_MAX,
+    HUGE,
+    HUGE_TXT,
     MISSING,
     WWW,
     WWW4,
@@ -28,6 +31,7 @@ from dns_software import (
     require_dns_software,
     resolver,
     start_dnsmasq,
+    udp_datagrams_received,
 )
 
 from nfc.backends import BACKENDS
@@ -94,6 +98,9 @@ def test_authoritative_server_under_load_keeps_conntrack_empty(lab: Lab, backend
 def test_authoritative_server_answers_over_tcp_and_after_truncation(lab: Lab, backend: str) -> None:
     applied(lab, AUTHORITATIVE, backend)
     start_dnsmasq(lab, lab.server, authoritative(["eth-a", "eth-b"]), probe=SERVER_A4)
+    # dig, not `dnsperf -m tcp`: dnsperf reconnects after each of dnsmasq's
+    # TCP answers and loses the queries it had pipelined on the old
+    # connection (half of them at 50 a second, with no firewall at all).
     assert dig(lab.client_a, SERVER_A4, "+tcp", "+short", WWW).stdout.split() == [WWW4]
     assert "status: NXDOMAIN" in dig(lab.client_a, SERVER_A4, "+tcp", MISSING).stdout
     assert dig(lab.client_a, SERVER_A6, "+short", WWW, "AAAA").stdout.split() == [WWW6]
@@ -135,20 +142,33 @@ def test_resolver_forwards_through_the_untracked_answer_path(lab: Lab, backend: 
     assert client.completed == client.sent, client
     assert_served(client)
     assert dig(lab.client_a, SERVER_A6, "+short", WWW, "AAAA").stdout.split() == [WWW6]
+    # An answer in IP fragments, over UDP on both hops (dnsmasq asks
+    # upstream over TCP only after a truncated answer, and TCP would be
+    # tracked): the untracked answer from upstream is reassembled first.
+    huge = dig(lab.client_a, SERVER_A4, f"+bufsize={EDNS_MAX}", HUGE, "TXT").stdout
+    assert huge.count(HUGE_TXT[0]) == len(HUGE_TXT), huge
+    assert "Truncated" not in huge and not tcp_entries(lab.server), huge
     big = dig(lab.client_a, SERVER_A4, "+noedns", BIG, "TXT").stdout
     assert big.count("x" * 200) == len(BIG_TXT), big
 
     # the resolver's host asks itself over loopback, at load: every query is
     # one more query upstream (no cache) whose answer comes back untracked
     assert dig(lab.server, "::1", "+short", WWW).stdout.split() == [WWW4]
+    before = udp_datagrams_received(upstream)
     itself = dnsperf(lab, lab.server, "127.0.0.1", seconds=SECONDS, rate=RATE, clients=CLIENTS)
+    asked = udp_datagrams_received(upstream) - before
     assert_served(itself)
-    assert lab.server.conntrack_count() <= NEAR_ZERO, itself
+    # dnsmasq merges identical questions in flight, so upstream gets fewer
+    # queries than the resolver answers; how many depends on the machine's load
+    assert asked >= itself.completed / 10, (asked, itself)
+    assert lab.server.conntrack_count() <= NEAR_ZERO, (asked, itself)
 
     # The stateful control: each upstream query, from a random port of its
-    # own, is an entry (a few fewer than queries: dnsmasq merges identical
-    # questions in flight, and random ports repeat), as are dnsperf's sockets.
+    # own, is an entry (a port that repeats within the timeout is one entry
+    # for two queries), beside one per dnsperf socket.
     applied(lab, CONTROL, backend)
+    before = udp_datagrams_received(upstream)
     tracked = dnsperf(lab, lab.server, "127.0.0.1", seconds=SECONDS, rate=RATE, clients=CLIENTS)
+    asked = udp_datagrams_received(upstream) - before
     assert_served(tracked)
-    assert lab.server.conntrack_count() >= tracked.completed // 2, tracked
+    assert lab.server.conntrack_count() >= 0.9 * asked + CLIENTS, (asked, tracked)
