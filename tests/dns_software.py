@@ -17,7 +17,8 @@ from typing import Any
 from conftest import require_tools
 from lab import Lab, Namespace, wait_until
 
-TOOLS = ("dnsmasq", "dnsperf", "dig")  # Debian: dnsmasq-base, dnsperf, bind9-dnsutils
+# Debian: dnsmasq-base, dnsperf, bind9-dnsutils, and conntrack to list the table
+TOOLS = ("dnsmasq", "dnsperf", "dig", "conntrack")
 
 ZONE = "example.test"
 WWW = f"www.{ZONE}"
