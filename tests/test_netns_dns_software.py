@@ -11,6 +11,8 @@ loss is allowed for its scheduling, never for the firewall's."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from dns_software import (
     BIG,
@@ -60,8 +62,8 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def applied(lab: Lab, policy: object, backend: str) -> None:
-    result = lab.apply(str(policy), backend=backend)
+def applied(lab: Lab, policy: Path, backend: str) -> None:
+    result = lab.apply(policy, backend=backend)
     assert result.returncode == 0, result.stderr
 
 
