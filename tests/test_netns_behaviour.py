@@ -186,10 +186,13 @@ def test_unconfirmed_apply_rolls_back(lab: Lab, backend: str) -> None:
 def test_confirmed_apply_stays(lab: Lab, backend: str) -> None:
     applied(lab, RECURSIVE, backend=backend)
     lab.start_servers()
-    applied(lab, WEB, "--confirm", "2", backend=backend)
+    # A deadline the confirm meets even on a loaded machine (starting nfc
+    # twice has taken over 2 s there); then wait past it, as a rollback would.
+    deadline = time.monotonic() + 8
+    applied(lab, WEB, "--confirm", "8", backend=backend)
     confirmed = lab.server.nfc("confirm", "--state-dir", str(lab.state_dir))
     assert confirmed.returncode == 0, confirmed.stderr
-    time.sleep(3)
+    time.sleep(max(0.0, deadline - time.monotonic()) + 1)
     assert lab.connects(lab.client_a, SERVER_A4, 80, CLIENT_A4) == 1
 
 
