@@ -11,8 +11,9 @@ from pathlib import Path
 
 from nfc.backends import nft_optimize
 from nfc.backends.nft import render
+from nfc.backends.nft_groups import NAME, Group
 from nfc.backends.nft_optimize import optimized_chain
-from nfc.backends.nft_plan import MIN_MERGE, NAME, Group, plan
+from nfc.backends.nft_plan import MIN_MERGE, plan
 from nfc.explain import Packet, matches
 from nfc.ir import Family, Rule
 from nfc.space import Space

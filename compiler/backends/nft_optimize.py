@@ -33,14 +33,16 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import nfc.backends.nft as nft
 from nfc.backends.common import rule_note
-from nfc.backends.nft_plan import MIN_MERGE, NAME, Element, Group, Shape, plan
+from nfc.backends.nft_groups import NAME, Element, Group, Shape
+from nfc.backends.nft_plan import MIN_MERGE, plan
 from nfc.ir import Chain, Family, Rule, Ruleset
 from nfc.space import Space
 
 
-def optimized_chain(ruleset: Ruleset, chain: Chain) -> nft.ChainText:
-    """`chain` as nft text with its worthwhile groups folded into lookups."""
-    groups = plan(chain.rules, Space(ruleset))
+def optimized_chain(ruleset: Ruleset, chain: Chain, space: Space | None = None) -> nft.ChainText:
+    """`chain` as nft text with its worthwhile groups folded into lookups;
+    `space` is the ruleset's, when the caller has it already."""
+    groups = plan(chain.rules, space or Space(ruleset))
     declarations: list[list[str]] = []
     lines: list[str] = []
     for group in groups:
@@ -56,7 +58,8 @@ def optimized_chain(ruleset: Ruleset, chain: Chain) -> nft.ChainText:
 
 
 def generate(ruleset: Ruleset) -> dict[str, str]:
-    return {nft.RULESET: nft.render(ruleset, optimized_chain)}
+    space = Space(ruleset)  # once: it reads every rule of the ruleset
+    return {nft.RULESET: nft.render(ruleset, lambda _, chain: optimized_chain(ruleset, chain, space))}
 
 
 # ---- text
