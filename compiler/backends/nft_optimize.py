@@ -23,7 +23,10 @@ one prefix length and whose ports are single ports is a hash set; anything
 else an interval set. Every element carries its rule's `comment
 "FILE:LINE"`. Groups of fewer than MIN_MERGE rules gain nothing and are
 written as rules, in policy order, exactly as `-O0` writes them (see
-`nft_plan.plan`). Only nft is optimized: iptables-legacy stays linear."""
+`nft_plan.plan`), but for runs that one rule decides as well (nft_runs):
+the state rules become a verdict map, ICMP rules and long runs of TCP,
+UDP and SCTP rules chains of their own. Only nft is optimized:
+iptables-legacy stays linear."""
 
 from __future__ import annotations
 
@@ -33,9 +36,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import nfc.backends.nft as nft
 from nfc.backends.common import rule_note
-from nfc.backends.nft_groups import MAP_VERDICTS, NAME, Element, Group, Shape
+from nfc.backends.nft_groups import NAME, Element, Group, Shape
 from nfc.backends.nft_plan import MIN_MERGE, plan
-from nfc.ir import Chain, Family, Match, Rule, Ruleset
+from nfc.backends.nft_runs import single_rules
+from nfc.ir import Chain, Family, Rule, Ruleset
 from nfc.space import Space
 
 
@@ -51,7 +55,7 @@ def optimized_chain(ruleset: Ruleset, chain: Chain, space: Space | None = None) 
         if group.shape is None or len(group.members) < MIN_MERGE:
             single += [chain.rules[i] for i in group.members]
             continue
-        lines += _single_rules(ruleset, chain, single, declarations)
+        lines += single_rules(ruleset, chain, single, declarations)
         single = []
         is_map = len({chain.rules[i].verdict.kind for i in group.members}) > 1
         lookups += 1
@@ -59,7 +63,7 @@ def optimized_chain(ruleset: Ruleset, chain: Chain, space: Space | None = None) 
         name = f"{chain.name}_{'map' if is_map else 'set'}{lookups}"
         declarations.append(_declaration(ruleset, chain.rules, group, name, is_map))
         lines.append(_lookup_rule(ruleset, chain.rules, group, name, is_map))
-    lines += _single_rules(ruleset, chain, single, declarations)
+    lines += single_rules(ruleset, chain, single, declarations)
     return nft.ChainText(declarations, lines)
 
 
@@ -68,81 +72,9 @@ def generate(ruleset: Ruleset) -> dict[str, str]:
     return {nft.RULESET: nft.render(ruleset, lambda _, chain: optimized_chain(ruleset, chain, space))}
 
 
-# ---- runs of rules written one by one
-
-
-def _single_rules(
-    ruleset: Ruleset, chain: Chain, rules: list[Rule], declarations: list[list[str]]
-) -> list[str]:
-    """Consecutive rules, each as nft text, except two runs that one rule
-    decides exactly as well: plain rules that match a connection state
-    alone (`ct state invalid drop`, `ct state established,related
-    accept`) become one verdict map on the state, which a packet has
-    exactly one of; rules of ICMP (`icmp type ...`, `icmpv6 type ...`)
-    move to a chain of their own, which only ICMP packets jump to, in the
-    same order and so with the same first match. Every other packet then
-    meets one rule where it met each of these."""
-    lines: list[str] = []
-    start = 0
-    while start < len(rules):
-        for fits, write in ((_state_alone, _state_map), (_icmp, _icmp_chain)):
-            end = start
-            while end < len(rules) and fits(rules[end]):
-                end += 1
-            if end - start >= 2:
-                lines.append(write(ruleset, chain, rules[start:end], declarations))
-                start = end
-                break
-        else:
-            lines += nft._rule(ruleset, rules[start])
-            start += 1
-    return lines
-
-
-def _state_alone(rule: Rule) -> bool:
-    plain = rule.meter is None and rule.log is None and not rule.counter
-    alone = rule.match == Match(ct_state=rule.match.ct_state)
-    return plain and alone and bool(rule.match.ct_state) and rule.verdict.kind in MAP_VERDICTS
-
-
-def _state_map(ruleset: Ruleset, chain: Chain, rules: list[Rule], declarations: list[list[str]]) -> str:
-    """`ct state vmap { ... }`: each state maps to the verdict of the first rule that names it."""
-    entries: dict[str, str] = {}
-    for rule in rules:
-        for state in rule.match.ct_state:
-            if state not in entries:
-                comment = nft._comment(ruleset, rule.origin, rule_note(rule))
-                entries[state] = f"{state} {comment} : {rule.verdict.kind}"
-    return f"ct state vmap {{ {', '.join(entries.values())} }} {_run_comment(ruleset, rules, 'verdict map')}"
-
-
-def _icmp(rule: Rule) -> bool:
-    return rule.match.protocol in ICMP_PROTOCOLS and rule.meter is None
-
-
-def _icmp_chain(ruleset: Ruleset, chain: Chain, rules: list[Rule], declarations: list[list[str]]) -> str:
-    """A jump to a chain of `rules`, for the ICMP packets alone."""
-    number = sum(1 for block in declarations if block[0].startswith(f"chain {chain.name}_icmp"))
-    name = f"{chain.name}_icmp{number + 1 if number else ''}"
-    body = [line for rule in rules for line in nft._rule(ruleset, rule)]
-    declarations.append([f"chain {name} {{", *(f"\t{line}" for line in body), "}"])
-    protocols = sorted({str(rule.match.protocol) for rule in rules})
-    guard = protocols[0] if len(protocols) == 1 else f"{{ {', '.join(protocols)} }}"
-    return f"meta l4proto {guard} jump {name} {_run_comment(ruleset, rules, name)}"
-
-
-def _run_comment(ruleset: Ruleset, rules: list[Rule], where: str) -> str:
-    """The first rule's place, and its note when the run shares it (the
-    rules a chain setting implies), else how many rules went where."""
-    notes = {rule_note(rule) for rule in rules}
-    note = notes.pop() if len(notes) == 1 else None
-    return nft._comment(ruleset, rules[0].origin, note or f"{len(rules)} rules in {where}")
-
-
 # ---- text
 
 
-ICMP_PROTOCOLS = ("icmp", "icmpv6")
 TYPES = {
     "protocol": "inet_proto",
     "iifname": "ifname",
