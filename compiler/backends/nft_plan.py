@@ -243,7 +243,7 @@ def _bounds(match: Match) -> Bounds:
         ),
         names=tuple(interfaces),
         exact=(
-            addresses == [match.saddr, match.daddr]
+            all(mine is given for mine, given in zip(addresses, (match.saddr, match.daddr), strict=True))
             and interfaces.count(None) == (match.iifname, match.oifname).count(None)
             and not (match.ct_state or match.icmp_types or match.ct_status)
         ),
