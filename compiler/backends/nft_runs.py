@@ -29,31 +29,55 @@ from nfc.ir import Chain, Match, Rule, Ruleset
 ICMP_PROTOCOLS = ("icmp", "icmpv6")
 MIN_DISPATCH = 8  # rules of a run before a jump per protocol beats a rule each
 
+
+class Chains:
+    """What a chain's runs declare: the blocks (a list the caller shares
+    with its sets) and the chain names taken, each once."""
+
+    def __init__(self, blocks: list[list[str]]) -> None:
+        self.blocks = blocks
+        self.taken: set[str] = set()
+
+    def declare(self, ruleset: Ruleset, name: str, rules: list[Rule]) -> str:
+        """A chain of `rules` under `name`, or NAME2, NAME3, ... where taken; its name."""
+        number = 1
+        while (f"{name}{number}" if number > 1 else name) in self.taken:
+            number += 1
+        name = f"{name}{number}" if number > 1 else name
+        self.taken.add(name)
+        body = [line for rule in rules for line in nft._rule(ruleset, rule)]
+        self.blocks.append([f"chain {name} {{", *(f"\t{line}" for line in body), "}"])
+        return name
+
+
 # A run's text, or None where folding it would not pay.
-Writer = Callable[[Ruleset, Chain, list[Rule], list[list[str]]], str | None]
+Writer = Callable[[Ruleset, Chain, list[Rule], Chains], str | None]
 
 
-def single_rules(
-    ruleset: Ruleset, chain: Chain, rules: list[Rule], declarations: list[list[str]]
-) -> list[str]:
-    """Consecutive rules as nft text, the runs above folded; the chains they
-    jump to are added to `declarations`."""
+def single_rules(ruleset: Ruleset, chain: Chain, rules: list[Rule], chains: Chains) -> list[str]:
+    """Consecutive rules as nft text, the runs above folded. The kinds of
+    run exclude each other (no protocol, ICMP, TCP, UDP or SCTP), so a run
+    not folded is written rule by rule."""
     lines: list[str] = []
     start = 0
     while start < len(rules):
+        end = start
         for fits, write in RUNS:
-            end = start
             while end < len(rules) and fits(rules[end]):
                 end += 1
-            folded = write(ruleset, chain, rules[start:end], declarations) if end > start else None
-            if folded is not None:
-                lines.append(folded)
-                start = end
+            if end > start:
+                folded = write(ruleset, chain, rules[start:end], chains)
+                lines += [folded] if folded is not None else _each(ruleset, rules[start:end])
                 break
         else:
             lines += nft._rule(ruleset, rules[start])
-            start += 1
+            end = start + 1
+        start = end
     return lines
+
+
+def _each(ruleset: Ruleset, rules: list[Rule]) -> list[str]:
+    return [line for rule in rules for line in nft._rule(ruleset, rule)]
 
 
 def _state_alone(rule: Rule) -> bool:
@@ -62,9 +86,7 @@ def _state_alone(rule: Rule) -> bool:
     return plain and alone and bool(rule.match.ct_state) and rule.verdict.kind in MAP_VERDICTS
 
 
-def _state_map(
-    ruleset: Ruleset, chain: Chain, rules: list[Rule], declarations: list[list[str]]
-) -> str | None:
+def _state_map(ruleset: Ruleset, chain: Chain, rules: list[Rule], chains: Chains) -> str | None:
     """`ct state vmap { ... }`: each state maps to the verdict of the first rule that names it."""
     if len(rules) < 2:
         return None
@@ -81,13 +103,11 @@ def _icmp(rule: Rule) -> bool:
     return rule.match.protocol in ICMP_PROTOCOLS
 
 
-def _icmp_chain(
-    ruleset: Ruleset, chain: Chain, rules: list[Rule], declarations: list[list[str]]
-) -> str | None:
+def _icmp_chain(ruleset: Ruleset, chain: Chain, rules: list[Rule], chains: Chains) -> str | None:
     """A jump to a chain of `rules`, for the ICMP packets alone."""
     if len(rules) < 2:
         return None
-    name = _declare(ruleset, f"{chain.name}_icmp", rules, declarations)
+    name = chains.declare(ruleset, f"{chain.name}_icmp", rules)
     protocols = sorted({str(rule.match.protocol) for rule in rules})
     guard = protocols[0] if len(protocols) == 1 else f"{{ {', '.join(protocols)} }}"
     return f"meta l4proto {guard} jump {name} {_run_comment(ruleset, rules, name)}"
@@ -97,7 +117,7 @@ def _with_ports(rule: Rule) -> bool:
     return rule.match.protocol in vocab.PORT_PROTOCOLS
 
 
-def _dispatch(ruleset: Ruleset, chain: Chain, rules: list[Rule], declarations: list[list[str]]) -> str | None:
+def _dispatch(ruleset: Ruleset, chain: Chain, rules: list[Rule], chains: Chains) -> str | None:
     """`meta l4proto vmap { tcp : jump CHAIN_tcp, ... }`, each chain the run's rules of its protocol."""
     protocols = sorted({str(rule.match.protocol) for rule in rules})
     if len(rules) < MIN_DISPATCH or len(protocols) < 2:
@@ -105,9 +125,7 @@ def _dispatch(ruleset: Ruleset, chain: Chain, rules: list[Rule], declarations: l
     entries = []
     for protocol in protocols:
         mine = [rule for rule in rules if rule.match.protocol == protocol]
-        entries.append(
-            f"{protocol} : jump {_declare(ruleset, f'{chain.name}_{protocol}', mine, declarations)}"
-        )
+        entries.append(f"{protocol} : jump {chains.declare(ruleset, f'{chain.name}_{protocol}', mine)}")
     return (
         f"meta l4proto vmap {{ {', '.join(entries)} }} {_run_comment(ruleset, rules, 'chains by protocol')}"
     )
@@ -119,18 +137,6 @@ RUNS: tuple[tuple[Callable[[Rule], bool], Writer], ...] = (
     (_icmp, _icmp_chain),
     (_with_ports, _dispatch),
 )
-
-
-def _declare(ruleset: Ruleset, name: str, rules: list[Rule], declarations: list[list[str]]) -> str:
-    """Declare a chain of `rules` under `name`, or NAME2, NAME3, ... where taken; its name."""
-    taken = {block[0].removeprefix("chain ").removesuffix(" {") for block in declarations}
-    number = 1
-    while (f"{name}{number}" if number > 1 else name) in taken:
-        number += 1
-    name = f"{name}{number}" if number > 1 else name
-    body = [line for rule in rules for line in nft._rule(ruleset, rule)]
-    declarations.append([f"chain {name} {{", *(f"\t{line}" for line in body), "}"])
-    return name
 
 
 def _run_comment(ruleset: Ruleset, rules: list[Rule], where: str) -> str:
