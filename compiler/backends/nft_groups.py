@@ -25,6 +25,7 @@ KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the o
 KEY_SPACE = ("protocol", *KEY_FIELDS)  # what a key may hold
 # The values of the matches a key never holds, in one call.
 OTHER_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Match) if f.name not in KEY_SPACE))
+KEY_VALUES = operator.attrgetter(*KEY_SPACE)
 MAP_VERDICTS = ("accept", "drop")  # the verdicts a verdict map may hold
 NAME = -1  # the low and high of a name's atom: an interface's or a protocol's
 INTERVAL_ONLY = -1  # a field that only an interval set can look up
@@ -211,27 +212,25 @@ def _relation(element: Element, other: Element) -> str:
 def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
     """A plain rule's shape and elements, or None if it cannot be one lookup's."""
     match = rule.match
-    fields = [name for name in KEY_FIELDS if _keyable(getattr(match, name))]
+    values = dict(zip(KEY_SPACE, KEY_VALUES(match), strict=True))
+    fields = [name for name in KEY_FIELDS if _keyable(values[name])]
     if not fields:
         return None
-    ports = [name for name in ("sport", "dport") if getattr(match, name) is not None]
+    ports = [name for name in ("sport", "dport") if values[name] is not None]
     if ports and all(name in fields for name in ports):
         # The protocol is a dimension of the elements, so that TCP and UDP
         # rules of one shape share a lookup: `meta l4proto . th dport`. (A
         # port left outside the key, a named set, needs its protocol there.)
         fields.insert(0, "protocol")
-    columns = [_column(getattr(match, name)) for name in fields]
+    columns = [_column(values[name]) for name in fields]
     if _product(columns) > MAX_ELEMENTS_PER_RULE:
         return None
     masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
-    interval = any(mask == INTERVAL_ONLY for mask in masks)
-    addresses = match.saddr if "saddr" in fields else match.daddr if "daddr" in fields else None
+    interval = INTERVAL_ONLY in masks
+    addresses = values["saddr"] if "saddr" in fields else values["daddr"] if "daddr" in fields else None
     shape = Shape(
-        others=(
-            OTHER_FIELDS(match),
-            *(None if name in fields else getattr(match, name) for name in KEY_SPACE),
-        ),
-        family=addresses.family if addresses is not None else None,
+        others=(OTHER_FIELDS(match), *[None if name in fields else values[name] for name in KEY_SPACE]),
+        family=addresses.family if isinstance(addresses, Addresses) else None,
         fields=tuple(fields),
         masks=tuple(None if interval else mask for mask in masks),
         interval=interval,

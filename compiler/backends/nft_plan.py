@@ -34,7 +34,7 @@ MIXED = -1  # the outcome of a group whose members' outcomes differ (outcomes ar
 # What a plain rule does to the packets it matches (see `_outcome`).
 Outcome = tuple[Verdict, Family | None] | None
 # Rules that may share packets only with rules of a compatible key: protocol, family, outcome.
-# (The family by its value: an enum member hashes in Python, slowly.)
+# (The family by `_family_name`: an enum member hashes in Python, slowly.)
 ConflictKey = tuple[str | None, str | None, int]
 
 
@@ -77,7 +77,7 @@ class _Planner:
         numbers: dict[Outcome, int] = {}
         self.outcomes = [numbers.setdefault(outcome, len(numbers)) for outcome in outcomes]
         self.keys: list[ConflictKey] = [
-            (rule.match.protocol, rule.match.family and rule.match.family.value, number)
+            (rule.match.protocol, _family_name(rule.match.family), number)
             for rule, number in zip(rules, self.outcomes, strict=True)
         ]
         self.distinct_keys = list(dict.fromkeys(self.keys))
@@ -85,6 +85,7 @@ class _Planner:
         self.cubes: dict[int, list[Cube]] = {}
         self.apart: dict[tuple[int, int], bool] = {}
         self.bounds: dict[int, Bounds] = {}
+        self.alone: dict[int, Group] = {}  # the groups of rules that stay rules of their own
         # The round's groups, their member counts, by outcome the positions
         # and member counts of the groups all of whose members have it (what
         # a rule of that outcome jumps for 1), and the rules placed, by
@@ -113,8 +114,10 @@ class _Planner:
                 group = Group(shape, [])
                 join(group, index, elements, outcome)
                 last_of_shape[number] = len(self.plan)
-            else:
-                group = Group(None, [index], outcomes={outcome})
+            elif index in self.alone:
+                group = self.alone[index]
+            else:  # never joined: the same group in every round
+                group = self.alone[index] = Group(None, [index], outcomes={outcome})
             position = len(self.plan)
             self.plan.append(group)
             self.counts.append(1)
@@ -231,9 +234,9 @@ def _bounds(match: Match) -> Bounds:
         None if i is None or any(name.endswith("*") for name in i.names) else frozenset(i.names)
         for i in (match.iifname, match.oifname)
     ]
-    families = {a.family.value for a in addresses if a is not None}
+    families = {_family_name(a.family) for a in addresses if a is not None}
     if match.family:
-        families.add(match.family.value)
+        families.add(_family_name(match.family))
     return Bounds(
         family=families.pop() if len(families) == 1 else None,
         intervals=(
@@ -248,6 +251,11 @@ def _bounds(match: Match) -> Bounds:
             and not (match.ct_state or match.icmp_types or match.ct_status)
         ),
     )
+
+
+def _family_name(family: Family | None) -> str | None:
+    """A family as a plain string: an enum member's value and hash are Python code, slow."""
+    return None if family is None else "4" if family is Family.V4 else "6"
 
 
 def _intervals(addresses: Addresses) -> tuple[Interval, ...]:

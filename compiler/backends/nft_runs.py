@@ -81,9 +81,10 @@ def _each(ruleset: Ruleset, rules: list[Rule]) -> list[str]:
 
 
 def _state_alone(rule: Rule) -> bool:
-    plain = rule.meter is None and rule.log is None and not rule.counter
-    alone = rule.match == Match(ct_state=rule.match.ct_state)
-    return plain and alone and bool(rule.match.ct_state) and rule.verdict.kind in MAP_VERDICTS
+    states = rule.match.ct_state
+    if not states or rule.meter is not None or rule.log is not None or rule.counter:
+        return False
+    return rule.verdict.kind in MAP_VERDICTS and rule.match == Match(ct_state=states)
 
 
 def _state_map(ruleset: Ruleset, chain: Chain, rules: list[Rule], chains: Chains) -> str | None:
