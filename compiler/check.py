@@ -364,7 +364,8 @@ def check_verdict(node: RuleNode, parts: RuleParts) -> Verdict:
                 verdict.loc, f"'{kind}' has no ICMPv6 counterpart", "add 'ip' to limit the rule to IPv4"
             )
     # checked above: None, 'tcp reset' or a key of vocab.REJECT_ICMP_TYPES
-    return Verdict(verdict.kind, cast(RejectWith | None, verdict.reject_with))
+    # (The type as a string: `RejectWith | None` would build a Union on every call.)
+    return Verdict(verdict.kind, cast("RejectWith | None", verdict.reject_with))
 
 
 def check_comment(text: RuleText, node: RuleNode) -> str | None:

@@ -2,11 +2,16 @@
 overlapping and shadowed rules, of shapes that fold into sets and verdict
 maps, are loaded at -O0 and at -O1 into one server namespace and meet the
 same random packets; both kernels and `nfc explain` must give every packet
-the same verdict."""
+the same verdict. What a chain starts with (loopback, essential ICMP, the
+state rules, untracked answers), which -O1 writes as a jump and a verdict
+map, meets crafted packets at both levels: ICMP errors about no flow
+(invalid to conntrack), invalid TCP, untracked answers, loopback."""
 
 from __future__ import annotations
 
 import random
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +22,7 @@ from test_netns_random import observed
 from nfc import api
 from nfc.explain import explain, parse_packet
 
-from lab import Lab
+from lab import CLIENT_A4, CLIENT_A6, SERVER_A4, SERVER_A6, Lab
 
 pytestmark = pytest.mark.netns
 
@@ -167,3 +172,111 @@ def test_optimized_and_plain_rulesets_give_the_same_verdicts(
     assert {"accept", "drop", "reject"} <= seen
     assert lookups >= 6 + 2 * POLICIES  # the optimizer really folded the rules the packets met
     assert compared == 2 * (POLICIES + 1) * PACKETS
+
+
+# ---- what a chain starts with: loopback, essential ICMP, the state rules, untracked answers
+
+PRELUDE = """\
+nfc: 1
+conntrack:
+  notrack:
+    - udp sport 53
+input:
+  policy: drop
+  rules:
+    - accept tcp dport 22
+"""
+# Sends one packet: KIND SOURCE DESTINATION. Raw sockets, so that a packet
+# may be what no socket would send: an ICMP error about a flow that never
+# was (conntrack finds no connection: ct state invalid), TCP SYN+FIN (invalid).
+SEND = r"""
+import socket, struct, sys
+
+def checksum(data):
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+kind, source, destination = sys.argv[1:]
+udp_header = struct.pack("!HHHH", 33333, 44444, 8, 0)
+if kind == "icmp-error":  # port unreachable, about UDP from `destination` to `source`
+    inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0,
+                        socket.inet_aton(destination), socket.inet_aton(source)) + udp_header
+    body = struct.pack("!BBHI", 3, 3, 0, 0) + inner
+    packet, family, proto = body[:2] + struct.pack("!H", checksum(body)) + body[4:], socket.AF_INET, 1
+elif kind == "icmp6-error":  # the kernel sums ICMPv6 itself
+    inner = struct.pack("!IHBB16s16s", 6 << 28, 8, 17, 64, socket.inet_pton(socket.AF_INET6, destination),
+                        socket.inet_pton(socket.AF_INET6, source)) + udp_header
+    packet, family, proto = struct.pack("!BBHI", 1, 4, 0, 0) + inner, socket.AF_INET6, 58
+elif kind == "icmp-echo":
+    body = struct.pack("!BBHHH", 8, 0, 0, 7, 1) + b"nfc"
+    packet, family, proto = body[:2] + struct.pack("!H", checksum(body)) + body[4:], socket.AF_INET, 1
+elif kind.startswith("tcp-"):  # tcp-FLAGS-PORT: syn or synfin
+    _, flags, port = kind.split("-")
+    bits = 2 if flags == "syn" else 3
+    header = struct.pack("!HHIIBBHHH", 40001, int(port), 1, 0, 5 << 4, bits, 65535, 0, 0)
+    pseudo = socket.inet_aton(source) + socket.inet_aton(destination) + struct.pack("!BBH", 0, 6, 20)
+    header = header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
+    packet, family, proto = header, socket.AF_INET, 6
+else:  # udp-from-PORT, to a port nothing listens on
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((source, int(kind.split("-")[-1])))
+    sock.sendto(b"nfc", (destination, 40000))
+    sys.exit(0)
+sock = socket.socket(family, socket.SOCK_RAW, proto)
+sock.bind((source, 0))
+sock.sendto(packet, (destination, 0))
+"""
+# (kind, from the client or the server itself over lo, the counter that
+# counts the packet when the server's stack takes it, the verdict the policy gives)
+PRELUDE_PROBES = [
+    ("icmp-error", "client", ("Icmp", "InDestUnreachs"), "accept"),  # invalid, yet essential: accepted first
+    ("icmp6-error", "client", ("Icmp6", "Icmp6InDestUnreachs"), "accept"),
+    ("icmp-echo", "client", ("Icmp", "InEchos"), "drop"),  # ICMP, but not essential
+    ("tcp-synfin-22", "client", ("Tcp", "InSegs"), "drop"),  # invalid
+    ("tcp-syn-22", "client", ("Tcp", "InSegs"), "accept"),
+    ("tcp-syn-23", "client", ("Tcp", "InSegs"), "drop"),
+    ("udp-from-53", "client", ("Udp", "NoPorts"), "accept"),  # untracked: the answers' rule
+    ("udp-from-54", "client", ("Udp", "NoPorts"), "drop"),
+    ("udp-from-54", "loopback", ("Udp", "NoPorts"), "accept"),
+]
+
+
+def _counters(lab: Lab) -> dict[tuple[str, str], int]:
+    counters = {}
+    lines = lab.server.run("cat", "/proc/net/snmp").stdout.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        group = names.split(":")[0]
+        counters |= {(group, n): int(v) for n, v in zip(names.split()[1:], values.split()[1:], strict=True)}
+    for line in lab.server.run("cat", "/proc/net/snmp6").stdout.splitlines():
+        name, value = line.split()
+        counters["Icmp6", name] = int(value)
+    return counters
+
+
+def test_the_chains_start_gives_the_same_verdicts_at_both_levels(
+    make_lab: Callable[[], Lab], tmp_path: Path
+) -> None:
+    lab = make_lab()
+    policy = tmp_path / "prelude.yaml"
+    policy.write_text(PRELUDE)
+    ruleset, sources = api.compile_policy(str(policy))
+    folded = api.build(ruleset, "nft", sources)["ruleset.nft"]
+    assert "ct state vmap {" in folded and "jump input_icmp" in folded  # what -O1 writes of them
+    for level in ("-O0", "-O1"):
+        applied = lab.apply(policy, level)
+        assert applied.returncode == 0, applied.stderr
+        lab.server.run("conntrack", "-F")
+        for kind, sender, counter, expected in PRELUDE_PROBES:
+            client, source, destination = (lab.client_a, CLIENT_A4, SERVER_A4)
+            if sender == "loopback":
+                client, source, destination = lab.server, "127.0.0.1", "127.0.0.1"
+            elif kind.startswith("icmp6"):
+                source, destination = CLIENT_A6, SERVER_A6
+            before = _counters(lab)[counter]
+            client.run(sys.executable, "-c", SEND, kind, source, destination)
+            time.sleep(0.2)  # the veth delivers in the receiver's softirq, not in the sender's call
+            seen = "accept" if _counters(lab)[counter] > before else "drop"
+            assert seen == expected, f"{level}: {kind} from {sender}: {seen}, the policy says {expected}"

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from nfc.backends import nft_optimize
 from nfc.backends.nft import render
+from nfc.backends.nft_groups import NAME, Group
 from nfc.backends.nft_optimize import optimized_chain
-from nfc.backends.nft_plan import MIN_MERGE, NAME, Group, plan
+from nfc.backends.nft_plan import MIN_MERGE, plan
+from nfc.backends.nft_runs import MIN_DISPATCH
 from nfc.explain import Packet, matches
 from nfc.ir import Family, Rule
 from nfc.space import Space
@@ -247,3 +249,44 @@ def test_a_port_set_by_name_stays_outside_the_key_with_its_protocol(tmp_path: Pa
 def test_a_protocol_without_ports_stays_a_match_of_the_lookup_rule(tmp_path: Path) -> None:
     text = optimized(tmp_path, *(f"accept udp from 10.0.{i}.0/24" for i in range(5)))
     assert chain_lines(text)[0].startswith("meta l4proto udp ip saddr and 255.255.255.0 @input_set1 accept")
+
+
+# ---- runs of rules written one by one (nft_runs)
+
+DEFAULTS_POLICY = "nfc: 1\ninput:\n  policy: drop\n  rules:\n    - accept tcp dport 22\n"
+
+
+def test_the_state_rules_become_one_verdict_map_after_the_icmp_chains_jump(tmp_path: Path) -> None:
+    text = nft_optimize.generate(ruleset_of(tmp_path, DEFAULTS_POLICY))["ruleset.nft"]
+    lines = chain_lines(text)
+    assert lines[0].startswith('iifname "lo" accept')
+    assert lines[1].startswith("meta l4proto { icmp, icmpv6 } jump input_icmp comment")
+    # ICMP errors about flows conntrack does not know are invalid: the ICMP accepts come first
+    assert lines[2].startswith(
+        'ct state vmap { invalid comment "policy.yaml:3: state auto" : drop, established comment'
+    )
+    assert ": accept, related comment" in lines[2] and lines[3].startswith("tcp dport 22 accept")
+    icmp_chain = text.split("\tchain input_icmp {\n", 1)[1].split("\n\t}", 1)[0].splitlines()
+    assert len(icmp_chain) == 3 and all(" type { " in line and " accept " in line for line in icmp_chain)
+    assert nft_check(write_policy(tmp_path, text, "ruleset.nft")).returncode == 0
+    plain = render(ruleset_of(tmp_path, DEFAULTS_POLICY))
+    assert "ct state invalid drop" in plain and "jump" not in plain  # -O0 keeps a rule each
+
+
+def test_a_long_run_of_tcp_and_udp_rules_jumps_by_protocol(tmp_path: Path) -> None:
+    rules = [f"accept {'tcp' if i % 3 else 'udp'} dport {2000 + i} log" for i in range(9)]
+    text = optimized(tmp_path, *rules, "accept from 192.0.2.1")  # no protocol: the run ends
+    assert chain_lines(text)[0].startswith(
+        'meta l4proto vmap { tcp : jump input_tcp, udp : jump input_udp } comment "policy.yaml:8: 9 rules'
+    )
+    tcp_chain = text.split("\tchain input_tcp {\n", 1)[1].split("\n\t}", 1)[0].splitlines()
+    assert [line.split()[2] for line in tcp_chain] == ["2001", "2002", "2004", "2005", "2007", "2008"]
+    assert chain_lines(text)[1].startswith("ip saddr 192.0.2.1 accept")
+    assert nft_check(write_policy(tmp_path, text, "ruleset.nft")).returncode == 0
+    few = optimized(tmp_path, *rules[:7])  # fewer rules than a jump per protocol is worth
+    assert "jump" not in few and len(chain_lines(few)) == 7
+
+
+def test_nfc_1_gives_the_dispatch_threshold() -> None:
+    page = (Path(__file__).resolve().parent.parent / "man" / "nfc.1").read_text()
+    assert f"a run of at least {MIN_DISPATCH} consecutive rules of" in " ".join(page.split())

@@ -23,7 +23,10 @@ one prefix length and whose ports are single ports is a hash set; anything
 else an interval set. Every element carries its rule's `comment
 "FILE:LINE"`. Groups of fewer than MIN_MERGE rules gain nothing and are
 written as rules, in policy order, exactly as `-O0` writes them (see
-`nft_plan.plan`). Only nft is optimized: iptables-legacy stays linear."""
+`nft_plan.plan`), but for runs that one rule decides as well (nft_runs):
+the state rules become a verdict map, ICMP rules and long runs of TCP,
+UDP and SCTP rules chains of their own. Only nft is optimized:
+iptables-legacy stays linear."""
 
 from __future__ import annotations
 
@@ -33,30 +36,41 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import nfc.backends.nft as nft
 from nfc.backends.common import rule_note
-from nfc.backends.nft_plan import MIN_MERGE, NAME, Element, Group, Shape, plan
+from nfc.backends.nft_groups import NAME, Element, Group, Shape
+from nfc.backends.nft_plan import MIN_MERGE, plan
+from nfc.backends.nft_runs import Chains, single_rules
 from nfc.ir import Chain, Family, Rule, Ruleset
 from nfc.space import Space
 
 
-def optimized_chain(ruleset: Ruleset, chain: Chain) -> nft.ChainText:
-    """`chain` as nft text with its worthwhile groups folded into lookups."""
-    groups = plan(chain.rules, Space(ruleset))
+def optimized_chain(ruleset: Ruleset, chain: Chain, space: Space | None = None) -> nft.ChainText:
+    """`chain` as nft text with its worthwhile groups folded into lookups;
+    `space` is the ruleset's, when the caller has it already."""
+    groups = plan(chain.rules, space or Space(ruleset))
     declarations: list[list[str]] = []
+    chains = Chains(declarations)  # the runs' chains, among the lookups' sets and maps
     lines: list[str] = []
+    single: list[Rule] = []  # the rules written one by one since the last lookup
+    lookups = 0
     for group in groups:
         if group.shape is None or len(group.members) < MIN_MERGE:
-            lines += [line for i in group.members for line in nft._rule(ruleset, chain.rules[i])]
+            single += [chain.rules[i] for i in group.members]
             continue
+        lines += single_rules(ruleset, chain, single, chains)
+        single = []
         is_map = len({chain.rules[i].verdict.kind for i in group.members}) > 1
+        lookups += 1
         # Policy objects' names end in _v4, _v6, _ports or _limit, never in a digit.
-        name = f"{chain.name}_{'map' if is_map else 'set'}{len(declarations) + 1}"
+        name = f"{chain.name}_{'map' if is_map else 'set'}{lookups}"
         declarations.append(_declaration(ruleset, chain.rules, group, name, is_map))
         lines.append(_lookup_rule(ruleset, chain.rules, group, name, is_map))
+    lines += single_rules(ruleset, chain, single, chains)
     return nft.ChainText(declarations, lines)
 
 
 def generate(ruleset: Ruleset) -> dict[str, str]:
-    return {nft.RULESET: nft.render(ruleset, optimized_chain)}
+    space = Space(ruleset)  # once: it reads every rule of the ruleset
+    return {nft.RULESET: nft.render(ruleset, lambda _, chain: optimized_chain(ruleset, chain, space))}
 
 
 # ---- text

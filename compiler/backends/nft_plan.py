@@ -3,90 +3,39 @@ become one lookup, and where it is evaluated.
 
 Each plain rule (no log, counter or limit) that matches addresses, ports,
 protocols or interface names by value has a `Shape`, the rest of its
-matches, and elements, one per combination of its values. `plan` walks the
+matches, and elements, one per combination of its values (nft_groups). `plan` walks the
 chain in order: a rule joins the latest group of its shape if it can move
 up to that group's place, that is if every rule in between either has its
 verdict or shares no packet with it (quick tests, then `nfc.space`), and
 if none of its elements cuts across an element of the group; an element
 within one already there is left out, since the earlier rule decides those
-packets. Otherwise it starts a group, or stays a rule of its own."""
+packets. Otherwise it starts a group, or stays a rule of its own.
+
+The walk stays near-linear: what a move may jump over is bounded
+(MOVE_BUDGET), its cost is read from running sums, and only the rules of a
+protocol, family and outcome that can conflict are tried, found by
+position; an element meets only the elements of its group near it."""
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import itertools
-import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from nfc.ir import Addresses, Family, Interfaces, Match, Ports, Rule, Verdict
+from nfc.backends.nft_groups import Element, Group, Interval, Shape, as_key, join
+from nfc.ir import Addresses, Family, Match, Rule, Verdict
 from nfc.space import Cube, Space, intersect, overlap
 
 MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
 MAX_PLANS = 8  # rounds of planning, each without the rules of the last one's small groups
-MAX_ELEMENTS_PER_RULE = 4096  # a rule with more (a product of long lists) stays a rule
-MOVE_BUDGET = 256  # groups and rules one rule may examine on its way up to its group
-SCAN_BUDGET = 4096  # elements an interval group may compare one new element with
-KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the order of a key
-KEY_SPACE = ("protocol", *KEY_FIELDS)  # what a key may hold
-# The values of the matches a key never holds, in one call.
-OTHER_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Match) if f.name not in KEY_SPACE))
-MAP_VERDICTS = ("accept", "drop")  # the verdicts a verdict map may hold
-NAME = -1  # the low and high of a name's atom: an interface's or a protocol's
-INTERVAL_ONLY = -1  # a field that only an interval set can look up
+MOVE_BUDGET = 256  # groups and rules one rule may jump over on its way up to its group
+MIXED = -1  # the outcome of a group whose members' outcomes differ (outcomes are numbered from 0)
 
-Interval = tuple[int, int]
-# One field of one element: an address or port interval (low, high, ""), or
-# an interface or protocol name (NAME, NAME, name).
-Atom = tuple[int, int, str]
-Element = tuple[Atom, ...]
 # What a plain rule does to the packets it matches (see `_outcome`).
 Outcome = tuple[Verdict, Family | None] | None
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What rules must share to be one lookup: the matches left out of the
-    key, the key's fields and how each is looked up, and, for a reject, the
-    verdict (a map holds only accept and drop)."""
-
-    others: tuple[object, ...]  # the values of the matches outside the key
-    family: Family | None  # of the key's addresses
-    fields: tuple[str, ...]
-    masks: tuple[int | None, ...]  # prefix length of a masked address field; None otherwise
-    interval: bool
-    reject: Verdict | None
-    sample: Match = field(compare=False)  # one member's match, for `context`
-
-    @property
-    def context(self) -> Match:
-        """The matches the lookup rule keeps besides the key."""
-        match = self.sample
-        return dataclasses.replace(
-            match,
-            protocol=None if "protocol" in self.fields else match.protocol,
-            iifname=None if "iifname" in self.fields else match.iifname,
-            oifname=None if "oifname" in self.fields else match.oifname,
-            saddr=None if "saddr" in self.fields else match.saddr,
-            daddr=None if "daddr" in self.fields else match.daddr,
-            sport=None if "sport" in self.fields else match.sport,
-            dport=None if "dport" in self.fields else match.dport,
-        )
-
-
-@dataclass
-class Group:
-    """Rules evaluated at one place: one rule, or the members of one lookup."""
-
-    shape: Shape | None
-    members: list[int]
-    elements: dict[Element, int] = field(default_factory=dict)  # element -> the member it came from
-    outcomes: set[Outcome] = field(default_factory=set)
-    # An interval group's elements by the prefix of their first address
-    # field, and those prefixes sorted: what `_overlapping` searches.
-    by_prefix: dict[Interval, list[Element]] = field(default_factory=dict)
-    prefixes: list[Interval] = field(default_factory=list)
+# Rules that may share packets only with rules of a compatible key: protocol, family, outcome.
+# (The family by `_family_name`: an enum member hashes in Python, slowly.)
+ConflictKey = tuple[str | None, str | None, int]
 
 
 def plan(rules: Sequence[Rule], space: Space) -> list[Group]:
@@ -96,9 +45,13 @@ def plan(rules: Sequence[Rule], space: Space) -> list[Group]:
     After MAX_PLANS rounds a small group left is written as its rules at
     its place: still the policy's verdicts, in an order -O0 would not use."""
     outcomes = [_outcome(rule) for rule in rules]
-    keyed = [
-        _keyed(rule) if outcome is not None else None for rule, outcome in zip(rules, outcomes, strict=True)
-    ]
+    shapes: dict[Shape, int] = {}  # numbered once: a shape's hash walks its matches
+    keyed: list[Keyed | None] = []
+    for rule, outcome in zip(rules, outcomes, strict=True):
+        found = as_key(rule) if outcome is not None else None
+        keyed.append(
+            None if found is None else (found[0], shapes.setdefault(found[0], len(shapes)), found[1])
+        )
     planner = _Planner(rules, space, outcomes)
     blocked: set[int] = set()
     for _ in range(MAX_PLANS):
@@ -110,76 +63,211 @@ def plan(rules: Sequence[Rule], space: Space) -> list[Group]:
     return plan
 
 
+# A keyed rule: its shape, the shape's number and its elements.
+Keyed = tuple[Shape, int, list[Element]]
+
+
 class _Planner:
+    """One chain's planning. Outcomes are numbered; rules are filed by
+    conflict key so that a move tries only the rules it could conflict with."""
+
     def __init__(self, rules: Sequence[Rule], space: Space, outcomes: list[Outcome]) -> None:
         self.rules = rules
         self.space = space
-        self.outcomes = outcomes
+        numbers: dict[Outcome, int] = {}
+        self.outcomes = [numbers.setdefault(outcome, len(numbers)) for outcome in outcomes]
+        self.keys: list[ConflictKey] = [
+            (rule.match.protocol, _family_name(rule.match.family), number)
+            for rule, number in zip(rules, self.outcomes, strict=True)
+        ]
+        self.distinct_keys = list(dict.fromkeys(self.keys))
+        self.conflicting: dict[ConflictKey, list[ConflictKey]] = {}
         self.cubes: dict[int, list[Cube]] = {}
+        self.apart: dict[tuple[int, int], bool] = {}
+        self.bounds: dict[int, Bounds] = {}
+        self.alone: dict[int, Group] = {}  # the groups of rules that stay rules of their own
+        # The round's groups, their member counts, by outcome the positions
+        # and member counts of the groups all of whose members have it (what
+        # a rule of that outcome jumps for 1), and the rules placed, by
+        # conflict key, as (group position, rule) in order.
+        self.plan: list[Group] = []
+        self.counts: list[int] = []
+        self.same: dict[int, tuple[list[int], list[int]]] = {}
+        self.placed: dict[ConflictKey, list[tuple[int, int]]] = {}
 
-    def run(self, keyed: list[tuple[Shape, list[Element]] | None]) -> list[Group]:
+    def run(self, keyed: list[Keyed | None]) -> list[Group]:
         """One round: each rule with a shape in `keyed` joins the latest
         group of its shape if it can move there, else starts one."""
-        plan: list[Group] = []
-        last_of_shape: dict[Shape, int] = {}  # shape -> index in plan of its latest group
+        self.plan, self.counts, self.same, self.placed = [], [], {}, {}
+        last_of_shape: dict[int, int] = {}  # shape number -> position of its latest group
         for index, this in enumerate(keyed):
+            outcome = self.outcomes[index]
             if this is not None:
-                shape, elements = this
-                at = last_of_shape.get(shape)
-                if (
-                    at is not None
-                    and self._can_move(index, plan, at + 1)
-                    and _join(plan[at], index, elements, self.outcomes[index])
-                ):
-                    continue
+                shape, number, elements = this
+                at = last_of_shape.get(number)
+                if at is not None and self._can_move(index, at + 1):
+                    group = self.plan[at]
+                    was = next(iter(group.outcomes)) if len(group.outcomes) == 1 else MIXED
+                    if join(group, index, elements, outcome):
+                        self._grown(index, at, was)
+                        continue
                 group = Group(shape, [])
-                _join(group, index, elements, self.outcomes[index])
-                last_of_shape[shape] = len(plan)
-            else:
-                group = Group(None, [index], outcomes={self.outcomes[index]})
-            plan.append(group)
-        return plan
+                join(group, index, elements, outcome)
+                last_of_shape[number] = len(self.plan)
+            elif index in self.alone:
+                group = self.alone[index]
+            else:  # never joined: the same group in every round
+                group = self.alone[index] = Group(None, [index], outcomes={outcome})
+            position = len(self.plan)
+            self.plan.append(group)
+            self.counts.append(1)
+            positions, counts = self.same.setdefault(outcome, ([], []))
+            positions.append(position)
+            counts.append(1)
+            self._file(index, position)
+        return self.plan
 
-    def _can_move(self, index: int, plan: list[Group], start: int) -> bool:
+    def _grown(self, index: int, position: int, was: int) -> None:
+        """Rule `index` joined the group at `position`, whose members all had outcome `was` (or MIXED)."""
+        self.counts[position] += 1
+        if was != MIXED:
+            positions, counts = self.same[was]
+            at = bisect.bisect_left(positions, position)
+            if len(self.plan[position].outcomes) == 1:
+                counts[at] += 1
+            else:
+                del positions[at], counts[at]
+        self._file(index, position)
+
+    def _file(self, index: int, position: int) -> None:
+        placed = self.placed.setdefault(self.keys[index], [])
+        if placed and placed[-1][0] > position:
+            bisect.insort(placed, (position, index))
+        else:
+            placed.append((position, index))
+
+    def _can_move(self, index: int, start: int) -> bool:
         """Whether rule `index`, a plain one, may be evaluated before every
-        rule in plan[start:]: each has its verdict or shares no packet with it."""
-        mine = self.outcomes[index]
-        budget = MOVE_BUDGET
-        for group in itertools.islice(plan, start, None):
-            same = group.outcomes == {mine}  # either order gives every packet the same fate
-            budget -= 1 if same else 1 + len(group.members)
-            if budget < 0:
-                return False
-            if not same and any(
-                self.outcomes[other] != mine and not self._apart(index, other) for other in group.members
-            ):
-                return False
+        rule in plan[start:]: each has its verdict or shares no packet with
+        it, and jumping them costs at most MOVE_BUDGET (a group 1, and 1 per
+        member unless all its members have this rule's outcome)."""
+        count = len(self.plan) - start
+        if count > MOVE_BUDGET:
+            return False
+        positions, counts = self.same.get(self.outcomes[index], ([], []))
+        same = sum(counts[bisect.bisect_left(positions, start) :])
+        if count + sum(self.counts[start:]) - same > MOVE_BUDGET:
+            return False
+        for key in self._conflicting(self.keys[index]):
+            placed = self.placed.get(key)
+            if placed:
+                for _, other in placed[bisect.bisect_left(placed, (start, -1)) :]:
+                    if not self._apart(index, other):
+                        return False
         return True
 
+    def _conflicting(self, key: ConflictKey) -> list[ConflictKey]:
+        """The conflict keys of the rules that may share packets with a rule
+        of `key` and differ in outcome."""
+        if key not in self.conflicting:
+            protocol, family, outcome = key
+            self.conflicting[key] = [
+                (p, f, o)
+                for p, f, o in self.distinct_keys
+                if o != outcome
+                and (protocol is None or p is None or p == protocol)
+                and (family is None or f is None or f == family)
+            ]
+        return self.conflicting[key]
+
     def _apart(self, index: int, other: int) -> bool:
-        """Whether no packet matches both rules: first by the quick tests,
-        then by the match space."""
-        a, b = self.rules[index].match, self.rules[other].match
-        if a.protocol and b.protocol and a.protocol != b.protocol:
+        pair = (index, other)
+        if pair not in self.apart:
+            self.apart[pair] = self._disjoint(index, other)
+        return self.apart[pair]
+
+    def _disjoint(self, index: int, other: int) -> bool:
+        """Whether no packet matches both rules: by their bounds where they
+        tell (protocols are apart by conflict key already), else by the
+        match space."""
+        mine, theirs = self._bounds(index), self._bounds(other)
+        if mine.family and theirs.family and mine.family != theirs.family:
             return True
-        if a.family and b.family and a.family is not b.family:
-            return True
-        for mine, theirs in ((a.sport, b.sport), (a.dport, b.dport)):
-            if mine and theirs and not intersect(mine.ranges, theirs.ranges):
+        for here, there in zip(mine.intervals, theirs.intervals, strict=True):
+            if here is not None and there is not None and not intersect(here, there):
                 return True
-        for here, there in ((a.saddr, b.saddr), (a.daddr, b.daddr)):
-            if here and there and not (here.negated or there.negated):
-                if here.family is not there.family:
-                    return True
-                few = len(here.networks) * len(there.networks) <= 64
-                if few and not any(x.overlaps(y) for x in here.networks for y in there.networks):
-                    return True
+        for names, others in zip(mine.names, theirs.names, strict=True):
+            if names is not None and others is not None and names.isdisjoint(others):
+                return True
+        if mine.exact and theirs.exact:
+            return False  # every dimension meets, and no other match narrows either rule
         return not overlap(self._cubes(index), self._cubes(other))
+
+    def _bounds(self, index: int) -> Bounds:
+        if index not in self.bounds:
+            self.bounds[index] = _bounds(self.rules[index].match)
+        return self.bounds[index]
 
     def _cubes(self, index: int) -> list[Cube]:
         if index not in self.cubes:
             self.cubes[index] = self.space.cubes(self.rules[index].match)
         return self.cubes[index]
+
+
+class Bounds(NamedTuple):
+    """What a rule matches, as far as quick tests go: its family (of the
+    rule or its addresses), its sport, dport, saddr and daddr as sorted
+    intervals and its interface names, each None where it does not narrow
+    it down (negated or run-time addresses, wildcards). `exact` if the
+    rule matches nothing else, so that two such rules whose every
+    dimension meets share packets."""
+
+    family: str | None
+    intervals: tuple[tuple[Interval, ...] | None, ...]
+    names: tuple[frozenset[str] | None, ...]
+    exact: bool
+
+
+def _bounds(match: Match) -> Bounds:
+    addresses = [None if a is None or a.negated or a.runtime else a for a in (match.saddr, match.daddr)]
+    interfaces = [
+        None if i is None or any(name.endswith("*") for name in i.names) else frozenset(i.names)
+        for i in (match.iifname, match.oifname)
+    ]
+    families = {_family_name(a.family) for a in addresses if a is not None}
+    if match.family:
+        families.add(_family_name(match.family))
+    return Bounds(
+        family=families.pop() if len(families) == 1 else None,
+        intervals=(
+            None if match.sport is None else match.sport.ranges,
+            None if match.dport is None else match.dport.ranges,
+            *(None if a is None else _intervals(a) for a in addresses),
+        ),
+        names=tuple(interfaces),
+        exact=(
+            all(mine is given for mine, given in zip(addresses, (match.saddr, match.daddr), strict=True))
+            and interfaces.count(None) == (match.iifname, match.oifname).count(None)
+            and not (match.ct_state or match.icmp_types or match.ct_status)
+        ),
+    )
+
+
+def _family_name(family: Family | None) -> str | None:
+    """A family as a plain string: an enum member's value and hash are Python code, slow."""
+    return None if family is None else "4" if family is Family.V4 else "6"
+
+
+def _intervals(addresses: Addresses) -> tuple[Interval, ...]:
+    """Networks as sorted intervals, IPv6 ones above every IPv4 one: of
+    different families, they are apart."""
+    offset = 0 if addresses.family is Family.V4 else 1 << 128
+    bits = addresses.family.max_prefix
+    intervals = []
+    for network in addresses.networks:
+        low = offset + int(network.network_address)
+        intervals.append((low, low + (1 << (bits - network.prefixlen)) - 1))
+    return tuple(intervals)
 
 
 def _outcome(rule: Rule) -> Outcome:
@@ -189,163 +277,3 @@ def _outcome(rule: Rule) -> Outcome:
     if rule.meter is not None or rule.log is not None or rule.counter:
         return None
     return rule.verdict, rule.match.family if rule.verdict.kind == "reject" else None
-
-
-def _join(group: Group, index: int, elements: list[Element], outcome: Outcome) -> bool:
-    """Add rule `index`'s elements to `group`, leaving out those an earlier
-    member already decides; False, with `group` unchanged, if an element
-    would cut across another's intervals."""
-    shape = group.shape
-    assert shape is not None
-    fresh = [e for e in elements if e not in group.elements]
-    if shape.interval:
-        kept = []
-        budget = SCAN_BUDGET
-        for element in fresh:
-            relations = set()
-            for other in _overlapping(group, element):
-                budget -= 1
-                if budget < 0:
-                    return False
-                relations.add(_relation(element, other))
-            if "crossing" in relations:
-                return False
-            if "inside" not in relations:
-                kept.append(element)
-        fresh = kept
-    at = _first_address(shape)
-    for element in fresh:
-        group.elements[element] = index
-        if shape.interval and at is not None:
-            prefix = element[at][:2]
-            if prefix not in group.by_prefix:
-                bisect.insort(group.prefixes, prefix)
-            group.by_prefix.setdefault(prefix, []).append(element)
-    group.members.append(index)
-    group.outcomes.add(outcome)
-    return True
-
-
-def _first_address(shape: Shape) -> int | None:
-    return next((i for i, name in enumerate(shape.fields) if name in ("saddr", "daddr")), None)
-
-
-def _overlapping(group: Group, element: Element) -> list[Element]:
-    """The elements of an interval group that may share packets with
-    `element`: with an address field, those whose first address prefix
-    holds the element's or lies within it (prefixes nest or are apart);
-    without one, all of them."""
-    shape = group.shape
-    at = None if shape is None else _first_address(shape)
-    if shape is None or shape.family is None or at is None:
-        return list(group.elements)
-    low, high, _ = element[at]
-    found: list[Element] = []
-    span, space = high - low + 1, 1 << shape.family.max_prefix
-    while span < space:  # the prefixes holding this one
-        span *= 2
-        start = low - low % span
-        found += group.by_prefix.get((start, start + span - 1), [])
-    position = bisect.bisect_left(group.prefixes, (low, -1))
-    while position < len(group.prefixes) and group.prefixes[position][0] <= high:  # those within
-        found += group.by_prefix[group.prefixes[position]]
-        position += 1
-    return found
-
-
-def _relation(element: Element, other: Element) -> str:
-    """'apart' (no packet in both), 'inside' (element within other) or 'crossing'."""
-    inside = True
-    for (low, high, text), (other_low, other_high, other_text) in zip(element, other, strict=True):
-        if low > other_high or high < other_low or (low == NAME and text != other_text):
-            return "apart"
-        if low < other_low or high > other_high:
-            inside = False
-    return "inside" if inside else "crossing"
-
-
-# ---- a rule as a key and its elements
-
-
-def _keyed(rule: Rule) -> tuple[Shape, list[Element]] | None:
-    """A plain rule's shape and elements, or None if it cannot be one lookup's."""
-    match = rule.match
-    fields = [name for name in KEY_FIELDS if _keyable(getattr(match, name))]
-    if not fields:
-        return None
-    ports = [name for name in ("sport", "dport") if getattr(match, name) is not None]
-    if ports and all(name in fields for name in ports):
-        # The protocol is a dimension of the elements, so that TCP and UDP
-        # rules of one shape share a lookup: `meta l4proto . th dport`. (A
-        # port left outside the key, a named set, needs its protocol there.)
-        fields.insert(0, "protocol")
-    columns = [_column(getattr(match, name)) for name in fields]
-    if _product(columns) > MAX_ELEMENTS_PER_RULE:
-        return None
-    masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
-    interval = any(mask == INTERVAL_ONLY for mask in masks)
-    addresses = match.saddr if "saddr" in fields else match.daddr if "daddr" in fields else None
-    shape = Shape(
-        others=(
-            OTHER_FIELDS(match),
-            *(None if name in fields else getattr(match, name) for name in KEY_SPACE),
-        ),
-        family=addresses.family if addresses is not None else None,
-        fields=tuple(fields),
-        masks=tuple(None if interval else mask for mask in masks),
-        interval=interval,
-        reject=rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
-        sample=match,
-    )
-    elements = [tuple(atom[:3] for atom in atoms) for atoms in itertools.product(*columns)]
-    return shape, elements
-
-
-def _keyable(value: Interfaces | Addresses | Ports | None) -> bool:
-    """A field the key may hold: present, listed by value (a named set is
-    referred to as it is) and, for interfaces, without wildcards."""
-    if value is None or value.set_name is not None:
-        return False
-    if isinstance(value, Addresses):
-        return not value.negated
-    if isinstance(value, Interfaces):
-        return not any(name.endswith("*") for name in value.names)
-    return True
-
-
-# A field's values as atoms with a prefix length (of addresses).
-Column = list[tuple[int, int, str, int | None]]
-
-
-def _column(value: str | Interfaces | Addresses | Ports) -> Column:
-    if isinstance(value, str):  # a protocol
-        return [(NAME, NAME, value, None)]
-    if isinstance(value, Interfaces):
-        return [(NAME, NAME, name, None) for name in value.names]
-    if isinstance(value, Addresses):
-        bits = value.family.max_prefix
-        column: Column = []
-        for network in value.networks:
-            low, length = int(network.network_address), network.prefixlen
-            column.append((low, low + (1 << (bits - length)) - 1, "", length))
-        return column
-    return [(low, high, "", None) for low, high in value.ranges]
-
-
-def _product(columns: list[Column]) -> int:
-    count = 1
-    for column in columns:
-        count *= len(column)
-    return count
-
-
-def _hash_mask(name: str, column: Column) -> int | None:
-    """How a hash set looks a field up: an address by its one prefix length,
-    anything else as it is (None); INTERVAL_ONLY where prefix lengths or
-    port ranges leave only an interval set."""
-    if name in ("saddr", "daddr"):
-        length = column[0][3]
-        return length if all(prefix == length for _, _, _, prefix in column) else INTERVAL_ONLY
-    if name in ("sport", "dport") and any(low != high for low, high, _, _ in column):
-        return INTERVAL_ONLY
-    return None

@@ -1,0 +1,291 @@
+"""What a group of the nft optimizer (nft_plan) holds: a rule as a key
+(`Shape`) and its elements, and how a rule's elements join a group's.
+
+An interval group's elements never cut across each other: an element
+within one already there is left out (the earlier rule decides those
+packets) and one that cuts across another keeps its rule out of the
+group. So each element meets only the few filed near it: those with its
+names (protocol, interfaces: equal or apart), and among them those whose
+first address prefix holds its own or lies within it, or, without an
+address, whose port interval meets its own."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+import operator
+from dataclasses import dataclass, field
+
+from nfc.ir import Addresses, Family, Interfaces, Match, Ports, Rule, Verdict
+
+MAX_ELEMENTS_PER_RULE = 4096  # a rule with more (a product of long lists) stays a rule
+SCAN_BUDGET = 4096  # elements of an interval group one rule's elements may be compared with
+KEY_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")  # the order of a key
+KEY_SPACE = ("protocol", *KEY_FIELDS)  # what a key may hold
+# The values of the matches a key never holds, in one call.
+OTHER_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Match) if f.name not in KEY_SPACE))
+KEY_VALUES = operator.attrgetter(*KEY_SPACE)
+MAP_VERDICTS = ("accept", "drop")  # the verdicts a verdict map may hold
+NAME = -1  # the low and high of a name's atom: an interface's or a protocol's
+INTERVAL_ONLY = -1  # a field that only an interval set can look up
+
+Interval = tuple[int, int]
+# One field of one element: an address or port interval (low, high, ""), or
+# an interface or protocol name (NAME, NAME, name).
+Atom = tuple[int, int, str]
+Element = tuple[Atom, ...]
+# What a plain rule does to the packets it matches (see `_outcome`).
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What rules must share to be one lookup: the matches left out of the
+    key, the key's fields and how each is looked up, and, for a reject, the
+    verdict (a map holds only accept and drop)."""
+
+    others: tuple[object, ...]  # the values of the matches outside the key
+    family: Family | None  # of the key's addresses
+    fields: tuple[str, ...]
+    masks: tuple[int | None, ...]  # prefix length of a masked address field; None otherwise
+    interval: bool
+    reject: Verdict | None
+    sample: Match = field(compare=False)  # one member's match, for `context`
+
+    @property
+    def context(self) -> Match:
+        """The matches the lookup rule keeps besides the key."""
+        match = self.sample
+        return dataclasses.replace(
+            match,
+            protocol=None if "protocol" in self.fields else match.protocol,
+            iifname=None if "iifname" in self.fields else match.iifname,
+            oifname=None if "oifname" in self.fields else match.oifname,
+            saddr=None if "saddr" in self.fields else match.saddr,
+            daddr=None if "daddr" in self.fields else match.daddr,
+            sport=None if "sport" in self.fields else match.sport,
+            dport=None if "dport" in self.fields else match.dport,
+        )
+
+
+class Nearby:
+    """The elements of an interval group that share their names (names are
+    equal or apart), filed by their lead field so that an element meets
+    only those near it: the first address by prefix (prefixes nest or are
+    apart); a lone port field by interval (the group's elements are apart,
+    so these intervals are too, and sorted they end in order). Anything
+    else, two port fields, is scanned."""
+
+    def __init__(self, lead: int, by_prefix: bool) -> None:
+        self.lead = lead
+        self.by_prefix = by_prefix
+        self.filed: dict[Interval, list[Element]] = {}
+        self.intervals: list[Interval] = []  # sorted
+        self.spans: set[int] = set()  # the sizes of the prefixes filed
+        self.scanned: list[Element] | None = None  # every element, once filing by interval cannot tell
+
+    def near(self, element: Element) -> list[Element]:
+        """A superset of the elements filed here that share packets with `element`."""
+        if self.scanned is not None:
+            return self.scanned
+        low, high, _ = element[self.lead]
+        found: list[Element] = []
+        position = bisect.bisect_left(self.intervals, (low, -1))
+        if self.by_prefix:
+            span = high - low + 1
+            for size in self.spans:  # the prefixes holding this one
+                if size > span:
+                    found += self.filed.get((low - low % size, low - low % size + size - 1), ())
+            while position < len(self.intervals) and self.intervals[position][0] <= high:  # those within
+                if self.intervals[position][1] <= high:
+                    found += self.filed[self.intervals[position]]
+                position += 1
+            return found
+        # Apart and sorted: the one that may start before `low`, then those starting up to `high`.
+        if position and self.intervals[position - 1][1] >= low:
+            found += self.filed[self.intervals[position - 1]]
+        while position < len(self.intervals) and self.intervals[position][0] <= high:
+            found += self.filed[self.intervals[position]]
+            position += 1
+        return found
+
+    def file(self, element: Element) -> None:
+        if self.scanned is not None:
+            self.scanned.append(element)
+            return
+        interval = element[self.lead][:2]
+        if interval not in self.filed:
+            position = bisect.bisect_left(self.intervals, interval)
+            if not self.by_prefix and self._touches(position, interval):
+                # Elements of one rule are not compared with each other (a
+                # rule's own values never cut across each other): scan from now on.
+                self.scanned = [e for elements in self.filed.values() for e in elements] + [element]
+                return
+            self.intervals.insert(position, interval)
+            self.spans.add(interval[1] - interval[0] + 1)
+        self.filed.setdefault(interval, []).append(element)
+
+    def _touches(self, position: int, interval: Interval) -> bool:
+        before = position and self.intervals[position - 1][1] >= interval[0]
+        return bool(before) or (position < len(self.intervals) and self.intervals[position][0] <= interval[1])
+
+
+@dataclass
+class Group:
+    """Rules evaluated at one place: one rule, or the members of one lookup."""
+
+    shape: Shape | None
+    members: list[int]
+    elements: dict[Element, int] = field(default_factory=dict)  # element -> the member it came from
+    outcomes: set[int] = field(default_factory=set)  # the members', numbered (see `_Planner`)
+    nearby: dict[tuple[str, ...], Nearby] = field(default_factory=dict)  # an interval group's, by names
+
+
+def join(group: Group, index: int, elements: list[Element], outcome: int) -> bool:
+    """Add rule `index`'s elements to `group`, leaving out those an earlier
+    member already decides; False, with `group` unchanged, if an element
+    would cut across another's intervals or the comparisons exceed SCAN_BUDGET."""
+    shape = group.shape
+    assert shape is not None
+    fresh = [e for e in elements if e not in group.elements]
+    if shape.interval:
+        kept = []
+        budget = SCAN_BUDGET
+        for element in fresh:
+            nearby = group.nearby.get(_names(element))
+            inside = False
+            for other in nearby.near(element) if nearby is not None else ():
+                budget -= 1
+                if budget < 0:
+                    return False
+                relation = _relation(element, other)
+                if relation == "crossing":
+                    return False
+                inside = inside or relation == "inside"
+            if not inside:
+                kept.append(element)
+        fresh = kept
+        for element in fresh:
+            names = _names(element)
+            if names not in group.nearby:
+                group.nearby[names] = _lead(shape)
+            group.nearby[names].file(element)
+    for element in fresh:
+        group.elements[element] = index
+    group.members.append(index)
+    group.outcomes.add(outcome)
+    return True
+
+
+def _names(element: Element) -> tuple[str, ...]:
+    return tuple(text for low, _, text in element if low == NAME)
+
+
+def _lead(shape: Shape) -> Nearby:
+    """How an interval group files the elements of one set of names: by its
+    first address, else by its one port field, else not at all (scanned)."""
+    fields = shape.fields
+    address = next((i for i, name in enumerate(fields) if name in ("saddr", "daddr")), None)
+    if address is not None:
+        return Nearby(address, by_prefix=True)
+    ports = [i for i, name in enumerate(fields) if name in ("sport", "dport")]
+    nearby = Nearby(ports[0], by_prefix=False)
+    if len(ports) > 1:
+        nearby.scanned = []
+    return nearby
+
+
+def _relation(element: Element, other: Element) -> str:
+    """'apart' (no packet in both), 'inside' (element within other) or 'crossing'."""
+    inside = True
+    for (low, high, text), (other_low, other_high, other_text) in zip(element, other, strict=True):
+        if low > other_high or high < other_low or (low == NAME and text != other_text):
+            return "apart"
+        if low < other_low or high > other_high:
+            inside = False
+    return "inside" if inside else "crossing"
+
+
+# ---- a rule as a key and its elements
+
+
+def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
+    """A plain rule's shape and elements, or None if it cannot be one lookup's."""
+    match = rule.match
+    values = dict(zip(KEY_SPACE, KEY_VALUES(match), strict=True))
+    fields = [name for name in KEY_FIELDS if _keyable(values[name])]
+    if not fields:
+        return None
+    ports = [name for name in ("sport", "dport") if values[name] is not None]
+    if ports and all(name in fields for name in ports):
+        # The protocol is a dimension of the elements, so that TCP and UDP
+        # rules of one shape share a lookup: `meta l4proto . th dport`. (A
+        # port left outside the key, a named set, needs its protocol there.)
+        fields.insert(0, "protocol")
+    columns = [_column(values[name]) for name in fields]
+    if _product(columns) > MAX_ELEMENTS_PER_RULE:
+        return None
+    masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
+    interval = INTERVAL_ONLY in masks
+    addresses = values["saddr"] if "saddr" in fields else values["daddr"] if "daddr" in fields else None
+    shape = Shape(
+        others=(OTHER_FIELDS(match), *[None if name in fields else values[name] for name in KEY_SPACE]),
+        family=addresses.family if isinstance(addresses, Addresses) else None,
+        fields=tuple(fields),
+        masks=tuple(None if interval else mask for mask in masks),
+        interval=interval,
+        reject=rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
+        sample=match,
+    )
+    elements = [tuple(atom[:3] for atom in atoms) for atoms in itertools.product(*columns)]
+    return shape, elements
+
+
+def _keyable(value: Interfaces | Addresses | Ports | None) -> bool:
+    """A field the key may hold: present, listed by value (a named set is
+    referred to as it is) and, for interfaces, without wildcards."""
+    if value is None or value.set_name is not None:
+        return False
+    if isinstance(value, Addresses):
+        return not value.negated
+    if isinstance(value, Interfaces):
+        return not any(name.endswith("*") for name in value.names)
+    return True
+
+
+# A field's values as atoms with a prefix length (of addresses).
+Column = list[tuple[int, int, str, int | None]]
+
+
+def _column(value: str | Interfaces | Addresses | Ports) -> Column:
+    if isinstance(value, str):  # a protocol
+        return [(NAME, NAME, value, None)]
+    if isinstance(value, Interfaces):
+        return [(NAME, NAME, name, None) for name in value.names]
+    if isinstance(value, Addresses):
+        bits = value.family.max_prefix
+        column: Column = []
+        for network in value.networks:
+            low, length = int(network.network_address), network.prefixlen
+            column.append((low, low + (1 << (bits - length)) - 1, "", length))
+        return column
+    return [(low, high, "", None) for low, high in value.ranges]
+
+
+def _product(columns: list[Column]) -> int:
+    count = 1
+    for column in columns:
+        count *= len(column)
+    return count
+
+
+def _hash_mask(name: str, column: Column) -> int | None:
+    """How a hash set looks a field up: an address by its one prefix length,
+    anything else as it is (None); INTERVAL_ONLY where prefix lengths or
+    port ranges leave only an interval set."""
+    if name in ("saddr", "daddr"):
+        length = column[0][3]
+        return length if all(prefix == length for _, _, _, prefix in column) else INTERVAL_ONLY
+    if name in ("sport", "dport") and any(low != high for low, high, _, _ in column):
+        return INTERVAL_ONLY
+    return None
