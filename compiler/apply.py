@@ -123,6 +123,17 @@ def confirmed_path(state: State) -> Path:
     return state.dir / CONFIRMED
 
 
+def _loaded_in_force(state: State) -> Json | None:
+    """The saved form of the ruleset nfc last put in force (the pending
+    apply's, else the confirmed one), if the rules in force are still those
+    it loaded (`stats.still_in_force`)."""
+    for path in (applied_path(state), confirmed_path(state)):
+        record = state.read(path)
+        if record is not None:
+            return record["to"] if stats.still_in_force(state, record["to"]) else None
+    return None
+
+
 # --------------------------------------------------------------------------
 # repairs
 
@@ -304,7 +315,7 @@ def apply(
         if pending is None or saved is None or saved["backend"] != artifact.backend:
             # With a confirmation pending, the saved state is the last
             # confirmed one: keep it, so a rollback goes back to safety.
-            snapshot = kernel.snapshot(artifact)
+            snapshot = kernel.snapshot(artifact, _loaded_in_force(state))
             snapshot["sysctl"] = current_sysctls(sorted(settings))
             state.write(state.saved, snapshot)
         journal = journal_path(state)
