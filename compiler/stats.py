@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import re
-import shlex
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nfc.backends import iptables, nft
-from nfc.backends.iptables_kernel import LegacyKernel
+from nfc.backends.iptables_kernel import LegacyKernel, rule_words
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed, run_tool
 from nfc.backends.nft_sets import filled_at_run_time, set_element_counts, set_object, table_objects
 from nfc.state import State, StateError
@@ -143,13 +142,8 @@ def _nft_origins(table: str, loaded: str) -> Json:
         o["set"]["name"]: o["set"] for o in objects if "set" in o and not filled_at_run_time(o["set"])
     }
     counts = {name: count for name, count in set_element_counts(loaded).items() if name in policy_sets}
-    return {
-        "backend": nft.BACKEND,
-        "table": table,
-        "table_handle": handle,
-        "rules": rules,
-        "set_elements": counts,
-    }
+    found = {"backend": nft.BACKEND, "table": table, "table_handle": handle, "rules": rules}
+    return found | {"set_elements": counts}
 
 
 def _rule_lines(listing: str) -> dict[str, list[str]]:
@@ -278,13 +272,12 @@ def _iptables_origins() -> Json:
     for dump, lines in _iptables_rules(counted=False).items():
         dumps[dump] = _digest(lines)
         parents: dict[str, str] = {}  # nfc's own chains, by the built-in chain that jumps to them
-        for table, (_, spec) in lines:
-            words = shlex.split(spec)
+        split = [rule_words(spec) for _, (_, spec) in lines]
+        for (table, _), words in zip(lines, split, strict=True):
             target = _option(words, "-j") or _option(words, "-g")
             if target is not None and target.startswith("nfc-"):
                 parents[target] = parents.get(words[1], _chain_name(table, words[1]))
-        for index, (table, (_, spec)) in enumerate(lines):
-            words = shlex.split(spec)
+        for index, ((table, _), words) in enumerate(zip(lines, split, strict=True)):
             origin = LABEL.match(_option(words, "--comment") or "")
             target = _option(words, "-j") or ""
             if origin is None or target.startswith("nfc-not-"):

@@ -26,7 +26,7 @@ from nfc.backends.kernel import (
     run_tool,
 )
 from nfc.backends.nft import BACKEND, RULESET
-from nfc.backends.nft_sets import ELEMENTS, RUN_TIME, SET_BLOCK, carried_elements
+from nfc.backends.nft_sets import ELEMENTS, RUN_TIME, SET_BLOCK, with_carried_elements
 
 NftObjects = list[Any]  # what `nft -j` lists, under its "nftables" key
 NFT_ERROR = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?: Error: (?P<message>.*)$")
@@ -193,11 +193,12 @@ class NftKernel:
     def load(self, artifact: Artifact) -> None:
         # The load deletes the table: the runtime sets' elements go back in
         # within the same transaction, with the time they have left.
-        carried, notes = carried_elements(artifact)
+        ruleset = artifact.path(RULESET).read_text()
+        carried, notes = with_carried_elements(artifact, ruleset)
         for note in notes:
             print(f"nfc apply: note: {note}", file=sys.stderr)
-        if carried:
-            error = self.nft.run_text(artifact.path(RULESET).read_text() + carried)
+        if carried != ruleset:
+            error = self.nft.run_text(carried)
         else:
             error = self.nft.run_file(artifact.path(RULESET))
         if error is not None:

@@ -136,12 +136,14 @@ def _element_text(element: Json, keep_timeout: bool) -> str | None:
     return text
 
 
-def carried_elements(artifact: Artifact) -> tuple[str, list[str]]:
-    """The `add element` lines that put the runtime sets' elements in force
-    back into the sets of `artifact` that keep their name (and so their
-    type), and a note for each set that goes with elements in it."""
+def with_carried_elements(artifact: Artifact, ruleset: str) -> tuple[str, list[str]]:
+    """`ruleset` (the artifact's text) with the elements of the runtime sets
+    in force in the declarations of its sets that keep their name (and so
+    their type), and a note for each set that goes with elements in it.
+    In the declarations, not as `add element` commands: before any `add
+    element`, nft 1.0.6 fetches every element of the interval sets of the
+    table in force, minutes for a list file of a million."""
     wanted: dict[str, bool] = artifact.manifest.get("runtime_sets", {})
-    lines: list[str] = []
     notes: list[str] = []
     for by_version in runtime_sets(artifact.table).values():
         for live in by_version.values():
@@ -155,9 +157,12 @@ def carried_elements(artifact: Artifact) -> tuple[str, list[str]]:
                 )
                 continue
             texts = [t for t in (_element_text(e, wanted[name]) for e in elements) if t is not None]
-            if texts:
-                lines.append(f"add element inet {artifact.table} {name} {{ {', '.join(texts)} }}")
-    return "".join(line + "\n" for line in lines), notes
+            declared = ruleset.find(f"\n\tset {name} {{\n")
+            end = ruleset.find("\n\t}\n", declared) + 1  # its lines are indented further
+            if texts and declared >= 0 and end > 0:
+                added = f"\t\telements = {{ {', '.join(texts)} }}\n"
+                ruleset = ruleset[:end] + added + ruleset[end:]
+    return ruleset, notes
 
 
 def parse_element(text: str) -> tuple[int, str]:
