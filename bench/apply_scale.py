@@ -20,7 +20,8 @@ Each command runs as `nfc` does, in a fresh interpreter inside the
 namespace, with the steps of apply (snapshot, load, the origin map, ...)
 wrapped in timers: the figures after each command are where its time went,
 inclusive (a step inside another counts in both). RSS is the peak of the
-nfc process and of the tools it ran (nft, iptables-restore). Nothing is
+nfc process (VmHWM) and of the tools it ran (nft, iptables-restore;
+ru_maxrss, which counts nfc's own memory when it started them). Nothing is
 asserted. The state directory is a temporary one; the namespace and the
 files are deleted on exit, also on Ctrl-C or SIGTERM. Needs root.
 """
@@ -128,8 +129,12 @@ def worker(argv: list[str], steps_file: str) -> int:
     started = time.perf_counter()
     code = cli.main(argv)
     total = time.perf_counter() - started
+    # VmHWM is this process image's own peak; ru_maxrss would count the
+    # bench driver's memory at the fork as well
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = next(line for line in status if line.startswith("VmHWM:"))
     rss = {
-        "self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "self_kib": int(peak.split()[1]),
         "tools_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     }
     Path(steps_file).write_text(json.dumps({"steps": spent, "total": total, **rss}))
