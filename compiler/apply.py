@@ -32,7 +32,7 @@ from nfc import neighbours, persist, stats, timer
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
-from nfc.state import LOCK_TIMEOUT, State
+from nfc.state import LOCK_TIMEOUT, State, StateError
 from nfc.state_shapes import APPLIED, CONFIRMED, JOURNAL
 
 Report = Callable[[str], None]
@@ -126,9 +126,13 @@ def confirmed_path(state: State) -> Path:
 def _loaded_in_force(state: State) -> Json | None:
     """The saved form of the ruleset nfc last put in force (the pending
     apply's, else the confirmed one), if the rules in force are still those
-    it loaded (`stats.still_in_force`)."""
+    it loaded (`stats.still_in_force`). A damaged record trusts nothing:
+    the apply lists the table whole, and then replaces the record."""
     for path in (applied_path(state), confirmed_path(state)):
-        record = state.read(path)
+        try:
+            record = state.read(path)
+        except StateError:
+            return None
         if record is not None:
             return record["to"] if stats.still_in_force(state, record["to"]) else None
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import shlex
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from nfc.backends import nft_kernel, nft_netlink
 from nfc.backends.iptables_kernel import rule_words
 from nfc.backends.kernel import ApplyError, Artifact
 from nfc.backends.nft_sets import set_element_counts
+from nfc.state import State
 
 LOADED = """#!/usr/sbin/nft -f
 table inet nfc
@@ -107,8 +109,6 @@ def kernel_with(fake: FakeNft) -> nft_kernel.NftKernel:
 
 
 def artifact() -> Artifact:
-    from pathlib import Path
-
     return Artifact(Path("/nonexistent"), {"table": "nfc", "backend": "nft"}, "p.yaml")
 
 
@@ -228,3 +228,17 @@ def test_an_address_becomes_its_key_with_its_timeout() -> None:
     element = nft_netlink._element("192.0.2.1", 600_000)
     assert bytes([192, 0, 2, 1]) in element and struct.pack(">Q", 600_000) in element
     assert bytes.fromhex("20010db8" + "0" * 23 + "1") in nft_netlink._element("2001:db8::1", None)
+
+
+def test_only_a_load_that_origins_json_maps_is_trusted(tmp_path: Path) -> None:
+    from nfc import apply
+
+    state = State(tmp_path / "state")
+    loaded = {"backend": "nft", "table": "nfc", "listing": LOADED, "sysctl": {}}
+    record = {"action": "apply", "target": "p.yaml", "to": loaded}
+    with state.locked():
+        assert apply._loaded_in_force(state) is None  # nothing applied
+        state.write(apply.confirmed_path(state), record)
+        assert apply._loaded_in_force(state) is None  # no origins.json: nothing known of the table
+        apply.confirmed_path(state).write_text("{}")
+        assert apply._loaded_in_force(state) is None  # damaged: the table is listed whole
