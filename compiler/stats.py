@@ -34,7 +34,7 @@ from typing import Any
 from nfc.backends import iptables, nft
 from nfc.backends.iptables_kernel import LegacyKernel, rule_words
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed, run_tool
-from nfc.backends.nft_sets import filled_at_run_time, set_element_counts, set_object, table_objects
+from nfc.backends.nft_sets import filled_at_run_time, nft_json, set_element_counts, set_object, table_objects
 from nfc.state import State, StateError
 from nfc.state_shapes import ORIGINS
 
@@ -99,11 +99,13 @@ def still_in_force(state: State, record: Json) -> bool:
             return False
         if origins["loaded"] != loaded_digest(record):
             return False
-        objects = _nft_listing(record["table"])
+        tables = [o["table"] for o in nft_json("list", "tables") if isinstance(o.get("table"), dict)]
     except ApplyError:
         return False
-    handle = next((o["table"].get("handle") for o in objects if "table" in o), None)
-    return bool(handle == origins["table_handle"])
+    live: Json = next(
+        (t for t in tables if t.get("family") == "inet" and t.get("name") == record["table"]), {}
+    )
+    return bool(live.get("handle") == origins["table_handle"])
 
 
 def _nft_origins(table: str, loaded: str) -> Json:

@@ -173,7 +173,7 @@ def test_rule_words_split_as_the_shell_does() -> None:
         '-A nfc-input -m comment --comment "dir \\"a b\\\\c/p\\u00e9.yaml:3: note" -j DROP',
         "-A X  -s 10.0.0.0/8   -j Y",
     ]
-    lines += ["".join(rng.choice(" ab\"'\\\t-\x0b\xe9") for _ in range(14)) for _ in range(5000)]
+    lines += ["".join(rng.choice(" ab\"'\\$`\t-\x0b\xe9") for _ in range(14)) for _ in range(5000)]
     for line in lines:
         try:
             expected = shlex.split(line)
