@@ -1,9 +1,9 @@
-"""Apply, stats and rollback beside a big list file, on the real kernel:
-nfc never lists a list's elements back (nft takes minutes over a million),
-yet stats maps every rule to its policy line and counts the list as
-loaded, a re-apply keeps the runtime set's elements and the counts, and a
-rollback puts back exactly what was in force, meter and runtime set
-elements included."""
+"""Apply, stats, refresh and rollback beside a big list file, on the real
+kernel: nfc never lists a list's elements back (nft takes minutes over a
+million), yet stats maps every rule to its policy line and counts the list
+as loaded or refreshed, a re-apply keeps the runtime set's elements and
+the counts, and a rollback puts back exactly what was in force, the
+refreshed list, meter and runtime set elements included."""
 
 from __future__ import annotations
 
@@ -76,6 +76,16 @@ def test_a_big_list_stays_in_the_kernel_and_rollback_is_exact(lab: Lab, tmp_path
     assert fills["blocklist_v4"] == len(elements) == ENTRIES + 1
     assert fills["banned_v4"] == 1 and fills["web_v4"] == 1
 
+    # a refresh: client A no longer listed, and ten entries fewer
+    (tmp_path / "drop.txt").write_text("\n".join(listed[10:]) + "\n")
+    done = server.nfc("refresh", str(policy), *state)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(server.nfc("stats", "--format", "json", *state).stdout)
+    assert {fill["name"]: fill["elements"] for fill in report["sets"]}["blocklist_v4"] == ENTRIES - 10
+    assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 1
+    trusted = server.run(sys.executable, "-c", STILL_IN_FORCE, str(lab.state_dir)).stdout.strip()
+    assert trusted == "True"
+
     before = server.nft("-s", "list", "table", "inet", "nfc")
     policy.write_text(POLICY + "    - accept tcp dport 23\n")
     done = lab.apply(policy)  # a re-apply: the runtime set keeps its element, the rule its counts
@@ -88,5 +98,5 @@ def test_a_big_list_stays_in_the_kernel_and_rollback_is_exact(lab: Lab, tmp_path
     done = server.nfc("rollback", *state)
     assert done.returncode == 0, done.stderr
     assert server.nft("-s", "list", "table", "inet", "nfc") == before  # meter and runtime set included
-    assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 0
+    assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 1  # the list as refreshed
     assert server.nfc("stats", *state).returncode == 0
