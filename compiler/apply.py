@@ -32,7 +32,7 @@ from nfc import neighbours, persist, stats, timer
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
-from nfc.state import LOCK_TIMEOUT, State
+from nfc.state import LOCK_TIMEOUT, State, StateError
 from nfc.state_shapes import APPLIED, CONFIRMED, JOURNAL
 
 Report = Callable[[str], None]
@@ -121,6 +121,21 @@ def applied_path(state: State) -> Path:
 def confirmed_path(state: State) -> Path:
     """The finished journal of the change that put the last confirmed ruleset in force."""
     return state.dir / CONFIRMED
+
+
+def _loaded_in_force(state: State) -> Json | None:
+    """The saved form of the ruleset nfc last put in force (the pending
+    apply's, else the confirmed one), if the rules in force are still those
+    it loaded (`stats.still_in_force`). A damaged record trusts nothing:
+    the apply lists the table whole, and then replaces the record."""
+    for path in (applied_path(state), confirmed_path(state)):
+        try:
+            record = state.read(path)
+        except StateError:
+            return None
+        if record is not None:
+            return record["to"] if stats.still_in_force(state, record["to"]) else None
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -304,7 +319,7 @@ def apply(
         if pending is None or saved is None or saved["backend"] != artifact.backend:
             # With a confirmation pending, the saved state is the last
             # confirmed one: keep it, so a rollback goes back to safety.
-            snapshot = kernel.snapshot(artifact)
+            snapshot = kernel.snapshot(artifact, _loaded_in_force(state))
             snapshot["sysctl"] = current_sysctls(sorted(settings))
             state.write(state.saved, snapshot)
         journal = journal_path(state)

@@ -13,7 +13,6 @@ read, it does not judge."""
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nfc.backends import iptables, nft
+from nfc.backends.iptables_kernel import rule_words
 from nfc.backends.kernel import ApplyError
 from nfc.backends.nft_kernel import Nft
 from nfc.ir import Interfaces
@@ -217,7 +217,7 @@ def parse_legacy(tool: str, dump: str) -> dict[tuple[str, str], Table]:
             hook = LEGACY_HOOKS.get(name)
             table.chains[name] = Chain(name, hook, policy.lower() if hook else None)
         elif table is not None and line.startswith("-A "):
-            words = shlex.split(line)
+            words = rule_words(line)
             chain = table.chains.setdefault(words[1], Chain(words[1]))
             chain.rules.append(_legacy_rule(words[2:]))
     return tables

@@ -17,7 +17,7 @@ from nfc import stats
 from nfc.apply import applied_path, confirmed_path
 from nfc.backends.kernel import ApplyError, Artifact, Json
 from nfc.backends.nft import BACKEND, RULESET
-from nfc.backends.nft_sets import run_script
+from nfc.backends.nft_sets import run_script, set_element_counts
 from nfc.state import State
 
 ELEMENTS = re.compile(r"^\t\telements = \{ .* \}$", re.MULTILINE)
@@ -87,10 +87,14 @@ def refresh(artifact: Artifact, state: State, report: Callable[[str], None], loc
         record["to"] = loaded | {"listing": text}
         state.write(path, record)
         # The rules and their handles are those of the map `nfc stats` keeps;
-        # only what identifies the ruleset in force changed. Listing the
-        # table anew would dump every list element out of the kernel.
+        # only what identifies the ruleset in force, and the lists' fill,
+        # changed. Listing the table anew would dump every list element out
+        # of the kernel.
         origins = state.read(stats.origins_path(state))
         if origins is not None and origins.get("table") == artifact.table:
-            state.write(stats.origins_path(state), origins | {"loaded": stats.loaded_digest(record["to"])})
+            counts = set_element_counts(text)
+            filled = {name: counts.get(name, 0) for name in origins.get("set_elements", {})}
+            refreshed = {"loaded": stats.loaded_digest(record["to"]), "set_elements": filled}
+            state.write(stats.origins_path(state), origins | refreshed)
     for name in names:
         report(f"refreshed set {name} from {artifact.manifest['list_sets'][name]}")

@@ -35,6 +35,7 @@ SYSCTL_VALUE = re.compile(r"[\t\x20-\x7e]{0,256}\Z")
 STATE_FILE_NAME = re.compile(r"[a-z][a-z0-9-]*\.json\Z")
 SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 CHAIN = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+SET_NAME = re.compile(r"[^\s\"\\{}]{1,256}\Z")  # as nft prints a set name
 RULES_MAX = 1 << 20  # rules in one origins.json: far more than any ruleset nfc writes
 
 Check = Callable[[object], str | None]
@@ -298,7 +299,10 @@ NFT_ORIGINS = Shape(
             ),
             RULES_MAX,
         ),
-    }
+        # the elements of each set of the policy as loaded, for the fill nfc stats shows
+        "set_elements": mapping(text(SET_NAME, "a set name"), whole(0, 2**32 - 1)),
+    },
+    optional=frozenset({"set_elements"}),  # origins.json of an nfc that listed every set instead
 )
 IPTABLES_ORIGINS = Shape(
     {

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import re
-import shlex
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from nfc.backends import iptables, nft
-from nfc.backends.iptables_kernel import LegacyKernel
+from nfc.backends.iptables_kernel import LegacyKernel, rule_words
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed, run_tool
+from nfc.backends.nft_sets import filled_at_run_time, nft_json, set_element_counts, set_object, table_objects
 from nfc.state import State, StateError
 from nfc.state_shapes import ORIGINS
 
@@ -84,6 +84,30 @@ def remember(state: State, record: Json, target: str, report: Callable[[str], No
         report(f"warning: nfc stats cannot map the rules in force to policy lines: {exc}")
 
 
+def still_in_force(state: State, record: Json) -> bool:
+    """Whether the nft table in force is the one nfc loaded from `record` (a
+    saved form): origins.json maps that load, and the table has the handle
+    it had then (a table deleted and made anew gets another). Its rules
+    may have changed since, its sets' elements only through nfc (`nfc set`,
+    `nfc refresh`) or the kernel (meters), unless someone edits nfc's
+    table by hand."""
+    if record.get("backend") != nft.BACKEND or not record.get("listing"):
+        return False
+    try:
+        origins = state.read(origins_path(state))
+        if origins is None or origins["backend"] != nft.BACKEND or origins["table"] != record["table"]:
+            return False
+        if origins["loaded"] != loaded_digest(record):
+            return False
+        tables = [o["table"] for o in nft_json("list", "tables") if isinstance(o.get("table"), dict)]
+    except ApplyError:
+        return False
+    live: Json = next(
+        (t for t in tables if t.get("family") == "inet" and t.get("name") == record["table"]), {}
+    )
+    return bool(live.get("handle") == origins["table_handle"])
+
+
 def _nft_origins(table: str, loaded: str) -> Json:
     """The origin of each rule of the table, and its content as `loaded`
     (the text just loaded) wrote it, matched rule by rule in each chain."""
@@ -116,7 +140,12 @@ def _nft_origins(table: str, loaded: str) -> Json:
                     "content": contents.get(rule["handle"]),
                 }
             )
-    return {"backend": nft.BACKEND, "table": table, "table_handle": handle, "rules": rules}
+    policy_sets = {
+        o["set"]["name"]: o["set"] for o in objects if "set" in o and not filled_at_run_time(o["set"])
+    }
+    counts = {name: count for name, count in set_element_counts(loaded).items() if name in policy_sets}
+    found = {"backend": nft.BACKEND, "table": table, "table_handle": handle, "rules": rules}
+    return found | {"set_elements": counts}
 
 
 def _rule_lines(listing: str) -> dict[str, list[str]]:
@@ -245,13 +274,12 @@ def _iptables_origins() -> Json:
     for dump, lines in _iptables_rules(counted=False).items():
         dumps[dump] = _digest(lines)
         parents: dict[str, str] = {}  # nfc's own chains, by the built-in chain that jumps to them
-        for table, (_, spec) in lines:
-            words = shlex.split(spec)
+        split = [rule_words(spec) for _, (_, spec) in lines]
+        for (table, _), words in zip(lines, split, strict=True):
             target = _option(words, "-j") or _option(words, "-g")
             if target is not None and target.startswith("nfc-"):
                 parents[target] = parents.get(words[1], _chain_name(table, words[1]))
-        for index, (table, (_, spec)) in enumerate(lines):
-            words = shlex.split(spec)
+        for index, ((table, _), words) in enumerate(zip(lines, split, strict=True)):
             origin = LABEL.match(_option(words, "--comment") or "")
             target = _option(words, "-j") or ""
             if origin is None or target.startswith("nfc-not-"):
@@ -285,15 +313,9 @@ def _chain_name(table: str, chain: str) -> str:
 
 
 def _nft_listing(table: str) -> list[Json]:
-    """`nft -j list table inet TABLE`: its objects (rules with their handles and counters)."""
-    done = run_tool(["nft", "-j", "list", "table", "inet", table], check=True)
-    if done.returncode != 0:
-        raise ApplyError(f"cannot list table inet {table}: {done.stderr.strip() or 'nft failed'}")
-    try:
-        objects = json.loads(done.stdout)["nftables"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ApplyError(f"nft -j gave what is not its JSON listing: {exc}") from None
-    return [o for o in objects if isinstance(o, dict)]
+    """The objects of table inet TABLE, rules with their handles and counters,
+    and its sets without their elements (nft_sets.table_objects)."""
+    return table_objects(table)
 
 
 def _iptables_rules(counted: bool) -> dict[str, list[tuple[str, tuple[tuple[int, int] | None, str]]]]:
@@ -429,11 +451,17 @@ def _nft_counts(origins: Json) -> tuple[list[tuple[int, int] | None], list[Fill]
         raise _changed(origins, f"the rule of handle {missing[0]} is gone")
     meters: list[Fill] = []
     sets: list[Fill] = []
+    loaded = origins.get("set_elements", {})
     for named in (o["set"] for o in objects if "set" in o):
         flags = named.get("flags", [])
-        fill = Fill(
-            named["name"], FAMILY_OF_SET.get(named.get("type")), len(named.get("elem", [])), named.get("size")
-        )
+        name = named["name"]
+        if name in loaded and not filled_at_run_time(named):
+            elements = loaded[name]  # as loaded: a list file's set is not listed from the kernel
+        else:
+            elements = len(set_object(origins["table"], name).get("elem", []))
+        kind = named.get("type")  # a list for a concatenation
+        family = FAMILY_OF_SET.get(kind) if isinstance(kind, str) else None
+        fill = Fill(name, family, elements, named.get("size"))
         (meters if "timeout" in flags or "dynamic" in flags else sets).append(fill)
     return [counters[rule["handle"]] for rule in origins["rules"]], meters, sets
 

@@ -5,6 +5,7 @@ the -save tools for what a load replaces."""
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -12,6 +13,11 @@ from nfc.backends.iptables import BACKEND, TOOLS, nat_table
 from nfc.backends.kernel import ApplyError, Artifact, Json, KernelRefused, RestoreFailed, refusal, run_tool
 
 RESTORE_ERROR = re.compile(r"(?:Error occurred at line: |line )(?P<line>\d+)")
+QUOTED_WORD = r'"(?:[^"\\]|\\[\\"])*"'
+WORD = rf"{QUOTED_WORD}|[^\s\"'\\]+"
+PLAIN_LINE = re.compile(rf" *(?:(?:{WORD})(?: +(?:{WORD}))*)? *\Z")
+"""Words a space apart, each bare or in double quotes with only `\\` and
+`\"` escaped, as iptables-save writes them: split by a regular expression."""
 
 
 class LegacyKernel:
@@ -40,7 +46,8 @@ class LegacyKernel:
             if result.returncode != 0:
                 raise self._refused(artifact, family_file, result.stderr)
 
-    def snapshot(self, artifact: Artifact) -> Json:
+    def snapshot(self, artifact: Artifact, loaded: Json | None = None) -> Json:
+        del loaded  # the -save tools are fast: the rules in force are listed as they are
         saved: Json = {"backend": BACKEND}
         for family_file, tool in TOOLS.items():
             dumps = []
@@ -99,3 +106,14 @@ def with_owned_tables(text: str) -> str:
     if "*nat" in text.splitlines():
         return text
     return text + "\n".join(nat_table([])) + "\n"
+
+
+def rule_words(line: str) -> list[str]:
+    """A line of iptables-save split into words as the shell splits it
+    (shlex.split), which takes ten times as long on the lines of 100,000
+    rules: every other line goes to shlex."""
+    if not (line.isascii() and line.isprintable() and PLAIN_LINE.match(line)):
+        return shlex.split(line)
+    return [
+        re.sub(r"\\(.)", r"\1", word[1:-1]) if word[0] == '"' else word for word in re.findall(WORD, line)
+    ]

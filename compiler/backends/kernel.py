@@ -75,8 +75,10 @@ class Kernel(Protocol):
     def check(self, artifact: Artifact) -> None:
         """Have the kernel validate the artifact without committing it."""
 
-    def snapshot(self, artifact: Artifact) -> Json:
-        """What loading the artifact would replace."""
+    def snapshot(self, artifact: Artifact, loaded: Json | None = None) -> Json:
+        """What loading the artifact would replace. `loaded`, when given, is
+        the saved form nfc put in force and the rules in force are still
+        that load's: what nfc itself put in needs no listing back."""
 
     def saved_form(self, artifact: Artifact) -> Json:
         """The artifact's ruleset in the form `snapshot` saves, for `restore` to load."""

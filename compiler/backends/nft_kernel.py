@@ -26,7 +26,7 @@ from nfc.backends.kernel import (
     run_tool,
 )
 from nfc.backends.nft import BACKEND, RULESET
-from nfc.backends.nft_sets import carried_elements
+from nfc.backends.nft_sets import ELEMENTS, RUN_TIME, SET_BLOCK, with_carried_elements
 
 NftObjects = list[Any]  # what `nft -j` lists, under its "nftables" key
 NFT_ERROR = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?: Error: (?P<message>.*)$")
@@ -69,16 +69,19 @@ class Nft:
             handle.flush()
             return self.run_file(Path(handle.name))
 
-    def list(self, what: str) -> tuple[str | None, str]:
-        """`nft -s list WHAT`: (output, "") or (None, error)."""
+    def list(self, what: str, terse: bool = False) -> tuple[str | None, str]:
+        """`nft -s [-t] list WHAT`: (output, "") or (None, error)."""
         if self.binding is not None:
             binding = self.binding
             binding.set_stateless_output(True)  # type: ignore[attr-defined]
-            rc, output, error = binding.cmd(f"list {what}")  # type: ignore[attr-defined]
+            binding.set_terse_output(terse)  # type: ignore[attr-defined]
+            try:
+                rc, output, error = binding.cmd(f"list {what}")  # type: ignore[attr-defined]
+            finally:
+                binding.set_terse_output(False)  # type: ignore[attr-defined]
         else:
-            result = subprocess.run(
-                ["nft", "-s", "list", *what.split()], capture_output=True, text=True, timeout=60
-            )
+            command = ["nft", "-s", *(["-t"] if terse else []), "list", *what.split()]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
             rc, output, error = result.returncode, result.stdout, result.stderr
         return (output, "") if rc == 0 else (None, error)
 
@@ -141,13 +144,47 @@ class NftKernel:
         if error is not None:
             raise self._failed(artifact, error, "check")
 
-    def snapshot(self, artifact: Artifact) -> Json:
-        listing, error = self.nft.list(f"table inet {artifact.table}")
+    def snapshot(self, artifact: Artifact, loaded: Json | None = None) -> Json:
+        table = artifact.table
+        if loaded is not None and loaded.get("table") == table and loaded.get("listing"):
+            listing = self._listing_as_loaded(table, loaded["listing"])
+        else:
+            listing = self._list(f"table inet {table}")
+        return {"backend": BACKEND, "table": table, "listing": listing}
+
+    def _list(self, what: str, terse: bool = False) -> str | None:
+        """`nft -s list WHAT`; None if it does not exist."""
+        listing, error = self.nft.list(what, terse)
         if listing is None and "No such file or directory" not in error:
             if permission_problem(error):
                 raise ApplyError(f"nfc apply: {_nft_error(error)}; {PERMISSION_HINT}")
-            raise ApplyError(f"cannot read table inet {artifact.table}: {_nft_error(error)}")
-        return {"backend": BACKEND, "table": artifact.table, "listing": listing}
+            raise ApplyError(f"cannot read {what}: {_nft_error(error)}")
+        return listing
+
+    def _listing_as_loaded(self, table: str, loaded: str) -> str | None:
+        """What `nft -s list table inet TABLE` says, when the table in force is
+        the one nfc loaded from `loaded`: its rules and declarations as they
+        are (`-t list ruleset`, which leaves every set's elements in the
+        kernel), the elements of meters and runtime sets as they are, and
+        those of the policy's sets as `loaded` gave them. nft would take
+        over a minute to list a list file's million elements back."""
+        ruleset = self._list("ruleset", terse=True) or ""
+        found = re.search(rf"^table inet {re.escape(table)} \{{\n.*?^\}}\n", ruleset, re.M | re.S)
+        if found is None:
+            return None
+        as_loaded = {block["name"]: block[0] for block in SET_BLOCK.finditer(loaded)}
+
+        def elements(declared: re.Match[str]) -> str:
+            name, block = declared["name"], declared[0]
+            if name not in as_loaded or RUN_TIME.search(block):
+                live = SET_BLOCK.search(self._list(f"{declared['kind']} inet {table} {name}") or "")
+                return live[0] if live is not None else block
+            given = ELEMENTS.search(as_loaded[name])
+            if given is None:
+                return block
+            return block[: -len("\t}\n")] + as_loaded[name][given.start() : -len("\t}\n")] + "\t}\n"
+
+        return SET_BLOCK.sub(elements, found[0])
 
     def saved_form(self, artifact: Artifact) -> Json:
         # ruleset.nft itself replaces the table, so it loads as a listing does
@@ -156,11 +193,12 @@ class NftKernel:
     def load(self, artifact: Artifact) -> None:
         # The load deletes the table: the runtime sets' elements go back in
         # within the same transaction, with the time they have left.
-        carried, notes = carried_elements(artifact)
+        ruleset = artifact.path(RULESET).read_text()
+        carried, notes = with_carried_elements(artifact, ruleset)
         for note in notes:
             print(f"nfc apply: note: {note}", file=sys.stderr)
-        if carried:
-            error = self.nft.run_text(artifact.path(RULESET).read_text() + carried)
+        if carried != ruleset:
+            error = self.nft.run_text(carried)
         else:
             error = self.nft.run_file(artifact.path(RULESET))
         if error is not None:

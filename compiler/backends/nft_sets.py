@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 
 from nfc.backends.kernel import PERMISSION_HINT, ApplyError, Artifact, Json, permission_problem
+from nfc.backends.nft_netlink import change_elements
 from nfc.errors import printable
 
 RUNTIME_COMMENT = "nfc runtime set "
+SET_BLOCK = re.compile(r"^\t(?P<kind>set|map) (?P<name>\S+) \{\n(?P<body>(?:\t\t.*\n)*?)\t\}\n", re.M)
+"""A set or map of an nft text: nfc's ruleset.nft, or nft's listing."""
+ELEMENTS = re.compile(r"^\t\telements = \{", re.M)
+RUN_TIME = re.compile(r'^\t\t(?:flags .*\b(?:dynamic|timeout)\b|timeout |comment "nfc runtime set )', re.M)
+"""The declaration of a set that the kernel fills: a meter, a runtime set."""
+QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 FAMILY_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 SUFFIX = {4: "v4", 6: "v6"}
 
@@ -37,6 +45,60 @@ def nft_json(*command: str) -> list[Json]:
     return [o for o in objects if isinstance(o, dict)]
 
 
+def table_objects(table: str) -> list[Json]:
+    """The objects of `table inet TABLE` (the table, its chains, its rules
+    with their handles and counters, its sets' declarations) without any
+    set's elements: `nft -t list ruleset` is the one listing of rules that
+    leaves them in the kernel (`-t list table` and `-t list chain` fetch
+    them all, and nft takes over a minute over a million). Empty when the
+    table does not exist."""
+    return [o for o in nft_json("-t", "list", "ruleset") if _of_table(o, table)]
+
+
+def _of_table(listed: Json, table: str) -> bool:
+    for kind, body in listed.items():  # one key: table, set, map, chain, rule, ...
+        if isinstance(body, dict) and body.get("family") == "inet":
+            return body.get("name" if kind == "table" else "table") == table
+    return False
+
+
+def filled_at_run_time(declared: Json) -> bool:
+    """Whether a set of nfc's (as `nft -j` declares it) gets its elements in
+    the kernel: a runtime set or a meter, not a set of the policy's."""
+    comment = declared.get("comment")
+    flags = declared.get("flags", [])
+    return (
+        (isinstance(comment, str) and comment.startswith(RUNTIME_COMMENT))
+        or "timeout" in declared
+        or (isinstance(flags, list) and ("dynamic" in flags or "timeout" in flags))
+    )
+
+
+def set_element_counts(listing: str) -> dict[str, int]:
+    """The number of elements of each set or map an nft text declares, as
+    nft lists them (`nfc stats` shows those of the policy's sets as nfc
+    loaded them, rather than list a million elements back)."""
+    counts = {}
+    for block in SET_BLOCK.finditer(listing):
+        found = ELEMENTS.search(block["body"])
+        if found is None:
+            counts[block["name"]] = 0
+            continue
+        elements = QUOTED.sub('""', block["body"][found.end() :])  # a comment may hold a comma
+        inner = elements[: elements.rfind("}")]
+        counts[block["name"]] = inner.count(",") + 1 if inner.strip(" \t\n,") else 0
+    return counts
+
+
+def set_object(table: str, name: str) -> Json:
+    """One set of `table inet TABLE` with its elements, as `nft -j list set` gives it."""
+    listed = nft_json("list", "set", "inet", table, name)
+    for found in listed:
+        if isinstance(found.get("set"), dict):
+            return dict(found["set"])
+    raise ApplyError(f"nft list set inet {table} {printable(name)} gave no set")
+
+
 def runtime_sets(table: str) -> dict[str, dict[int, Json]]:
     """The runtime sets in force, with their elements, by the policy's name,
     each by IP version. The declarations come from `nft -t list sets inet`,
@@ -50,10 +112,8 @@ def runtime_sets(table: str) -> dict[str, dict[int, Json]]:
             continue
         comment = live.get("comment", "")
         if isinstance(comment, str) and comment.startswith(RUNTIME_COMMENT):
-            listed = nft_json("list", "set", "inet", table, str(live["name"]))
-            filled = next((o["set"] for o in listed if isinstance(o.get("set"), dict)), live)
             version = 6 if live.get("type") == FAMILY_TYPES[6] else 4
-            found.setdefault(comment[len(RUNTIME_COMMENT) :], {})[version] = filled
+            found.setdefault(comment[len(RUNTIME_COMMENT) :], {})[version] = set_object(table, live["name"])
     return found
 
 
@@ -76,12 +136,14 @@ def _element_text(element: Json, keep_timeout: bool) -> str | None:
     return text
 
 
-def carried_elements(artifact: Artifact) -> tuple[str, list[str]]:
-    """The `add element` lines that put the runtime sets' elements in force
-    back into the sets of `artifact` that keep their name (and so their
-    type), and a note for each set that goes with elements in it."""
+def with_carried_elements(artifact: Artifact, ruleset: str) -> tuple[str, list[str]]:
+    """`ruleset` (the artifact's text) with the elements of the runtime sets
+    in force in the declarations of its sets that keep their name (and so
+    their type), and a note for each set that goes with elements in it.
+    In the declarations, not as `add element` commands: before any `add
+    element`, nft 1.0.6 fetches every element of the interval sets of the
+    table in force, minutes for a list file of a million."""
     wanted: dict[str, bool] = artifact.manifest.get("runtime_sets", {})
-    lines: list[str] = []
     notes: list[str] = []
     for by_version in runtime_sets(artifact.table).values():
         for live in by_version.values():
@@ -95,9 +157,12 @@ def carried_elements(artifact: Artifact) -> tuple[str, list[str]]:
                 )
                 continue
             texts = [t for t in (_element_text(e, wanted[name]) for e in elements) if t is not None]
-            if texts:
-                lines.append(f"add element inet {artifact.table} {name} {{ {', '.join(texts)} }}")
-    return "".join(line + "\n" for line in lines), notes
+            declared = ruleset.find(f"\n\tset {name} {{\n")
+            end = ruleset.find("\n\t}\n", declared) + 1  # its lines are indented further
+            if texts and declared >= 0 and end > 0:
+                added = f"\t\telements = {{ {', '.join(texts)} }}\n"
+                ruleset = ruleset[:end] + added + ruleset[end:]
+    return ruleset, notes
 
 
 def parse_element(text: str) -> tuple[int, str]:
@@ -155,13 +220,8 @@ def change(table: str, action: str, name: str, elements: list[str], timeout_ms: 
             raise ApplyError(
                 f"set '{name}' has no timeout: give it 'timeout:' in the policy to use --timeout"
             )
-    suffix = f" timeout {timeout_ms}ms" if timeout_ms is not None else ""
-    verb = "add" if action == "add" else "delete"
-    script = "".join(
-        f"{verb} element inet {table} {by_version[v]['name']} {{ {', '.join(a + suffix for a in found)} }}\n"
-        for v, found in sorted(chosen.items())
-    )
-    run_script(script)
+    by_set = {str(by_version[v]["name"]): found for v, found in sorted(chosen.items())}
+    change_elements(table, action == "add", by_set, timeout_ms)
     return len(elements)
 
 
