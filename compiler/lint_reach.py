@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from nfc.errors import Loc
 from nfc.ir import Chain, Rule, RuleRole
 from nfc.lint_registry import Check, Context, Coverage, filed_in
-from nfc.space import overlap, split
+from nfc.space import overlap
 from nfc.space_index import Index
 
 REACH_CHECKS: list[Check] = []
@@ -35,14 +35,9 @@ def _coverage(ctx: Context, chain: Chain) -> list[Coverage]:
     for number, rule in enumerate(chain.rules):
         if rule.role is not RuleRole.USER:
             continue
-        remaining = ctx.space.cubes(rule.match)
-        takers = []
-        for other in terminal.candidates(remaining, before=number):
-            if not remaining:
-                break
-            taken, remaining = split(remaining, terminal.rules[other])
-            if taken:
-                takers.append(chain.rules[other])
+        parts = terminal.first_match(ctx.space.cubes(rule.match), before=number)
+        remaining = [cube for cube, taker in parts if taker is None]
+        takers = [chain.rules[taker] for taker in sorted({t for _, t in parts if t is not None})]
         found.append(Coverage(number, rule, remaining, takers))
     ctx.coverage[chain.name] = found
     return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,20 +25,29 @@ PORT_SPACE: Intervals = ((0, 65535),)
 ADDRESS_SPACE = {Family.V4: ((0, 2**32 - 1),), Family.V6: ((0, 2**128 - 1),)}
 
 
+ABOVE = 1 << 129  # above every port and address
+
+
+def _span(intervals: Intervals, low: int, high: int) -> tuple[int, int]:
+    """The indices [first, last) of the sorted, disjoint `intervals` that
+    share values with [low, high], found by bisection: the set of a broad
+    rule less a thousand narrow ones is a thousand ranges, and walking
+    them for every rule is quadratic."""
+    first = bisect_left(intervals, (low, low))
+    if first and intervals[first - 1][1] >= low:
+        first -= 1
+    return first, bisect_right(intervals, (high, ABOVE), first)
+
+
 def intersect(a: Intervals, b: Intervals) -> Intervals:
     if len(a) == 1 and len(b) == 1:  # most are one range: the analysis of a large policy does millions
         low, high = max(a[0][0], b[0][0]), min(a[0][1], b[0][1])
         return ((low, high),) if low <= high else ()
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
     out = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if low <= high:
-            out.append((low, high))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
+    for low, high in short:
+        first, last = _span(long, low, high)
+        out += [(max(low, other_low), min(high, other_high)) for other_low, other_high in long[first:last]]
     return tuple(out)
 
 
@@ -45,29 +55,29 @@ def meet(a: Intervals, b: Intervals) -> bool:
     """Whether `a` and `b` share a value: `intersect` without building it."""
     if len(a) == 1 and len(b) == 1:
         return a[0][0] <= b[0][1] and b[0][0] <= a[0][1]
-    i = j = 0
-    while i < len(a) and j < len(b):
-        if a[i][0] <= b[j][1] and b[j][0] <= a[i][1]:
-            return True
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return False
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    return any(first < last for first, last in (_span(long, low, high) for low, high in short))
 
 
 def subtract(a: Intervals, b: Intervals) -> Intervals:
+    if len(b) < len(a):  # cut each of b out of a, keeping the rest of a as it is
+        for low, high in b:
+            first, last = _span(a, low, high)
+            if first == last:
+                continue
+            ends = ((a[first][0], low - 1),) if a[first][0] < low else ()
+            if a[last - 1][1] > high:
+                ends += ((high + 1, a[last - 1][1]),)
+            a = a[:first] + ends + a[last:]
+        return a
     out = []
     for low, high in a:
+        first, last = _span(b, low, high)
         start = low
-        for b_low, b_high in b:
-            if b_high < start or b_low > high:
-                continue
+        for b_low, b_high in b[first:last]:
             if b_low > start:
                 out.append((start, b_low - 1))
-            start = max(start, b_high + 1)
-            if start > high:
-                break
+            start = b_high + 1
         if start <= high:
             out.append((start, high))
     return tuple(out)

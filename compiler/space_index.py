@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nfc.ir import Family
-from nfc.space import ADDRESS_SPACE, PORT_SPACE, Cube, Intervals, minus, split
+from nfc.space import ADDRESS_SPACE, PORT_SPACE, Cube, Intervals, split
 
 DIMENSIONS = ("dport", "saddr", "daddr", "sport")
 FEW_PROTOCOLS = 4  # a query over more protocols than this looks in every protocol's classes
 MAX_QUERY_RANGES = 64  # a query of more ranges than this in a dimension takes the whole class
-REQUERY = 64  # a piece with more rules than this ahead of it looks up its own candidates
+REQUERY = 64  # a piece that meets none of this many rules in turn looks up its own candidates
 
 
 @dataclass
@@ -137,41 +137,55 @@ class Index:
 
     def first_match(self, cubes: list[Cube], before: int | None = None) -> list[tuple[Cube, int | None]]:
         """`cubes` split by the first rule that matches each part (None: none does)."""
-        return self._first_match(cubes, self.candidates(cubes, before))
-
-    def _first_match(self, cubes: list[Cube], numbers: list[int]) -> list[tuple[Cube, int | None]]:
-        parts: list[tuple[Cube, int | None]] = []
-        remaining = cubes
-        for number in numbers:
-            if not remaining:
-                break
-            taken, remaining = split(remaining, self.rules[number])
-            parts += [(cube, number) for cube in taken]
-        return parts + [(cube, None) for cube in remaining]
+        return self._first_match(cubes, self.candidates(cubes, before), before)
 
     def unmatched(self, cubes: list[Cube]) -> list[Cube]:
-        """The parts of `cubes` that no rule matches: `minus(cubes, every
-        rule's cubes)`, the same cubes in the same order, computed piece by
-        piece. The first rule that meets a piece cuts it, and each piece of
-        the rest goes on from the next rule alone; a piece with many rules
-        ahead looks up its own candidates, which are few. Subtracting
-        thousands of rules from a broad set in turn would try every rule on
-        every one of its thousands of pieces."""
-        left: list[Cube] = []
-        stack = [(cube, self.candidates([cube]), 0) for cube in reversed(cubes)]
+        """The parts of `cubes` that no rule matches: `minus(cubes, every rule's cubes)`."""
+        return [cube for cube, taker in self.first_match(cubes) if taker is None]
+
+    def _first_match(
+        self, cubes: list[Cube], numbers: list[int], before: int | None
+    ) -> list[tuple[Cube, int | None]]:
+        """The parts that splitting `cubes` by the rules `numbers` in turn
+        gives: each rule's share, in order, then what none takes.
+
+        Split as a whole, a broad set is cut by each rule into more and
+        more pieces, and every later rule is tried on every piece: a
+        final 'drop' after thousands of rules is millions of tries. So a
+        long list goes piece by piece instead: the first rule that meets a
+        piece takes its share, and each piece of the rest goes on from the
+        next rule; a piece that meets none of the next REQUERY rules looks
+        up its own candidates, which are few when it is narrow. The parts
+        are the same, in the same order."""
+        if len(numbers) <= REQUERY:
+            parts: list[tuple[Cube, int | None]] = []
+            remaining = cubes
+            for number in numbers:
+                if not remaining:
+                    break
+                taken, remaining = split(remaining, self.rules[number])
+                parts += [(cube, number) for cube in taken]
+            return parts + [(cube, None) for cube in remaining]
+        found: list[tuple[int, Cube, int | None]] = []  # the taker's number first, to sort by
+        stack = [(cube, numbers, 0) for cube in reversed(cubes)]
         while stack:
-            cube, ahead, start = stack.pop()
-            at = next((k for k in range(start, len(ahead)) if _meets(cube, self.rules[ahead[k]])), None)
-            if at is None:
-                left.append(cube)
+            cube, ahead, at = stack.pop()
+            tried = 0
+            while at < len(ahead) and not _meets(cube, self.rules[ahead[at]]):
+                at, tried = at + 1, tried + 1
+                if tried == REQUERY and len(ahead) - at > REQUERY:  # its own candidates, once
+                    ahead, at = [n for n in self.candidates([cube], before) if n > ahead[at - 1]], 0
+            if at == len(ahead):
+                found.append((len(self.rules), cube, None))
                 continue
             number = ahead[at]
-            rest = minus([cube], self.rules[number])
-            if len(ahead) - at > REQUERY:
-                stack += [(p, [n for n in self.candidates([p]) if n > number], 0) for p in reversed(rest)]
-            else:
-                stack += [(piece, ahead, at + 1) for piece in reversed(rest)]
-        return left
+            taken, rest = split([cube], self.rules[number])
+            found += [(number, piece, number) for piece in taken]
+            stack += [(piece, ahead, at + 1) for piece in reversed(rest)]
+        # Pieces are visited left to right: sorted by taker (stably), they
+        # are in the order of splitting the whole list rule by rule.
+        found.sort(key=lambda each: each[0])
+        return [(cube, taker) for _, cube, taker in found]
 
     def decided(self, number: int) -> list[Cube]:
         """The packets rule `number` decides: its own, less what earlier rules take.
@@ -182,7 +196,7 @@ class Index:
         earlier = self.candidates(mine, before=number)
         if any(_holds(self.rules[other], mine) for other in earlier):
             return []
-        return [cube for cube, taker in self._first_match(mine, earlier) if taker is None]
+        return [cube for cube, taker in self._first_match(mine, earlier, number) if taker is None]
 
 
 def _meets(cube: Cube, theirs: list[Cube]) -> bool:

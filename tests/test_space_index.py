@@ -15,7 +15,7 @@ import pytest
 
 from nfc.diff import diff
 from nfc.lint import lint
-from nfc.space import Cube, minus
+from nfc.space import Cube, intersect, meet, minus, subtract
 from nfc.space_index import Index
 
 from helpers import ruleset_of
@@ -133,3 +133,67 @@ def test_the_random_policies_hold_what_the_index_must_get_right(tmp_path: Path) 
         old_text, _ = _policies(seed)
         codes |= {f.code for f in lint(ruleset_of(tmp_path, old_text), today=TODAY)}
     assert {"NFC030", "NFC031"} <= codes
+
+
+def _intervals(rng: random.Random) -> tuple[tuple[int, int], ...]:
+    """Sorted, disjoint ranges of 0-99: a few, or many (a broad rule less many narrow ones)."""
+    values = sorted(rng.sample(range(100), rng.choice((0, 2, 4, 8, 40))))
+    return tuple(zip(values[::2], values[1::2], strict=True))
+
+
+def _walked_intersect(
+    a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]
+) -> tuple[tuple[int, int], ...]:
+    """intersect as it was, walking both lists: the reference for the exact ranges."""
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if low <= high:
+            out.append((low, high))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+def _walked_subtract(
+    a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]
+) -> tuple[tuple[int, int], ...]:
+    """subtract as it was, trying every range of b on every range of a."""
+    out = []
+    for low, high in a:
+        start = low
+        for b_low, b_high in b:
+            if b_high < start or b_low > high:
+                continue
+            if b_low > start:
+                out.append((start, b_low - 1))
+            start = max(start, b_high + 1)
+            if start > high:
+                break
+        if start <= high:
+            out.append((start, high))
+    return tuple(out)
+
+
+def test_the_interval_operations_are_those_of_sets() -> None:
+    """intersect, subtract and meet search long lists by bisection; here
+    against the sets of values they stand for, and against the walks they
+    replace, range for range (diff describes the ranges it is given)."""
+
+    def values(intervals: tuple[tuple[int, int], ...]) -> set[int]:
+        return {v for low, high in intervals for v in range(low, high + 1)}
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        a, b = _intervals(rng), _intervals(rng)
+        both, left = intersect(a, b), subtract(a, b)
+        assert (both, left) == (_walked_intersect(a, b), _walked_subtract(a, b))
+        assert values(both) == values(a) & values(b)
+        assert values(left) == values(a) - values(b)
+        assert meet(a, b) == bool(values(a) & values(b))
+        for result in (both, left):  # sorted and disjoint, as every caller expects
+            assert all(low <= high for low, high in result)
+            assert all(result[i][1] < result[i + 1][0] for i in range(len(result) - 1))
