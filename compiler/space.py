@@ -65,7 +65,7 @@ def subtract(a: Intervals, b: Intervals) -> Intervals:
             first, last = _span(a, low, high)
             if first == last:
                 continue
-            ends = ((a[first][0], low - 1),) if a[first][0] < low else ()
+            ends: Intervals = ((a[first][0], low - 1),) if a[first][0] < low else ()
             if a[last - 1][1] > high:
                 ends += ((high + 1, a[last - 1][1]),)
             a = a[:first] + ends + a[last:]
