@@ -26,6 +26,7 @@ ADDRESS_SPACE = {Family.V4: ((0, 2**32 - 1),), Family.V6: ((0, 2**128 - 1),)}
 
 
 ABOVE = 1 << 129  # above every port and address
+SHORT = 8  # lists this long together are walked side by side: bisection pays only for longer ones
 
 
 def _span(intervals: Intervals, low: int, high: int) -> tuple[int, int]:
@@ -39,10 +40,26 @@ def _span(intervals: Intervals, low: int, high: int) -> tuple[int, int]:
     return first, bisect_right(intervals, (high, ABOVE), first)
 
 
+def _walked_intersect(a: Intervals, b: Intervals) -> Intervals:
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if low <= high:
+            out.append((low, high))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
 def intersect(a: Intervals, b: Intervals) -> Intervals:
     if len(a) == 1 and len(b) == 1:  # most are one range: the analysis of a large policy does millions
         low, high = max(a[0][0], b[0][0]), min(a[0][1], b[0][1])
         return ((low, high),) if low <= high else ()
+    if len(a) + len(b) <= SHORT:
+        return _walked_intersect(a, b)
     short, long = (a, b) if len(a) <= len(b) else (b, a)
     out = []
     for low, high in short:
@@ -55,6 +72,16 @@ def meet(a: Intervals, b: Intervals) -> bool:
     """Whether `a` and `b` share a value: `intersect` without building it."""
     if len(a) == 1 and len(b) == 1:
         return a[0][0] <= b[0][1] and b[0][0] <= a[0][1]
+    if len(a) + len(b) <= SHORT:
+        i = j = 0
+        while i < len(a) and j < len(b):
+            if a[i][0] <= b[j][1] and b[j][0] <= a[i][1]:
+                return True
+            if a[i][1] < b[j][1]:
+                i += 1
+            else:
+                j += 1
+        return False
     short, long = (a, b) if len(a) <= len(b) else (b, a)
     return any(first < last for first, last in (_span(long, low, high) for low, high in short))
 
