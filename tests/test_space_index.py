@@ -197,3 +197,40 @@ def test_the_interval_operations_are_those_of_sets() -> None:
         for result in (both, left):  # sorted and disjoint, as every caller expects
             assert all(low <= high for low, high in result)
             assert all(result[i][1] < result[i + 1][0] for i in range(len(result) - 1))
+
+
+def test_a_broad_rule_after_many_narrow_ones_costs_near_linear_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shape of an imported firewall: thousands of narrow accepts, then
+    one broad drop, whose packets are everything the accepts leave; and a
+    diff that turns the chain's policy, which is about everything no rule
+    matches. Counted in cube comparisons, four times the rules is not
+    sixteen times the work."""
+    comparisons = 0
+    meets = Cube.meets
+
+    def counted(self: Cube, other: Cube) -> bool:
+        nonlocal comparisons
+        comparisons += 1
+        return meets(self, other)
+
+    monkeypatch.setattr(Cube, "meets", counted)
+
+    def policy(count: int, chain_policy: str, final: str) -> str:
+        rules = [f"    - accept tcp dport {1000 + i} from 10.{i // 200}.{i % 200}.0/24" for i in range(count)]
+        return f"nfc: 1\ninput:\n  policy: {chain_policy}\n  rules:\n" + "\n".join([*rules, final]) + "\n"
+
+    def work(count: int) -> int:
+        nonlocal comparisons
+        (tmp_path / "old").mkdir(exist_ok=True)
+        (tmp_path / "new").mkdir(exist_ok=True)
+        old = ruleset_of(tmp_path / "old", policy(count, "accept", "    - drop from 0.0.0.0/0"))
+        new = ruleset_of(tmp_path / "new", policy(count, "drop", "    - accept udp dport 53"))
+        comparisons = 0
+        lint(old, today=TODAY)
+        assert any("newly DROPS" in c.text() for c in diff(old, new))
+        return comparisons
+
+    small, large = work(150), work(600)
+    assert large < 4 * small * 2  # a quadratic path would do sixteen times the work
