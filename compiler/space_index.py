@@ -28,6 +28,8 @@ from nfc.space import ADDRESS_SPACE, PORT_SPACE, Cube, Intervals, split
 DIMENSIONS = ("dport", "saddr", "daddr", "sport")
 FEW_PROTOCOLS = 4  # a query over more protocols than this looks in every protocol's classes
 MAX_QUERY_RANGES = 64  # a query of more ranges than this in a dimension takes the whole class
+BROAD = 1 / 16  # a query with at least this share of every dimension is broad: a rule may hold it
+HOLDERS = 16  # the rules of a class tried as a broad query's holder
 REQUERY = 64  # a piece that meets none of this many rules in turn looks up its own candidates
 
 
@@ -87,6 +89,7 @@ class _Class:
 
     axes: dict[str, _Axis]
     numbers: set[int] = field(default_factory=set)
+    ordered: list[int] = field(default_factory=list)  # `numbers`, sorted
 
 
 class Index:
@@ -110,6 +113,7 @@ class Index:
                     axis.add(number, getattr(cube, dimension))
         for classes in self.classes.values():
             for each in classes.values():
+                each.ordered = sorted(each.numbers)
                 for axis in each.axes.values():
                     axis.freeze()
 
@@ -126,7 +130,8 @@ class Index:
                     continue
                 narrowest = min(dimensions, key=share.__getitem__, default=None)
                 if narrowest is None or share[narrowest] == 1:
-                    found |= each.numbers
+                    whole = each.ordered
+                    found.update(whole if before is None else whole[: bisect_left(whole, before)])
                     continue
                 ranges = getattr(cube, narrowest)
                 if len(ranges) > MAX_QUERY_RANGES:
@@ -137,7 +142,29 @@ class Index:
 
     def first_match(self, cubes: list[Cube], before: int | None = None) -> list[tuple[Cube, int | None]]:
         """`cubes` split by the first rule that matches each part (None: none does)."""
+        before = self._held_by(cubes, before)
         return self._first_match(cubes, self.candidates(cubes, before), before)
+
+    def _held_by(self, cubes: list[Cube], before: int | None) -> int | None:
+        """`before`, or less: one past the first rule found that holds all of
+        `cubes` (no later rule gets any of them), when they are broad. A
+        broad rule late in a chain overlaps every earlier rule of its
+        protocol; the first that holds it is usually early. Only the first
+        HOLDERS rules of each class that takes every value are tried."""
+        if not cubes or any(_share(getattr(c, d), d, c.family) < BROAD for c in cubes for d in DIMENSIONS):
+            return before
+        limit = len(self.rules) if before is None else before
+        for cube in cubes:
+            for (_, dimensions), each in self.classes.get(cube.family, {}).items():
+                if dimensions:
+                    continue
+                for number in each.ordered[:HOLDERS]:
+                    if number >= limit:
+                        break
+                    if _holds(self.rules[number], cubes):
+                        limit = number + 1
+                        break
+        return limit if limit < len(self.rules) else before
 
     def unmatched(self, cubes: list[Cube]) -> list[Cube]:
         """The parts of `cubes` that no rule matches: `minus(cubes, every rule's cubes)`."""
@@ -193,6 +220,9 @@ class Index:
         rule late in a chain would otherwise be cut into hundreds of pieces
         by the narrow rules before the one that holds it."""
         mine = self.rules[number]
+        limit = self._held_by(mine, number)
+        if limit is not None and limit < number:
+            return []
         earlier = self.candidates(mine, before=number)
         if any(_holds(self.rules[other], mine) for other in earlier):
             return []

@@ -91,9 +91,10 @@ def _policies(seed: int) -> tuple[str, str]:
 
 
 def _pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The straightforward path: every earlier rule is a candidate, a rule
-    decides what earlier rules leave of it, and what no rule matches is
-    everything less every rule, in turn."""
+    """The straightforward path: every earlier rule is a candidate (none
+    is skipped for a rule found to hold the packets), a rule decides what
+    earlier rules leave of it, and what no rule matches is everything less
+    every rule, in turn."""
 
     def every(self: Index, cubes: list[Cube], before: int | None = None) -> list[int]:
         return list(range(len(self.rules) if before is None else before))
@@ -105,6 +106,7 @@ def _pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
         return minus(cubes, [cube for rule in self.rules for cube in rule])
 
     monkeypatch.setattr(Index, "candidates", every)
+    monkeypatch.setattr(Index, "_held_by", lambda self, cubes, before: before)
     monkeypatch.setattr(Index, "decided", decided)
     monkeypatch.setattr(Index, "unmatched", unmatched)
 
