@@ -138,7 +138,8 @@ class Index:
                     found |= each.numbers
                 else:
                     each.axes[narrowest].find(ranges, found)
-        return sorted(n for n in found if before is None or n < before)
+        ordered = sorted(found)
+        return ordered if before is None else ordered[: bisect_left(ordered, before)]
 
     def first_match(self, cubes: list[Cube], before: int | None = None) -> list[tuple[Cube, int | None]]:
         """`cubes` split by the first rule that matches each part (None: none does)."""
