@@ -1,13 +1,21 @@
-"""Compile-time benchmark: load + parse + lower + nft render of large generated policies.
+"""Compile-time benchmark: load + parse + lower + nft render of large generated policies,
+and the analysis tools on them: lint, diff and explain.
 
     .venv/bin/python bench/compile.py                    # 1,000, 10,000 and 50,000 rules
     .venv/bin/python bench/compile.py --sizes 1000,10000 --repeat 3
     .venv/bin/python bench/compile.py --profile 10000    # cProfile one size, print hot spots
     .venv/bin/python bench/compile.py --list-entries 1000000 --sizes 1000  # and a list file
 
+Per size, a third child times the tools on the compiled policy: `lint`; `diff`
+against a modified copy (a few rules added, removed and changed, forward's
+policy drop -> accept, and the define $internal, used by many rules, widened);
+`explain` of the packets the first and the last input rules match and of one
+no rule matches (the slowest of them is shown). --no-tools skips it.
+
 --list-entries N (default 1,000,000; 0 skips it) also times `nfc compile` of a
 policy whose one rule drops a list file of N entries (9 in 10 addresses, 1 in
-10 a /24), as a user runs it: wall time and the peak RSS of that process.
+10 a /24), as a user runs it: wall time and the peak RSS of that process; and
+`nfc explain` of a packet against it, which compiles the policy too.
 
 Each size runs in a fresh interpreter, twice: once to time the stages (best
 of --repeat) and read the peak RSS (ru_maxrss), once under tracemalloc for the
@@ -22,12 +30,17 @@ import gc
 import json
 import os
 import random
+import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nfc.ir import Addresses, Rule
 
 DEFAULT_SIZES = (1000, 10_000, 50_000)
 TARGET_MEMORY = 8 << 30
@@ -179,6 +192,36 @@ def generate_policy(rules: int, seed: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
+def modify_policy(text: str, seed: int = 2) -> str:
+    """`text` as a reviewer's change might leave it: three rules removed, three
+    changed, three added, forward's policy drop -> accept and $internal widened."""
+    rng = random.Random(seed)
+    lines = text.splitlines()
+    lines = [
+        line.replace("internal: [10.0.0.0/8, ", "internal: [10.0.0.0/8, 172.16.0.0/12, ")
+        if line.startswith("  internal:")
+        else line
+        for line in lines
+    ]
+    forward = lines.index("forward:")
+    assert lines[forward + 1] == "  policy: drop"
+    lines[forward + 1] = "  policy: accept"
+    rules = [number for number, line in enumerate(lines) if line.startswith("    - ")]
+    removed = set(rng.sample(rules, 3))
+    changed = set(rng.sample([n for n in rules if n not in removed], 3))
+    added = set(rng.sample([n for n in rules if n < forward], 3))
+    out = []
+    for number, line in enumerate(lines):
+        if number in added:
+            out.append(f"    - '{_rule(rng, 1_000_000 + number, 'input')}'")
+        if number in changed:
+            verdict = "drop" if "'accept" in line else "accept"
+            line = re.sub(r"'(accept|drop|reject with tcp reset|reject)", f"'{verdict}", line, count=1)
+        if number not in removed:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------------
 # the measured compile (runs in a child interpreter)
 
@@ -201,7 +244,9 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
     result: dict = {"init_s": time.perf_counter() - started, "rss_init_kib": _rss_kib()}
     target = Target(memory_bytes=TARGET_MEMORY, word_bits=TARGET_WORD_BITS)
 
-    if mode == "time":
+    if mode == "tools":
+        result.update(_time_tools(path))
+    elif mode == "time":
         best: dict[str, float] = {}
         for _ in range(repeat):
             t0 = time.perf_counter()
@@ -256,6 +301,69 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
     return result
 
 
+def _packet_for(rule: Rule) -> str | None:
+    """A packet `rule` matches, in explain's words; None where the rule is
+    too intricate for this (a negated address, a meter)."""
+    from nfc.ir import Family
+
+    match = rule.match
+    ends = (match.saddr, match.daddr)
+    if rule.meter is not None or any(a is not None and a.negated for a in ends):
+        return None
+    family = match.family or next((a.family for a in ends if a is not None), Family.V4)
+    v4 = family is Family.V4
+
+    def endpoint(addresses: Addresses | None, default: str, port: int) -> str:
+        if addresses is None:
+            text = default
+        else:
+            network = addresses.networks[0]
+            text = str(network.network_address + (1 if network.num_addresses > 1 else 0))
+        return f"{text}:{port}" if v4 else f"[{text}]:{port}"
+
+    sport = match.sport.ranges[0][0] if match.sport else 40000
+    dport = match.dport.ranges[0][0] if match.dport else 40001
+    words = [
+        match.protocol or "tcp",
+        endpoint(match.saddr, "198.18.0.1" if v4 else "2001:db8:ffff::1", sport),
+        ">",
+        endpoint(match.daddr, "198.18.0.2" if v4 else "2001:db8:ffff::2", dport),
+    ]
+    if match.iifname is not None:
+        words += ["iif", match.iifname.names[0].replace("*", "0")]
+    return " ".join(words)
+
+
+def _time_tools(path: str) -> dict:
+    """lint, diff against the modified copy and explain of a few packets, on the compiled policy."""
+    from nfc import api, diff, explain, lint
+    from nfc.ir import RuleRole
+
+    ruleset = api.compile_policy(path).ruleset
+    gc.enable()  # the tools run with the collector on, as `nfc lint` does after compiling
+    modified = Path(path).with_name(Path(path).stem + "-modified.yaml")
+    modified.write_text(modify_policy(Path(path).read_text(encoding="utf-8")), encoding="utf-8")
+    changed = api.compile_policy(str(modified)).ruleset
+    result: dict = {}
+    # CPU time of this process: the figure of the tool itself, whatever else the machine runs
+    t0 = time.process_time()
+    result["lint_findings"] = len(lint.lint(ruleset))
+    t1 = time.process_time()
+    result["diff_lines"] = len(diff.diff(ruleset, changed))
+    t2 = time.process_time()
+    result.update(lint_s=t1 - t0, diff_s=t2 - t1)
+    users = [r for c in ruleset.chains if c.name == "input" for r in c.rules if r.role is RuleRole.USER]
+    simple = [p for p in map(_packet_for, users) if p]
+    packets = [simple[0], simple[-1], "esp 198.18.0.1 > 198.18.0.2 iif eth9"]
+    slowest = 0.0
+    for text in packets:
+        started = time.process_time()
+        explain.explain(ruleset, explain.parse_packet(text))
+        slowest = max(slowest, time.process_time() - started)
+    result["explain_s"] = slowest
+    return result
+
+
 def _run_child(path: str, mode: str, repeat: int) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", path, "--mode", mode]
     command += ["--repeat", str(repeat)]
@@ -298,6 +406,15 @@ def time_list_file(directory: Path, entries: int) -> None:
         f"\nlist file of {entries:,} entries: nfc compile {elapsed:.2f} s wall, {usage.ru_utime:.2f} s user,"
         f" peak RSS {usage.ru_maxrss / 1024:.0f} MiB, ruleset.nft {size / (1 << 20):.1f} MiB"
     )
+    # explain walks the policy: the packet is checked against the whole list (it is in none of it)
+    packet = "tcp 198.18.0.1:4000 > 192.0.2.1:22"
+    command = [sys.executable, "-m", "nfc", "explain", str(policy), packet]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"nfc explain against the list file failed:\n{done.stderr}")
+    elapsed = time.perf_counter() - started
+    print(f"nfc explain '{packet}' against it: {elapsed:.2f} s wall, its compile included")
 
 
 # --------------------------------------------------------------------------
@@ -323,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     options.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES, help="rule counts, e.g. 1000,10000")
     options.add_argument("--repeat", type=int, default=1, help="timing runs per size (best is shown)")
     options.add_argument("--no-trace", action="store_true", help="skip the tracemalloc run")
+    options.add_argument("--no-tools", action="store_true", help="skip timing lint, diff and explain")
     options.add_argument("--profile", type=int, metavar="SIZE", help="cProfile one size and print hot spots")
     options.add_argument("--keep", metavar="DIR", help="write the generated policies here and keep them")
     options.add_argument(
@@ -346,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         header = (
             f"{'rules':>7} {'nft rules':>9} {'load s':>7} {'parse s':>7} {'lower s':>7} {'render s':>8}"
-            f" {'total s':>7} {'µs/rule':>7} {'RSS MiB':>7} {'heap MiB':>8}  heap MiB load/parse/lower/render"
+            f" {'total s':>7} {'µs/rule':>7} {'RSS MiB':>7} {'heap MiB':>8} {'lint s':>7} {'diff s':>7}"
+            f" {'explain s':>9}  heap MiB load/parse/lower/render"
         )
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; best of {max(1, args.repeat)}")
         print(header)
@@ -356,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(generate_policy(size), encoding="utf-8")
             timing = _run_child(str(path), "time", max(1, args.repeat))
             trace = {} if args.no_trace else _run_child(str(path), "trace", 1)
+            tools = {} if args.no_tools else _run_child(str(path), "tools", 1)
+            lint_s, diff_s, explain_s = (
+                (f"{tools[k]:>{w}.3f}" for k, w in (("lint_s", 7), ("diff_s", 7), ("explain_s", 9)))
+                if tools
+                else (f"{'-':>7}", f"{'-':>7}", f"{'-':>9}")
+            )
             heap = _mib(trace["heap_peak_bytes"]) if trace else f"{'-':>7}"
             stages = (
                 "/".join(_mib(trace[f"heap_{s}_bytes"]).strip() for s in ("load", "parse", "lower", "render"))
@@ -366,13 +491,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{size:>7} {timing['nft_rules']:>9} {timing['load_s']:>7.3f} {timing['parse_s']:>7.3f}"
                 f" {timing['lower_s']:>7.3f} {timing['render_s']:>8.3f} {timing['total_s']:>7.3f}"
                 f" {timing['total_s'] / size * 1e6:>7.1f} {_mib(timing['rss_peak_kib'] * 1024)}"
-                f" {heap:>8}  {stages}",
+                f" {heap:>8} {lint_s} {diff_s} {explain_s}  {stages}",
                 flush=True,
             )
         print(
             "\nRSS: ru_maxrss of the timing child (interpreter, lark and the policy)."
             "\nheap: tracemalloc peak in a separate child; per stage, it includes what the"
             " earlier stages still hold.\ninit (imports + lark grammar) is not in the stage times."
+            "\nlint, diff, explain: CPU seconds of the analysis of the compiled policy (its compile is the"
+            " total above);\ndiff against the modified copy, explain the slowest of three packets."
         )
         if args.list_entries > 0:
             time_list_file(directory, args.list_entries)

@@ -23,11 +23,9 @@ default $NFC_STATE_DIR, else /var/lib/nfc.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import gc
 import os
-import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +39,7 @@ import nfc.doctor
 import nfc.explain
 import nfc.importer
 import nfc.importer.model
+import nfc.importer.review
 import nfc.lint
 import nfc.neighbours
 import nfc.persist
@@ -333,14 +332,7 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(Loc(path, 1, 1), f"cannot read the ruleset: {exc}") from None
     translation = nfc.importer.translate(path, text, source_format)
-    with tempfile.TemporaryDirectory(prefix="nfc-import-") as scratch:
-        findings = _lint_text(translation.policy, Path(scratch) / "import.yaml")
-        unchanged = translation.literal == translation.policy  # nothing fixed: no second lint
-        before = findings if unchanged else _lint_text(translation.literal, Path(scratch) / "literal.yaml")
-    kept = {(f.code, f.message) for f in findings}
-    fixed = [_on_input(f, translation.literal) for f in before if (f.code, f.message) not in kept]
-    shown = output or "<import>"
-    findings = [dataclasses.replace(f, loc=f.loc._replace(file=shown)) for f in findings]
+    findings, fixed = nfc.importer.review.review(translation, output or "<import>")
     if output:
         target = Path(output)
         partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -351,37 +343,3 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
             partial.unlink(missing_ok=True)
             raise PolicyError(Loc(output, 1, 1), f"cannot write the policy: {exc.strerror}") from None
     return Imported(translation.policy, translation.problems, translation.notes, findings, fixed)
-
-
-def _lint_text(policy: str, path: Path) -> list[Finding]:
-    path.write_text(policy, encoding="utf-8")
-    try:
-        ruleset = compile_policy(str(path), allow_empty=True).ruleset
-    except PolicyError as exc:  # placed on the input line the policy line names
-        raise PolicyError(
-            _input_loc(policy.splitlines(), exc.loc.line) or exc.loc._replace(file="<import>"),
-            f"nfc cannot take this as it is: {exc.message}",
-            exc.hint,
-        ) from None
-    return nfc.lint.lint(ruleset)
-
-
-def _input_loc(lines: list[str], line: int) -> Loc | None:
-    """The first input place a generated policy line names in its comment."""
-    if not 0 < line <= len(lines):
-        return None
-    match = re.search(r"  # (.+?):([0-9]+)(?::([0-9]+))?", lines[line - 1])
-    return Loc(match[1], int(match[2]), int(match[3] or 1)) if match else None
-
-
-def _on_input(finding: Finding, literal: str) -> str:
-    """A finding on the literal policy, told with the input lines its policy lines name."""
-    lines = literal.splitlines()
-    message = re.sub(r"line ([0-9]+)", lambda m: _input_lines(lines[int(m[1]) - 1]), finding.message)
-    return f"{finding.code} {_input_lines(lines[finding.loc.line - 1])}: {message}"
-
-
-def _input_lines(policy_line: str) -> str:
-    """The input lines a generated policy line names in its comment."""
-    _, _, comment = policy_line.partition("  # ")
-    return comment.split(" ")[0] or "(the policy)"

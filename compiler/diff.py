@@ -162,11 +162,8 @@ def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iter
         for cube, other in after.index.first_match(before.index.decided(number)):
             if other is None:
                 note(cube, before.verdict(number), after.policy, None)
-    if before.policy != after.policy:  # what both policies decide
-        rest = minus(
-            space.cubes(Match()), [c for side in (before, after) for cs in side.index.rules for c in cs]
-        )
-        for cube in rest:
+    if before.policy != after.policy:  # what both policies decide: what no rule of either side matches
+        for cube in Index([*before.index.rules, *after.index.rules]).unmatched(space.cubes(Match())):
             note(cube, before.policy, after.policy, None)
     for (old_verdict, new_verdict, origin), cubes in sorted(groups.items(), key=lambda g: str(g[0])):
         for cube in _merge(cubes):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 
 from nfc import vocab
@@ -182,7 +183,12 @@ def _addresses_match(
         return True
     if addresses.family.value != ("ipv4" if address.version == 4 else "ipv6"):
         return False
-    inside = any(address in network for network in addresses.networks)
+    # Collapsed and sorted (the IR's promise): only the last network that
+    # starts at or below the address can hold it, so a list of a million
+    # networks is searched, not walked.
+    networks = addresses.networks
+    at = bisect_right(networks, int(address), key=lambda network: int(network.network_address)) - 1
+    inside = at >= 0 and address in networks[at]
     return inside != addresses.negated
 
 

@@ -1,17 +1,29 @@
 """What every lint check shares: the context it reads, the record of a
 check (its stable code, name, severity and rationale) and the decorator
-that files a check in a list. The checks live in nfc.lint (filter chains
-and notrack) and nfc.lint_nat (NAT)."""
+that files a check in a list. The checks live in nfc.lint (hygiene: expiry,
+lockout, open services, meters), nfc.lint_conntrack (notrack and state),
+nfc.lint_reach (shadowed, redundant and empty rules) and nfc.lint_nat (NAT)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nfc.errors import Loc
 from nfc.ir import Chain, NotrackRule, Rule, RuleRole, Ruleset
-from nfc.space import Space
+from nfc.space import Cube, Space
+
+
+class Coverage(NamedTuple):
+    """A user rule, its place in its chain, the part of its packets earlier
+    rules leave to it and the earlier terminal rules that take the rest."""
+
+    number: int
+    rule: Rule
+    remaining: list[Cube]
+    takers: list[Rule]
 
 
 @dataclass(frozen=True)
@@ -20,6 +32,8 @@ class Context:
     space: Space
     today: dt.date
     management_port: int
+    # each chain's coverage (nfc.lint_reach), computed once for the checks that read it
+    coverage: dict[str, list[Coverage]] = field(default_factory=dict, compare=False)
 
     def chain(self, name: str) -> Chain | None:
         return next((c for c in self.ruleset.chains if c.name == name), None)

@@ -2,7 +2,8 @@
 `nft list ruleset` (text or -j JSON), turned into a policy.
 
 One reader per input format fills the import model (`model`); `emit`
-decides the policy's shape and `render` writes it. The import never widens:
+decides the policy's shape and `render` writes it; `review` says what lint
+finds on it, and on the input as it was. The import never widens:
 what it cannot translate exactly is reported as a `Problem` and the policy
 is stricter there."""
 
@@ -90,7 +91,7 @@ def _dnat_forward_widens(policy: emit.Policy, problems: list[Problem]) -> bool:
     try:
         with tempfile.TemporaryDirectory(prefix="nfc-import-") as scratch:
             rulesets = [
-                _compile(render.render(each, problems), Path(scratch) / f"{name}.yaml")
+                compile_text(render.render(each, problems), Path(scratch) / f"{name}.yaml")
                 for name, each in (("auto", policy), ("manual", manual))
             ]
     except PolicyError:
@@ -99,6 +100,7 @@ def _dnat_forward_widens(policy: emit.Policy, problems: list[Problem]) -> bool:
     return any(c.section == "forward" and c.kind == "newly ACCEPTS" for c in changes)
 
 
-def _compile(text: str, path: Path) -> Ruleset:
+def compile_text(text: str, path: Path) -> Ruleset:
+    """The policy `text`, written to `path` and compiled for this host; PolicyError if it cannot be."""
     path.write_text(text, encoding="utf-8")
     return lower(parse_policy(load_policy(str(path))), Target.this_host())
