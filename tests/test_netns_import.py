@@ -25,7 +25,7 @@ from pathlib import Path
 import import_probes
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_nfc
 from lab import (
     LAN_HOST4,
     LAN_HOST6,
@@ -174,12 +174,7 @@ def run_fixture(
     backend: three labs, probed at the same time (the probes mostly wait)."""
     plan = import_probes.plan(fixture.read_text())
     policy = tmp_path / f"{fixture.stem}.yaml"
-    imported = subprocess.run(
-        [sys.executable, "-m", "nfc", "import", str(fixture), "-o", str(policy)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    imported = run_nfc("import", str(fixture), "-o", str(policy))
     assert imported.returncode in (0, 1), imported.stderr
 
     def ready(phase: str) -> Lab:
@@ -277,12 +272,7 @@ def test_router_import_translates_and_filters_as_the_original(
     require_lab()
     fixture = FIXTURES / name
     policy = tmp_path / f"{fixture.stem}.yaml"
-    imported = subprocess.run(
-        [sys.executable, "-m", "nfc", "import", str(fixture), "-o", str(policy)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    imported = run_nfc("import", str(fixture), "-o", str(policy))
     allowed = ROUTER_REPORTED.get(name)
     assert imported.returncode == (0 if allowed is None else 1), imported.stderr  # exact: nothing reported
     questions = import_probes.router_probes(fixture.read_text(), HOSTS)
