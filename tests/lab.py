@@ -104,41 +104,44 @@ class Lab:
         return [self.server, self.client_a, self.client_b]
 
     def build(self) -> None:
+        """The namespaces, then each one's links, addresses and routes in one
+        `ip -batch` (hundreds of addresses: one process, not hundreds)."""
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         for ns in self.namespaces:
             _ip("netns", "add", ns.name)
-            ns.run("ip", "link", "set", "lo", "up")
             ns.run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-        for client, side, server4, client4, server6, client6 in (
-            (self.client_a, "eth-a", SERVER_A4, CLIENT_A4, SERVER_A6, CLIENT_A6),
-            (self.client_b, "eth-b", SERVER_B4, CLIENT_B4, SERVER_B6, CLIENT_B6),
-        ):
-            self.server.run(
-                "ip", "link", "add", side, "type", "veth", "peer", "name", "eth0", "netns", client.name
-            )
-            for ns, dev, v4, v6 in (
-                (self.server, side, server4, server6),
-                (client, "eth0", client4, client6),
-            ):
-                ns.run("ip", "addr", "add", f"{v4}/24", "dev", dev)
-                ns.run("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-                ns.run("ip", "link", "set", dev, "up")
-        self._extra_addresses(self.client_a, "eth-a", [OUTSIDER4, *SPREAD4], [OUTSIDER6, *SPREAD6])
-        self._extra_addresses(self.client_b, "eth-b", [ADMIN4], [])
-
-    def _extra_addresses(self, client: Namespace, server_dev: str, v4: list[str], v6: list[str]) -> None:
-        commands = [f"address add {a}/32 dev eth0" for a in v4]
-        commands += [f"address add {a}/128 dev eth0 nodad" for a in v6]
-        _batch(client, commands)
-        server_routes = [f"route add {a}/32 dev {server_dev}" for a in v4 if not a.startswith("10.77.")]
-        if v6:
-            server_routes.append(f"route add fd00:77:1::/48 dev {server_dev}")
-            server_routes += [
-                f"route add {a}/128 dev {server_dev}" for a in v6 if not a.startswith("fd00:77:")
+        server = ["link set lo up"]
+        clients: list[tuple[Namespace, list[str]]] = []
+        for client, side, server4, client4, server6, client6, extra4, extra6 in (
+            (self.client_a, "eth-a", SERVER_A4, CLIENT_A4, SERVER_A6, CLIENT_A6,
+             [OUTSIDER4, *SPREAD4], [OUTSIDER6, *SPREAD6]),
+            (self.client_b, "eth-b", SERVER_B4, CLIENT_B4, SERVER_B6, CLIENT_B6, [ADMIN4], []),
+        ):  # fmt: skip
+            server += [
+                f"link add {side} type veth peer name eth0 netns {client.name}",
+                f"address add {server4}/24 dev {side}",
+                f"address add {server6}/64 dev {side} nodad",
+                f"link set {side} up",
             ]
-        _batch(self.server, server_routes)
-        client.run("ip", "route", "add", "default", "dev", "eth0")
-        client.run("ip", "-6", "route", "add", "default", "dev", "eth0")
+            # the extra client addresses outside the link's own networks are routed to it
+            server += [f"route add {a}/32 dev {side}" for a in extra4 if not a.startswith("10.77.")]
+            if extra6:
+                server.append(f"route add fd00:77:1::/48 dev {side}")
+                server += [f"route add {a}/128 dev {side}" for a in extra6 if not a.startswith("fd00:77:")]
+            commands = [
+                "link set lo up",
+                f"address add {client4}/24 dev eth0",
+                f"address add {client6}/64 dev eth0 nodad",
+                "link set eth0 up",
+                *(f"address add {a}/32 dev eth0" for a in extra4),
+                *(f"address add {a}/128 dev eth0 nodad" for a in extra6),
+                "route add default dev eth0",
+                "route add ::/0 dev eth0",
+            ]
+            clients.append((client, commands))
+        _batch(self.server, server)  # first: it makes the clients' ends of the links
+        for client, commands in clients:
+            _batch(client, commands)
 
     def teardown(self) -> None:
         for process in self.servers:
@@ -301,35 +304,35 @@ class Router:
     include: str = ""  # what a policy's `{include: shared-rules.yaml}` splices in
 
     def build(self) -> None:
+        """The namespaces, then each one's links, addresses and routes in one `ip -batch`."""
         lock = {"XTABLES_LOCKFILE": str(self.home / "xtables.lock")}
         for role in ("router", "lan", "ctr", "dmz", "wan"):
             ns = Namespace(f"nfc-{self.tag}-{role}", lock if role == "router" else {})
             self.namespaces[role] = ns
             _ip("netns", "add", ns.name)
-            ns.run("ip", "link", "set", "lo", "up")
-            ns.run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-        router = self.namespaces["router"]
-        router.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+            settings = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
+            if role == "router":
+                settings += ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
+            ns.run("sysctl", "-qw", *settings)
+        commands: dict[str, list[str]] = {role: ["link set lo up"] for role in self.namespaces}
+        router = commands["router"]
         for side, device, role, v4, v6 in ROUTER_LINKS:
-            host = self.namespaces[role]
-            router.run("ip", "link", "add", side, "type", "veth", "peer", "name", "eth0", "netns", host.name)
+            router.append(f"link add {side} type veth peer name eth0 netns {self.namespaces[role].name}")
             if device != side:
-                router.run("ip", "link", "add", device, "type", "bridge")
-                router.run("ip", "link", "set", side, "master", device, "up")
-            for ns, dev, index in ((router, device, 0), (host, "eth0", 1)):
-                for family in (v4, v6):
-                    if family is not None:
-                        ns.run("ip", "addr", "add", f"{family[index]}/{family[2]}", "dev", dev, "nodad")
-                ns.run("ip", "link", "set", dev, "up")
+                router += [f"link add {device} type bridge", f"link set {side} master {device} up"]
+            for mine, dev, index in ((router, device, 0), (commands[role], "eth0", 1)):
+                mine += [f"address add {f[index]}/{f[2]} dev {dev} nodad" for f in (v4, v6) if f is not None]
+                mine.append(f"link set {dev} up")
             if role != "wan":
-                host.run("ip", "route", "add", "default", "via", v4[0])
-                if v6 is not None:
-                    host.run("ip", "-6", "route", "add", "default", "via", v6[0])
+                commands[role] += [f"route add default via {v4[0]}"]
+                commands[role] += [f"route add ::/0 via {v6[0]}"] if v6 is not None else []
         # The WAN host could reach the LAN untranslated: only the firewall stops it.
-        self.namespaces["wan"].run("ip", "route", "add", "192.168.1.0/24", "via", ROUTER_WAN4)
-        self.namespaces["wan"].run("ip", "-6", "route", "add", "fd00:1::/64", "via", ROUTER_WAN6)
-        self.namespaces["lan"].run("ip", "addr", "add", f"{LAN_SNATTED4}/24", "dev", "eth0")
-        router.run("ip", "addr", "add", f"{ROUTER_SNAT4}/32", "dev", "eth0")
+        commands["wan"] += [f"route add 192.168.1.0/24 via {ROUTER_WAN4}"]
+        commands["wan"] += [f"route add fd00:1::/64 via {ROUTER_WAN6}"]
+        commands["lan"].append(f"address add {LAN_SNATTED4}/24 dev eth0")
+        router.append(f"address add {ROUTER_SNAT4}/32 dev eth0")
+        for role, batch in commands.items():  # the router first: it makes the hosts' ends of the links
+            _batch(self.namespaces[role], batch)
         for role, (udp, tcp) in ROUTER_LISTENERS.items():
             self.listen(role, role, udp, tcp)
 
