@@ -295,8 +295,8 @@ def main() -> None:
     tcp.add_argument("--timeout", type=float, default=1.5)
     many = commands.add_parser("probe")
     many.add_argument("probes", help='JSON list of {"proto", "server", "port", "source"}')
-    many.add_argument("--timeout", type=float, default=1.0, help="how long a drop is waited for")
-    many.add_argument("--patience", type=float, default=0.0, help='how long an "answer": true is')
+    many.add_argument("--timeout", type=float, default=1.0, help="how long silence is waited for")
+    many.add_argument("--patience", type=float, default=0.0, help='how long one marked "answer": true is')
     peer = commands.add_parser("tell-peer")
     peer.add_argument("--name", required=True)
     peer.add_argument("--udp", type=int, nargs="*", default=[])
@@ -305,7 +305,7 @@ def main() -> None:
     asking = commands.add_parser("ask")
     asking.add_argument("questions", help='JSON list of {"proto", "server", "port", "source"?}')
     asking.add_argument("--timeout", type=float, default=1.0, help="how long silence is waited for")
-    asking.add_argument("--patience", type=float, default=0.0, help='how long an "answer": true is')
+    asking.add_argument("--patience", type=float, default=0.0, help='how long one marked "answer": true is')
     args = parser.parse_args()
     run = {"serve": serve, "query": query, "connect": connect, "probe": probe}
     run |= {"tell-peer": tell_peer, "ask": ask}
