@@ -1,9 +1,11 @@
-"""The namespace lab: a server and two clients joined by veth pairs.
+"""The namespace labs: a server and two clients joined by veth pairs,
 
     client A (eth0) ── (eth-a) server (eth-b) ── (eth0) client B
 
-Every namespace and link is made fresh for a test and deleted afterwards,
-also when the test fails. Nothing touches the host's own namespace except
+and a home router with four hosts around it (`Router`, below).
+
+Every namespace and link is made fresh for a test (or a module) and deleted
+afterwards, also when the test fails. Nothing touches the host's own namespace except
 creating and deleting these namespaces; traffic goes only to their
 addresses. Every command runs with a timeout."""
 
@@ -17,7 +19,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,27 +105,44 @@ class Lab:
         return [self.server, self.client_a, self.client_b, *self.extra]
 
     def build(self) -> None:
+        """The namespaces, then each one's links, addresses and routes in one
+        `ip -batch` (hundreds of addresses: one process, not hundreds)."""
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         for ns in self.namespaces:
             _ip("netns", "add", ns.name)
-            ns.run("ip", "link", "set", "lo", "up")
             ns.run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-        for client, side, server4, client4, server6, client6 in (
-            (self.client_a, "eth-a", SERVER_A4, CLIENT_A4, SERVER_A6, CLIENT_A6),
-            (self.client_b, "eth-b", SERVER_B4, CLIENT_B4, SERVER_B6, CLIENT_B6),
-        ):
-            self.server.run(
-                "ip", "link", "add", side, "type", "veth", "peer", "name", "eth0", "netns", client.name
-            )
-            for ns, dev, v4, v6 in (
-                (self.server, side, server4, server6),
-                (client, "eth0", client4, client6),
-            ):
-                ns.run("ip", "addr", "add", f"{v4}/24", "dev", dev)
-                ns.run("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-                ns.run("ip", "link", "set", dev, "up")
-        self._extra_addresses(self.client_a, "eth-a", [OUTSIDER4, *SPREAD4], [OUTSIDER6, *SPREAD6])
-        self._extra_addresses(self.client_b, "eth-b", [ADMIN4], [])
+        server = ["link set lo up"]
+        clients: list[tuple[Namespace, list[str]]] = []
+        for client, side, server4, client4, server6, client6, extra4, extra6 in (
+            (self.client_a, "eth-a", SERVER_A4, CLIENT_A4, SERVER_A6, CLIENT_A6,
+             [OUTSIDER4, *SPREAD4], [OUTSIDER6, *SPREAD6]),
+            (self.client_b, "eth-b", SERVER_B4, CLIENT_B4, SERVER_B6, CLIENT_B6, [ADMIN4], []),
+        ):  # fmt: skip
+            server += [
+                f"link add {side} type veth peer name eth0 netns {client.name}",
+                f"address add {server4}/24 dev {side}",
+                f"address add {server6}/64 dev {side} nodad",
+                f"link set {side} up",
+            ]
+            # the extra client addresses outside the link's own networks are routed to it
+            server += [f"route add {a}/32 dev {side}" for a in extra4 if not a.startswith("10.77.")]
+            if extra6:
+                server.append(f"route add fd00:77:1::/48 dev {side}")
+                server += [f"route add {a}/128 dev {side}" for a in extra6 if not a.startswith("fd00:77:")]
+            commands = [
+                "link set lo up",
+                f"address add {client4}/24 dev eth0",
+                f"address add {client6}/64 dev eth0 nodad",
+                "link set eth0 up",
+                *(f"address add {a}/32 dev eth0" for a in extra4),
+                *(f"address add {a}/128 dev eth0 nodad" for a in extra6),
+                "route add default dev eth0",
+                "route add ::/0 dev eth0",
+            ]
+            clients.append((client, commands))
+        _batch(self.server, server)  # first: it makes the clients' ends of the links
+        for client, commands in clients:
+            _batch(client, commands)
 
     def attach(
         self, suffix: str, server_dev: str, server: tuple[str, str], peer: tuple[str, str]
@@ -133,30 +153,26 @@ class Lab:
         ns = Namespace(f"nfc-{self.tag}-{suffix}")
         _ip("netns", "add", ns.name)
         self.extra.append(ns)
-        ns.run("ip", "link", "set", "lo", "up")
         ns.run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-        self.server.run(
-            "ip", "link", "add", server_dev, "type", "veth", "peer", "name", "eth0", "netns", ns.name
+        _batch(
+            self.server,
+            [
+                f"link add {server_dev} type veth peer name eth0 netns {ns.name}",
+                f"address add {server[0]}/24 dev {server_dev}",
+                f"address add {server[1]}/64 dev {server_dev} nodad",
+                f"link set {server_dev} up",
+            ],
         )
-        for each, dev, (v4, v6) in ((self.server, server_dev, server), (ns, "eth0", peer)):
-            each.run("ip", "addr", "add", f"{v4}/24", "dev", dev)
-            each.run("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            each.run("ip", "link", "set", dev, "up")
+        _batch(
+            ns,
+            [
+                "link set lo up",
+                f"address add {peer[0]}/24 dev eth0",
+                f"address add {peer[1]}/64 dev eth0 nodad",
+                "link set eth0 up",
+            ],
+        )
         return ns
-
-    def _extra_addresses(self, client: Namespace, server_dev: str, v4: list[str], v6: list[str]) -> None:
-        commands = [f"address add {a}/32 dev eth0" for a in v4]
-        commands += [f"address add {a}/128 dev eth0 nodad" for a in v6]
-        _batch(client, commands)
-        server_routes = [f"route add {a}/32 dev {server_dev}" for a in v4 if not a.startswith("10.77.")]
-        if v6:
-            server_routes.append(f"route add fd00:77:1::/48 dev {server_dev}")
-            server_routes += [
-                f"route add {a}/128 dev {server_dev}" for a in v6 if not a.startswith("fd00:77:")
-            ]
-        _batch(self.server, server_routes)
-        client.run("ip", "route", "add", "default", "dev", "eth0")
-        client.run("ip", "-6", "route", "add", "default", "dev", "eth0")
 
     def teardown(self) -> None:
         for process in self.servers:
@@ -190,8 +206,15 @@ class Lab:
             args += [f"--{key}", str(value)]
         return client.traffic(*args)
 
-    def probe(self, client: Namespace, probes: list[dict], timeout: float = 1.0) -> list[str]:
-        result = client.run(sys.executable, TRAFFIC, "probe", json.dumps(probes), "--timeout", str(timeout))
+    def probe(
+        self, client: Namespace, probes: list[dict], timeout: float = 1.0, patience: float = 0.0
+    ) -> list[str]:
+        """What became of each probe: all sent at once, a silence waited for
+        `timeout` seconds, an answer the probe says it expects (`"answer":
+        true`) up to `patience` seconds."""
+        wait = ("--timeout", str(timeout), "--patience", str(patience))
+        command = (sys.executable, TRAFFIC, "probe", json.dumps(probes), *wait)
+        result = client.run(*command, timeout=60 + patience)
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     def connects(self, client: Namespace, server: str, port: int, source: str, count: int = 1) -> int:
@@ -240,7 +263,8 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[[], Lab]]:
     built: list[Lab] = []
 
     def make() -> Lab:
-        new = Lab(secrets.token_hex(3), tmp_path / f"lab{len(built)}" / "state")
+        tag = secrets.token_hex(3)  # threads may build labs at once: a name each of its own
+        new = Lab(tag, tmp_path / f"lab-{tag}" / "state")
         built.append(new)
         new.build()
         return new
@@ -268,3 +292,161 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 FLAGSHIP_DIR = ROOT / "policies"
+
+
+# --------------------------------------------------------------------------
+# the router lab
+#
+#     lan host (eth0) ── (lan0 in bridge br-lan) ─┐
+#     ctr host (eth0) ── (ctr1) ──────────────────┤ router (eth0) ── (eth0) wan host
+#     dmz host (eth0) ── (dmz0) ──────────────────┘
+
+ROUTER_WAN4, WAN_HOST4, ROUTER_SNAT4 = "203.0.113.1", "203.0.113.2", "203.0.113.7"
+ROUTER_WAN6, WAN_HOST6 = "2001:db8:ff::1", "2001:db8:ff::2"
+LAN_HOST4, LAN_SNATTED4, LAN_HOST6 = "192.168.1.10", "192.168.1.20", "fd00:1::10"
+CTR_HOST4, DMZ_HOST4 = "10.88.0.2", "10.99.0.2"
+# router side, the router's device with the addresses (a bridge of that side,
+# as on home routers, or the side itself), host namespace, (router address,
+# host address, prefix length) per family
+ROUTER_LINKS = (
+    ("lan0", "br-lan", "lan", ("192.168.1.1", LAN_HOST4, 24), ("fd00:1::1", LAN_HOST6, 64)),
+    ("ctr1", "ctr1", "ctr", ("10.88.0.1", CTR_HOST4, 24), None),
+    ("dmz0", "dmz0", "dmz", ("10.99.0.1", DMZ_HOST4, 24), None),
+    ("eth0", "eth0", "wan", (ROUTER_WAN4, WAN_HOST4, 24), (ROUTER_WAN6, WAN_HOST6, 64)),
+)
+ROUTER_LISTENERS = {  # namespace: (udp ports, tcp ports), each answering "NAMESPACE PEER"
+    "wan": ((53, 5300), (80, 9001, 9002)),
+    "lan": ((), (80,)),
+    "router": ((5353,), ()),
+}
+# a question through the router: (proto, server, port, source: None for the asking host's own address)
+Question = tuple[str, str, int, str | None]
+Asked = tuple[str, str, str, int, str | None]  # (asking host, *question)
+
+
+@dataclass
+class Router:
+    tag: str
+    home: Path
+    backend: str
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    listeners: list[subprocess.Popen[str]] = field(default_factory=list)
+    applied: str | None = None  # the policy in force, as `apply` last applied it
+    include: str = ""  # what a policy's `{include: shared-rules.yaml}` splices in
+
+    def build(self) -> None:
+        """The namespaces, then each one's links, addresses and routes in one `ip -batch`."""
+        lock = {"XTABLES_LOCKFILE": str(self.home / "xtables.lock")}
+        for role in ("router", "lan", "ctr", "dmz", "wan"):
+            ns = Namespace(f"nfc-{self.tag}-{role}", lock if role == "router" else {})
+            self.namespaces[role] = ns
+            _ip("netns", "add", ns.name)
+            settings = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
+            if role == "router":
+                settings += ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
+            ns.run("sysctl", "-qw", *settings)
+        commands: dict[str, list[str]] = {role: ["link set lo up"] for role in self.namespaces}
+        router = commands["router"]
+        for side, device, role, v4, v6 in ROUTER_LINKS:
+            router.append(f"link add {side} type veth peer name eth0 netns {self.namespaces[role].name}")
+            if device != side:
+                router += [f"link add {device} type bridge", f"link set {side} master {device} up"]
+            for mine, dev, index in ((router, device, 0), (commands[role], "eth0", 1)):
+                mine += [f"address add {f[index]}/{f[2]} dev {dev} nodad" for f in (v4, v6) if f is not None]
+                mine.append(f"link set {dev} up")
+            if role != "wan":
+                commands[role] += [f"route add default via {v4[0]}"]
+                commands[role] += [f"route add ::/0 via {v6[0]}"] if v6 is not None else []
+        # The WAN host could reach the LAN untranslated: only the firewall stops it.
+        commands["wan"] += [f"route add 192.168.1.0/24 via {ROUTER_WAN4}"]
+        commands["wan"] += [f"route add fd00:1::/64 via {ROUTER_WAN6}"]
+        commands["lan"].append(f"address add {LAN_SNATTED4}/24 dev eth0")
+        router.append(f"address add {ROUTER_SNAT4}/32 dev eth0")
+        for role, batch in commands.items():  # the router first: it makes the hosts' ends of the links
+            _batch(self.namespaces[role], batch)
+        for role, (udp, tcp) in ROUTER_LISTENERS.items():
+            self.listen(role, role, udp, tcp)
+
+    def listen(self, role: str, name: str, udp: Iterable[int], tcp: Iterable[int]) -> None:
+        """A listener in `role`'s namespace that answers as `name`, with the peer it saw."""
+        ports = ["--udp", *map(str, udp), "--tcp", *map(str, tcp)]
+        process = self.namespaces[role].popen(sys.executable, TRAFFIC, "tell-peer", "--name", name, *ports)
+        self.listeners.append(process)
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+
+    def teardown(self) -> None:
+        for process in self.listeners:
+            process.kill()
+            process.wait(timeout=10)
+        for ns in self.namespaces.values():
+            _kill_namespace_processes(ns.name)
+            subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=30)
+
+    def write(self, policy: str) -> Path:
+        """`policy` as router.yaml, with `include` beside it as shared-rules.yaml."""
+        directory = self.home / f"policy-{secrets.token_hex(2)}"
+        directory.mkdir()
+        (directory / "shared-rules.yaml").write_text(self.include)
+        (directory / "router.yaml").write_text(policy)
+        return directory / "router.yaml"
+
+    def apply(self, policy: str) -> None:
+        """`nfc apply` of `policy` in the router, unless it is the one in force."""
+        if self.applied == policy:
+            return
+        result = self.nfc("apply", str(self.write(policy)), "-b", self.backend)
+        assert result.returncode == 0, result.stderr
+        self.applied = policy
+
+    def nfc(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.namespaces["router"].nfc(*args, "--state-dir", str(self.home / "state"))
+
+    def ask(self, role: str, *questions: Question, answered: Sequence[bool] = ()) -> list[str | None]:
+        """What the listener behind each question answered, all asked at once.
+        A question that gets no answer takes the whole timeout, long enough
+        for a busy machine; one that `answered` says will be answered is
+        waited for longer, so that a slow answer is not taken for silence."""
+        items = [{"proto": p, "server": s, "port": n, "source": src} for p, s, n, src in questions]
+        for item, expected in zip(items, answered, strict=False):
+            item["answer"] = expected
+        command = [sys.executable, TRAFFIC, "ask", json.dumps(items), "--timeout", "2", "--patience", "20"]
+        result = self.namespaces[role].run(*command)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def ask_everyone(
+        self, questions: Sequence[Asked], answered: Sequence[bool] = ()
+    ) -> list[str | None]:
+        """The answer to each (asking host, *question), in order: the hosts
+        ask at once, each all of its own questions at once."""
+        roles = sorted({q[0] for q in questions})
+        flags = list(answered) or [False] * len(questions)
+        with ThreadPoolExecutor(len(roles)) as pool:
+            futures = {
+                role: pool.submit(
+                    self.ask,
+                    role,
+                    *[q[1:] for q in questions if q[0] == role],
+                    answered=[f for q, f in zip(questions, flags, strict=True) if q[0] == role],
+                )
+                for role in roles
+            }
+            answers = {role: iter(future.result()) for role, future in futures.items()}
+        return [next(answers[q[0]]) for q in questions]
+
+
+@contextlib.contextmanager
+def router_labs(home: Path, backends: dict[str, str]) -> Iterator[dict[str, Router]]:
+    """A router lab per name in `backends` (name: the backend nfc applies
+    with there), built side by side and removed whatever happens."""
+    require_lab()
+    routers = {name: Router(secrets.token_hex(3), home / name, backend) for name, backend in backends.items()}
+    try:
+        for router in routers.values():
+            router.home.mkdir(parents=True)
+        with ThreadPoolExecutor(len(routers)) as pool:
+            for built in [pool.submit(router.build) for router in routers.values()]:
+                built.result()
+        yield routers
+    finally:
+        for router in routers.values():
+            router.teardown()

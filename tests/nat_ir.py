@@ -8,6 +8,8 @@ import ipaddress
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from nfc.errors import Loc
 from nfc.ir import (
     Addresses,
@@ -25,6 +27,7 @@ from nfc.ir import (
 from nfc.load import load_policy
 from nfc.lower import lower
 from nfc.parse import parse_policy
+from nfc.space import Cube
 
 from helpers import TARGET, write_policy
 
@@ -87,6 +90,30 @@ def dnat_forward(rule: NatRule) -> Rule:
         oifname=None,
     )
     return Rule(match, Verdict("accept"), rule.origin, role=RuleRole.DNAT_FORWARD)
+
+
+def port_forwards(count: int) -> list[NatRule]:
+    """`count` port forwards from the WAN, each of a port of its own to a host of its own."""
+    return [
+        nat("dnat", 100 + i, to=f"192.168.{i // 250}.{i % 250 + 1}", protocol="tcp", dport=10000 + i,
+            iif="eth0")
+        for i in range(count)
+    ]  # fmt: skip
+
+
+class Intersections:
+    """Counts cube intersections, the work an analysis does, in `count`
+    (set it to 0 to start counting afresh)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        intersect = Cube.__and__
+
+        def counted(cube: Cube, other: Cube) -> Cube | None:
+            self.count += 1
+            return intersect(cube, other)
+
+        monkeypatch.setattr(Cube, "__and__", counted)
 
 
 def with_nat(ruleset: Ruleset, *rules: NatRule, auto: bool = True) -> Ruleset:

@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from nat_ir import MASQUERADE, PORT_FORWARD, REDIRECT, SNAT, nat, router
+from nat_ir import MASQUERADE, PORT_FORWARD, REDIRECT, SNAT, Intersections, nat, port_forwards, router
 
 from nfc.diff import diff
 from nfc.ir import Ruleset
-from nfc.space import Cube
 
 
 def lines(old: Ruleset, new: Ruleset, section: str = "nat") -> list[str]:
@@ -89,27 +88,14 @@ def test_reordering_or_rewording_nat_rules_that_changes_nothing_says_nothing(tmp
 
 
 def test_the_nat_diff_is_near_linear_in_the_rule_count(tmp_path: Path, monkeypatch) -> None:
-    intersections = 0
-    intersect = Cube.__and__
-
-    def counted(self: Cube, other: Cube) -> Cube | None:
-        nonlocal intersections
-        intersections += 1
-        return intersect(self, other)
-
-    monkeypatch.setattr(Cube, "__and__", counted)
+    intersections = Intersections(monkeypatch)
 
     def work(count: int) -> int:
-        nonlocal intersections
-        forwards = [
-            nat("dnat", 100 + i, to=f"192.168.{i // 250}.{i % 250 + 1}", protocol="tcp", dport=10000 + i,
-                iif="eth0")
-            for i in range(count)
-        ]  # fmt: skip
+        forwards = port_forwards(count)
         old, new = router(tmp_path, MASQUERADE, *forwards[:-1]), router(tmp_path, MASQUERADE, *forwards)
-        intersections = 0
+        intersections.count = 0
         assert len(lines(old, new)) == 1
-        return intersections
+        return intersections.count
 
     small, large = work(100), work(800)
     assert large < 8 * small * 2  # eight times the rules; a quadratic diff would do 64 times the work

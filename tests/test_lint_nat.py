@@ -8,11 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from nat_ir import MASQUERADE, PORT_FORWARD, ROUTER, nat, router
+from nat_ir import MASQUERADE, PORT_FORWARD, ROUTER, Intersections, nat, port_forwards, router
 
 from nfc.ir import Interfaces, Ruleset
 from nfc.lint import lint
-from nfc.space import Cube, Space
+from nfc.space import Space
 from nfc.space_index import Index
 
 TODAY = dt.date(2026, 11, 24)
@@ -116,27 +116,13 @@ def test_thousands_of_port_forwards_are_checked_in_near_linear_work(
     """Counted in cube intersections, the work lint does (the forward rules
     that the port forwards imply included) grows with the rule count, not
     with its square."""
-    intersections = 0
-    intersect = Cube.__and__
-
-    def counted(self: Cube, other: Cube) -> Cube | None:
-        nonlocal intersections
-        intersections += 1
-        return intersect(self, other)
-
-    monkeypatch.setattr(Cube, "__and__", counted)
+    intersections = Intersections(monkeypatch)
 
     def work(count: int) -> int:
-        nonlocal intersections
-        forwards = [
-            nat("dnat", 100 + i, to=f"192.168.{i // 250}.{i % 250 + 1}", protocol="tcp", dport=10000 + i,
-                iif="eth0")
-            for i in range(count)
-        ]  # fmt: skip
-        ruleset = router(tmp_path, MASQUERADE, *forwards)
-        intersections = 0
+        ruleset = router(tmp_path, MASQUERADE, *port_forwards(count))
+        intersections.count = 0
         assert "NFC092" not in found(ruleset) and "NFC090" not in found(ruleset)
-        return intersections
+        return intersections.count
 
     small, large = work(100), work(800)
     assert large < 8 * small * 2  # eight times the rules; a quadratic check would do 64 times the work

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,26 +63,29 @@ def verdicts(lab: Lab, policy: Path, backend: str) -> dict[str, str]:
     )
     lab.servers.append(listener)
     assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
-    found: dict[str, str] = {}
-    for name, client in (("a", lab.client_a), ("b", lab.client_b)):
-        probes = [probe for owner, probe in matrix() if owner == name]
-        for probe, verdict in zip(probes, lab.probe(client, probes), strict=True):
-            found[f"{probe['proto']} {probe['source']} > {probe['server']}:{probe['port']}"] = verdict
     # established versus new: the server opens a connection to client A, and
     # the answers come back as an established flow that no input rule names
     outbound = [
         {"proto": "tcp", "server": CLIENT_A4, "port": CLIENT_PORT, "source": SERVER_A4},
         {"proto": "tcp", "server": CLIENT_A6, "port": CLIENT_PORT, "source": SERVER_A6},
     ]
-    for probe, verdict in zip(outbound, lab.probe(lab.server, outbound), strict=True):
-        found[f"established tcp {probe['source']} > {probe['server']}:{probe['port']}"] = verdict
+    batches = [(name, client, [probe for owner, probe in matrix() if owner == name])
+               for name, client in (("a", lab.client_a), ("b", lab.client_b))]  # fmt: skip
+    batches.append(("established", lab.server, outbound))
+    found: dict[str, str] = {}
+    with ThreadPoolExecutor(len(batches)) as pool:  # the batches' silences elapse together
+        running = [(name, probes, pool.submit(lab.probe, sender, probes)) for name, sender, probes in batches]
+        for name, probes, future in running:
+            prefix = "established " if name == "established" else ""
+            for p, verdict in zip(probes, future.result(), strict=True):
+                found[f"{prefix}{p['proto']} {p['source']} > {p['server']}:{p['port']}"] = verdict
     return found
 
 
 @pytest.mark.parametrize("policy", FLAGSHIP, ids=lambda p: p.stem)
 def test_both_backends_give_the_same_verdicts(make_lab: Callable[[], Lab], policy: Path) -> None:
-    nft = verdicts(make_lab(), policy, "nft")
-    legacy = verdicts(make_lab(), policy, "iptables-legacy")
+    with ThreadPoolExecutor(2) as pool:  # each backend in a lab of its own, side by side
+        nft, legacy = pool.map(lambda b: verdicts(make_lab(), policy, b), ("nft", "iptables-legacy"))
     differences = {probe: (nft[probe], legacy[probe]) for probe in nft if nft[probe] != legacy[probe]}
     assert differences == {}
     # the matrix discriminates: some probes pass, some do not

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from lab import TRAFFIC, Namespace, require_lab
+from lab import TRAFFIC, Namespace, _batch, require_lab
 
 pytestmark = pytest.mark.netns
 
@@ -112,22 +112,29 @@ class DockerLab:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         for ns in self.namespaces:
             subprocess.run(["ip", "netns", "add", ns.name], check=True, capture_output=True, timeout=30)
-            ns.run("ip", "link", "set", "lo", "up")
         host, container, outside = self.host, self.container, self.outside
-        host.run("ip", "link", "add", "docker0", "type", "bridge")
-        host.run("ip", "addr", "add", f"{HOST_BRIDGE4}/16", "dev", "docker0")
-        for dev, peer in (("vethc", container), ("eth0", outside)):
-            host.run("ip", "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", peer.name)
-        host.run("ip", "link", "set", "vethc", "master", "docker0")
-        host.run("ip", "addr", "add", f"{HOST_UPLINK4}/24", "dev", "eth0")
-        for dev in ("docker0", "vethc", "eth0"):
-            host.run("ip", "link", "set", dev, "up")
-        container.run("ip", "addr", "add", f"{CONTAINER4}/16", "dev", "eth0")
-        container.run("ip", "link", "set", "eth0", "up")
-        container.run("ip", "route", "add", "default", "via", HOST_BRIDGE4)
-        outside.run("ip", "addr", "add", f"{OUTSIDE4}/24", "dev", "eth0")
-        outside.run("ip", "link", "set", "eth0", "up")
-        outside.run("ip", "route", "add", "172.17.0.0/16", "via", HOST_UPLINK4)  # a neighbour on the link
+        _batch(host, [
+            "link set lo up",
+            "link add docker0 type bridge",
+            f"address add {HOST_BRIDGE4}/16 dev docker0",
+            f"link add vethc type veth peer name eth0 netns {container.name}",
+            f"link add eth0 type veth peer name eth0 netns {outside.name}",
+            "link set vethc master docker0",
+            f"address add {HOST_UPLINK4}/24 dev eth0",
+            *(f"link set {dev} up" for dev in ("docker0", "vethc", "eth0")),
+        ])  # fmt: skip
+        _batch(container, [
+            "link set lo up",
+            f"address add {CONTAINER4}/16 dev eth0",
+            "link set eth0 up",
+            f"route add default via {HOST_BRIDGE4}",
+        ])  # fmt: skip
+        _batch(outside, [
+            "link set lo up",
+            f"address add {OUTSIDE4}/24 dev eth0",
+            "link set eth0 up",
+            f"route add 172.17.0.0/16 via {HOST_UPLINK4}",  # a neighbour on the link
+        ])  # fmt: skip
         host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         result = subprocess.run(
             ["ip", "netns", "exec", host.name, "iptables-nft-restore"],

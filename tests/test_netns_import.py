@@ -7,7 +7,7 @@ only differences allowed are on the traffic of the reported lines, and never
 an accept where the original did not accept.
 
 The router fixtures (NAT and forward) are proven in the router lab of
-test_netns_router.py: a LAN, container, DMZ and WAN host around a router
+tests/lab.py: a LAN, container, DMZ and WAN host around a router
 that runs the original in one lab and the import in others, and listeners
 that answer with the address they saw, so that the translations are
 compared too, not only the verdicts."""
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,19 +24,22 @@ from pathlib import Path
 
 import import_probes
 import pytest
-from test_netns_router import (
+
+from conftest import ROOT, run_nfc
+from lab import (
     LAN_HOST4,
     LAN_HOST6,
     LAN_SNATTED4,
     ROUTER_WAN4,
     ROUTER_WAN6,
+    TRAFFIC,
     WAN_HOST4,
     WAN_HOST6,
+    Lab,
     Router,
+    require_lab,
+    router_labs,
 )
-
-from conftest import ROOT
-from lab import TRAFFIC, Lab, require_lab
 
 FIXTURES = ROOT / "tests" / "fixtures" / "import"
 # NAT and forwarding: proven through a router, below
@@ -172,24 +174,24 @@ def run_fixture(
     backend: three labs, probed at the same time (the probes mostly wait)."""
     plan = import_probes.plan(fixture.read_text())
     policy = tmp_path / f"{fixture.stem}.yaml"
-    imported = subprocess.run(
-        [sys.executable, "-m", "nfc", "import", str(fixture), "-o", str(policy)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    imported = run_nfc("import", str(fixture), "-o", str(policy))
     assert imported.returncode in (0, 1), imported.stderr
-    labs = {phase: make_lab() for phase in ("original", "nft", "iptables-legacy")}
-    for phase, lab in labs.items():
+
+    def ready(phase: str) -> Lab:
+        lab = make_lab()
         prepare(lab, plan)
         if phase == "original":
             load_original(lab, fixture)
-            continue
+            return lab
         applied = lab.server.nfc(
             "apply", str(policy), "-b", phase, "--state-dir", str(tmp_path / f"state-{phase}")
         )
         assert applied.returncode == 0, applied.stderr
-    with ThreadPoolExecutor(len(labs)) as pool:
+        return lab
+
+    phases = ("original", "nft", "iptables-legacy")
+    with ThreadPoolExecutor(len(phases)) as pool:
+        labs = dict(zip(phases, pool.map(ready, phases), strict=True))
         running = {phase: pool.submit(verdicts, lab, plan) for phase, lab in labs.items()}
         return {phase: future.result() for phase, future in running.items()}, imported
 
@@ -252,18 +254,12 @@ def load_original_router(lab: Router, fixture: Path) -> None:
 
 def answers(lab: Router, questions: list[tuple[str, str, str, int, str | None]]) -> dict[str, str | None]:
     """What each question got in `lab`: the hosts ask at once, each its own questions."""
-    roles = sorted({q[0] for q in questions})
-    with ThreadPoolExecutor(len(roles)) as pool:
-        asked = {
-            role: pool.submit(lab.ask, role, *[q[1:] for q in questions if q[0] == role]) for role in roles
-        }
-        found = {role: future.result() for role, future in asked.items()}
-    result: dict[str, str | None] = {}
-    for role in roles:
-        mine = [q for q in questions if q[0] == role]
-        for (_, proto, server, port, source), answer in zip(mine, found[role], strict=True):
-            result[f"{role} {proto} {source or '-'} > {server}:{port}"] = answer
-    return result
+    return {
+        f"{role} {proto} {source or '-'} > {server}:{port}": answer
+        for (role, proto, server, port, source), answer in zip(
+            questions, lab.ask_everyone(questions), strict=True
+        )
+    }
 
 
 @pytest.mark.parametrize("name", ROUTER_FIXTURES)
@@ -276,44 +272,27 @@ def test_router_import_translates_and_filters_as_the_original(
     require_lab()
     fixture = FIXTURES / name
     policy = tmp_path / f"{fixture.stem}.yaml"
-    imported = subprocess.run(
-        [sys.executable, "-m", "nfc", "import", str(fixture), "-o", str(policy)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    imported = run_nfc("import", str(fixture), "-o", str(policy))
     allowed = ROUTER_REPORTED.get(name)
     assert imported.returncode == (0 if allowed is None else 1), imported.stderr  # exact: nothing reported
     questions = import_probes.router_probes(fixture.read_text(), HOSTS)
     ports = sorted(import_probes.router_ports(fixture.read_text()))
-    phases = ("original", "nft", "iptables-legacy")
-    labs = {
-        phase: Router(
-            secrets.token_hex(3), tmp_path_factory.mktemp("router"), "nft" if phase == "original" else phase
-        )
-        for phase in phases
-    }
-    try:
-        for phase, lab in labs.items():
-            lab.build()
-            # the router's own services on every probed port: what its input chain accepts answers
-            listener = lab.namespaces["router"].popen(
-                sys.executable, TRAFFIC, "tell-peer", "--name", "router-own", "--tcp", *map(str, ports),
-                "--udp", *[str(p) for p in ports if p != 5353],
-            )  # fmt: skip
-            lab.listeners.append(listener)
-            assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
-            if phase == "original":
-                load_original_router(lab, fixture)
-            else:
-                applied = lab.nfc("apply", str(policy), "-b", phase)
-                assert applied.returncode == 0, applied.stderr
-        with ThreadPoolExecutor(len(labs)) as pool:
-            running = {phase: pool.submit(answers, lab, questions) for phase, lab in labs.items()}
-            results = {phase: future.result() for phase, future in running.items()}
-    finally:
-        for lab in labs.values():
-            lab.teardown()
+    phases = {"original": "nft", "nft": "nft", "iptables-legacy": "iptables-legacy"}
+
+    def ready(phase: str, lab: Router) -> None:
+        # the router's own services on every probed port: what its input chain accepts answers
+        lab.listen("router", "router-own", [p for p in ports if p != 5353], ports)
+        if phase == "original":
+            load_original_router(lab, fixture)
+        else:
+            applied = lab.nfc("apply", str(policy), "-b", phase)
+            assert applied.returncode == 0, applied.stderr
+
+    home = tmp_path_factory.mktemp("router")
+    with router_labs(home, phases) as labs, ThreadPoolExecutor(len(labs)) as pool:
+        list(pool.map(ready, labs, labs.values()))
+        running = {phase: pool.submit(answers, lab, questions) for phase, lab in labs.items()}
+        results = {phase: future.result() for phase, future in running.items()}
     original = results["original"]
     # the probes saw translations, answers and silence
     seen = set(original.values())

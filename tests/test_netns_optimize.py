@@ -1,7 +1,7 @@
 """The nft optimizer against the kernel: seeded random policies full of
 overlapping and shadowed rules, of shapes that fold into sets and verdict
-maps, are loaded at -O0 and at -O1 into one server namespace and meet the
-same random packets; both kernels and `nfc explain` must give every packet
+maps, are loaded at -O0 and at -O1, each into a server namespace of its own, and
+meet the same random packets; both kernels and `nfc explain` must give every packet
 the same verdict. What a chain starts with (loopback, essential ICMP, the
 state rules, untracked answers), which -O1 writes as a jump and a verdict
 map, meets crafted packets at both levels: ICMP errors about no flow
@@ -13,14 +13,13 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_netns_explain import LINKS, TCP_PORTS, UDP_PORTS, random_probes
-from test_netns_random import observed
+from campaign import TCP_PORTS, UDP_PORTS, campaign, ready_for_probes
 
 from nfc import api
-from nfc.explain import explain, parse_packet
 
 from lab import CLIENT_A4, CLIENT_A6, SERVER_A4, SERVER_A6, Lab
 
@@ -131,45 +130,28 @@ input:
 def test_optimized_and_plain_rulesets_give_the_same_verdicts(
     make_lab: Callable[[], Lab], tmp_path: Path
 ) -> None:
-    lab = make_lab()
-    # Many rejects at once: the kernel would rate-limit their ICMP errors.
-    lab.server.run(
-        "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
-        "net.ipv4.icmp_msgs_per_sec=1000000", "net.ipv4.icmp_msgs_burst=1000000",
-    )  # fmt: skip
-    lab.start_servers(udp=UDP_PORTS, tcp=TCP_PORTS)
-    for name, client in (("a", lab.client_a), ("b", lab.client_b)):
-        hello = [
-            {"proto": "udp", "server": server, "port": 53, "source": source}
-            for owner, server, _, sources in LINKS
-            if owner == name
-            for source in sources
-        ]
-        assert set(lab.probe(client, hello)) == {"accept"}
+    with ThreadPoolExecutor(2) as pool:
+        labs = list(pool.map(lambda _: make_lab(), range(2)))
+        list(pool.map(ready_for_probes, labs))
+    variants = {
+        level: (lab, lambda lab, policy, level=level: lab.apply(policy, level))
+        for level, lab in zip(("-O0", "-O1"), labs, strict=True)
+    }
     rng = random.Random(SEED)
-    lookups = compared = 0
-    disagreements: list[str] = []
-    seen: set[str] = set()
+    lookups = 0
+    policies = []
     for index in range(POLICIES + 1):
         policy = tmp_path / f"optimize-{index}.yaml"
         policy.write_text(random_policy(rng) if index else KNOWN_CASES)
         ruleset, sources = api.compile_policy(str(policy))
         folded = api.build(ruleset, "nft", sources)["ruleset.nft"]
         lookups += folded.count("\tset input_set") + folded.count("\tmap input_map")
-        probes = sorted(random_probes(seed=SEED + index, count=PACKETS), key=lambda p: p[0])
-        predicted = [explain(ruleset, parse_packet(text)).verdict for _, _, text in probes]
-        seen.update(predicted)
-        for level in ("-O0", "-O1"):
-            applied = lab.apply(policy, level)
-            assert applied.returncode == 0, (policy.read_text(), applied.stderr)
-            lab.server.run("conntrack", "-F")  # explain judges new connections
-            for (_, _, text), expected, kernel in zip(probes, predicted, observed(lab, probes), strict=True):
-                compared += 1
-                if kernel != expected:
-                    disagreements.append(f"{policy.name} {level}: {text}: explain {expected}, {kernel}")
+        policies.append((policy, SEED + index))
+    tally = campaign(variants, policies, PACKETS)
+    compared, disagreements = tally.compared, tally.disagreements
     print(f"optimizer campaign: {POLICIES + 1} policies, {lookups} lookups, {compared} verdicts compared")
     assert disagreements == [], "\n".join(disagreements)
-    assert {"accept", "drop", "reject"} <= seen
+    assert {"accept", "drop", "reject"} <= tally.seen
     assert lookups >= 6 + 2 * POLICIES  # the optimizer really folded the rules the packets met
     assert compared == 2 * (POLICIES + 1) * PACKETS
 

@@ -5,38 +5,38 @@ must give the same verdict for every one. What a backend cannot express is
 a compile error, counted apart, never a different verdict.
 
 Then routers: random policies with interface lists, wildcards and NAT,
-loaded into the router of a router lab (tests/test_netns_router.py), where
+loaded into the router of a router lab (tests/lab.py), where
 each listener answers with its name and the address it saw: explain's
 translation (who answers, and which source it sees) must be the kernel's."""
 
 from __future__ import annotations
 
 import random
-import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_netns_explain import LINKS, TCP_PORTS, UDP_PORTS, random_probes
-from test_netns_router import (
+from campaign import TCP_PORTS, UDP_PORTS, campaign, ready_for_probes
+
+from nfc.api import compile_policy
+from nfc.explain import Explanation, explain, parse_packet
+
+from lab import (
     LAN_HOST4,
     LAN_HOST6,
     LAN_SNATTED4,
-    LISTENERS,
+    ROUTER_LINKS,
+    ROUTER_LISTENERS,
     ROUTER_SNAT4,
     ROUTER_WAN4,
     ROUTER_WAN6,
     WAN_HOST4,
     WAN_HOST6,
+    Lab,
     Router,
+    router_labs,
 )
-from test_netns_router import LINKS as ROUTER_LINKS
-
-from nfc.api import compile_policy
-from nfc.explain import Explanation, explain, parse_packet
-
-from lab import Lab, require_lab
 
 pytestmark = pytest.mark.netns
 
@@ -101,11 +101,6 @@ def random_policy(rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-# A TCP connection refused over IPv6 (an ICMPv6 port unreachable) learns so
-# only from the retransmitted SYN, a second after the first: wait longer.
-PROBE_TIMEOUT = 2.0
-
-
 # Before the random ones: the constructs iptables-legacy got wrong once
 # (tcp-reset rejects in nfc's own chains, log level err, wildcards).
 KNOWN_CASES = """\
@@ -121,71 +116,28 @@ input:
 """
 
 
-def observed(lab: Lab, probes: list[tuple[str, dict, str]]) -> list[str]:
-    """What became of each probe, both clients sending at once."""
-    clients = {"a": lab.client_a, "b": lab.client_b}
-    with ThreadPoolExecutor(len(clients)) as pool:
-        futures = {
-            name: pool.submit(
-                lab.probe, client, [p for owner, p, _ in probes if owner == name], PROBE_TIMEOUT
-            )
-            for name, client in clients.items()
-        }
-        return [verdict for name in clients for verdict in futures[name].result()]
-
-
 def test_random_policies_get_the_same_verdicts_everywhere(
     make_lab: Callable[[], Lab], tmp_path: Path
 ) -> None:
-    labs = {"nft": make_lab(), "iptables-legacy": make_lab()}
-    for lab in labs.values():
-        # A hundred rejects at once: the kernel would rate-limit their ICMP
-        # errors, and a reject would look like a drop.
-        lab.server.run(
-            "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
-            "net.ipv4.icmp_msgs_per_sec=1000000", "net.ipv4.icmp_msgs_burst=1000000",
-        )  # fmt: skip
-        lab.start_servers(udp=UDP_PORTS, tcp=TCP_PORTS)
-        # Before any ruleset, every source talks to the server once, so that
-        # the server knows each one's link address: a reject's ICMP error must
-        # not wait on neighbour discovery for 50 addresses at once.
-        for name, client in (("a", lab.client_a), ("b", lab.client_b)):
-            hello = [
-                {"proto": "udp", "server": server, "port": 53, "source": source}
-                for owner, server, _, sources in LINKS
-                if owner == name
-                for source in sources
-            ]
-            assert set(lab.probe(client, hello)) == {"accept"}
+    with ThreadPoolExecutor(2) as pool:
+        labs = list(pool.map(lambda _: make_lab(), range(2)))
+        list(pool.map(ready_for_probes, labs))
+    variants = {
+        backend: (lab, lambda lab, policy, backend=backend: lab.apply(policy, backend=backend))
+        for backend, lab in zip(("nft", "iptables-legacy"), labs, strict=True)
+    }
     rng = random.Random(SEED)
-    compared = refused = 0
-    disagreements: list[str] = []
-    seen: set[str] = set()
+    policies = []
     for index in range(POLICIES + 1):
         policy = tmp_path / f"random-{index}.yaml"
         policy.write_text(random_policy(rng) if index else KNOWN_CASES)
-        ruleset, _ = compile_policy(str(policy))
-        probes = sorted(random_probes(seed=SEED + index, count=PACKETS), key=lambda p: p[0])
-        predicted = [explain(ruleset, parse_packet(text)).verdict for _, _, text in probes]
-        seen.update(predicted)
-        for backend, lab in labs.items():
-            applied = lab.apply(policy, backend=backend)
-            if applied.returncode == 2 and "cannot express this exactly" in applied.stderr:
-                refused += 1
-                continue
-            assert applied.returncode == 0, (policy.read_text(), applied.stderr)
-            # explain judges new connections: forget the flows of earlier rounds
-            lab.server.run("conntrack", "-F")
-            for (_, _, text), expected, kernel in zip(probes, predicted, observed(lab, probes), strict=True):
-                compared += 1
-                if kernel != expected:
-                    disagreements.append(
-                        f"{policy.name} {backend}: {text}: explain {expected}, kernel {kernel}"
-                    )
+        policies.append((policy, SEED + index))
+    tally = campaign(variants, policies, PACKETS)
+    compared, refused, disagreements = tally.compared, tally.refused, tally.disagreements
     print(f"random campaign: {POLICIES + 1} policies, {compared} packet verdicts compared, "
           f"{refused} backend refusals, {len(disagreements)} disagreements")  # fmt: skip
     assert disagreements == [], "\n".join(disagreements)
-    assert {"accept", "drop", "reject"} <= seen  # the sample exercises every outcome
+    assert {"accept", "drop", "reject"} <= tally.seen  # the sample exercises every outcome
     assert compared >= 2 * (POLICIES + 1) * PACKETS - refused * PACKETS
 
 
@@ -311,7 +263,7 @@ def router_answer(result: Explanation, proto: str) -> str | None:
     judged = result.judged
     redirected = result.dnat is not None and result.dnat.rule.kind == "redirect"
     host = "router" if redirected else OWNER[str(judged.daddr)]
-    udp, tcp = LISTENERS.get(host, ((), ()))
+    udp, tcp = ROUTER_LISTENERS.get(host, ((), ()))
     if judged.dport not in (udp if proto == "udp" else tcp):
         return None
     seen = str(judged.saddr)
@@ -322,18 +274,11 @@ def router_answer(result: Explanation, proto: str) -> str | None:
 
 
 def test_random_router_policies_translate_as_explain_says(tmp_path: Path) -> None:
-    require_lab()
-    routers = {b: Router(secrets.token_hex(3), tmp_path / b, b) for b in ("nft", "iptables-legacy")}
-    try:
+    with router_labs(tmp_path, {b: b for b in ("nft", "iptables-legacy")}) as routers:
         for router in routers.values():
-            router.home.mkdir()
-            router.build()
             for network in ("10.88.0.0/24", "10.99.0.0/24"):  # the WAN host answers every client
                 router.namespaces["wan"].run("ip", "route", "add", network, "via", ROUTER_WAN4)
         router_campaign(routers, tmp_path)
-    finally:
-        for router in routers.values():
-            router.teardown()
 
 
 def router_campaign(routers: dict[str, Router], tmp_path: Path) -> None:
@@ -351,18 +296,17 @@ def router_campaign(routers: dict[str, Router], tmp_path: Path) -> None:
         expected = [router_answer(r, probe[1]) for r, probe in zip(results, ROUTER_PROBES, strict=True)]
         translations |= {t.rule.kind for r, e in zip(results, expected, strict=True) if e
                          for t in (r.dnat, r.snat) if t}  # fmt: skip
-        for backend, router in routers.items():
-            applied = router.nfc("apply", str(router.write(text)), "-b", backend)
-            if applied.returncode == 2 and "cannot express this exactly" in applied.stderr:
+        with ThreadPoolExecutor(len(routers)) as pool:
+            heard = {name: pool.submit(load_and_ask, lab, text, expected) for name, lab in routers.items()}
+        for backend, future in heard.items():
+            answers = future.result()
+            if answers is None:
                 refused += 1
                 continue
-            assert applied.returncode == 0, (text, applied.stderr)
-            router.applied = text
-            router.namespaces["router"].run("conntrack", "-F")  # explain judges new connections
-            for packet, want, heard in zip(packets, expected, ask_all(router), strict=True):
+            for packet, want, got in zip(packets, expected, answers, strict=True):
                 compared += 1
-                if heard != want:
-                    disagreements.append(f"{policy.name} {backend}: {packet}: explain {want}, heard {heard}")
+                if got != want:
+                    disagreements.append(f"{policy.name} {backend}: {packet}: explain {want}, heard {got}")
     print(f"router campaign: {ROUTER_POLICIES + 1} policies, {compared} answers compared, "
           f"{refused} backend refusals, {len(disagreements)} disagreements")  # fmt: skip
     assert disagreements == [], "\n".join(disagreements)
@@ -370,15 +314,14 @@ def router_campaign(routers: dict[str, Router], tmp_path: Path) -> None:
     assert compared >= 2 * (ROUTER_POLICIES + 1) * len(ROUTER_PROBES) - refused * len(ROUTER_PROBES)
 
 
-def ask_all(router: Router) -> list[str | None]:
-    """Every probe's answer, each client asking all of its own at once."""
-    clients = sorted({probe[0] for probe in ROUTER_PROBES})
-    with ThreadPoolExecutor(len(clients)) as pool:
-        futures = {
-            client: pool.submit(
-                router.ask, client, *[(p, s, n, src) for c, p, s, n, src in ROUTER_PROBES if c == client]
-            )
-            for client in clients
-        }
-        answers = {client: iter(future.result()) for client, future in futures.items()}
-    return [next(answers[probe[0]]) for probe in ROUTER_PROBES]
+def load_and_ask(router: Router, text: str, expected: list[str | None]) -> list[str | None] | None:
+    """Every probe's answer under the policy `text`, each client asking all of
+    its own at once (the ones explain says are answered waited for longer);
+    None when the backend refuses the policy as one it cannot express exactly."""
+    applied = router.nfc("apply", str(router.write(text)), "-b", router.backend)
+    if applied.returncode == 2 and "cannot express this exactly" in applied.stderr:
+        return None
+    assert applied.returncode == 0, (text, applied.stderr)
+    router.applied = text
+    router.namespaces["router"].run("conntrack", "-F")  # explain judges new connections
+    return router.ask_everyone(ROUTER_PROBES, answered=[want is not None for want in expected])

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -26,28 +21,20 @@ from nfc.backends.iptables import RULES_V6
 from nfc.backends.nft import RULESET
 
 from conftest import run_nfc
-from lab import TRAFFIC, Namespace, _ip, _kill_namespace_processes, require_lab
+from lab import (
+    LAN_HOST4,
+    LAN_HOST6,
+    LAN_SNATTED4,
+    ROUTER_SNAT4,
+    ROUTER_WAN4,
+    ROUTER_WAN6,
+    WAN_HOST4,
+    WAN_HOST6,
+    Router,
+    router_labs,
+)
 
 pytestmark = pytest.mark.netns
-
-ROUTER_WAN4, WAN_HOST4, ROUTER_SNAT4 = "203.0.113.1", "203.0.113.2", "203.0.113.7"
-ROUTER_WAN6, WAN_HOST6 = "2001:db8:ff::1", "2001:db8:ff::2"
-LAN_HOST4, LAN_SNATTED4, LAN_HOST6 = "192.168.1.10", "192.168.1.20", "fd00:1::10"
-CTR_HOST4, DMZ_HOST4 = "10.88.0.2", "10.99.0.2"
-# router side, the router's device with the addresses (a bridge of that side,
-# as on home routers, or the side itself), host namespace, (router address,
-# host address, prefix length) per family
-LINKS = (
-    ("lan0", "br-lan", "lan", ("192.168.1.1", LAN_HOST4, 24), ("fd00:1::1", LAN_HOST6, 64)),
-    ("ctr1", "ctr1", "ctr", ("10.88.0.1", CTR_HOST4, 24), None),
-    ("dmz0", "dmz0", "dmz", ("10.99.0.1", DMZ_HOST4, 24), None),
-    ("eth0", "eth0", "wan", (ROUTER_WAN4, WAN_HOST4, 24), (ROUTER_WAN6, WAN_HOST6, 64)),
-)
-LISTENERS = {  # namespace: (udp ports, tcp ports), each answering "NAMESPACE PEER"
-    "wan": ((53, 5300), (80, 9001, 9002)),
-    "lan": ((), (80,)),
-    "router": ((5353,), ()),
-}
 
 SHARED = """\
 rules:
@@ -100,100 +87,13 @@ forward:
 """
 
 
-@dataclass
-class Router:
-    tag: str
-    home: Path
-    backend: str
-    namespaces: dict[str, Namespace] = field(default_factory=dict)
-    listeners: list[subprocess.Popen[str]] = field(default_factory=list)
-    applied: str | None = None
-
-    def build(self) -> None:
-        lock = {"XTABLES_LOCKFILE": str(self.home / "xtables.lock")}
-        for role in ("router", "lan", "ctr", "dmz", "wan"):
-            ns = Namespace(f"nfc-{self.tag}-{role}", lock if role == "router" else {})
-            self.namespaces[role] = ns
-            _ip("netns", "add", ns.name)
-            ns.run("ip", "link", "set", "lo", "up")
-            ns.run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-        router = self.namespaces["router"]
-        router.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-        for side, device, role, v4, v6 in LINKS:
-            host = self.namespaces[role]
-            router.run("ip", "link", "add", side, "type", "veth", "peer", "name", "eth0", "netns", host.name)
-            if device != side:
-                router.run("ip", "link", "add", device, "type", "bridge")
-                router.run("ip", "link", "set", side, "master", device, "up")
-            for ns, dev, index in ((router, device, 0), (host, "eth0", 1)):
-                for family in (v4, v6):
-                    if family is not None:
-                        ns.run("ip", "addr", "add", f"{family[index]}/{family[2]}", "dev", dev, "nodad")
-                ns.run("ip", "link", "set", dev, "up")
-            if role != "wan":
-                host.run("ip", "route", "add", "default", "via", v4[0])
-                if v6 is not None:
-                    host.run("ip", "-6", "route", "add", "default", "via", v6[0])
-        # The WAN host could reach the LAN untranslated: only the firewall stops it.
-        self.namespaces["wan"].run("ip", "route", "add", "192.168.1.0/24", "via", ROUTER_WAN4)
-        self.namespaces["wan"].run("ip", "-6", "route", "add", "fd00:1::/64", "via", ROUTER_WAN6)
-        self.namespaces["lan"].run("ip", "addr", "add", f"{LAN_SNATTED4}/24", "dev", "eth0")
-        router.run("ip", "addr", "add", f"{ROUTER_SNAT4}/32", "dev", "eth0")
-        for role, (udp, tcp) in LISTENERS.items():
-            ports = ["--udp", *map(str, udp), "--tcp", *map(str, tcp)]
-            process = self.namespaces[role].popen(
-                sys.executable, TRAFFIC, "tell-peer", "--name", role, *ports
-            )
-            self.listeners.append(process)
-            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-
-    def teardown(self) -> None:
-        for process in self.listeners:
-            process.kill()
-            process.wait(timeout=10)
-        for ns in self.namespaces.values():
-            _kill_namespace_processes(ns.name)
-            subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=30)
-
-    def write(self, policy: str) -> Path:
-        """`policy` as router.yaml, with its shared include beside it."""
-        directory = self.home / f"policy-{secrets.token_hex(2)}"
-        directory.mkdir()
-        (directory / "shared-rules.yaml").write_text(SHARED)
-        (directory / "router.yaml").write_text(policy)
-        return directory / "router.yaml"
-
-    def apply(self, policy: str) -> None:
-        """`nfc apply` of `policy` in the router, unless it is the one in force."""
-        if self.applied == policy:
-            return
-        result = self.nfc("apply", str(self.write(policy)), "-b", self.backend)
-        assert result.returncode == 0, result.stderr
-        self.applied = policy
-
-    def nfc(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.namespaces["router"].nfc(*args, "--state-dir", str(self.home / "state"))
-
-    def ask(self, role: str, *questions: tuple[str, str, int, str | None]) -> list[str | None]:
-        """What the listener behind each (proto, server, port, source) answered, at once."""
-        items = [{"proto": p, "server": s, "port": n, "source": src} for p, s, n, src in questions]
-        # a question that gets no answer takes the whole timeout: long enough
-        # for a busy machine, short enough to keep the module fast
-        command = [sys.executable, TRAFFIC, "ask", json.dumps(items), "--timeout", "2"]
-        result = self.namespaces[role].run(*command)
-        return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module", params=["nft", "iptables-legacy"])
 def router(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
     """One router lab per backend, shared by this module's tests, removed whatever happens."""
-    require_lab()
-    lab = Router(secrets.token_hex(3), tmp_path_factory.mktemp("router"), request.param)
-    try:
-        lab.build()
+    with router_labs(tmp_path_factory.mktemp("router"), {request.param: request.param}) as routers:
+        lab = routers[request.param]
+        lab.include = SHARED
         yield lab
-    finally:
-        lab.teardown()
 
 
 def test_masquerade_shows_the_wan_side_the_routers_address(router: Router) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from lab import TRAFFIC, Namespace, require_lab
+from lab import TRAFFIC, Namespace, _batch, require_lab
 
 pytestmark = pytest.mark.netns
 
@@ -47,19 +47,21 @@ class RouterLab:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         for ns in (self.router, self.lan, self.wan):
             subprocess.run(["ip", "netns", "add", ns.name], check=True, capture_output=True, timeout=30)
-            ns.run("ip", "link", "set", "lo", "up")
-        for side, host, router4, host4 in (("eth1", self.lan, ROUTER_LAN4, LAN4),
-                                           ("eth0", self.wan, ROUTER_WAN4, WAN4)):  # fmt: skip
-            peer = ("peer", "name", "eth0", "netns", host.name)
-            self.router.run("ip", "link", "add", side, "type", "veth", *peer)
-            self.router.run("ip", "addr", "add", f"{router4}/24", "dev", side)
-            self.router.run("ip", "link", "set", side, "up")
-            host.run("ip", "addr", "add", f"{host4}/24", "dev", "eth0")
-            host.run("ip", "link", "set", "eth0", "up")
-        self.lan.run("ip", "route", "add", "default", "via", ROUTER_LAN4)
-        self.wan.run("ip", "addr", "add", f"{ADMIN4}/32", "dev", "eth0")
-        self.wan.run("ip", "route", "add", "192.168.1.0/24", "via", ROUTER_WAN4)  # to try the LAN directly
-        self.router.run("ip", "route", "add", f"{ADMIN4}/32", "dev", "eth0")
+        router = ["link set lo up"]
+        for side, host, router4 in (("eth1", self.lan, ROUTER_LAN4), ("eth0", self.wan, ROUTER_WAN4)):
+            router += [
+                f"link add {side} type veth peer name eth0 netns {host.name}",
+                f"address add {router4}/24 dev {side}",
+                f"link set {side} up",
+            ]
+        router.append(f"route add {ADMIN4}/32 dev eth0")
+        _batch(self.router, router)
+        lan = ["link set lo up", f"address add {LAN4}/24 dev eth0", "link set eth0 up"]
+        _batch(self.lan, [*lan, f"route add default via {ROUTER_LAN4}"])
+        wan = ["link set lo up", f"address add {WAN4}/24 dev eth0", "link set eth0 up"]
+        wan.append(f"address add {ADMIN4}/32 dev eth0")
+        wan.append(f"route add 192.168.1.0/24 via {ROUTER_WAN4}")  # to try the LAN directly
+        _batch(self.wan, wan)
         self.router.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         self.tell_peer(self.lan, "lan", "--tcp", "80")
         self.tell_peer(self.wan, "wan", "--tcp", str(WAN_TCP), "--udp", str(WAN_UDP))

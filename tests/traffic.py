@@ -15,6 +15,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 QUESTION = b"\x07example\x03com\x00\x00\x01\x00\x01"  # example.com. A IN
 
@@ -151,6 +152,27 @@ def connect(args: argparse.Namespace) -> None:
     print(json.dumps({"attempts": args.count, "connected": ok}), flush=True)
 
 
+def _until_settled(
+    selector: selectors.BaseSelector, items: list[dict], args: argparse.Namespace
+) -> Iterator[tuple[selectors.SelectorKey, int]]:
+    """The sockets of `items` (registered with their index) as they become
+    ready. A socket still silent after `args.timeout` seconds is given up,
+    unless its item says `"answer": true` (the caller expects an answer):
+    that one is awaited up to `args.patience` seconds, so that a busy
+    machine's slow answer is not taken for a drop, while the silences the
+    caller expects share the one shorter wait."""
+    start = time.monotonic()
+    silence_until = start + args.timeout
+    answer_until = start + max(args.timeout, args.patience)
+
+    def deadline() -> float:
+        awaited = any(items[key.data].get("answer") for key in selector.get_map().values())
+        return answer_until if awaited else silence_until
+
+    while selector.get_map() and time.monotonic() < deadline():
+        yield from selector.select(timeout=max(0.0, deadline() - time.monotonic()))
+
+
 def probe(args: argparse.Namespace) -> None:
     """Send one packet or connection attempt per probe, all at once, and say
     what became of each: accept (answered), reject (refused) or drop."""
@@ -173,23 +195,21 @@ def probe(args: argparse.Namespace) -> None:
             sock.setblocking(False)
             sock.connect_ex((item["server"], item["port"]))
             selector.register(sock, selectors.EVENT_WRITE, index)
-    deadline = time.monotonic() + args.timeout
-    while selector.get_map() and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
-            sock, index = key.fileobj, key.data
-            selector.unregister(sock)
-            if sock.type == socket.SOCK_DGRAM:
-                try:
-                    sock.recv(4096)
-                    verdicts[index] = "accept"
-                except ConnectionRefusedError:
-                    verdicts[index] = "reject"
-                except OSError:
-                    pass
-            else:
-                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                verdicts[index] = "accept" if error == 0 else "reject" if error == 111 else "drop"
-            sock.close()
+    for key, _ in _until_settled(selector, probes, args):
+        sock, index = key.fileobj, key.data
+        selector.unregister(sock)
+        if sock.type == socket.SOCK_DGRAM:
+            try:
+                sock.recv(4096)
+                verdicts[index] = "accept"
+            except ConnectionRefusedError:
+                verdicts[index] = "reject"
+            except OSError:
+                pass
+        else:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            verdicts[index] = "accept" if error == 0 else "reject" if error == 111 else "drop"
+        sock.close()
     print(json.dumps(verdicts), flush=True)
 
 
@@ -244,13 +264,11 @@ def ask(args: argparse.Namespace) -> None:
         if kind == socket.SOCK_DGRAM:
             sock.send(b"?")
         selector.register(sock, selectors.EVENT_READ, index)
-    deadline = time.monotonic() + args.timeout
-    while selector.get_map() and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
-            selector.unregister(key.fileobj)
-            with contextlib.suppress(OSError):
-                answers[key.data] = key.fileobj.recv(256).decode() or None
-            key.fileobj.close()
+    for key, _ in _until_settled(selector, questions, args):
+        selector.unregister(key.fileobj)
+        with contextlib.suppress(OSError):
+            answers[key.data] = key.fileobj.recv(256).decode() or None
+        key.fileobj.close()
     print(json.dumps(answers), flush=True)
 
 
@@ -277,7 +295,8 @@ def main() -> None:
     tcp.add_argument("--timeout", type=float, default=1.5)
     many = commands.add_parser("probe")
     many.add_argument("probes", help='JSON list of {"proto", "server", "port", "source"}')
-    many.add_argument("--timeout", type=float, default=1.0)
+    many.add_argument("--timeout", type=float, default=1.0, help="how long silence is waited for")
+    many.add_argument("--patience", type=float, default=0.0, help='how long one marked "answer": true is')
     peer = commands.add_parser("tell-peer")
     peer.add_argument("--name", required=True)
     peer.add_argument("--udp", type=int, nargs="*", default=[])
@@ -285,7 +304,8 @@ def main() -> None:
     peer.add_argument("--lifetime", type=float, default=120)
     asking = commands.add_parser("ask")
     asking.add_argument("questions", help='JSON list of {"proto", "server", "port", "source"?}')
-    asking.add_argument("--timeout", type=float, default=1.0)
+    asking.add_argument("--timeout", type=float, default=1.0, help="how long silence is waited for")
+    asking.add_argument("--patience", type=float, default=0.0, help='how long one marked "answer": true is')
     args = parser.parse_args()
     run = {"serve": serve, "query": query, "connect": connect, "probe": probe}
     run |= {"tell-peer": tell_peer, "ask": ask}
