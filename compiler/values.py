@@ -51,12 +51,14 @@ def network_of(value: int, length: int, is_v6: bool) -> Network:
     """What ipaddress's own constructor makes of a network already checked
     (`value` its first address, without host bits), without parsing again:
     its parser costs several times what the check did."""
-    new = object.__new__
-    address = new(ipaddress.IPv6Address if is_v6 else ipaddress.IPv4Address)
+    address_class: type[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    address_class = ipaddress.IPv6Address if is_v6 else ipaddress.IPv4Address
+    network_class: type[Network] = ipaddress.IPv6Network if is_v6 else ipaddress.IPv4Network
+    address = address_class.__new__(address_class)
     address._ip = value  # type: ignore[union-attr]
     if is_v6:
         address._scope_id = None  # type: ignore[union-attr]
-    network = new(ipaddress.IPv6Network if is_v6 else ipaddress.IPv4Network)
+    network = network_class.__new__(network_class)
     network.network_address = address
     network.netmask = _MASKS[is_v6][length]
     network._prefixlen = length  # type: ignore[union-attr]
