@@ -172,9 +172,11 @@ def _collapsed(networks: tuple[Network, ...]) -> tuple[Network, ...]:
     the type of `collapse_addresses` cannot be told. Networks that neither
     overlap nor touch are collapsed already: sorted, they are the answer,
     without the cost of `collapse_addresses`."""
-    spans = sorted(
-        (int(n.network_address), int(n.network_address) + n.num_addresses - 1, n) for n in networks
-    )
+    spans = []
+    for network in networks:  # ipaddress's num_addresses and broadcast_address are slow properties
+        low = int(network.network_address)
+        spans.append((low, low | ((1 << (network.max_prefixlen - network.prefixlen)) - 1), network))
+    spans.sort()
     if all(high + 1 < low for (_, high, _), (low, _, _) in itertools.pairwise(spans)):
         return tuple(network for _, _, network in spans)
     return tuple(sorted(ipaddress.collapse_addresses(networks)))  # type: ignore[type-var]
