@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from nfc.backends.nft_groups import Element, Group, Interval, Shape, as_key, join
 from nfc.ir import Addresses, Family, Interfaces, Match, Rule, Verdict
-from nfc.space import Cube, Space, intersect, overlap
+from nfc.space import Cube, Space, overlap
 
 MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
 MAX_PLANS = 8  # rounds of planning, each without the rules of the last one's small groups
@@ -194,7 +194,7 @@ class _Planner:
         if mine.family and theirs.family and mine.family != theirs.family:
             return True
         for here, there in zip(mine.intervals, theirs.intervals, strict=True):
-            if here is not None and there is not None and not intersect(here, there):
+            if here is not None and there is not None and not _meet(here, there):
                 return True
         for names, others in zip(mine.names, theirs.names, strict=True):
             if names is not None and others is not None and names.isdisjoint(others):
@@ -259,6 +259,21 @@ def _bounds(match: Match) -> Bounds:
             and not (match.ct_state or match.icmp_types or match.ct_status)
         ),
     )
+
+
+def _meet(a: tuple[Interval, ...], b: tuple[Interval, ...]) -> bool:
+    """Whether sorted disjoint intervals share a point: `nfc.space.intersect`
+    walked as far as the first point, without building the intersection."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        (a_low, a_high), (b_low, b_high) = a[i], b[j]
+        if a_low <= b_high and b_low <= a_high:
+            return True
+        if a_high < b_high:
+            i += 1
+        else:
+            j += 1
+    return False
 
 
 def _wildcard(interfaces: Interfaces) -> bool:
