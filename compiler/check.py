@@ -306,7 +306,7 @@ class RuleChecker:
     def matches(self, parts: RuleParts, families: Iterable[Family]) -> list[Match]:
         """IR matches, one per family, or one for both when nothing needs a split."""
         needs_split = parts.saddr is not None or parts.daddr is not None
-        if not needs_split and parts.families == set(BOTH_FAMILIES):
+        if not needs_split and len(parts.families) == len(BOTH_FAMILIES):  # both: an enum's hash is slow
             return [self.match_for(parts, None)]
         return [self.match_for(parts, f) for f in BOTH_FAMILIES if f in families]
 
