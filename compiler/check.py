@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from typing import cast
 
 from nfc import vocab
@@ -198,10 +199,16 @@ class RuleChecker:
             # a define's value is collapsed already: a long list is not collapsed twice
             value = self.defines.value(set_name, addrs.items[0].loc)
             assert isinstance(value, AddressValue)
+        elif len(networks) == 1:  # most rules: nothing to collapse, one family to find
+            value = (
+                AddressValue(tuple(networks), ())
+                if isinstance(networks[0], IPv4Network)
+                else AddressValue((), tuple(networks))
+            )
         else:
             value = AddressValue(
-                collapse(n for n in networks if n.version == 4),
-                collapse(n for n in networks if n.version == 6),
+                collapse(n for n in networks if isinstance(n, IPv4Network)),
+                collapse(n for n in networks if not isinstance(n, IPv4Network)),
             )
         families = {f for f in BOTH_FAMILIES if value.of(f)}
         self.restrict(families, f"the '{direction}' address list", addrs.loc)
@@ -299,7 +306,7 @@ class RuleChecker:
     def matches(self, parts: RuleParts, families: Iterable[Family]) -> list[Match]:
         """IR matches, one per family, or one for both when nothing needs a split."""
         needs_split = parts.saddr is not None or parts.daddr is not None
-        if not needs_split and parts.families == set(BOTH_FAMILIES):
+        if not needs_split and len(parts.families) == len(BOTH_FAMILIES):  # both: an enum's hash is slow
             return [self.match_for(parts, None)]
         return [self.match_for(parts, f) for f in BOTH_FAMILIES if f in families]
 

@@ -28,10 +28,6 @@ from nfc.load import ChainSection
 from nfc.syntax import ParsedRule
 
 
-def _by_family(families: set[Family]) -> list[Family]:
-    return sorted(families, key=lambda f: f.value)
-
-
 def mirror_notrack(lowering: Lowering) -> None:
     """Raw-table rules for both directions of each entry's flows, and the
     answers each entry implies, with the chain that sees those answers.
@@ -53,7 +49,7 @@ def mirror_notrack(lowering: Lowering) -> None:
         parts = checker.check_matches()
         origin = text.loc
         host, routed = text.scope in ("host", "all"), text.scope in ("routed", "all")
-        for match in checker.matches(parts, _by_family(parts.families)):
+        for match in checker.matches(parts, parts.families):
             mirrored = match.mirrored()
             places: list[tuple[NotrackHook, Match, Destination | None]] = [
                 ("prerouting", match, None if host and routed else "host" if host else "routed")
@@ -157,7 +153,7 @@ def _lower_rule(lowering: Lowering, rule: ParsedRule, chain: str, ordinal: int) 
         families = [f for f in BOTH_FAMILIES if f in parts.families]
         matches = [checker.match_for(parts, f) for f in families]
     else:
-        matches = checker.matches(parts, _by_family(parts.families))
+        matches = checker.matches(parts, parts.families)
     log = check_log(node.log)
     comment = check_comment(text, node)
     origin = text.loc

@@ -75,19 +75,20 @@ class _Unsure(Exception):
 
 class _Reader:
     def __init__(self, text: str, locate: Locate) -> None:
-        self.tokens = [(m.group(), m.start() + 1) for m in TOKEN.finditer(text)]
+        self.tokens = [(m[0], m.start() + 1) for m in TOKEN.finditer(text)]
+        self.count = len(self.tokens)  # read once: peek and take run once per token
         self.at = 0
         self.locate = locate
 
     def peek(self) -> str | None:
-        return self.tokens[self.at][0] if self.at < len(self.tokens) else None
+        return self.tokens[self.at][0] if self.at < self.count else None
 
     def take(self) -> tuple[str, int]:
-        if self.at >= len(self.tokens):
+        at = self.at
+        if at >= self.count:
             raise _Unsure
-        token = self.tokens[self.at]
-        self.at += 1
-        return token
+        self.at = at + 1
+        return self.tokens[at]
 
     def expect(self, word: str) -> int:
         text, col = self.take()

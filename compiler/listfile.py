@@ -11,25 +11,15 @@ FILE:LINE:COL. The YAML node cap does not apply here."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 
 from nfc.errors import Loc, PolicyError, printable
 from nfc.ir import Network
 from nfc.textfile import read_text
-from nfc.values import AddressValue, parse_network
+from nfc.values import AddressValue, network_of, parse_network
 
 MAX_LIST_BYTES = 512 * 1024 * 1024
 V4_BITS, V6_BITS = 32, 128
-# One netmask object per prefix length, shared by every network built here.
-_MASKS: dict[int, list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {
-    4: [ipaddress.IPv4Network((0, length)).netmask for length in range(V4_BITS + 1)],
-    6: [ipaddress.IPv6Network((0, length)).netmask for length in range(V6_BITS + 1)],
-}
-_CLASSES: dict[int, tuple[type[Network], type[ipaddress.IPv4Address | ipaddress.IPv6Address]]] = {
-    4: (ipaddress.IPv4Network, ipaddress.IPv4Address),
-    6: (ipaddress.IPv6Network, ipaddress.IPv6Address),
-}
 
 
 def read_address_list(path: str, where: Loc) -> AddressValue:
@@ -118,9 +108,6 @@ def _collapsed(entries: list[int], version: int) -> tuple[Network, ...]:
                 merged[-1][1] = high
         else:
             merged.append([low, high])
-    network_class, address_class = _CLASSES[version]
-    masks = _MASKS[version]
-    new = object.__new__
     networks: list[Network] = []
     for low, high in merged:
         while low <= high:
@@ -129,16 +116,8 @@ def _collapsed(entries: list[int], version: int) -> tuple[Network, ...]:
             aligned = (low & -low).bit_length() - 1 if low else bits
             fits = (high - low + 1).bit_length() - 1
             length = bits - min(aligned, fits)
-            # What ipaddress's own constructor makes, without parsing again
-            # what was just checked: it would triple the time of a long list.
-            address = new(address_class)
-            address._ip = low  # type: ignore[union-attr]
-            if version == 6:
-                address._scope_id = None  # type: ignore[union-attr]
-            network = new(network_class)
-            network.network_address = address
-            network.netmask = masks[length]
-            network._prefixlen = length  # type: ignore[union-attr]
-            networks.append(network)
+            # Not ipaddress's constructor: parsing again what was just
+            # checked would triple the time of a long list.
+            networks.append(network_of(low, length, version == 6))
             low += 1 << (bits - length)
     return tuple(networks)

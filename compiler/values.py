@@ -8,6 +8,7 @@ import functools
 import ipaddress
 import itertools
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,11 +40,53 @@ class PortValue:
 DefineValue = AddressValue | PortValue
 
 
+# One netmask object per prefix length, shared by every network `network_of` builds.
+_MASKS: dict[bool, list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {
+    False: [ipaddress.IPv4Network((0, length)).netmask for length in range(33)],
+    True: [ipaddress.IPv6Network((0, length)).netmask for length in range(129)],
+}
+
+
+def network_of(value: int, length: int, is_v6: bool) -> Network:
+    """What ipaddress's own constructor makes of a network already checked
+    (`value` its first address, without host bits), without parsing again:
+    its parser costs several times what the check did."""
+    address_class: type[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    address_class = ipaddress.IPv6Address if is_v6 else ipaddress.IPv4Address
+    network_class: type[Network] = ipaddress.IPv6Network if is_v6 else ipaddress.IPv4Network
+    address = address_class.__new__(address_class)
+    address._ip = value  # type: ignore[union-attr]
+    if is_v6:
+        address._scope_id = None  # type: ignore[union-attr]
+    network = network_class.__new__(network_class)
+    network.network_address = address
+    network.netmask = _MASKS[is_v6][length]
+    network._prefixlen = length  # type: ignore[union-attr]
+    return network
+
+
 @functools.lru_cache(maxsize=65536)
 def _network(text: str) -> Network:
     """A network written in a policy; ValueError if it is none. Cached: the
-    same addresses recur across rules."""
-    if ":" in text:
+    same addresses recur across rules. What `inet_pton` takes with a prefix
+    length in digits is built directly; the rest goes to ipaddress, the
+    reference, which takes it or says why not."""
+    is_v6 = ":" in text
+    address, slash, length_text = text.partition("/")
+    bits = 128 if is_v6 else 32
+    if not slash:
+        length = bits
+    elif length_text.isascii() and length_text.isdigit() and len(length_text) <= 3:
+        length = int(length_text)
+    else:
+        length = -1
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6 if is_v6 else socket.AF_INET, address))
+    except (OSError, ValueError):
+        value = -1
+    if value >= 0 and 0 <= length <= bits and not value & ((1 << (bits - length)) - 1):
+        return network_of(value, length, is_v6)
+    if is_v6:
         return ipaddress.IPv6Network(text, strict=True)
     return ipaddress.IPv4Network(text, strict=True)
 
@@ -129,9 +172,11 @@ def _collapsed(networks: tuple[Network, ...]) -> tuple[Network, ...]:
     the type of `collapse_addresses` cannot be told. Networks that neither
     overlap nor touch are collapsed already: sorted, they are the answer,
     without the cost of `collapse_addresses`."""
-    spans = sorted(
-        (int(n.network_address), int(n.network_address) + n.num_addresses - 1, n) for n in networks
-    )
+    spans = []
+    for network in networks:  # ipaddress's num_addresses and broadcast_address are slow properties
+        low = int(network.network_address)
+        spans.append((low, low | ((1 << (network.max_prefixlen - network.prefixlen)) - 1), network))
+    spans.sort()
     if all(high + 1 < low for (_, high, _), (low, _, _) in itertools.pairwise(spans)):
         return tuple(network for _, _, network in spans)
     return tuple(sorted(ipaddress.collapse_addresses(networks)))  # type: ignore[type-var]

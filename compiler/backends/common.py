@@ -23,10 +23,24 @@ def rule_note(rule: Rule) -> str | None:
 
 
 def network_text(network: Network) -> str:
-    """A network as both tools write it: a host without its /32 or /128."""
-    if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return str(network)
+    """A network as both tools write it: a host without its /32 or /128.
+    Cached by identity: the front end shares one object per network
+    written, a network recurs across rules, and ipaddress's `str` and hash
+    are slow Python code. The cached entry keeps its network alive, so an
+    id is never reused while it is in the cache."""
+    cached = _TEXTS.get(id(network))
+    if cached is not None and cached[0] is network:
+        return cached[1]
+    if len(_TEXTS) >= MAX_CACHED_TEXTS:
+        _TEXTS.clear()
+    host = network.prefixlen == network.max_prefixlen
+    text = str(network.network_address) if host else str(network)
+    _TEXTS[id(network)] = (network, text)
+    return text
+
+
+MAX_CACHED_TEXTS = 1 << 18  # networks whose text is kept: a bound on the memory a long list holds
+_TEXTS: dict[int, tuple[Network, str]] = {}
 
 
 def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:

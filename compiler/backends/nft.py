@@ -18,6 +18,7 @@ from nfc.ir import (
     Addresses,
     Chain,
     Family,
+    Interfaces,
     Match,
     Meter,
     NatRule,
@@ -190,23 +191,33 @@ def _names(names: tuple[str, ...]) -> str:
     return names[0] if len(names) == 1 else "{ " + ", ".join(names) + " }"
 
 
+def _interfaces(interfaces: Interfaces) -> str:
+    return _names(tuple(f'"{name}"' for name in interfaces.names))
+
+
 def _match(match: Match) -> list[str]:
+    # Written out field by field, without a loop over (keyword, value)
+    # pairs or a dict keyed by the family: this runs once per rule, and an
+    # enum member's hash is Python code.
     parts = []
-    for keyword, interfaces in (("iifname", match.iifname), ("oifname", match.oifname)):
-        if interfaces is not None:
-            parts.append(f"{keyword} " + _names(tuple(f'"{name}"' for name in interfaces.names)))
-    implied_family = match.saddr or match.daddr or match.icmp_types
-    if match.family is not None and not implied_family:
+    if match.iifname is not None:
+        parts.append("iifname " + _interfaces(match.iifname))
+    if match.oifname is not None:
+        parts.append("oifname " + _interfaces(match.oifname))
+    saddr, daddr = match.saddr, match.daddr
+    if match.family is not None and not (saddr or daddr or match.icmp_types):
         parts.append(f"meta nfproto {match.family.value}")
-    for direction, addresses in (("saddr", match.saddr), ("daddr", match.daddr)):
-        if addresses is not None:
-            parts.append(f"{ADDRESS_KEYWORD[addresses.family]} {direction} {_addresses(addresses)}")
+    if saddr is not None:
+        parts.append(("ip saddr " if saddr.family is Family.V4 else "ip6 saddr ") + _addresses(saddr))
+    if daddr is not None:
+        parts.append(("ip daddr " if daddr.family is Family.V4 else "ip6 daddr ") + _addresses(daddr))
     if match.icmp_types:
         parts.append(f"{match.protocol} type {_names(match.icmp_types)}")
     elif match.sport or match.dport:
-        for direction, ports in (("sport", match.sport), ("dport", match.dport)):
-            if ports is not None:
-                parts.append(f"{match.protocol} {direction} {_ports(ports)}")
+        if match.sport is not None:
+            parts.append(f"{match.protocol} sport {_ports(match.sport)}")
+        if match.dport is not None:
+            parts.append(f"{match.protocol} dport {_ports(match.dport)}")
     elif match.protocol:
         parts.append(f"meta l4proto {match.protocol}")
     if match.ct_state:

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from nfc.backends.nft_groups import Element, Group, Interval, Shape, as_key, join
-from nfc.ir import Addresses, Family, Match, Rule, Verdict
-from nfc.space import Cube, Space, intersect, overlap
+from nfc.ir import Addresses, Family, Interfaces, Match, Rule, Verdict
+from nfc.space import Cube, Space, overlap
 
 MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
 MAX_PLANS = 8  # rounds of planning, each without the rules of the last one's small groups
@@ -194,7 +194,7 @@ class _Planner:
         if mine.family and theirs.family and mine.family != theirs.family:
             return True
         for here, there in zip(mine.intervals, theirs.intervals, strict=True):
-            if here is not None and there is not None and not intersect(here, there):
+            if here is not None and there is not None and not _meet(here, there):
                 return True
         for names, others in zip(mine.names, theirs.names, strict=True):
             if names is not None and others is not None and names.isdisjoint(others):
@@ -229,12 +229,17 @@ class Bounds(NamedTuple):
 
 
 def _bounds(match: Match) -> Bounds:
-    addresses = [None if a is None or a.negated or a.runtime else a for a in (match.saddr, match.daddr)]
-    interfaces = [
-        None if i is None or any(name.endswith("*") for name in i.names) else frozenset(i.names)
-        for i in (match.iifname, match.oifname)
-    ]
-    families = {_family_name(a.family) for a in addresses if a is not None}
+    # Field by field, without loops over pairs: this runs once per rule.
+    saddr, daddr, iifname, oifname = match.saddr, match.daddr, match.iifname, match.oifname
+    source = None if saddr is None or saddr.negated or saddr.runtime else saddr
+    destination = None if daddr is None or daddr.negated or daddr.runtime else daddr
+    incoming = None if iifname is None or _wildcard(iifname) else frozenset(iifname.names)
+    outgoing = None if oifname is None or _wildcard(oifname) else frozenset(oifname.names)
+    families = set()
+    if source is not None:
+        families.add(_family_name(source.family))
+    if destination is not None:
+        families.add(_family_name(destination.family))
     if match.family:
         families.add(_family_name(match.family))
     return Bounds(
@@ -242,15 +247,37 @@ def _bounds(match: Match) -> Bounds:
         intervals=(
             None if match.sport is None else match.sport.ranges,
             None if match.dport is None else match.dport.ranges,
-            *(None if a is None else _intervals(a) for a in addresses),
+            None if source is None else _intervals(source),
+            None if destination is None else _intervals(destination),
         ),
-        names=tuple(interfaces),
+        names=(incoming, outgoing),
         exact=(
-            all(mine is given for mine, given in zip(addresses, (match.saddr, match.daddr), strict=True))
-            and interfaces.count(None) == (match.iifname, match.oifname).count(None)
+            source is saddr
+            and destination is daddr
+            and (incoming is None) == (iifname is None)
+            and (outgoing is None) == (oifname is None)
             and not (match.ct_state or match.icmp_types or match.ct_status)
         ),
     )
+
+
+def _meet(a: tuple[Interval, ...], b: tuple[Interval, ...]) -> bool:
+    """Whether sorted disjoint intervals share a point: `nfc.space.intersect`
+    walked as far as the first point, without building the intersection."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        (a_low, a_high), (b_low, b_high) = a[i], b[j]
+        if a_low <= b_high and b_low <= a_high:
+            return True
+        if a_high < b_high:
+            i += 1
+        else:
+            j += 1
+    return False
+
+
+def _wildcard(interfaces: Interfaces) -> bool:
+    return any(name.endswith("*") for name in interfaces.names)
 
 
 def _family_name(family: Family | None) -> str | None:
