@@ -11,12 +11,10 @@ FILE:LINE:COL. The YAML node cap does not apply here."""
 
 from __future__ import annotations
 
-import socket
-
 from nfc.errors import Loc, PolicyError, printable
 from nfc.ir import Network
 from nfc.textfile import read_text
-from nfc.values import AddressValue, network_of, parse_network
+from nfc.values import AddressValue, network_of, parse_network, strict_prefix
 
 MAX_LIST_BYTES = 512 * 1024 * 1024
 V4_BITS, V6_BITS = 32, 128
@@ -45,7 +43,6 @@ def _entries(path: str, text: str) -> tuple[list[int], list[int]]:
     """The IPv4 and the IPv6 entries, each as one integer: its first
     address shifted left by 8 bits, with its prefix length in those bits
     (integers sort several times faster than tuples)."""
-    pton, from_bytes = socket.inet_pton, int.from_bytes
     v4: list[int] = []
     v6: list[int] = []
     # split("\n"), not splitlines(): that would also end a line at U+2028
@@ -55,22 +52,12 @@ def _entries(path: str, text: str) -> tuple[list[int], list[int]]:
         entry = entry.strip(" \t\r")
         if not entry:
             continue
-        address, slash, length_text = entry.partition("/")
-        is_v6 = ":" in address
-        bits = V6_BITS if is_v6 else V4_BITS
-        try:
-            value = from_bytes(pton(socket.AF_INET6 if is_v6 else socket.AF_INET, address), "big")
-        except (OSError, ValueError):
-            value = -1
-        if not slash:
-            length = bits
-        elif length_text.isascii() and length_text.isdigit() and len(length_text) <= 3:
-            length = int(length_text)
-        else:
-            length = -1
-        if value < 0 or not 0 <= length <= bits or value & ((1 << (bits - length)) - 1):
+        prefix = strict_prefix(entry)
+        if prefix is None:
             network = _slow(path, number, line, entry)
-            value, length = int(network.network_address), network.prefixlen
+            value, length, is_v6 = int(network.network_address), network.prefixlen, network.version == 6
+        else:
+            value, length, is_v6 = prefix
         (v6 if is_v6 else v4).append(value << 8 | length)
     return v4, v6
 
