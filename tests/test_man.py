@@ -600,3 +600,21 @@ def test_the_nat_samples_of_explain_and_diff_are_what_nfc_prints(
     (tmp_path / "new.yaml").write_text("".join(f"{line}\n" for line in policy if line != masquerade))
     assert cli.main(["diff", "old.yaml", "new.yaml"]) == cli.EXIT_OK
     assert capsys.readouterr().out.splitlines() == shown.splitlines()
+
+
+def test_the_example_of_nfc_policy_5_is_the_flagship_policy_and_its_golden_output() -> None:
+    """EXAMPLE shows policies/dns-recursive.yaml and what nfc writes for it,
+    as the golden files hold it (the nft ruleset indented with spaces)."""
+    blocks = example_blocks(section(plain(NFC_POLICY_5), "EXAMPLE"))
+    golden = ROOT / "tests" / "golden"
+    shown = {
+        "the policy": ROOT / "policies" / "dns-recursive.yaml",
+        "ruleset.nft": golden / "dns-recursive.nft",
+        "rules.v4": golden / "dns-recursive.rules.v4",
+        "sysctl.conf": golden / "dns-recursive.sysctl.conf",
+    }
+    assert len(blocks) == len(shown), f"EXAMPLE of nfc-policy(5) should show {', '.join(shown)}"
+    for block, (name, path) in zip(blocks, shown.items(), strict=True):
+        assert block == path.read_text(encoding="utf-8").expandtabs(4), (
+            f"{name} in the EXAMPLE of nfc-policy(5) is not {path.relative_to(ROOT)}"
+        )
