@@ -27,6 +27,8 @@ from nfc.ir import (
 from nfc.load import ChainSection
 from nfc.syntax import ParsedRule
 
+LOOPBACK = Interfaces(("lo",))
+
 
 def mirror_notrack(lowering: Lowering) -> None:
     """Raw-table rules for both directions of each entry's flows, and the
@@ -56,6 +58,9 @@ def mirror_notrack(lowering: Lowering) -> None:
             ]
             if host:
                 places.append(("output", mirrored, None))
+                to_itself = _sent_to_itself(match)
+                if to_itself is not None and to_itself != mirrored:
+                    places.append(("output", to_itself, None))
             if routed:
                 places.append(("prerouting", mirrored, "routed"))
             rules += [NotrackRule(h, m, origin, comment, text.expires, d) for h, m, d in places]
@@ -68,6 +73,19 @@ def mirror_notrack(lowering: Lowering) -> None:
     lowering.notrack.extend(rules)
 
 
+def _sent_to_itself(match: Match) -> Match | None:
+    """The entry's own direction as the host sends it to itself, or None if
+    the entry names an inbound interface other than lo.
+
+    A health check or a resolver asking itself sends its request through
+    output and lo. Conntrack makes the entry in output, so prerouting's
+    notrack comes too late for it: untracked there, the answers alone would
+    leave every such connection half-tracked ([UNREPLIED], then invalid)."""
+    if match.iifname is not None and not match.iifname.admits(LOOPBACK.names[0]):
+        return None
+    return replace(match, iifname=None, oifname=LOOPBACK)
+
+
 def add_implied_rules(lowering: Lowering) -> None:
     """What each chain starts with: the loopback accept, the essential ICMP
     accepts, then the connection-state rules and the accepts for untracked
@@ -76,8 +94,7 @@ def add_implied_rules(lowering: Lowering) -> None:
         rules = lowering.chain_rules.setdefault(name, [])
         if section.loopback == "accept" and (section.policy == "drop" or section.rules):
             # first, so that no state rule, meter or drop sees the host's talk with itself
-            lo = Interfaces(("lo",))
-            loopback = Match(iifname=lo) if name == "input" else Match(oifname=lo)
+            loopback = Match(iifname=LOOPBACK) if name == "input" else Match(oifname=LOOPBACK)
             rules.append(Rule(loopback, Verdict("accept"), section.loopback_loc, role=RuleRole.LOOPBACK))
         if section.icmp == "essential":
             rules.extend(_essential_icmp(section))

@@ -268,12 +268,18 @@ def test_loopback_manual_leaves_it_to_the_rules_and_forward_refuses_accept(tmp_p
 @pytest.mark.parametrize(
     ("scope", "expected"),
     [
-        # (hook, destination, the entry as written or mirrored)
-        ("host", {("prerouting", "host", "dport"), ("output", None, "sport")}),
+        # (hook, destination, the entry as written or mirrored); the host's
+        # traffic to itself passes output alone before conntrack: "output, dport"
+        ("host", {("prerouting", "host", "dport"), ("output", None, "sport"), ("output", None, "dport")}),
         ("routed", {("prerouting", "routed", "dport"), ("prerouting", "routed", "sport")}),
         (
             "all",
-            {("prerouting", None, "dport"), ("output", None, "sport"), ("prerouting", "routed", "sport")},
+            {
+                ("prerouting", None, "dport"),
+                ("output", None, "sport"),
+                ("output", None, "dport"),
+                ("prerouting", "routed", "sport"),
+            },
         ),
     ],
 )
@@ -287,6 +293,9 @@ def test_notrack_scope_untracks_both_directions_of_whose_traffic(
     )
     written = {(n.hook, n.destination, "dport" if n.match.dport else "sport") for n in ruleset.notrack}
     assert written == expected
+    for notrack in ruleset.notrack:
+        to_itself = notrack.hook == "output" and notrack.match.dport is not None
+        assert (notrack.match.oifname == Interfaces(("lo",))) == to_itself, notrack
     answers = {c.name for c in ruleset.chains for r in c.rules if r.role is RuleRole.UNTRACKED_ANSWER}
     assert answers == ({"forward"} if scope in ("routed", "all") else set())  # the host's: output has none
 

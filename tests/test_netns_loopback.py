@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from lab import Lab
+from lab import SERVER_A4, SERVER_A6, Lab
 
 pytestmark = pytest.mark.netns
 
@@ -45,3 +45,21 @@ def test_the_resolver_answers_itself_on_loopback(lab: Lab, tmp_path: Path, backe
     applied = lab.apply(manual_copy(tmp_path), backend=backend)
     assert applied.returncode == 0, applied.stderr
     assert lab.probe(lab.server, PROBES) == ["drop"] * len(PROBES)
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables-legacy"])
+def test_a_server_asking_itself_leaves_no_conntrack_entry(lab: Lab, backend: str) -> None:
+    """The authoritative policy untracks `udp dport domain` alone. The
+    server's own queries to itself (on loopback and on its own address) go
+    through output and lo, where prerouting's notrack comes after conntrack
+    has made the entry: nfc untracks them in output, so neither the queries
+    nor the answers leave a half-tracked entry (each query comes from a
+    fresh source port, so each would be one)."""
+    lab.start_servers(udp=(53,), tcp=())
+    applied = lab.apply(ROOT / "policies" / "dns-authoritative.yaml", backend=backend)
+    assert applied.returncode == 0, applied.stderr
+    queries = 40
+    for address in (*LOOPBACK, SERVER_A4, SERVER_A6):
+        result = lab.query(lab.server, address, [address], queries)
+        assert result["answered"] == queries, (address, result)
+    assert lab.server.conntrack_count() == 0, lab.server.run("conntrack", "-L", check=False).stdout[:500]
