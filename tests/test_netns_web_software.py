@@ -1,0 +1,199 @@
+"""The flagship web and router policies with real web software under real
+load clients, on both backends: nginx serves behind policies/web-notrack.yaml
+and behind policies/router.yaml (masquerade and port forward), each policy
+as shipped and loaded by `nfc apply`, and wrk (keep-alive connections) and
+ab (a connection per request, or keep-alive) load it from client namespaces.
+
+The figures asserted are the load clients' own reports (requests, non-2xx
+responses, socket errors), nginx's log of every request (the peer it saw,
+the port, the status) and the conntrack tables. wrk runs two seconds; ab a
+few hundred requests. Nothing here is timed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from web_software import (
+    FORWARDED,
+    LAN4,
+    ROUTER_WAN4,
+    UNFORWARDED,
+    WAN4,
+    LoadReport,
+    Nginx,
+    WebRouter,
+    ab,
+    conntrack_entries,
+    require_web_software,
+    wrk,
+)
+
+from nfc.backends import BACKENDS
+
+from conftest import ROOT
+from lab import CLIENT_A4, CLIENT_A6, SERVER_A4, SERVER_A6, TRAFFIC, Lab, Namespace, require_lab
+
+pytestmark = pytest.mark.netns
+
+WEB = ROOT / "policies" / "web-notrack.yaml"
+ROUTER = ROOT / "policies" / "router.yaml"
+WEB_PORTS = (80, 81, 82)  # web-notrack.yaml's $web: opened and untracked
+CLOSED = 8080  # nginx serves it too; the policy does not open it
+SHORT = 500  # ab's requests, each on a connection of its own
+CONNECTIONS = 20  # wrk's keep-alive connections
+# wrk first tries a connection to the address it resolved (wrk.resolve), then opens its own
+WRK_CONNECTIONS = CONNECTIONS + 1
+# ab keeps CONCURRENCY connections going and may open up to that many more
+# than its requests, closed unused when the last answers come in
+CONCURRENCY = 10
+AB_CONNECTIONS = (SHORT, SHORT + CONCURRENCY)
+NEAR_ZERO = 5  # conntrack entries an untracked server may still hold (none are expected)
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    require_web_software()
+    return request.param
+
+
+def assert_all_served(*reports: LoadReport) -> None:
+    for report in reports:
+        assert report.requests > 0 and report.non_2xx == 0 and report.socket_errors == 0, report
+
+
+def probe(ns: Namespace, *probes: tuple[str, int, str], timeout: float = 1.5) -> list[str]:
+    """What became of a TCP connection to each (server, port, source), all
+    tried at once: accept, reject (refused) or drop (no answer in time). An
+    answer expected is awaited longer, so that a busy machine's slow answer
+    is not taken for a drop."""
+    items = [{"proto": "tcp", "server": s, "port": p, "source": src} for s, p, src in probes]
+    command = [
+        sys.executable,
+        TRAFFIC,
+        "probe",
+        json.dumps(items),
+        "--timeout",
+        str(timeout),
+        "--patience",
+        "20",
+    ]
+    return json.loads(ns.run(*command, timeout=60).stdout.strip().splitlines()[-1])
+
+
+def stateful_control(tmp_path: Path) -> Path:
+    """web-notrack.yaml without its conntrack section: the same rules, tracked."""
+    policy = yaml.safe_load(WEB.read_text())
+    assert policy.pop("conntrack")["notrack"], "web-notrack.yaml has no notrack entry"
+    policy["name"] = "control-web-stateful"
+    control = tmp_path / "control-web-stateful.yaml"
+    control.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return control
+
+
+def test_nginx_behind_the_web_policy_serves_every_request_untracked(
+    lab: Lab, backend: str, tmp_path: Path
+) -> None:
+    applied = lab.apply(WEB, backend=backend)
+    assert applied.returncode == 0, applied.stderr
+    listen = [f"{SERVER_A4}:{port}" for port in (*WEB_PORTS, CLOSED)] + [f"[{SERVER_A6}]:{WEB_PORTS[2]}"]
+    nginx = Nginx(lab.server, tmp_path / "nginx", "web", listen).start()
+    assert nginx.process is not None
+    lab.servers.append(nginx.process)
+
+    keep_alive = wrk(lab.client_a, SERVER_A4, 80, connections=CONNECTIONS)
+    short = ab(lab.client_a, SERVER_A4, 81, requests=SHORT, concurrency=CONCURRENCY)
+    over_ipv6 = ab(lab.client_a, SERVER_A6, 82, requests=SHORT, concurrency=CONCURRENCY, keep_alive=True)
+    assert_all_served(keep_alive, short, over_ipv6)
+    assert short.requests == over_ipv6.requests == SHORT, (short, over_ipv6)
+    # nginx answered every request the clients counted (and those wrk had
+    # in flight when its time was up), all 200, all to the client's address
+    assert set(nginx.statuses()) == {"200"}, nginx.statuses()
+    assert set(nginx.peers(80)) == {CLIENT_A4} and nginx.peers(80)[CLIENT_A4] >= keep_alive.requests
+    assert nginx.peers(81) == {CLIENT_A4: SHORT} and nginx.peers(82) == {CLIENT_A6: SHORT}
+    # the web ports bypass conntrack both ways: all those connections, no entry
+    assert lab.server.conntrack_count() <= NEAR_ZERO, conntrack_entries(lab.server)
+
+    # nginx listens on CLOSED too, but the policy drops it: no answer, not even a reset
+    verdicts = probe(lab.client_a, (SERVER_A4, CLOSED, CLIENT_A4), (SERVER_A4, 80, CLIENT_A4))
+    assert verdicts == ["drop", "accept"]
+    assert nginx.peers(CLOSED) == {}
+
+    # The same rules without notrack: the same load is served, and every
+    # connection is an entry (in TIME_WAIT after the load): wrk's few
+    # keep-alive connections carried all its requests, ab's one each.
+    applied = lab.apply(stateful_control(tmp_path), backend=backend)
+    assert applied.returncode == 0, applied.stderr
+    tracked_keep_alive = wrk(lab.client_a, SERVER_A4, 80, connections=CONNECTIONS)
+    tracked_short = ab(lab.client_a, SERVER_A4, 81, requests=SHORT, concurrency=CONCURRENCY)
+    assert_all_served(tracked_keep_alive, tracked_short)
+    assert tracked_keep_alive.requests > 10 * CONNECTIONS, tracked_keep_alive
+    assert len(conntrack_entries(lab.server, "--dport", "80")) == WRK_CONNECTIONS
+    assert AB_CONNECTIONS[0] <= len(conntrack_entries(lab.server, "--dport", "81")) <= AB_CONNECTIONS[1]
+
+
+@pytest.fixture
+def web_router(tmp_path: Path) -> Iterator[WebRouter]:
+    require_lab()
+    router = WebRouter(tmp_path / "router")
+    try:
+        router.build()
+        yield router
+    finally:
+        router.teardown()
+
+
+def test_router_policy_masquerades_and_forwards_a_port_under_load(
+    web_router: WebRouter, backend: str
+) -> None:
+    router = web_router
+    router.apply(ROUTER, backend)
+    internet = router.serve(router.wan, "internet", [f"{WAN4}:80"])
+    inside = router.serve(router.lan, "inside", [f"{LAN4}:80", f"{LAN4}:{UNFORWARDED}"])
+
+    # the LAN to a web server on the internet, through masquerade
+    keep_alive = wrk(router.lan, WAN4, 80, connections=CONNECTIONS)
+    short = ab(router.lan, WAN4, 80, requests=SHORT, concurrency=CONCURRENCY)
+    assert_all_served(keep_alive, short)
+    # every request reached the internet from the router's address, none from the LAN's
+    assert set(internet.statuses()) == {"200"}, internet.statuses()
+    assert list(internet.peers(80)) == [ROUTER_WAN4], internet.peers(80)
+    assert internet.peers(80)[ROUTER_WAN4] >= keep_alive.requests + short.requests
+    # the router tracks each connection once: wrk's keep-alive ones and ab's
+    # (in TIME_WAIT), each translated to the router's address
+    outbound = conntrack_entries(router.router, "--orig-dst", WAN4, "--dport", "80")
+    low, high = (WRK_CONNECTIONS + n for n in AB_CONNECTIONS)
+    assert low <= len(outbound) <= high, len(outbound)
+    assert all(f"dst={ROUTER_WAN4}" in entry for entry in outbound), outbound[:3]
+
+    # the internet to the router's port 8080: the LAN web server, by the port forward
+    forwarded = wrk(router.wan, ROUTER_WAN4, FORWARDED, connections=CONNECTIONS)
+    forwarded_short = ab(router.wan, ROUTER_WAN4, FORWARDED, requests=SHORT, concurrency=CONCURRENCY)
+    assert_all_served(forwarded, forwarded_short)
+    assert set(inside.statuses()) == {"200"}, inside.statuses()
+    assert list(inside.peers(80)) == [WAN4]
+    assert inside.peers(80)[WAN4] >= forwarded.requests + forwarded_short.requests
+    inbound = conntrack_entries(router.router, "--orig-dst", ROUTER_WAN4, "--dport", str(FORWARDED))
+    low, high = (WRK_CONNECTIONS + n for n in AB_CONNECTIONS)
+    assert low <= len(inbound) <= high, len(inbound)
+
+    # What the policy does not allow gets no answer: the LAN's addresses
+    # from the internet (the WAN host routes them to the router), a port
+    # the router does not forward, and the router's own web port.
+    verdicts = probe(
+        router.wan,
+        (LAN4, 80, WAN4),
+        (LAN4, UNFORWARDED, WAN4),
+        (ROUTER_WAN4, UNFORWARDED, WAN4),
+        (ROUTER_WAN4, 80, WAN4),
+        (ROUTER_WAN4, FORWARDED, WAN4),
+    )
+    assert verdicts == ["drop", "drop", "drop", "drop", "accept"]
+    assert inside.peers(UNFORWARDED) == {}
+    # and nothing else is in the router's table: dropped attempts leave no entry
+    total = router.router.conntrack_count()
+    assert total <= len(outbound) + len(inbound) + 1 + NEAR_ZERO, conntrack_entries(router.router)
