@@ -17,33 +17,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from web_software import (
+    CLOSED,
     FORWARDED,
     LAN4,
+    ROUTER,
     ROUTER_WAN4,
     UNFORWARDED,
     WAN4,
+    WEB,
     LoadReport,
-    Nginx,
     WebRouter,
     ab,
     conntrack_entries,
     require_web_software,
+    serve_web,
+    stateful_control,
     wrk,
 )
 
 from nfc.backends import BACKENDS
 
-from conftest import ROOT
 from lab import CLIENT_A4, CLIENT_A6, SERVER_A4, SERVER_A6, TRAFFIC, Lab, Namespace, require_lab
 
 pytestmark = pytest.mark.netns
 
-WEB = ROOT / "policies" / "web-notrack.yaml"
-ROUTER = ROOT / "policies" / "router.yaml"
-WEB_PORTS = (80, 81, 82)  # web-notrack.yaml's $web: opened and untracked
-CLOSED = 8080  # nginx serves it too; the policy does not open it
 SHORT = 500  # ab's requests, each on a connection of its own
 CONNECTIONS = 20  # wrk's keep-alive connections
 # wrk first tries a connection to the address it resolved (wrk.resolve), then opens its own
@@ -85,25 +83,12 @@ def probe(ns: Namespace, *probes: tuple[str, int, str], timeout: float = 1.5) ->
     return json.loads(ns.run(*command, timeout=60).stdout.strip().splitlines()[-1])
 
 
-def stateful_control(tmp_path: Path) -> Path:
-    """web-notrack.yaml without its conntrack section: the same rules, tracked."""
-    policy = yaml.safe_load(WEB.read_text())
-    assert policy.pop("conntrack")["notrack"], "web-notrack.yaml has no notrack entry"
-    policy["name"] = "control-web-stateful"
-    control = tmp_path / "control-web-stateful.yaml"
-    control.write_text(yaml.safe_dump(policy, sort_keys=False))
-    return control
-
-
 def test_nginx_behind_the_web_policy_serves_every_request_untracked(
     lab: Lab, backend: str, tmp_path: Path
 ) -> None:
     applied = lab.apply(WEB, backend=backend)
     assert applied.returncode == 0, applied.stderr
-    listen = [f"{SERVER_A4}:{port}" for port in (*WEB_PORTS, CLOSED)] + [f"[{SERVER_A6}]:{WEB_PORTS[2]}"]
-    nginx = Nginx(lab.server, tmp_path / "nginx", "web", listen).start()
-    assert nginx.process is not None
-    lab.servers.append(nginx.process)
+    nginx = serve_web(lab, tmp_path / "nginx")
 
     keep_alive = wrk(lab.client_a, SERVER_A4, 80, connections=CONNECTIONS)
     short = ab(lab.client_a, SERVER_A4, 81, requests=SHORT, concurrency=CONCURRENCY)

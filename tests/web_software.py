@@ -25,8 +25,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import missing_prerequisite, require_tools
-from lab import Namespace, _batch, _ip, _kill_namespace_processes, wait_until
+import yaml
+
+from conftest import ROOT, missing_prerequisite, require_tools
+from lab import SERVER_A4, SERVER_A6, Lab, Namespace, _batch, _ip, _kill_namespace_processes, wait_until
 
 # Debian: nginx-light, wrk, apache2-utils (ab), and conntrack to list the table
 TOOLS = ("wrk", "ab", "conntrack")
@@ -35,6 +37,11 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 BODY = "nfc"  # what every nginx of the labs answers, with its own name
 # nginx's log of each request: who asked (as nginx saw it), on which port, and the status
 LOG_FORMAT = "$remote_addr $server_port $status"
+
+WEB = ROOT / "policies" / "web-notrack.yaml"
+ROUTER = ROOT / "policies" / "router.yaml"
+WEB_PORTS = (80, 81, 82)  # web-notrack.yaml's $web: opened and untracked
+CLOSED = 8080  # the web server serves it too; web-notrack.yaml does not open it
 
 
 def require_web_software() -> None:
@@ -202,6 +209,26 @@ def parse_ab(output: str) -> LoadReport:
         socket_errors=int(_number(r"^Failed requests:\s+(\d+)", output)),
         rate=float(_number(r"^Requests per second:\s+([\d.]+)", output)),
     )
+
+
+def stateful_control(directory: Path) -> Path:
+    """web-notrack.yaml without its conntrack section: the same rules, tracked."""
+    policy = yaml.safe_load(WEB.read_text())
+    assert policy.pop("conntrack")["notrack"], "web-notrack.yaml has no notrack entry"
+    policy["name"] = "control-web-stateful"
+    control = directory / "control-web-stateful.yaml"
+    control.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return control
+
+
+def serve_web(lab: Lab, directory: Path) -> Nginx:
+    """nginx in the lab's server on the web ports and CLOSED (IPv4), and the
+    last web port over IPv6, on client A's side; stopped with the lab."""
+    listen = [f"{SERVER_A4}:{port}" for port in (*WEB_PORTS, CLOSED)] + [f"[{SERVER_A6}]:{WEB_PORTS[-1]}"]
+    nginx = Nginx(lab.server, directory, "web", listen).start()
+    assert nginx.process is not None
+    lab.servers.append(nginx.process)
+    return nginx
 
 
 def url(address: str, port: int) -> str:
