@@ -26,7 +26,9 @@ from web_software import (
     UNFORWARDED,
     WAN4,
     WEB,
+    WEB_PORTS,
     LoadReport,
+    Nginx,
     WebRouter,
     ab,
     conntrack_entries,
@@ -38,7 +40,20 @@ from web_software import (
 
 from nfc.backends import BACKENDS
 
-from lab import CLIENT_A4, CLIENT_A6, SERVER_A4, SERVER_A6, TRAFFIC, Lab, Namespace, require_lab
+from lab import (
+    CLIENT_A4,
+    CLIENT_A6,
+    CLIENT_B4,
+    SERVER_A4,
+    SERVER_A6,
+    SERVER_B4,
+    TRAFFIC,
+    Lab,
+    Namespace,
+    _batch,
+    _ip,
+    require_lab,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -182,3 +197,77 @@ def test_router_policy_masquerades_and_forwards_a_port_under_load(
     # and nothing else is in the router's table: dropped attempts leave no entry
     total = router.router.conntrack_count()
     assert total <= len(outbound) + len(inbound) + 1 + NEAR_ZERO, conntrack_entries(router.router)
+
+
+def test_the_web_servers_own_requests_to_web_ports_elsewhere_stay_tracked(
+    lab: Lab, backend: str, tmp_path: Path
+) -> None:
+    """web-notrack.yaml's notrack entry serves: requests in to the web ports,
+    answers out from them. The server's own HTTP requests to port 80 of
+    another host (an upstream, a package mirror) are not its to untrack:
+    they are tracked, and their answers come back through `state: auto`'s
+    established accept, the only way past the input chain's drop."""
+    applied = lab.apply(WEB, backend=backend)
+    assert applied.returncode == 0, applied.stderr
+    upstream = Nginx(lab.client_b, tmp_path / "upstream", "upstream", [f"{CLIENT_B4}:80"]).start()
+    assert upstream.process is not None
+    lab.servers.append(upstream.process)
+    short = ab(lab.server, CLIENT_B4, 80, requests=SHORT, concurrency=CONCURRENCY)
+    keep_alive = ab(lab.server, CLIENT_B4, 80, requests=SHORT, concurrency=CONCURRENCY, keep_alive=True)
+    assert_all_served(short, keep_alive)
+    assert upstream.peers(80) == {SERVER_B4: 2 * SHORT}
+    entries = conntrack_entries(lab.server, "--orig-dst", CLIENT_B4, "--dport", "80")
+    assert AB_CONNECTIONS[0] + 1 <= len(entries) <= AB_CONNECTIONS[1] + CONCURRENCY, len(entries)
+
+
+FAR = (("10.77.5.1", "fd00:77:5::1"), ("10.77.5.2", "fd00:77:5::2"))  # (client A's side, far client)
+NARROW_MTU = 1280
+
+
+def test_downloads_over_a_narrower_path_shrink_to_its_mtu(lab: Lab, backend: str, tmp_path: Path) -> None:
+    """Path MTU discovery of an untracked web server: a far client behind
+    client A, whose link to it is narrower (1,280 bytes) than the server's
+    1,500, downloads /big. The server's full-sized segments do not fit, so
+    client A answers each with "fragmentation needed" (ICMPv6 "packet too
+    big"): ICMP errors about untracked packets, which conntrack calls
+    invalid. The policy's essential ICMP accepts, ahead of the invalid drop,
+    let them in; the server lowers its path MTU and every download completes."""
+    applied = lab.apply(WEB, backend=backend)
+    assert applied.returncode == 0, applied.stderr
+    (near4, near6), (far4, far6) = FAR
+    far = Namespace(f"nfc-{lab.tag}-f")
+    _ip("netns", "add", far.name)
+    lab.extra.append(far)
+    _batch(
+        lab.client_a,
+        [
+            f"link add eth-f type veth peer name eth0 netns {far.name}",
+            f"address add {near4}/24 dev eth-f",
+            f"address add {near6}/64 dev eth-f nodad",
+            f"link set eth-f mtu {NARROW_MTU} up",
+        ],
+    )
+    _batch(
+        far,
+        [
+            "link set lo up",
+            f"address add {far4}/24 dev eth0",
+            f"address add {far6}/64 dev eth0 nodad",
+            "link set eth0 up",
+            f"route add default via {near4}",
+            f"route add ::/0 via {near6}",
+        ],
+    )
+    lab.client_a.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+    _batch(lab.server, [f"route add {far4}/32 via {CLIENT_A4}", f"route add {far6}/128 via {CLIENT_A6}"])
+    serve_web(lab, tmp_path / "nginx")
+
+    for server, port in ((SERVER_A4, 80), (SERVER_A6, WEB_PORTS[-1])):
+        downloads = ab(far, server, port, requests=20, concurrency=2, path="/big")
+        assert_all_served(downloads)
+        assert downloads.requests == 20, downloads
+    # the server learnt the narrower path from client A's ICMP errors
+    for address in (far4, far6):
+        route = lab.server.run("ip", "route", "get", address).stdout
+        assert f"mtu {NARROW_MTU}" in route, route
+    assert lab.server.conntrack_count() <= NEAR_ZERO, conntrack_entries(lab.server)

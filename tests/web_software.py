@@ -35,6 +35,7 @@ TOOLS = ("wrk", "ab", "conntrack")
 # nginx is in /usr/sbin, which a non-root PATH lacks
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 BODY = "nfc"  # what every nginx of the labs answers, with its own name
+BIG = 256 * 1024  # the size of /big: a download of full-sized segments
 # nginx's log of each request: who asked (as nginx saw it), on which port, and the status
 LOG_FORMAT = "$remote_addr $server_port $status"
 
@@ -52,7 +53,8 @@ def require_web_software() -> None:
 
 def nginx_config(directory: Path, name: str, listen: list[str]) -> str:
     """An nginx that answers 200 with its name on each `ADDRESS:PORT` of
-    `listen`, logging every request (LOG_FORMAT) under `directory`."""
+    `listen`, and /big with BIG bytes, logging every request (LOG_FORMAT)
+    under `directory`."""
     listens = "\n".join(f"        listen {address};" for address in listen)
     temp = "\n".join(
         f"    {kind}_temp_path {directory / kind};"
@@ -83,6 +85,10 @@ http {{
             default_type text/plain;
             return 200 "{BODY} {name}\\n";
         }}
+        location = /big {{
+            default_type application/octet-stream;
+            alias {directory / "big"};
+        }}
     }}
 }}
 """
@@ -102,6 +108,7 @@ class Nginx:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "nginx.conf"
         config.write_text(nginx_config(self.directory, self.name, self.listen))
+        (self.directory / "big").write_bytes(bytes(range(256)) * (BIG // 256))
         # -e: the error log from the start on, not the compiled-in one of the system nginx
         command = [
             NGINX,
@@ -231,9 +238,9 @@ def serve_web(lab: Lab, directory: Path) -> Nginx:
     return nginx
 
 
-def url(address: str, port: int) -> str:
+def url(address: str, port: int, path: str = "/") -> str:
     host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{port}/"
+    return f"http://{host}:{port}{path}"
 
 
 def wrk(ns: Namespace, address: str, port: int, *, connections: int = 20, seconds: int = 2) -> LoadReport:
@@ -244,14 +251,22 @@ def wrk(ns: Namespace, address: str, port: int, *, connections: int = 20, second
 
 
 def ab(
-    ns: Namespace, address: str, port: int, *, requests: int, concurrency: int = 10, keep_alive: bool = False
+    ns: Namespace,
+    address: str,
+    port: int,
+    *,
+    requests: int,
+    concurrency: int = 10,
+    keep_alive: bool = False,
+    path: str = "/",
 ) -> LoadReport:
-    """ab from ns: `requests` requests, `concurrency` at a time, each on a
-    connection of its own (HTTP/1.0, closed by the server) unless `keep_alive`.
-    -r: a socket error is counted, not the end of the run."""
+    """ab from ns: `requests` requests for `path`, `concurrency` at a time,
+    each on a connection of its own (HTTP/1.0, closed by the server) unless
+    `keep_alive`. -r: a socket error is counted, not the end of the run; an
+    answer shorter than the first is a failed request too."""
     command = ["ab", "-q", "-r", "-s", "5", "-n", str(requests), "-c", str(concurrency)]
     command += ["-k"] if keep_alive else []
-    result = ns.run(*command, url(address, port), timeout=60)
+    result = ns.run(*command, url(address, port, path), timeout=60)
     return parse_ab(result.stdout)
 
 
