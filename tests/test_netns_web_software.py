@@ -148,7 +148,7 @@ def web_router(tmp_path: Path) -> Iterator[WebRouter]:
 
 
 def test_router_policy_masquerades_and_forwards_a_port_under_load(
-    web_router: WebRouter, backend: str
+    backend: str, web_router: WebRouter
 ) -> None:
     router = web_router
     router.apply(ROUTER, backend)
