@@ -31,11 +31,16 @@ from web_software import (
     Nginx,
     WebRouter,
     ab,
+    ab_command,
+    collect,
     conntrack_entries,
+    parse_ab,
+    parse_wrk,
     require_web_software,
     serve_web,
     stateful_control,
     wrk,
+    wrk_command,
 )
 
 from nfc.backends import BACKENDS
@@ -53,6 +58,7 @@ from lab import (
     _batch,
     _ip,
     require_lab,
+    wait_until,
 )
 
 pytestmark = pytest.mark.netns
@@ -134,6 +140,34 @@ def test_nginx_behind_the_web_policy_serves_every_request_untracked(
     assert tracked_keep_alive.requests > 10 * CONNECTIONS, tracked_keep_alive
     assert len(conntrack_entries(lab.server, "--dport", "80")) == WRK_CONNECTIONS
     assert AB_CONNECTIONS[0] <= len(conntrack_entries(lab.server, "--dport", "81")) <= AB_CONNECTIONS[1]
+
+
+def test_reapplying_under_load_loses_no_request(lab: Lab, backend: str, tmp_path: Path) -> None:
+    """`nfc apply` switches between web-notrack.yaml and its stateful control
+    again and again while wrk and ab load nginx: the switch is one
+    transaction, so no request fails and no connection breaks, keep-alive
+    connections included (tracked from the middle of their stream on, or
+    untracked again)."""
+    applied = lab.apply(WEB, backend=backend)
+    assert applied.returncode == 0, applied.stderr
+    nginx = serve_web(lab, tmp_path / "nginx")
+    control = stateful_control(tmp_path)
+    keep_alive = lab.client_a.popen(*wrk_command(SERVER_A4, 80, connections=CONNECTIONS, seconds=2))
+    short = lab.client_a.popen(*ab_command(SERVER_A4, 81, seconds=2, concurrency=CONCURRENCY))
+    assert wait_until(lambda: bool(nginx.peers(80)) and bool(nginx.peers(81)), timeout=20), nginx.errors()
+    # until both load clients are done, so that every switch but the last is under load
+    switches = 0
+    while keep_alive.poll() is None or short.poll() is None:
+        applied = lab.apply(control if switches % 2 == 0 else WEB, backend=backend)
+        assert applied.returncode == 0, applied.stderr
+        switches += 1
+    reports = collect(keep_alive, parse_wrk), collect(short, parse_ab)
+    assert_all_served(*reports)
+    assert set(nginx.statuses()) == {"200"}, nginx.statuses()
+    # ab stops at its time limit with up to CONCURRENCY requests in flight, which nginx still answers
+    served = nginx.peers(81)[CLIENT_A4]
+    assert reports[1].requests <= served <= reports[1].requests + CONCURRENCY, (served, reports[1])
+    assert switches >= 1
 
 
 @pytest.fixture
@@ -241,8 +275,8 @@ def test_the_web_servers_own_connections_to_its_web_ports_leave_no_entry(
     applied = lab.apply(WEB, backend=backend)
     assert applied.returncode == 0, applied.stderr
     serve_web(lab, tmp_path / "nginx")
-    own4 = ab(lab.server, SERVER_A4, 81, requests=SHORT, concurrency=CONCURRENCY)
-    own6 = ab(lab.server, SERVER_A6, WEB_PORTS[-1], requests=SHORT, concurrency=CONCURRENCY)
+    own4 = ab(lab.server, SERVER_A4, 81, requests=100, concurrency=CONCURRENCY)
+    own6 = ab(lab.server, SERVER_A6, WEB_PORTS[-1], requests=100, concurrency=CONCURRENCY)
     assert_all_served(own4, own6)
     assert lab.server.conntrack_count() <= NEAR_ZERO, conntrack_entries(lab.server)[:3]
 

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,11 +244,39 @@ def url(address: str, port: int, path: str = "/") -> str:
     return f"http://{host}:{port}{path}"
 
 
+def wrk_command(address: str, port: int, *, connections: int = 20, seconds: int = 2) -> list[str]:
+    """wrk: `connections` keep-alive connections (one thread) for `seconds`."""
+    return ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", url(address, port)]
+
+
 def wrk(ns: Namespace, address: str, port: int, *, connections: int = 20, seconds: int = 2) -> LoadReport:
-    """wrk from ns: `connections` keep-alive connections (one thread) for `seconds`."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", url(address, port)]
-    result = ns.run(*command, timeout=seconds + 30)
+    """wrk_command(...) run in ns, to its end."""
+    result = ns.run(
+        *wrk_command(address, port, connections=connections, seconds=seconds), timeout=seconds + 30
+    )
     return parse_wrk(result.stdout)
+
+
+def ab_command(
+    address: str,
+    port: int,
+    *,
+    requests: int | None = None,
+    seconds: int | None = None,
+    concurrency: int = 10,
+    keep_alive: bool = False,
+    path: str = "/",
+) -> list[str]:
+    """ab: `requests` requests for `path` (or as many as `seconds` allow),
+    `concurrency` at a time, each on a connection of its own (HTTP/1.0,
+    closed by the server) unless `keep_alive`. -r: a socket error is
+    counted, not the end of the run; an answer shorter than the first is a
+    failed request too."""
+    command = ["ab", "-q", "-r", "-s", "5", "-c", str(concurrency)]
+    command += ["-n", str(requests)] if requests is not None else []
+    command += ["-t", str(seconds)] if seconds is not None else []
+    command += ["-k"] if keep_alive else []
+    return [*command, url(address, port, path)]
 
 
 def ab(
@@ -260,14 +289,18 @@ def ab(
     keep_alive: bool = False,
     path: str = "/",
 ) -> LoadReport:
-    """ab from ns: `requests` requests for `path`, `concurrency` at a time,
-    each on a connection of its own (HTTP/1.0, closed by the server) unless
-    `keep_alive`. -r: a socket error is counted, not the end of the run; an
-    answer shorter than the first is a failed request too."""
-    command = ["ab", "-q", "-r", "-s", "5", "-n", str(requests), "-c", str(concurrency)]
-    command += ["-k"] if keep_alive else []
-    result = ns.run(*command, url(address, port, path), timeout=60)
-    return parse_ab(result.stdout)
+    """ab_command(...) for `requests` requests, run in ns to its end."""
+    command = ab_command(
+        address, port, requests=requests, concurrency=concurrency, keep_alive=keep_alive, path=path
+    )
+    return parse_ab(ns.run(*command, timeout=60).stdout)
+
+
+def collect(process: subprocess.Popen[str], parse: Callable[[str], LoadReport]) -> LoadReport:
+    """The report of a load client started with Namespace.popen(*wrk_command(...)) or ab_command."""
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    return parse(out)
 
 
 def conntrack_entries(ns: Namespace, *filters: str) -> list[str]:
