@@ -4,7 +4,17 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := nftables iptables conntrack iproute2 python3-nftables python3-venv groff-base kmod procps systemd zsh dnsmasq-base dnsperf bind9-dnsutils
+APT_PACKAGES := nftables iptables conntrack iproute2 python3-nftables python3-venv groff-base kmod procps systemd zsh dnsmasq-base dnsperf bind9-dnsutils nginx-light wrk apache2-utils
+# nginx-light is the web server of tests/test_netns_web_software.py, which
+# runs its own nginx (own config, in a temporary directory) inside the test's
+# namespaces. Installed, the package would start a system nginx on the host's
+# port 80 and enable it at boot: system-deps keeps it from starting (a
+# policy-rc.d that denies every start, for the length of the install, where
+# the host has none of its own; systemd's deb-systemd-invoke honours it too)
+# and disables it at boot. A host that already has an nginx (any flavour)
+# keeps it: nginx-light is not installed over it, nor is that nginx touched.
+# The package's postinst gives its logs to www-data, which minimal images
+# lack: the system user is created first where it is missing.
 INSTALLED := $(VENV)/.installed
 POLICIES := $(wildcard policies/*.yaml)
 # where install-system puts the boot unit, shell completion and the policy
@@ -98,14 +108,29 @@ $(INSTALLED): pyproject.toml | system-deps
 
 system-deps:
 	@command -v dpkg-query >/dev/null || { echo "not a Debian system: install $(APT_PACKAGES) yourself"; exit 0; }; \
-	missing=""; \
+	missing=""; nginx=""; \
 	for p in $(APT_PACKAGES); do \
+	  if [ $$p = nginx-light ] && [ -x /usr/sbin/nginx ]; then continue; fi; \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root to install them)"; exit 1; fi; \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  case " $$missing " in *" nginx-light "*) nginx=yes;; esac; \
+	  if [ -n "$$nginx" ]; then \
+	    getent group www-data >/dev/null || groupadd --system www-data || exit 1; \
+	    getent passwd www-data >/dev/null || useradd --system --gid www-data --home-dir /var/www \
+	      --no-create-home --shell /usr/sbin/nologin www-data || exit 1; \
+	    if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      printf '#!/bin/sh\n# nfc system-deps: no service starts during its install\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	      chmod 0755 /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	    fi; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing || exit $$?; \
+	  if [ -n "$$nginx" ]; then \
+	    if [ -d /run/systemd/system ]; then systemctl disable --now nginx.service; \
+	    else update-rc.d nginx disable >/dev/null 2>&1 || true; fi; \
+	  fi; \
 	fi
 
 clean:
