@@ -258,12 +258,6 @@ def test_the_web_servers_own_requests_to_web_ports_elsewhere_stay_tracked(
     assert low <= len(entries) <= high, len(entries)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a serving notrack entry (scope host) untracks the answers the host sends "
-    "but not its own requests to the service, which conntrack tracks in output: each local "
-    "connection is left half-tracked ([UNREPLIED] SYN_SENT for 120 s, later packets invalid)",
-)
 def test_the_web_servers_own_connections_to_its_web_ports_leave_no_entry(
     lab: Lab, backend: str, tmp_path: Path
 ) -> None:
@@ -271,11 +265,11 @@ def test_the_web_servers_own_connections_to_its_web_ports_leave_no_entry(
     host, connects to the web ports from the host itself (over loopback, to
     one of its own addresses). web-notrack.yaml says those ports bypass
     connection tracking in both directions; such connections should leave
-    no entry either. Today the host's request is tracked where conntrack
-    first sees it (output; prerouting's notrack comes too late for a packet
-    that already has an entry) while nginx's answers are untracked: every
-    connection leaves an [UNREPLIED] SYN_SENT entry, as many as without
-    notrack and for as long."""
+    no entry either. Conntrack first sees the host's request in output
+    (prerouting's notrack comes too late for a packet that already has an
+    entry), so nfc untracks it there, for packets leaving through lo; without
+    that, every connection left an [UNREPLIED] SYN_SENT entry, as many as
+    without notrack and for as long."""
     applied = lab.apply(WEB, backend=backend)
     assert applied.returncode == 0, applied.stderr
     serve_web(lab, tmp_path / "nginx")
