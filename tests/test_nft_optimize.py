@@ -290,3 +290,27 @@ def test_a_long_run_of_tcp_and_udp_rules_jumps_by_protocol(tmp_path: Path) -> No
 def test_nfc_1_gives_the_dispatch_threshold() -> None:
     page = (Path(__file__).resolve().parent.parent / "man" / "nfc.1").read_text()
     assert f"a run of at least {MIN_DISPATCH} consecutive rules of" in " ".join(page.split())
+
+
+def test_short_inline_lists_become_a_rule_per_value(tmp_path: Path) -> None:
+    text = optimized(
+        tmp_path,
+        "drop tcp dport {22, 80} from {192.0.2.1, 10.0.0.0/8} counter",
+        "accept udp dport {1-9, 53} limit 5/second",  # a bucket of its own: one rule
+        "drop tcp dport {1, 3, 5} from {10.1.0.0/16, 10.3.0.0/16, 10.5.0.0/16}",  # 9 rules: too many
+        "accept tcp dport 443 iif {eth0, eth1}",
+        "accept tcp dport 444 iif {eth0, ppp*}",  # a wildcard may share packets with a name
+    )
+    assert chain_lines(text) == [
+        'ip saddr 10.0.0.0/8 tcp dport 22 counter drop comment "policy.yaml:8"',
+        'ip saddr 10.0.0.0/8 tcp dport 80 counter drop comment "policy.yaml:8"',
+        'ip saddr 192.0.2.1 tcp dport 22 counter drop comment "policy.yaml:8"',
+        'ip saddr 192.0.2.1 tcp dport 80 counter drop comment "policy.yaml:8"',
+        'udp dport { 1-9, 53 } limit rate 5/second burst 5 packets accept comment "policy.yaml:9"',
+        "ip saddr { 10.1.0.0/16, 10.3.0.0/16, 10.5.0.0/16 } tcp dport { 1, 3, 5 } drop"
+        ' comment "policy.yaml:10"',
+        'iifname "eth0" tcp dport 443 accept comment "policy.yaml:11"',
+        'iifname "eth1" tcp dport 443 accept comment "policy.yaml:11"',
+        'iifname { "eth0", "ppp*" } tcp dport 444 accept comment "policy.yaml:12"',
+    ]
+    assert nft_check(write_policy(tmp_path, text, "ruleset.nft")).returncode == 0

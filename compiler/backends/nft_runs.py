@@ -14,20 +14,38 @@ folded where one rule decides exactly as the run does.
   the same. A packet the chain does not decide comes back and goes on
   after the run.
 
-Every other packet then meets one rule where it met each of the run's."""
+Every other packet then meets one rule where it met each of the run's.
+
+A rule with short inline lists (`from { a, b } dport { 80, 443 }`) is
+written as one rule per combination of their values (`split`): the kernel
+checks each new set, an inline list's anonymous one too, against every set
+of the table, so a table of many sets loads in time that grows with their
+square, while rules load in linear time. The values of a list never share
+a packet (addresses are collapsed, ports merged, interface names exact), so
+at most one of the rules matches a packet, and its verdict ends the
+packet's walk as the rule's did: a counter or a log counts and logs each
+packet once (`nfc stats` adds up the counters of a policy line's rules),
+and a meter's table or a named limit is shared by name. An inline `limit
+rate` is a bucket of the rule's own, so its rule stays whole."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Callable
 
 import nfc.backends.nft as nft
 from nfc import vocab
 from nfc.backends.common import rule_note
 from nfc.backends.nft_groups import MAP_VERDICTS
-from nfc.ir import Chain, Match, Rule, Ruleset
+from nfc.ir import Addresses, Chain, Interfaces, Match, Ports, Rule, Ruleset
 
 ICMP_PROTOCOLS = ("icmp", "icmpv6")
 MIN_DISPATCH = 8  # rules of a run before a jump per protocol beats a rule each
+# Rules a rule with inline lists may become: a packet meets each of them
+# where it met one set lookup, so only short lists are split.
+MAX_SPLIT = 8
+SPLIT_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")
 
 
 class Chains:
@@ -45,7 +63,7 @@ class Chains:
             number += 1
         name = f"{name}{number}" if number > 1 else name
         self.taken.add(name)
-        body = [line for rule in rules for line in nft._rule(ruleset, rule)]
+        body = _each(ruleset, rules)
         self.blocks.append([f"chain {name} {{", *(f"\t{line}" for line in body), "}"])
         return name
 
@@ -70,14 +88,55 @@ def single_rules(ruleset: Ruleset, chain: Chain, rules: list[Rule], chains: Chai
                 lines += [folded] if folded is not None else _each(ruleset, rules[start:end])
                 break
         else:
-            lines += nft._rule(ruleset, rules[start])
+            lines += _each(ruleset, rules[start : start + 1])
             end = start + 1
         start = end
     return lines
 
 
 def _each(ruleset: Ruleset, rules: list[Rule]) -> list[str]:
-    return [line for rule in rules for line in nft._rule(ruleset, rule)]
+    return [line for rule in rules for part in split(rule) for line in nft._rule(ruleset, part)]
+
+
+def split(rule: Rule) -> list[Rule]:
+    """`rule` as one rule per combination of the values of its inline
+    lists, where they are at most MAX_SPLIT and the rule has no bucket of
+    its own (see the module's docstring); else `rule` alone."""
+    meter = rule.meter
+    if meter is not None and meter.key is None and meter.name is None:
+        return [rule]
+    match = rule.match
+    columns: dict[str, list[Interfaces | Addresses | Ports]] = {}
+    count = 1
+    for name in SPLIT_FIELDS:
+        values = _values(getattr(match, name))
+        if len(values) > 1:
+            columns[name] = values
+            count *= len(values)
+    if count == 1 or count > MAX_SPLIT:
+        return [rule]
+    return [
+        dataclasses.replace(rule, match=dataclasses.replace(match, **dict(zip(columns, values, strict=True))))
+        for values in itertools.product(*columns.values())
+    ]
+
+
+def _values(value: Interfaces | Addresses | Ports | None) -> list[Interfaces | Addresses | Ports]:
+    """An inline list's values, each a list of its own, in order; [] for
+    anything else: a named set, a negation, a runtime set, a wildcard (it
+    may share packets with another name). (An `interfaces` entry is written
+    inline: its name is only for the policy.)"""
+    if isinstance(value, Interfaces):
+        if any(name.endswith("*") for name in value.names):
+            return []
+        return [Interfaces((name,)) for name in value.names]
+    if value is None or value.set_name is not None:
+        return []
+    if isinstance(value, Addresses):
+        if value.negated or value.runtime:
+            return []
+        return [dataclasses.replace(value, networks=(network,)) for network in value.networks]
+    return [Ports((bounds,)) for bounds in value.ranges]
 
 
 def _state_alone(rule: Rule) -> bool:
