@@ -30,9 +30,9 @@ rate` is a bucket of the rule's own, so its rule stays whole."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable
+from typing import TypeVar
 
 import nfc.backends.nft as nft
 from nfc import vocab
@@ -46,6 +46,7 @@ MIN_DISPATCH = 8  # rules of a run before a jump per protocol beats a rule each
 # where it met one set lookup, so only short lists are split.
 MAX_SPLIT = 8
 SPLIT_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")
+T = TypeVar("T")
 
 
 class Chains:
@@ -116,9 +117,18 @@ def split(rule: Rule) -> list[Rule]:
     if count == 1 or count > MAX_SPLIT:
         return [rule]
     return [
-        dataclasses.replace(rule, match=dataclasses.replace(match, **dict(zip(columns, values, strict=True))))
+        _replaced(rule, match=_replaced(match, **dict(zip(columns, values, strict=True))))
         for values in itertools.product(*columns.values())
     ]
+
+
+def _replaced(instance: T, **changes: object) -> T:
+    """`dataclasses.replace` of an IR object, a frozen dataclass, without
+    its checks and `__init__`: copied by its `__dict__`, ten times as fast,
+    for the tens of thousands of rules a big policy's lists become."""
+    copy = object.__new__(type(instance))
+    copy.__dict__.update(instance.__dict__, **changes)
+    return copy
 
 
 def _values(value: Interfaces | Addresses | Ports | None) -> list[Interfaces | Addresses | Ports]:
@@ -135,7 +145,7 @@ def _values(value: Interfaces | Addresses | Ports | None) -> list[Interfaces | A
     if isinstance(value, Addresses):
         if value.negated or value.runtime:
             return []
-        return [dataclasses.replace(value, networks=(network,)) for network in value.networks]
+        return [Addresses(value.family, (network,)) for network in value.networks]
     return [Ports((bounds,)) for bounds in value.ranges]
 
 
