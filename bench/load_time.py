@@ -12,7 +12,7 @@ compiles bench/compile.py's generate_policy(N) (the CPU seconds of
 `nfc compile`, in a child process), counts the sets and maps the file
 declares and the anonymous ones its rules hold, and times `nft -c -f` (the
 kernel's full check, nothing committed) in a network namespace created for
-the purpose and deleted on exit, also on an error or Ctrl-C. It prints a
+the purpose and deleted on exit, also on an error, Ctrl-C or SIGTERM. It prints a
 table and asserts nothing. Needs root.
 """
 
@@ -23,6 +23,7 @@ import os
 import re
 import resource
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,7 @@ def main() -> None:
     levels = [int(level) for level in arguments.levels.split(",")]
     if os.geteuid() != 0:
         sys.exit("load_time.py: needs root (it creates a network namespace)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that `finally` deletes the namespace
     namespace = f"nfc-load-{secrets.token_hex(4)}"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
