@@ -4,16 +4,17 @@ creates, and how long the kernel takes to check it.
     sudo nice -n 10 .venv/bin/python bench/load_time.py                        # N = 10k, 20k; -O0 and -O1
     sudo nice -n 10 .venv/bin/python bench/load_time.py --sizes 50000,100000 --levels 1
 
-The kernel checks each new set of a table, named or anonymous (an inline
-list `{ a, b }` is one), against every set of the table and of the
-transaction, so a load costs time that grows with the square of the
-number of sets (kernel 6.18). For each N and optimization level this
+The kernel binds each anonymous set (an inline list `{ a, b }`, an inline
+verdict map) to its rule by a walk of everything the load added before it,
+and checks each new set's name against every set of the table, so a load
+costs time that grows with the number of sets times the ruleset's size
+(kernel 6.18). For each N and optimization level this
 compiles bench/compile.py's generate_policy(N) (the CPU seconds of
 `nfc compile`, in a child process), counts the sets and maps the file
 declares and the anonymous ones its rules hold, and times `nft -c -f` (the
 kernel's full check, nothing committed) in a network namespace created for
-the purpose and deleted on exit, also on an error, Ctrl-C or SIGTERM. It prints a
-table and asserts nothing. Needs root.
+the purpose and deleted on exit, also on an error, Ctrl-C or SIGTERM. It
+prints a table and asserts nothing. Needs root.
 """
 
 from __future__ import annotations

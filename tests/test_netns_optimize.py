@@ -129,6 +129,9 @@ input:
     - accept udp dport {53, 123} from {10.77.1.0/28, fd00:77:2::/64} log prefix "split-"
     - drop tcp dport {81, 8080} limit over 1/second burst 1 packets per saddr name knock counter
     - accept tcp dport {53, 82} iif {eth-a, eth-b} counter
+    # lists a rule keeps: named sets
+    - accept tcp dport {22, 53, 80, 82, 8080} from {10.77.1.0/28, 10.77.1.32/28} counter
+    - drop udp dport {123, 5353} from not {10.77.1.0/28, 10.77.2.0/24}
 """
 
 
