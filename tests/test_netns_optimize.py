@@ -124,6 +124,14 @@ input:
     - accept udp sport $dns dport 40000 from 10.77.1.16/28
     - accept udp sport $dns dport 40000 from 10.77.1.32/28
     - accept udp sport $dns dport 40000 from 10.77.1.48/28
+    # short inline lists with a counter, a log, a meter: a rule per value
+    - drop tcp dport {22, 80} from {10.77.1.2, 10.77.2.2} counter
+    - accept udp dport {53, 123} from {10.77.1.0/28, fd00:77:2::/64} log prefix "split-"
+    - drop tcp dport {81, 8080} limit over 1/second burst 1 packets per saddr name knock counter
+    - accept tcp dport {53, 82} iif {eth-a, eth-b} counter
+    # lists a rule keeps: named sets
+    - accept tcp dport {22, 53, 80, 82, 8080} from {10.77.1.0/28, 10.77.1.32/28} counter
+    - drop udp dport {123, 5353} from not {10.77.1.0/28, 10.77.2.0/24}
 """
 
 

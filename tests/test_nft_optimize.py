@@ -276,9 +276,9 @@ def test_the_state_rules_become_one_verdict_map_after_the_icmp_chains_jump(tmp_p
 def test_a_long_run_of_tcp_and_udp_rules_jumps_by_protocol(tmp_path: Path) -> None:
     rules = [f"accept {'tcp' if i % 3 else 'udp'} dport {2000 + i} log" for i in range(9)]
     text = optimized(tmp_path, *rules, "accept from 192.0.2.1")  # no protocol: the run ends
-    assert chain_lines(text)[0].startswith(
-        'meta l4proto vmap { tcp : jump input_tcp, udp : jump input_udp } comment "policy.yaml:8: 9 rules'
-    )
+    assert chain_lines(text)[0].startswith('meta l4proto vmap @input_map1 comment "policy.yaml:8: 9 rules')
+    dispatch = "\tmap input_map1 {\n\t\ttype inet_proto : verdict\n"
+    assert dispatch + "\t\telements = { tcp : jump input_tcp, udp : jump input_udp }\n\t}" in text
     tcp_chain = text.split("\tchain input_tcp {\n", 1)[1].split("\n\t}", 1)[0].splitlines()
     assert [line.split()[2] for line in tcp_chain] == ["2001", "2002", "2004", "2005", "2007", "2008"]
     assert chain_lines(text)[1].startswith("ip saddr 192.0.2.1 accept")
@@ -290,3 +290,31 @@ def test_a_long_run_of_tcp_and_udp_rules_jumps_by_protocol(tmp_path: Path) -> No
 def test_nfc_1_gives_the_dispatch_threshold() -> None:
     page = (Path(__file__).resolve().parent.parent / "man" / "nfc.1").read_text()
     assert f"a run of at least {MIN_DISPATCH} consecutive rules of" in " ".join(page.split())
+
+
+def test_short_inline_lists_become_a_rule_per_value_and_long_ones_named_sets(tmp_path: Path) -> None:
+    text = optimized(
+        tmp_path,
+        "drop tcp dport {22, 80} from {192.0.2.1, 10.0.0.0/8} counter",
+        "accept udp dport {1-9, 53} limit 5/second",  # a bucket of its own: one rule
+        "drop tcp dport {1, 3, 5} from {10.1.0.0/16, 10.3.0.0/16, 10.5.0.0/16}",  # 9 rules: named sets
+        "accept tcp dport 443 iif {eth0, eth1}",
+        "accept tcp dport 444 iif {eth0, ppp*}",  # a wildcard may share packets with a name
+        "accept tcp dport {1-9, 53} limit 1/second",
+    )
+    assert chain_lines(text) == [
+        'ip saddr 10.0.0.0/8 tcp dport 22 counter drop comment "policy.yaml:8"',
+        'ip saddr 10.0.0.0/8 tcp dport 80 counter drop comment "policy.yaml:8"',
+        'ip saddr 192.0.2.1 tcp dport 22 counter drop comment "policy.yaml:8"',
+        'ip saddr 192.0.2.1 tcp dport 80 counter drop comment "policy.yaml:8"',
+        'udp dport @input_set1 limit rate 5/second burst 5 packets accept comment "policy.yaml:9"',
+        'ip saddr @input_set2 tcp dport @input_set3 drop comment "policy.yaml:10"',
+        'iifname "eth0" tcp dport 443 accept comment "policy.yaml:11"',
+        'iifname "eth1" tcp dport 443 accept comment "policy.yaml:11"',
+        'iifname { "eth0", "ppp*" } tcp dport 444 accept comment "policy.yaml:12"',
+        'tcp dport @input_set1 limit rate 1/second burst 5 packets accept comment "policy.yaml:13"',
+    ]
+    assert "\tset input_set1 {\n\t\ttype inet_service\n\t\tflags interval\n\t\telements = {\n" in text
+    assert '\t\t\t1-9 comment "policy.yaml:9",\n\t\t\t53 comment "policy.yaml:9"\n\t\t}' in text
+    assert '\t\t\t10.5.0.0/16 comment "policy.yaml:10"\n' in text
+    assert nft_check(write_policy(tmp_path, text, "ruleset.nft")).returncode == 0

@@ -38,7 +38,7 @@ import nfc.backends.nft as nft
 from nfc.backends.common import rule_note
 from nfc.backends.nft_groups import NAME, Element, Group, Shape
 from nfc.backends.nft_plan import MIN_MERGE, plan
-from nfc.backends.nft_runs import Chains, single_rules
+from nfc.backends.nft_runs import Declarations, single_rules
 from nfc.ir import Chain, Family, Rule, Ruleset
 from nfc.space import Space
 
@@ -48,23 +48,20 @@ def optimized_chain(ruleset: Ruleset, chain: Chain, space: Space | None = None) 
     `space` is the ruleset's, when the caller has it already."""
     groups = plan(chain.rules, space or Space(ruleset))
     declarations: list[list[str]] = []
-    chains = Chains(declarations)  # the runs' chains, among the lookups' sets and maps
+    declared = Declarations(chain.name, declarations)  # the runs' chains and sets, among the lookups'
     lines: list[str] = []
     single: list[Rule] = []  # the rules written one by one since the last lookup
-    lookups = 0
     for group in groups:
         if group.shape is None or len(group.members) < MIN_MERGE:
             single += [chain.rules[i] for i in group.members]
             continue
-        lines += single_rules(ruleset, chain, single, chains)
+        lines += single_rules(ruleset, chain, single, declared)
         single = []
         is_map = len({chain.rules[i].verdict.kind for i in group.members}) > 1
-        lookups += 1
-        # Policy objects' names end in _v4, _v6, _ports or _limit, never in a digit.
-        name = f"{chain.name}_{'map' if is_map else 'set'}{lookups}"
+        name = declared.lookup_name("map" if is_map else "set")
         declarations.append(_declaration(ruleset, chain.rules, group, name, is_map))
         lines.append(_lookup_rule(ruleset, chain.rules, group, name, is_map))
-    lines += single_rules(ruleset, chain, single, chains)
+    lines += single_rules(ruleset, chain, single, declared)
     return nft.ChainText(declarations, lines)
 
 
