@@ -60,7 +60,7 @@ FAMILY_SETS = {
 V4_ONLY, V6_ONLY, ANY_FAMILY = FAMILY_SETS[True, False], FAMILY_SETS[False, True], FAMILY_SETS[True, True]
 
 
-@dataclass
+@dataclass(slots=True)
 class RuleParts:
     """The matches of one rule, checked and resolved, before family split."""
 
@@ -182,7 +182,7 @@ class RuleChecker:
                 ranges.extend(value.ranges)
                 if len(items) == 1 and len(value.ranges) > 1:
                     set_name = self.objects.port_set(str(item.value), value)
-        return Ports(merge_ranges(ranges), set_name)
+        return Ports(tuple(ranges) if len(ranges) == 1 else merge_ranges(ranges), set_name)
 
     def _match_dport(self, match: MatchNode) -> None:
         self.parts.dport = self._ports(match)
@@ -192,26 +192,35 @@ class RuleChecker:
 
     def _addresses(self, match: MatchNode, direction: str) -> tuple[AddressValue, bool, str | None]:
         addrs: Addrs = match.value
+        items = addrs.items
+        if len(items) == 1 and items[0].kind == "literal":  # most rules: one network, nothing to collapse
+            network = parse_network(items[0].text, items[0].loc)
+            if isinstance(network, IPv4Network):
+                value, families = AddressValue((network,), ()), V4_ONLY
+            else:
+                value, families = AddressValue((), (network,)), V6_ONLY
+            self.restrict(families, f"the '{direction}' address list", addrs.loc)
+            return value, addrs.negated, None
         networks: list[Network] = []
         set_name = None
-        for item in addrs.items:
+        for item in items:
             if item.kind == "literal":
                 networks.append(parse_network(item.text, item.loc))
-            elif len(addrs.items) == 1 and item.text in self.defines.sets:
+            elif len(items) == 1 and item.text in self.defines.sets:
                 return AddressValue((), (), runtime=True), addrs.negated, item.text
             else:
                 value = self.defines.value(item.text, item.loc)
                 if not isinstance(value, AddressValue):
                     raise PolicyError(item.loc, f"'${item.text}' holds ports, not addresses")
-                if len(addrs.items) == 1:
+                if len(items) == 1:
                     set_name = item.text
                 else:
                     networks.extend(value.v4 + value.v6)
         if set_name is not None:
             # a define's value is collapsed already: a long list is not collapsed twice
-            value = self.defines.value(set_name, addrs.items[0].loc)
+            value = self.defines.value(set_name, items[0].loc)
             assert isinstance(value, AddressValue)
-        elif len(networks) == 1:  # most rules: nothing to collapse, one family to find
+        elif len(networks) == 1:  # nothing to collapse, one family to find
             value = (
                 AddressValue(tuple(networks), ())
                 if isinstance(networks[0], IPv4Network)

@@ -6,6 +6,7 @@ optional `comment`, `expires` and `scope`. `load` puts them together."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,6 +18,9 @@ RULE_KEYS = ("rule", "comment", "expires")
 ENTRY_KEYS = (*RULE_KEYS, "scope")
 SCOPES: tuple[NotrackScope, ...] = ("host", "routed", "all")
 COMMENT_MAX = 64
+# What free text cannot hold inside a generated quoted string (nor a line break).
+UNQUOTABLE_CHARACTERS = '"\\`$'
+UNQUOTABLE = re.compile(f"[{re.escape(UNQUOTABLE_CHARACTERS)}]")
 
 
 @dataclass(frozen=True)
@@ -111,14 +115,15 @@ def check_text(text: str, loc: Loc, what: str, max_len: int) -> str:
     """Free text that ends up inside a quoted nft/iptables string."""
     if not text:
         raise PolicyError(loc, f"{what} is empty")
-    for ch in text:
-        if not ch.isprintable() or ch in '"\\`$':
-            shown = repr(ch) if not ch.isprintable() else f"'{ch}'"
-            raise PolicyError(
-                loc,
-                f"{what} contains the character {shown}, which is not allowed",
-                "use plain printable text without quotes, backslashes, '$', '`' or line breaks",
-            )
+    if not text.isprintable() or UNQUOTABLE.search(text):  # then find the first one, character by character
+        for ch in text:
+            if not ch.isprintable() or ch in UNQUOTABLE_CHARACTERS:
+                shown = repr(ch) if not ch.isprintable() else f"'{ch}'"
+                raise PolicyError(
+                    loc,
+                    f"{what} contains the character {shown}, which is not allowed",
+                    "use plain printable text without quotes, backslashes, '$', '`' or line breaks",
+                )
     if len(text.encode()) > max_len:
         raise PolicyError(loc, f"{what} is longer than {max_len} bytes")
     return text
