@@ -139,7 +139,9 @@ def _rest(reader: _Reader, verdict: VerdictNode | None, clauses: dict[str, ReadP
         if word not in clauses or (clauses is ENTRY_CLAUSES and len(parts) > matches):
             raise _Unsure
         parts.append(clauses[word](reader))
-    return assemble_rule(verdict, parts, reader.locate(1, reader.tokens[0][1]))
+    # A rule starts at its verdict: one Loc for both.
+    loc = verdict.loc if verdict is not None else reader.locate(1, reader.tokens[0][1])
+    return assemble_rule(verdict, parts, loc)
 
 
 def _nat_action(reader: _Reader) -> NatAction:
@@ -276,9 +278,12 @@ def _addresses(kind: str) -> ReadMatch:
         if reader.peek() == "{":
             reader.take()
             items = _set(reader, _address)
+            loc = reader.locate(1, start)
         else:
             items = (_address(reader),)
-        return MatchNode(kind, Addrs(items, negated, reader.locate(1, start)), reader.locate(1, col))
+            # one address, the list's only word: one Loc for both
+            loc = reader.locate(1, start) if negated else items[0].loc
+        return MatchNode(kind, Addrs(items, negated, loc), reader.locate(1, col))
 
     return read
 

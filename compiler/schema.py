@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
 from nfc.ir import NotrackScope
@@ -23,9 +22,10 @@ UNQUOTABLE_CHARACTERS = '"\\`$'
 UNQUOTABLE = re.compile(f"[{re.escape(UNQUOTABLE_CHARACTERS)}]")
 
 
-@dataclass(frozen=True)
-class RuleText:
-    """A rule or notrack entry as written, with its optional annotations."""
+class RuleText(NamedTuple):
+    """A rule or notrack entry as written, with its optional annotations.
+    (A named tuple: one per rule, and a frozen dataclass costs several
+    times as much to make.)"""
 
     node: YNode
     comment: str | None = None
