@@ -195,12 +195,10 @@ class RuleChecker:
         items = addrs.items
         if len(items) == 1 and items[0].kind == "literal":  # most rules: one network, nothing to collapse
             network = parse_network(items[0].text, items[0].loc)
-            if isinstance(network, IPv4Network):
-                value, families = AddressValue((network,), ()), V4_ONLY
-            else:
-                value, families = AddressValue((), (network,)), V6_ONLY
-            self.restrict(families, f"the '{direction}' address list", addrs.loc)
-            return value, addrs.negated, None
+            v4 = isinstance(network, IPv4Network)
+            self.restrict(V4_ONLY if v4 else V6_ONLY, f"the '{direction}' address list", addrs.loc)
+            single = AddressValue((network,), ()) if v4 else AddressValue((), (network,))
+            return single, addrs.negated, None
         networks: list[Network] = []
         set_name = None
         for item in items:
