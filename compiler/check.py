@@ -4,8 +4,9 @@ result is IR `Match`es, one per family where the rule needs a split."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import cast
 
@@ -49,11 +50,21 @@ LOG_PREFIX_MAX = 64
 NAT_HOOK_WITHOUT = {"dnat": "oif", "redirect": "oif", "masquerade": "iif", "snat": "iif"}
 
 
-@dataclass
+# The families a rule may still cover, by (IPv4 admitted, IPv6 admitted):
+# shared frozensets, so that no rule builds sets of its own.
+FAMILY_SETS = {
+    (v4, v6): frozenset(f for f, admitted in zip(BOTH_FAMILIES, (v4, v6), strict=True) if admitted)
+    for v4 in (False, True)
+    for v6 in (False, True)
+}
+V4_ONLY, V6_ONLY, ANY_FAMILY = FAMILY_SETS[True, False], FAMILY_SETS[False, True], FAMILY_SETS[True, True]
+
+
+@dataclass(slots=True)
 class RuleParts:
     """The matches of one rule, checked and resolved, before family split."""
 
-    families: set[Family] = field(default_factory=lambda: set(BOTH_FAMILIES))
+    families: frozenset[Family] = ANY_FAMILY
     protocol: str | None = None
     sport: Ports | None = None
     dport: Ports | None = None
@@ -97,7 +108,7 @@ class RuleChecker:
     def notrack(self) -> bool:
         return self.chain is None and self.nat is None
 
-    def restrict(self, families: set[Family], why: str, loc: Loc) -> None:
+    def restrict(self, families: frozenset[Family], why: str, loc: Loc) -> None:
         remaining = self.parts.families & families
         if not remaining:
             raise PolicyError(
@@ -110,24 +121,25 @@ class RuleChecker:
     def check_matches(self) -> RuleParts:
         seen: dict[str, Loc] = {}
         for match in self.node.matches:
-            key = "icmp_type" if match.kind == "icmpv6_type" else match.kind
+            kind = match.kind
+            key = "icmp_type" if kind == "icmpv6_type" else kind
             if key in seen:
                 raise PolicyError(match.loc, f"'{_match_word(match)}' is given twice (first at {seen[key]})")
             seen[key] = match.loc
-            getattr(self, f"_match_{match.kind}")(match)
+            MATCHERS[kind](self, match)
         parts = self.parts
-        for kind in ("sport", "dport"):
-            if getattr(parts, kind) is not None and parts.protocol not in vocab.PORT_PROTOCOLS:
-                raise PolicyError(
-                    seen[kind],
-                    f"'{kind}' needs a protocol with ports",
-                    "add tcp, udp or sctp before it",
-                )
+        if parts.protocol not in vocab.PORT_PROTOCOLS:
+            for kind in ("sport", "dport"):
+                if kind in seen:
+                    raise PolicyError(
+                        seen[kind],
+                        f"'{kind}' needs a protocol with ports",
+                        "add tcp, udp or sctp before it",
+                    )
         return parts
 
     def _match_family(self, match: MatchNode) -> None:
-        family = Family.V4 if match.value == "ip" else Family.V6
-        self.restrict({family}, f"'{match.value}'", match.loc)
+        self.restrict(V4_ONLY if match.value == "ip" else V6_ONLY, f"'{match.value}'", match.loc)
 
     def _match_proto(self, match: MatchNode) -> None:
         value = match.value
@@ -148,9 +160,9 @@ class RuleChecker:
             )
         self.parts.protocol = value
         if value == "icmp":
-            self.restrict({Family.V4}, "'icmp'", match.loc)
+            self.restrict(V4_ONLY, "'icmp'", match.loc)
         elif value == "icmpv6":
-            self.restrict({Family.V6}, "'icmpv6'", match.loc)
+            self.restrict(V6_ONLY, "'icmpv6'", match.loc)
 
     def _ports(self, match: MatchNode) -> Ports:
         ranges: list[tuple[int, int]] = []
@@ -170,7 +182,7 @@ class RuleChecker:
                 ranges.extend(value.ranges)
                 if len(items) == 1 and len(value.ranges) > 1:
                     set_name = self.objects.port_set(str(item.value), value)
-        return Ports(merge_ranges(ranges), set_name)
+        return Ports(tuple(ranges) if len(ranges) == 1 else merge_ranges(ranges), set_name)
 
     def _match_dport(self, match: MatchNode) -> None:
         self.parts.dport = self._ports(match)
@@ -180,26 +192,33 @@ class RuleChecker:
 
     def _addresses(self, match: MatchNode, direction: str) -> tuple[AddressValue, bool, str | None]:
         addrs: Addrs = match.value
+        items = addrs.items
+        if len(items) == 1 and items[0].kind == "literal":  # most rules: one network, nothing to collapse
+            network = parse_network(items[0].text, items[0].loc)
+            v4 = isinstance(network, IPv4Network)
+            self.restrict(V4_ONLY if v4 else V6_ONLY, f"the '{direction}' address list", addrs.loc)
+            single = AddressValue((network,), ()) if v4 else AddressValue((), (network,))
+            return single, addrs.negated, None
         networks: list[Network] = []
         set_name = None
-        for item in addrs.items:
+        for item in items:
             if item.kind == "literal":
                 networks.append(parse_network(item.text, item.loc))
-            elif len(addrs.items) == 1 and item.text in self.defines.sets:
+            elif len(items) == 1 and item.text in self.defines.sets:
                 return AddressValue((), (), runtime=True), addrs.negated, item.text
             else:
                 value = self.defines.value(item.text, item.loc)
                 if not isinstance(value, AddressValue):
                     raise PolicyError(item.loc, f"'${item.text}' holds ports, not addresses")
-                if len(addrs.items) == 1:
+                if len(items) == 1:
                     set_name = item.text
                 else:
                     networks.extend(value.v4 + value.v6)
         if set_name is not None:
             # a define's value is collapsed already: a long list is not collapsed twice
-            value = self.defines.value(set_name, addrs.items[0].loc)
+            value = self.defines.value(set_name, items[0].loc)
             assert isinstance(value, AddressValue)
-        elif len(networks) == 1:  # most rules: nothing to collapse, one family to find
+        elif len(networks) == 1:  # nothing to collapse, one family to find
             value = (
                 AddressValue(tuple(networks), ())
                 if isinstance(networks[0], IPv4Network)
@@ -210,8 +229,9 @@ class RuleChecker:
                 collapse(n for n in networks if isinstance(n, IPv4Network)),
                 collapse(n for n in networks if not isinstance(n, IPv4Network)),
             )
-        families = {f for f in BOTH_FAMILIES if value.of(f)}
-        self.restrict(families, f"the '{direction}' address list", addrs.loc)
+        self.restrict(
+            FAMILY_SETS[bool(value.v4), bool(value.v6)], f"the '{direction}' address list", addrs.loc
+        )
         return value, addrs.negated, set_name
 
     def _match_saddr(self, match: MatchNode) -> None:
@@ -312,30 +332,50 @@ class RuleChecker:
 
     def match_for(self, parts: RuleParts, family: Family | None) -> Match:
         only = family or (next(iter(parts.families)) if len(parts.families) == 1 else None)
-
-        def addresses(spec: tuple[AddressValue, bool, str | None] | None) -> Addresses | None:
-            if spec is None or family is None:
-                return None
-            value, negated, define = spec
-            if value.runtime:
-                return Addresses(family, (), negated, f"{define}_{family.suffix}", runtime=True)
-            networks = value.of(family)
-            set_name = self.objects.address_set(define, family, networks) if define else None
-            return Addresses(family, networks, negated, set_name)
-
+        saddr = daddr = None
+        if family is not None:
+            if parts.saddr is not None:
+                saddr = self._ir_addresses(parts.saddr, family)
+            if parts.daddr is not None:
+                daddr = self._ir_addresses(parts.daddr, family)
         return Match(
             family=only,
             protocol=parts.protocol,
             sport=parts.sport,
             dport=parts.dport,
-            saddr=addresses(parts.saddr),
-            daddr=addresses(parts.daddr),
+            saddr=saddr,
+            daddr=daddr,
             iifname=parts.iifname,
             oifname=parts.oifname,
             ct_state=parts.ct_state,
             icmp_types=parts.icmp_types,
             ct_status=parts.ct_status,
         )
+
+    def _ir_addresses(self, spec: tuple[AddressValue, bool, str | None], family: Family) -> Addresses:
+        value, negated, define = spec
+        if value.runtime:
+            return Addresses(family, (), negated, f"{define}_{family.suffix}", runtime=True)
+        networks = value.v4 if family is Family.V4 else value.v6
+        set_name = self.objects.address_set(define, family, networks) if define else None
+        return Addresses(family, networks, negated, set_name)
+
+
+# Each kind of match node's check, by its `kind`.
+MATCHERS: dict[str, Callable[[RuleChecker, MatchNode], None]] = {
+    "family": RuleChecker._match_family,
+    "proto": RuleChecker._match_proto,
+    "dport": RuleChecker._match_dport,
+    "sport": RuleChecker._match_sport,
+    "saddr": RuleChecker._match_saddr,
+    "daddr": RuleChecker._match_daddr,
+    "iif": RuleChecker._match_iif,
+    "oif": RuleChecker._match_oif,
+    "ct_state": RuleChecker._match_ct_state,
+    "ct_status": RuleChecker._match_ct_status,
+    "icmp_type": RuleChecker._match_icmp_type,
+    "icmpv6_type": RuleChecker._match_icmpv6_type,
+}
 
 
 def _match_word(match: MatchNode) -> str:
@@ -372,7 +412,11 @@ def check_verdict(node: RuleNode, parts: RuleParts) -> Verdict:
             )
     # checked above: None, 'tcp reset' or a key of vocab.REJECT_ICMP_TYPES
     # (The type as a string: `RejectWith | None` would build a Union on every call.)
-    return Verdict(verdict.kind, cast("RejectWith | None", verdict.reject_with))
+    return _verdict(verdict.kind, cast("RejectWith | None", verdict.reject_with))
+
+
+# A handful of distinct verdicts serve every rule: one object each.
+_verdict = functools.cache(Verdict)
 
 
 def check_comment(text: RuleText, node: RuleNode) -> str | None:

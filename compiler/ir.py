@@ -52,6 +52,11 @@ class Family(enum.Enum):
     V4 = "ipv4"
     V6 = "ipv6"
 
+    # A member is a singleton, equal only to itself: hash it as such, in C.
+    # (Enum's own __hash__ is Python code, and lowering hashes families
+    # several times per rule.)
+    __hash__ = object.__hash__
+
     @property
     def suffix(self) -> str:
         return "v4" if self is Family.V4 else "v6"

@@ -69,7 +69,7 @@ def _lower_nat_rule(lowering: Lowering, parsed: ParsedNat) -> list[NatRule]:
                 f"{action.kind} to an {_family_word(family)} address, "
                 f"but the rule matches {_family_word(next(iter(parts.families)))} packets only",
             )
-        parts.families = {family}
+        parts.families = frozenset((family,))
     comment = check_comment(text, node)
     families = [f for f in BOTH_FAMILIES if f in parts.families]
     return [

@@ -6,8 +6,8 @@ optional `comment`, `expires` and `scope`. `load` puts them together."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import re
+from typing import Any, NamedTuple, TypeVar
 
 from nfc.errors import Loc, PolicyError, did_you_mean, printable
 from nfc.ir import NotrackScope
@@ -17,11 +17,15 @@ RULE_KEYS = ("rule", "comment", "expires")
 ENTRY_KEYS = (*RULE_KEYS, "scope")
 SCOPES: tuple[NotrackScope, ...] = ("host", "routed", "all")
 COMMENT_MAX = 64
+# What free text cannot hold inside a generated quoted string (nor a line break).
+UNQUOTABLE_CHARACTERS = '"\\`$'
+UNQUOTABLE = re.compile(f"[{re.escape(UNQUOTABLE_CHARACTERS)}]")
 
 
-@dataclass(frozen=True)
-class RuleText:
-    """A rule or notrack entry as written, with its optional annotations."""
+class RuleText(NamedTuple):
+    """A rule or notrack entry as written, with its optional annotations.
+    (A named tuple: one per rule, and a frozen dataclass costs several
+    times as much to make.)"""
 
     node: YNode
     comment: str | None = None
@@ -111,14 +115,15 @@ def check_text(text: str, loc: Loc, what: str, max_len: int) -> str:
     """Free text that ends up inside a quoted nft/iptables string."""
     if not text:
         raise PolicyError(loc, f"{what} is empty")
-    for ch in text:
-        if not ch.isprintable() or ch in '"\\`$':
-            shown = repr(ch) if not ch.isprintable() else f"'{ch}'"
-            raise PolicyError(
-                loc,
-                f"{what} contains the character {shown}, which is not allowed",
-                "use plain printable text without quotes, backslashes, '$', '`' or line breaks",
-            )
+    if not text.isprintable() or UNQUOTABLE.search(text):  # then find the first one, character by character
+        for ch in text:
+            if not ch.isprintable() or ch in UNQUOTABLE_CHARACTERS:
+                shown = repr(ch) if not ch.isprintable() else f"'{ch}'"
+                raise PolicyError(
+                    loc,
+                    f"{what} contains the character {shown}, which is not allowed",
+                    "use plain printable text without quotes, backslashes, '$', '`' or line breaks",
+                )
     if len(text.encode()) > max_len:
         raise PolicyError(loc, f"{what} is longer than {max_len} bytes")
     return text

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import yaml
 
@@ -76,10 +76,10 @@ class YNode:
         return Loc(self.loc.file, file_line, file_col)
 
 
-@dataclass(frozen=True)
-class TextSpan:
+class TextSpan(NamedTuple):
     """A string scalar's place in its file. Positions inside it are worked
-    out only when an error needs one."""
+    out only when an error needs one. (A named tuple: one per rule, and a
+    frozen dataclass costs several times as much to make.)"""
 
     source: str  # the whole file, shared by every span of it
     start: int
@@ -140,20 +140,17 @@ def _reader_problem(exc: yaml.reader.ReaderError) -> str:
 
 def _span(start: Any, end: Any, style: str | None, value: str, source: str) -> TextSpan:
     """The span of a scalar from its parser marks."""
-    raw = source[start.index : end.index]
+    first, last = start.index, end.index
     style = style or None  # libyaml says '' where PyYAML says None: plain
-    quoted = style in ("'", '"')
-    single_line = "\n" not in raw and (raw[1:-1] if quoted else raw) == value
-    return TextSpan(
-        source,
-        start.index,
-        end.index,
-        start.line + 1,
-        start.column + 1,
-        style,
-        single_line,
-        start.column + 1 + (1 if quoted else 0),
+    quoted = 1 if style in ("'", '"') else 0
+    # the raw text is one line, and between its quotes the value itself (compared in place: no copies)
+    single_line = (
+        last - first - 2 * quoted == len(value)
+        and source.find("\n", first, last) < 0
+        and source.startswith(value, first + quoted)
     )
+    column = start.column + 1
+    return TextSpan(source, first, last, start.line + 1, column, style, single_line, column + quoted)
 
 
 def _text_map(span: TextSpan, value: str) -> tuple[tuple[int, int], ...] | None:
