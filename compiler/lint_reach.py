@@ -110,7 +110,7 @@ def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
                 continue
             # searched by the rule's own cubes: fewer than what is left of them, and a superset
             if not any(
-                overlap(remaining, unlike.rules[other]) for other in unlike.candidates(mine) if other > number
+                overlap(remaining, unlike.rules[other]) for other in unlike.candidates(mine, after=number)
             ):
                 yield rule.origin, f"does what the chain's policy ({chain.policy}) does anyway", "delete it"
 

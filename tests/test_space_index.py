@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nfc.diff import diff
 from nfc.lint import lint
-from nfc.space import Cube, intersect, meet, minus, subtract
+from nfc.space import Cube, intersect, meet, minus, split, subtract
 from nfc.space_index import Index
 
 from helpers import ruleset_of
@@ -91,13 +92,22 @@ def _policies(seed: int) -> tuple[str, str]:
 
 
 def _pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The straightforward path: every earlier rule is a candidate (none
-    is skipped for a rule found to hold the packets), a rule decides what
-    earlier rules leave of it, and what no rule matches is everything less
-    every rule, in turn."""
+    """The straightforward path: every rule is a candidate (none is
+    skipped for a rule found to hold the packets, no window is left
+    unvisited), packets are split by every earlier rule in turn, a rule
+    decides what earlier rules leave of it, and what no rule matches is
+    everything less every rule, in turn."""
 
-    def every(self: Index, cubes: list[Cube], before: int | None = None) -> list[int]:
-        return list(range(len(self.rules) if before is None else before))
+    def every(self: Index, cubes: list[Cube], after: int = -1, before: int | None = None) -> Iterator[int]:
+        return iter(range(after + 1, len(self.rules) if before is None else before))
+
+    def first_match(self: Index, cubes: list[Cube], before: int | None = None) -> list[tuple[Cube, int | None]]:
+        parts: list[tuple[Cube, int | None]] = []
+        remaining = cubes
+        for number in range(len(self.rules) if before is None else before):
+            taken, remaining = split(remaining, self.rules[number])
+            parts += [(cube, number) for cube in taken]
+        return parts + [(cube, None) for cube in remaining]
 
     def decided(self: Index, number: int) -> list[Cube]:
         return [cube for cube, taker in self.first_match(self.rules[number], before=number) if taker is None]
@@ -106,7 +116,7 @@ def _pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
         return minus(cubes, [cube for rule in self.rules for cube in rule])
 
     monkeypatch.setattr(Index, "candidates", every)
-    monkeypatch.setattr(Index, "_held_by", lambda self, cubes, before: before)
+    monkeypatch.setattr(Index, "first_match", first_match)
     monkeypatch.setattr(Index, "decided", decided)
     monkeypatch.setattr(Index, "unmatched", unmatched)
 
