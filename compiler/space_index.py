@@ -117,14 +117,11 @@ class _Window:
                 for axis in each.axes.values():
                     axis.freeze()
 
-    def candidates(self, cubes: list[Cube], before: int | None) -> list[int]:
+    def candidates(self, queries: list[_Query], before: int | None) -> list[int]:
         """The rules of this window (numbers, in order, only those before
-        `before`) that may share packets with `cubes`: a superset of those that do."""
+        `before`) that may share packets with the queries' cubes: a superset of those that do."""
         found: set[int] = set()
-        for cube in cubes:
-            protocols = cube.protocol if len(cube.protocol) <= FEW_PROTOCOLS else None
-            # The query's share of each dimension: a class is searched by the one it narrows most.
-            share = {d: _share(getattr(cube, d), d, cube.family) for d in DIMENSIONS}
+        for cube, protocols, share in queries:
             for (protocol, dimensions), each in self.classes.get(cube.family, {}).items():
                 if protocols is not None and protocol is not None and protocol not in protocols:
                     continue
@@ -140,6 +137,22 @@ class _Window:
                     each.axes[narrowest].find(ranges, found)
         ordered = sorted(found)
         return ordered if before is None else ordered[: bisect_left(ordered, before)]
+
+
+# A cube asked about, the protocols whose classes it looks in (None: all)
+# and its share of each dimension: a class is searched by the one it narrows most.
+_Query = tuple[Cube, frozenset[str] | None, dict[str, float]]
+
+
+def _queries(cubes: list[Cube]) -> list[_Query]:
+    return [
+        (
+            cube,
+            cube.protocol if len(cube.protocol) <= FEW_PROTOCOLS else None,
+            {d: _share(getattr(cube, d), d, cube.family) for d in DIMENSIONS},
+        )
+        for cube in cubes
+    ]
 
 
 class Index:
@@ -165,8 +178,9 @@ class Index:
         `before`) that may share packets with `cubes`: a superset of those
         that do, window by window, so that a caller that stops early pays
         for the windows it looked in only."""
+        queries = _queries(cubes)
         for window in self._windows(after, before):
-            yield from (n for n in window.candidates(cubes, before) if n > after)
+            yield from (n for n in window.candidates(queries, before) if n > after)
 
     def _windows(self, after: int, before: int | None) -> Iterator[_Window]:
         for window in self.windows:
@@ -227,15 +241,19 @@ class Index:
         `cubes` leaves nothing at once (no cutting by the rules before it)."""
         parts: list[tuple[Cube, int | None]] = []
         remaining = cubes
+        queries = _queries(cubes)
         for window in self._windows(-1, before):
             if not remaining:
                 break
-            numbers = window.candidates(remaining if len(remaining) <= len(cubes) else cubes, before)
+            numbers = window.candidates(queries, before)
             if holders and any(_holds(self.rules[other], cubes) for other in numbers):
                 return []
             taken = self._first_match(window, remaining, numbers, before)
-            remaining = [cube for cube, taker in taken if taker is None]
-            parts += [(cube, taker) for cube, taker in taken if taker is not None]
+            if taken[0][1] is not None:  # some rule took a share: ask about what is left
+                remaining = [cube for cube, taker in taken if taker is None]
+                parts += [(cube, taker) for cube, taker in taken if taker is not None]
+                if len(remaining) <= len(cubes):  # as few cubes, and narrower
+                    queries = _queries(remaining)
         return parts + [(cube, None) for cube in remaining]
 
     def _first_match(
@@ -269,7 +287,10 @@ class Index:
             while at < len(ahead) and not _meets(cube, self.rules[ahead[at]]):
                 at, tried = at + 1, tried + 1
                 if tried == REQUERY and len(ahead) - at > REQUERY:  # its own candidates, once
-                    ahead, at = [n for n in window.candidates([cube], before) if n > ahead[at - 1]], 0
+                    ahead, at = (
+                        [n for n in window.candidates(_queries([cube]), before) if n > ahead[at - 1]],
+                        0,
+                    )
             if at == len(ahead):
                 found.append((len(self.rules), cube, None))
                 continue
