@@ -158,17 +158,16 @@ def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iter
         if old_verdict != new_verdict:
             groups.setdefault((old_verdict, new_verdict, origin), []).append(cube)
 
-    old_to_new = _common(before, after)
+    old_to_new, replaced = _paired(before, after)
     new_to_old = {j: i for i, j in old_to_new.items()}
-    removed = Index([[] if i in old_to_new else cubes for i, cubes in enumerate(before.index.rules)])
-    added = Index([[] if j in new_to_old else cubes for j, cubes in enumerate(after.index.rules)])
+    only_old, only_new = _only(before, after, old_to_new, replaced)
     for number, rule in enumerate(after.rules):  # what a new rule decides
-        if _unchanged(after.index.rules[number], new_to_old.get(number), removed):
+        if _unchanged(after.index.rules[number], new_to_old.get(number), only_old):
             continue
         for cube, other in before.index.first_match(after.index.decided(number)):
             note(cube, before.verdict(other), rule.verdict.kind, rule.origin)
     for number in range(len(before.rules)):  # what an old rule decided and the new policy does
-        if _unchanged(before.index.rules[number], old_to_new.get(number), added):
+        if _unchanged(before.index.rules[number], old_to_new.get(number), only_new):
             continue
         for cube, other in after.index.first_match(before.index.decided(number)):
             if other is None:
@@ -185,20 +184,43 @@ def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iter
             )
 
 
-def _common(before: ChainSide, after: ChainSide) -> dict[int, int]:
+def _paired(before: ChainSide, after: ChainSide) -> tuple[dict[int, int], list[tuple[int, int]]]:
     """The rules both sides have (the same packets, the same verdict), in
-    the same order: old rule number -> new rule number."""
+    the same order: old rule number -> new rule number; and the rules in
+    their places that the change replaced, (old number, new number)."""
     keys = [[(r.verdict.kind, tuple(c)) for r, c in zip(side.rules, side.index.rules, strict=True)]
             for side in (before, after)]  # fmt: skip
-    matcher = difflib.SequenceMatcher(None, keys[0], keys[1])
-    return {i + k: j + k for i, j, size in matcher.get_matching_blocks() for k in range(size)}
+    common: dict[int, int] = {}
+    replaced: list[tuple[int, int]] = []
+    for tag, old_first, old_end, new_first, new_end in difflib.SequenceMatcher(None, *keys).get_opcodes():
+        if tag == "equal":
+            common.update(zip(range(old_first, old_end), range(new_first, new_end), strict=True))
+        elif tag == "replace":
+            replaced += zip(range(old_first, old_end), range(new_first, new_end), strict=False)
+    return common, replaced
+
+
+def _only(
+    before: ChainSide, after: ChainSide, common: dict[int, int], replaced: list[tuple[int, int]]
+) -> tuple[Index, Index]:
+    """The packets each side's rules match and the other side's rules in
+    their places do not, by rule number: all of a rule only one side has,
+    what a replaced rule matches that its replacement does not (nothing,
+    when only the verdict or a define's widening changed), none of a rule
+    both have."""
+    kept = set(common.values())
+    olds = [[] if i in common else cubes for i, cubes in enumerate(before.index.rules)]
+    news = [[] if j in kept else cubes for j, cubes in enumerate(after.index.rules)]
+    for i, j in replaced:
+        olds[i], news[j] = minus(olds[i], news[j]), minus(news[j], olds[i])
+    return Index(olds), Index(news)
 
 
 def _unchanged(cubes: list[Cube], counterpart: int | None, only_other: Index) -> bool:
     """Whether a rule's packets keep their fate: the other side has the
-    rule (at `counterpart`), and none of the rules only the other side has
-    before it share a packet with it. A packet this side decides by the
-    rule meets none of the rules both have before it, so the other side
+    rule (at `counterpart`), and none of what only the other side's rules
+    before it match shares a packet with it. A packet this side decides by
+    the rule is in none of this side's rules before it, so the other side
     decides it by the rule too."""
     if counterpart is None:
         return False
