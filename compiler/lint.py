@@ -80,7 +80,7 @@ def lockout_risk(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     ssh = ctx.space.cubes(
         Match(protocol="tcp", dport=Ports(((ctx.management_port,) * 2,))), ct=["new", "untracked"]
     )
-    if not any(accepts(r) and overlap(ssh, ctx.space.cubes(r.match)) for r in ctx.user_rules(chain)):
+    if not any(accepts(r) and overlap(ssh, ctx.cubes(r.match)) for r in ctx.user_rules(chain)):
         origin = chain.rules[0].origin if chain.rules else Loc(ctx.ruleset.source, 1, 1)
         yield (
             origin,

@@ -30,12 +30,12 @@ def _coverage(ctx: Context, chain: Chain) -> list[Coverage]:
     rules is not fifty million comparisons."""
     if chain.name in ctx.coverage:
         return ctx.coverage[chain.name]
-    terminal = Index([ctx.space.cubes(r.match) if _takes_for_sure(r) else [] for r in chain.rules])
+    terminal = Index([ctx.cubes(r.match) if _takes_for_sure(r) else [] for r in chain.rules])
     found = []
     for number, rule in enumerate(chain.rules):
         if rule.role is not RuleRole.USER:
             continue
-        parts = terminal.first_match(ctx.space.cubes(rule.match), before=number)
+        parts = terminal.first_match(ctx.cubes(rule.match), before=number)
         remaining = [cube for cube, taker in parts if taker is None]
         takers = [chain.rules[taker] for taker in sorted({t for _, t in parts if t is not None})]
         found.append(Coverage(number, rule, remaining, takers))
@@ -78,7 +78,7 @@ def _contradicting(rule: Rule, takers: list[Rule]) -> list[Rule]:
 def shadowed_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
         for _, rule, remaining, takers in _coverage(ctx, chain):
-            if not remaining and ctx.space.cubes(rule.match) and _contradicting(rule, takers):
+            if not remaining and ctx.cubes(rule.match) and _contradicting(rule, takers):
                 yield (
                     rule.origin,
                     f"never matches a packet: {_named(takers)} decide them all first",
@@ -91,11 +91,11 @@ def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
         # The later rules that would decide a packet unlike the policy, if this one did not.
         unlike = Index([
-            ctx.space.cubes(r.match) if r.verdict.kind != chain.policy or r.meter is not None else []
+            ctx.cubes(r.match) if r.verdict.kind != chain.policy or r.meter is not None else []
             for r in chain.rules
         ])  # fmt: skip
         for number, rule, remaining, takers in _coverage(ctx, chain):
-            mine = ctx.space.cubes(rule.match)
+            mine = ctx.cubes(rule.match)
             if not mine or rule.log is not None or rule.counter or rule.meter:
                 continue
             if not remaining:
@@ -119,8 +119,8 @@ def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
 def matches_nothing(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
         for rule in ctx.user_rules(chain):
-            if not ctx.space.cubes(rule.match):
+            if not ctx.cubes(rule.match):
                 yield rule.origin, "matches no packet in any family", "check its 'not' and address lists"
     for nat in ctx.ruleset.nat:
-        if not ctx.space.cubes(nat.match):
+        if not ctx.cubes(nat.match):
             yield nat.origin, "matches no packet in any family", "check its 'not' and address lists"

@@ -4,6 +4,7 @@ compared by the packets they match, never by their text."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 from bisect import bisect_left, bisect_right
@@ -307,27 +308,24 @@ class Space:
     ) -> list[Cube]:
         """The packets `match` matches, as cubes (one or two families)."""
         families = [match.family] if match.family else [Family.V4, Family.V6]
+        protocol = frozenset({match.protocol}) if match.protocol else self.protocols
+        sport, dport = _ports(match.sport), _ports(match.dport)
+        iif, oif = self.interfaces_of(match.iifname), self.interfaces_of(match.oifname)
+        states = frozenset(ct if ct is not None else (match.ct_state or self.ct_states))
+        icmp = frozenset(match.icmp_types) if match.icmp_types else self.icmp_types
+        statuses = status_of(match.ct_status) if status is None else status
         result = []
         for family in families:
             saddr = _addresses(match.saddr, family)
             daddr = _addresses(match.daddr, family)
             if saddr is None or daddr is None:
                 continue
-            cube = Cube(
-                family=family,
-                protocol=frozenset({match.protocol}) if match.protocol else self.protocols,
-                sport=_ports(match.sport),
-                dport=_ports(match.dport),
-                saddr=saddr,
-                daddr=daddr,
-                iif=self.interfaces_of(match.iifname),
-                oif=self.interfaces_of(match.oifname),
-                ct=frozenset(ct if ct is not None else (match.ct_state or self.ct_states)),
-                icmp=frozenset(match.icmp_types) if match.icmp_types else self.icmp_types,
-                status=status_of(match.ct_status) if status is None else status,
-            )
-            if not cube.empty():
-                result.append(cube)
+            fields = {
+                "family": family, "protocol": protocol, "sport": sport, "dport": dport, "saddr": saddr,
+                "daddr": daddr, "iif": iif, "oif": oif, "ct": states, "icmp": icmp, "status": statuses,
+            }  # fmt: skip
+            if all(fields.values()):  # a family is never empty, so this is "no dimension is empty"
+                result.append(_cube(fields))
         return result
 
 
@@ -338,6 +336,7 @@ def _covers(pattern: str, atom: str) -> bool:
     return pattern == "*" if atom == OTHER else atom.startswith(pattern[:-1])
 
 
+@functools.cache
 def status_of(required: tuple[CtStatus, ...]) -> frozenset[str]:
     """The status atoms in which every flag of `required` is set."""
     return frozenset(atom for atom in STATUSES if all(flag in atom.split("+") for flag in required))
