@@ -17,7 +17,7 @@ from nfc.errors import Loc
 from nfc.ir import CHAIN_NAMES, Chain, Destination, Match, Meter, NatRule, NotrackHook, Rule, Ruleset
 from nfc.nat_space import NatView, accepted_somewhere, chain_index, nat_view, target_text, translated
 from nfc.space import ADDRESS_SPACE, ICMP_OF, Cube, Space, describe, minus
-from nfc.space_index import Index
+from nfc.space_index import Index, collector_paused
 from nfc.values import merge_ranges
 
 
@@ -372,10 +372,11 @@ def _sysctl_changes(old: Ruleset, new: Ruleset) -> Iterator[Change]:
 def diff(old: Ruleset, new: Ruleset) -> list[Change]:
     space = Space(old, new)
     changes: list[Change] = []
-    for chain in CHAIN_NAMES:
-        changes += _chain_changes(old, new, space, chain)
-    changes += _nat_changes(old, new, space)
-    changes += _notrack_changes(old, new, space)
+    with collector_paused():
+        for chain in CHAIN_NAMES:
+            changes += _chain_changes(old, new, space, chain)
+        changes += _nat_changes(old, new, space)
+        changes += _notrack_changes(old, new, space)
     changes += _meter_changes(old, new)
     changes += _sysctl_changes(old, new)
     return changes
