@@ -174,8 +174,8 @@ def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iter
                 note(cube, before.verdict(number), after.policy, None)
     if before.policy != after.policy:  # what both policies decide: what no rule of either side matches
         # (a rule both have is one: its second copy would meet none of what the first leaves)
-        only_new = [cubes for j, cubes in enumerate(after.index.rules) if j not in new_to_old]
-        for cube in Index([*before.index.rules, *only_new]).unmatched(space.cubes(Match())):
+        new_only = [cubes for j, cubes in enumerate(after.index.rules) if j not in new_to_old]
+        for cube in Index([*before.index.rules, *new_only]).unmatched(space.cubes(Match())):
             note(cube, before.policy, after.policy, None)
     for (old_verdict, new_verdict, origin), cubes in sorted(groups.items(), key=lambda g: str(g[0])):
         for cube in _merge(cubes):
@@ -188,11 +188,14 @@ def _paired(before: ChainSide, after: ChainSide) -> tuple[dict[int, int], list[t
     """The rules both sides have (the same packets, the same verdict), in
     the same order: old rule number -> new rule number; and the rules in
     their places that the change replaced, (old number, new number)."""
-    keys = [[(r.verdict.kind, tuple(c)) for r, c in zip(side.rules, side.index.rules, strict=True)]
-            for side in (before, after)]  # fmt: skip
+    old_keys, new_keys = (
+        [(r.verdict.kind, tuple(c)) for r, c in zip(side.rules, side.index.rules, strict=True)]
+        for side in (before, after)
+    )
     common: dict[int, int] = {}
     replaced: list[tuple[int, int]] = []
-    for tag, old_first, old_end, new_first, new_end in difflib.SequenceMatcher(None, *keys).get_opcodes():
+    matcher = difflib.SequenceMatcher(None, old_keys, new_keys)
+    for tag, old_first, old_end, new_first, new_end in matcher.get_opcodes():
         if tag == "equal":
             common.update(zip(range(old_first, old_end), range(new_first, new_end), strict=True))
         elif tag == "replace":
