@@ -156,9 +156,13 @@ def _nft_rule(expressions: list[Any], sets: dict[str, list[str]], maps: dict[str
             entries = maps.get(data[1:], []) if isinstance(data, str) else data["set"]
             decided = [next(iter(each[1].items())) for each in entries if isinstance(each[1], dict)]
             targets = tuple(value["target"] for name, value in decided if name in ("jump", "goto"))
-            # an accept in the map accepts what its key matches: a narrowed accept
+            # an accept in the map accepts what its key matches: connections in a state
+            # (`ct state vmap { established : accept, ... }`), or else a narrowed accept
             verdict = "accept" if any(name == "accept" for name, _ in decided) else "jump"
-            narrowed = True
+            if _ct_key(body["key"]) in ("state", "status"):
+                ct_state = True
+            else:
+                narrowed = True
     return Rule(iif, oif, ct_state, ct_dnat, narrowed, verdict, targets, dnat)
 
 

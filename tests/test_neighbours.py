@@ -112,6 +112,10 @@ def test_jumps_through_a_verdict_map_are_followed() -> None:
     assert forward_warning(neighbours | ours, "nft", "nfc") is None
     unmapped = parse_nft([item for item in listing if "vmap" not in json.dumps(item)])
     assert forward_warning(neighbours | unmapped, "nft", "nfc") is not None
+    # a map on the connection state accepts established connections only, as `ct state established accept`
+    states = {"vmap": {"key": {"ct": {"key": "state"}}, "data": {"set": [["established", {"accept": None}]]}}}
+    stateful = parse_nft([listing[0], listing[4], {"rule": {**forward, "expr": [states]}}])["inet", "nfc"]
+    assert [(rule.ct_state, rule.narrowed) for rule in stateful.accepts("forward")] == [(True, False)]
 
 
 def test_no_warning_without_a_forward_drop() -> None:
