@@ -188,8 +188,12 @@ def _paired(before: ChainSide, after: ChainSide) -> tuple[dict[int, int], list[t
     """The rules both sides have (the same packets, the same verdict), in
     the same order: old rule number -> new rule number; and the rules in
     their places that the change replaced, (old number, new number)."""
+    numbered: dict[tuple[str, tuple[Cube, ...]], int] = {}  # each key hashed once, not on every comparison
     old_keys, new_keys = (
-        [(r.verdict.kind, tuple(c)) for r, c in zip(side.rules, side.index.rules, strict=True)]
+        [
+            numbered.setdefault((r.verdict.kind, tuple(c)), len(numbered))
+            for r, c in zip(side.rules, side.index.rules, strict=True)
+        ]
         for side in (before, after)
     )
     common: dict[int, int] = {}
