@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from nfc.errors import Loc
 from nfc.ir import Chain, Rule, RuleRole
 from nfc.lint_registry import Check, Context, Coverage, filed_in
-from nfc.space import overlap
+from nfc.space import Cube, overlap
 from nfc.space_index import Index
 
 REACH_CHECKS: list[Check] = []
@@ -32,15 +32,35 @@ def _coverage(ctx: Context, chain: Chain) -> list[Coverage]:
         return ctx.coverage[chain.name]
     terminal = Index([ctx.cubes(r.match) if _takes_for_sure(r) else [] for r in chain.rules])
     found = []
+    # The first terminal rule of each match, with its takers and whether it has packets left:
+    # a later copy of it (common in a long policy) is taken by the same rules and the rest by it.
+    seen: Seen = {}
     for number, rule in enumerate(chain.rules):
         if rule.role is not RuleRole.USER:
             continue
-        parts = terminal.first_match(ctx.cubes(rule.match), before=number)
-        remaining = [cube for cube, taker in parts if taker is None]
-        takers = [chain.rules[taker] for taker in sorted({t for _, t in parts if t is not None})]
-        found.append(Coverage(number, rule, remaining, takers))
+        mine = ctx.cubes(rule.match)
+        earlier = _copied(seen, mine)
+        if earlier is not None:
+            first, numbers, left = earlier
+            remaining, taken = [], [*numbers, first] if left else numbers
+        else:
+            parts = terminal.first_match(mine, before=number)
+            remaining = [cube for cube, taker in parts if taker is None]
+            taken = sorted({t for _, t in parts if t is not None})
+            if terminal.rules[number]:
+                seen[tuple(mine)] = number, taken, bool(remaining)
+        found.append(Coverage(number, rule, remaining, [chain.rules[t] for t in taken]))
     ctx.coverage[chain.name] = found
     return found
+
+
+Seen = dict[tuple[Cube, ...], tuple[int, list[int], bool]]
+
+
+def _copied(seen: Seen, cubes: list[Cube]) -> tuple[int, list[int], bool] | None:
+    """The earlier terminal rule that matches exactly `cubes`, with its
+    takers and whether it had packets left."""
+    return seen.get(tuple(cubes)) if cubes else None
 
 
 def _takes_for_sure(rule: Rule) -> bool:

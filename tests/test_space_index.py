@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import nfc.diff
+import nfc.lint_reach
 from nfc import space_index
 from nfc.diff import diff
 from nfc.lint import lint
@@ -99,7 +100,7 @@ def _pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
     unvisited), packets are split by every earlier rule in turn, a rule
     decides what earlier rules leave of it, and what no rule matches is
     everything less every rule, in turn; diff compares every rule of both
-    sides, also those both have."""
+    sides, also those both have; lint splits a rule's copy as it did the rule."""
 
     def every(self: Index, cubes: list[Cube], after: int = -1, before: int | None = None) -> Iterator[int]:
         return iter(range(after + 1, len(self.rules) if before is None else before))
@@ -125,6 +126,7 @@ def _pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Index, "decided", decided)
     monkeypatch.setattr(Index, "unmatched", unmatched)
     monkeypatch.setattr(nfc.diff, "_unchanged", lambda cubes, counterpart, only_other: False)
+    monkeypatch.setattr(nfc.lint_reach, "_copied", lambda seen, cubes: None)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
