@@ -133,9 +133,6 @@ class Cube:
     def dims(self) -> dict[str, Any]:  # Intervals or frozenset[str], by dimension
         return {name: getattr(self, name) for name in (*self.INTERVALS, *self.FINITE)}
 
-    def empty(self) -> bool:
-        return any(not value for value in self.dims().values())
-
     def meets(self, other: Cube) -> bool:
         """Whether the cubes share a packet: most pairs differ early, in a
         protocol or a port, so this is far cheaper than `&`. Called millions
