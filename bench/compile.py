@@ -4,6 +4,7 @@ and the analysis tools on them: lint, diff and explain.
     .venv/bin/python bench/compile.py                    # 1,000, 10,000 and 50,000 rules
     .venv/bin/python bench/compile.py --sizes 1000,10000 --repeat 3
     .venv/bin/python bench/compile.py --profile 10000    # cProfile one size, print hot spots
+    .venv/bin/python bench/compile.py --profile-tools 10000  # the same, of lint and diff
     .venv/bin/python bench/compile.py --list-entries 1000000 --sizes 1000  # and a list file
 
 Per size, a third child times the tools on the compiled policy: `lint`; `diff`
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import cProfile
+
     from nfc.ir import Addresses, Rule
 
 DEFAULT_SIZES = (1000, 10_000, 50_000)
@@ -285,20 +288,37 @@ def _worker(path: str, mode: str, repeat: int) -> dict:
         tracemalloc.stop()
         result.update({f"heap_{k}_bytes": v for k, v in peaks.items()})
         result["heap_peak_bytes"] = max(peaks.values())
-    elif mode == "profile":
+    elif mode in ("profile", "profile-tools"):
         import cProfile
         import pstats
 
         profiler = cProfile.Profile()
-        profiler.enable()
-        source = load_policy(path)
-        ruleset = lower(parse.parse_policy(source), target)
-        build(ruleset, "nft", source.files)
+        if mode == "profile":
+            profiler.enable()
+            source = load_policy(path)
+            ruleset = lower(parse.parse_policy(source), target)
+            build(ruleset, "nft", source.files)
+        else:
+            _profile_tools(path, profiler)
         profiler.disable()
         stats = pstats.Stats(profiler, stream=sys.stderr)
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(40)
     return result
+
+
+def _profile_tools(path: str, profiler: cProfile.Profile) -> None:
+    """lint of the compiled policy and diff against its modified copy, under `profiler`."""
+    from nfc import api, diff, lint
+
+    ruleset = api.compile_policy(path).ruleset
+    modified = Path(path).with_name(Path(path).stem + "-modified.yaml")
+    modified.write_text(modify_policy(Path(path).read_text(encoding="utf-8")), encoding="utf-8")
+    changed = api.compile_policy(str(modified)).ruleset
+    gc.enable()  # as _time_tools runs them
+    profiler.enable()
+    lint.lint(ruleset)
+    diff.diff(ruleset, changed)
 
 
 def _packet_for(rule: Rule) -> str | None:
@@ -367,10 +387,11 @@ def _time_tools(path: str) -> dict:
 def _run_child(path: str, mode: str, repeat: int) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", path, "--mode", mode]
     command += ["--repeat", str(repeat)]
-    done = subprocess.run(command, capture_output=mode != "profile", text=True, check=False)
+    profiled = mode.startswith("profile")
+    done = subprocess.run(command, capture_output=not profiled, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"benchmark child failed ({mode}, {path}):\n{done.stderr}")
-    return json.loads(done.stdout) if mode != "profile" else {}
+    return {} if profiled else json.loads(done.stdout)
 
 
 def generate_list(entries: int, seed: int = 1) -> str:
@@ -442,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     options.add_argument("--no-trace", action="store_true", help="skip the tracemalloc run")
     options.add_argument("--no-tools", action="store_true", help="skip timing lint, diff and explain")
     options.add_argument("--profile", type=int, metavar="SIZE", help="cProfile one size and print hot spots")
+    options.add_argument(
+        "--profile-tools", type=int, metavar="SIZE", help="cProfile lint and diff of one size instead"
+    )
     options.add_argument("--keep", metavar="DIR", help="write the generated policies here and keep them")
     options.add_argument(
         "--list-entries", type=int, default=1_000_000, help="entries of the list file case (0: skip it)"
@@ -457,11 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nfc-bench-") as scratch:
         directory = Path(args.keep or scratch)
         directory.mkdir(parents=True, exist_ok=True)
-        if args.profile:
-            path = directory / f"bench-{args.profile}.yaml"
-            path.write_text(generate_policy(args.profile), encoding="utf-8")
-            _run_child(str(path), "profile", 1)
-            return 0
+        for size, mode in ((args.profile, "profile"), (args.profile_tools, "profile-tools")):
+            if size:
+                path = directory / f"bench-{size}.yaml"
+                path.write_text(generate_policy(size), encoding="utf-8")
+                _run_child(str(path), mode, 1)
+                return 0
         header = (
             f"{'rules':>7} {'nft rules':>9} {'load s':>7} {'parse s':>7} {'lower s':>7} {'render s':>8}"
             f" {'total s':>7} {'µs/rule':>7} {'RSS MiB':>7} {'heap MiB':>8} {'lint s':>7} {'diff s':>7}"

@@ -4,6 +4,7 @@ changes in what is untracked, in meters and in conntrack settings."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import subprocess
@@ -13,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nfc.errors import Loc
-from nfc.ir import CHAIN_NAMES, Destination, Match, Meter, NatRule, NotrackHook, Rule, Ruleset
+from nfc.ir import CHAIN_NAMES, Chain, Destination, Match, Meter, NatRule, NotrackHook, Rule, Ruleset
 from nfc.nat_space import NatView, accepted_somewhere, chain_index, nat_view, target_text, translated
 from nfc.space import ADDRESS_SPACE, ICMP_OF, Cube, Space, describe, minus
-from nfc.space_index import Index
+from nfc.space_index import Index, collector_paused
 from nfc.values import merge_ranges
 
 
@@ -147,7 +148,9 @@ def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iter
     verdict, the new one and the new rule that decides them. Each rule's
     packets meet only the other side's rules that may overlap them (an
     index finds those), so the work grows with the overlaps, not with the
-    product of the two chains' lengths."""
+    product of the two chains' lengths; and a rule both sides have, which
+    meets none of the rules only the other side has before it, changes
+    nothing and is not compared at all."""
     before, after = ChainSide.of(old, space, chain), ChainSide.of(new, space, chain)
     groups: dict[tuple[str, str, Loc | None], list[Cube]] = {}
 
@@ -155,21 +158,85 @@ def _chain_changes(old: Ruleset, new: Ruleset, space: Space, chain: str) -> Iter
         if old_verdict != new_verdict:
             groups.setdefault((old_verdict, new_verdict, origin), []).append(cube)
 
+    old_to_new, replaced = _paired(before, after)
+    new_to_old = {j: i for i, j in old_to_new.items()}
+    only_old, only_new = _only(before, after, old_to_new, replaced)
     for number, rule in enumerate(after.rules):  # what a new rule decides
+        if _unchanged(after.index.rules[number], new_to_old.get(number), only_old):
+            continue
         for cube, other in before.index.first_match(after.index.decided(number)):
             note(cube, before.verdict(other), rule.verdict.kind, rule.origin)
     for number in range(len(before.rules)):  # what an old rule decided and the new policy does
+        if _unchanged(before.index.rules[number], old_to_new.get(number), only_new):
+            continue
         for cube, other in after.index.first_match(before.index.decided(number)):
             if other is None:
                 note(cube, before.verdict(number), after.policy, None)
     if before.policy != after.policy:  # what both policies decide: what no rule of either side matches
-        for cube in Index([*before.index.rules, *after.index.rules]).unmatched(space.cubes(Match())):
+        # (a rule both have is one: its second copy would meet none of what the first leaves)
+        new_only = [cubes for j, cubes in enumerate(after.index.rules) if j not in new_to_old]
+        for cube in Index([*before.index.rules, *new_only]).unmatched(space.cubes(Match())):
             note(cube, before.policy, after.policy, None)
     for (old_verdict, new_verdict, origin), cubes in sorted(groups.items(), key=lambda g: str(g[0])):
         for cube in _merge(cubes):
             yield Change(
                 chain, f"newly {new_verdict.upper()}S", describe(cube, space), old_verdict.upper(), origin
             )
+
+
+def _paired(before: ChainSide, after: ChainSide) -> tuple[dict[int, int], list[tuple[int, int]]]:
+    """The rules both sides have (the same packets, the same verdict), in
+    the same order: old rule number -> new rule number; and the rules in
+    their places that the change replaced, (old number, new number)."""
+    numbered: dict[tuple[str, tuple[Cube, ...]], int] = {}  # each key hashed once, not on every comparison
+    old_keys, new_keys = (
+        [
+            numbered.setdefault((r.verdict.kind, tuple(c)), len(numbered))
+            for r, c in zip(side.rules, side.index.rules, strict=True)
+        ]
+        for side in (before, after)
+    )
+    common: dict[int, int] = {}
+    replaced: list[tuple[int, int]] = []
+    matcher = difflib.SequenceMatcher(None, old_keys, new_keys)
+    for tag, old_first, old_end, new_first, new_end in matcher.get_opcodes():
+        if tag == "equal":
+            common.update(zip(range(old_first, old_end), range(new_first, new_end), strict=True))
+        elif tag == "replace":
+            replaced += zip(range(old_first, old_end), range(new_first, new_end), strict=False)
+    return common, replaced
+
+
+def _only(
+    before: ChainSide, after: ChainSide, common: dict[int, int], replaced: list[tuple[int, int]]
+) -> tuple[Index, Index]:
+    """The packets each side's rules match and the other side's rules in
+    their places do not, by rule number: all of a rule only one side has,
+    what a replaced rule matches that its replacement does not (nothing,
+    when only the verdict or a define's widening changed), none of a rule
+    both have."""
+    kept = set(common.values())
+    olds = [[] if i in common else cubes for i, cubes in enumerate(before.index.rules)]
+    news = [[] if j in kept else cubes for j, cubes in enumerate(after.index.rules)]
+    for i, j in replaced:
+        olds[i], news[j] = minus(olds[i], news[j]), minus(news[j], olds[i])
+    return Index(olds), Index(news)
+
+
+def _unchanged(cubes: list[Cube], counterpart: int | None, only_other: Index) -> bool:
+    """Whether a rule's packets keep their fate: the other side has the
+    rule (at `counterpart`), and none of what only the other side's rules
+    before it match shares a packet with it. A packet this side decides by
+    the rule is in none of this side's rules before it, so the other side
+    decides it by the rule too."""
+    if counterpart is None:
+        return False
+    return not any(
+        cube.meets(other)
+        for number in only_other.candidates(cubes, before=counterpart)
+        for cube in cubes
+        for other in only_other.rules[number]
+    )
 
 
 # What each kind of NAT rule does to a connection, in a reviewer's words.
@@ -185,9 +252,14 @@ def _nat_changes(old: Ruleset, new: Ruleset, space: Space) -> Iterator[Change]:
     those an old rule translated that no new rule does. A port forward
     whose connections forward drops is said so."""
     groups: dict[NatKey, list[Cube]] = {}
+    forwards = {side: _forward(ruleset, space) for side, ruleset in (("old", old), ("new", new))}
     for hook in ("prerouting", "postrouting"):
         before, after = nat_view(old, space, hook), nat_view(new, space, hook)
-        for key, cube in [*_nat_side(after, before, new, True), *_nat_side(before, after, old, False)]:
+        changes = [
+            *_nat_side(after, before, forwards["new"], True),
+            *_nat_side(before, after, forwards["old"], False),
+        ]
+        for key, cube in changes:
             groups.setdefault(key, []).append(cube)
     for (kind, target, then, origin), cubes in sorted(groups.items(), key=lambda g: str(g[0])):
         for cube in _merge(cubes):
@@ -198,11 +270,21 @@ def _nat_changes(old: Ruleset, new: Ruleset, space: Space) -> Iterator[Change]:
             yield Change("nat", kind, what, then, origin)
 
 
-def _nat_side(view: NatView, other: NatView, ruleset: Ruleset, newly: bool) -> Iterator[tuple[NatKey, Cube]]:
+Forward = tuple[Chain | None, Index | None]  # a policy's forward chain and its index
+
+
+def _forward(ruleset: Ruleset, space: Space) -> Forward:
+    """The forward chain and its index, built once for both hooks' NAT rules."""
+    forward = next((c for c in ruleset.chains if c.name == "forward"), None)
+    return forward, chain_index(forward, space) if forward else None
+
+
+def _nat_side(
+    view: NatView, other: NatView, forwarding: Forward, newly: bool
+) -> Iterator[tuple[NatKey, Cube]]:
     """The connections `view`'s rules translate and `other`'s do not, or
     (`newly`: `view` is the new policy) translate otherwise."""
-    forward = next((c for c in ruleset.chains if c.name == "forward"), None)
-    accepting = chain_index(forward, view.space) if forward else None
+    forward, accepting = forwarding
     for rule, mine, _ in view.effective():
         for cube, number in other.index.first_match(mine):
             was = other.rules[number] if number is not None else None
@@ -297,10 +379,11 @@ def _sysctl_changes(old: Ruleset, new: Ruleset) -> Iterator[Change]:
 def diff(old: Ruleset, new: Ruleset) -> list[Change]:
     space = Space(old, new)
     changes: list[Change] = []
-    for chain in CHAIN_NAMES:
-        changes += _chain_changes(old, new, space, chain)
-    changes += _nat_changes(old, new, space)
-    changes += _notrack_changes(old, new, space)
+    with collector_paused():
+        for chain in CHAIN_NAMES:
+            changes += _chain_changes(old, new, space, chain)
+        changes += _nat_changes(old, new, space)
+        changes += _notrack_changes(old, new, space)
     changes += _meter_changes(old, new)
     changes += _sysctl_changes(old, new)
     return changes

@@ -20,6 +20,7 @@ from nfc.lint_reach import REACH_CHECKS
 from nfc.lint_registry import Check, Context, accepts, filed_in
 from nfc.lint_report import Finding
 from nfc.space import Space, overlap
+from nfc.space_index import collector_paused
 
 SENSITIVE_PORTS = {
     22: "ssh",
@@ -80,7 +81,7 @@ def lockout_risk(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     ssh = ctx.space.cubes(
         Match(protocol="tcp", dport=Ports(((ctx.management_port,) * 2,))), ct=["new", "untracked"]
     )
-    if not any(accepts(r) and overlap(ssh, ctx.space.cubes(r.match)) for r in ctx.user_rules(chain)):
+    if not any(accepts(r) and overlap(ssh, ctx.cubes(r.match)) for r in ctx.user_rules(chain)):
         origin = chain.rules[0].origin if chain.rules else Loc(ctx.ruleset.source, 1, 1)
         yield (
             origin,
@@ -195,11 +196,12 @@ CHECKS: list[Check] = sorted(
 
 def lint(ruleset: Ruleset, today: dt.date | None = None, management_port: int = 22) -> list[Finding]:
     ctx = Context(ruleset, Space(ruleset), today or dt.date.today(), management_port)
-    findings = {
-        Finding(each.code, each.severity, message, loc, hint)
-        for each in CHECKS
-        for loc, message, hint in each.run(ctx)
-    }  # a rule split per family is one finding
+    with collector_paused():
+        findings = {
+            Finding(each.code, each.severity, message, loc, hint)
+            for each in CHECKS
+            for loc, message, hint in each.run(ctx)
+        }  # a rule split per family is one finding
     return sorted(findings, key=lambda f: (f.loc, f.code, f.message))
 
 

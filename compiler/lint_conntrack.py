@@ -31,7 +31,7 @@ def stateful_udp_service(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     chain = ctx.chain("input")
     if chain is None:
         return
-    untracked = [c for entry in ctx.entries("input") for c in ctx.space.cubes(entry.match)]
+    untracked = [c for entry in ctx.entries("input") for c in ctx.cubes(entry.match)]
     for rule in ctx.user_rules(chain):
         match = rule.match
         if not accepts(rule) or match.protocol != "udp" or match.dport is None:
@@ -64,9 +64,7 @@ def untracked_requests_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | N
         if entry.match.dport is None or entry.match.sport is not None:
             continue  # only served entries bring requests
         requests = ctx.space.cubes(entry.match, ct=["untracked"])
-        if not any(
-            accepts(r) and overlap(requests, ctx.space.cubes(r.match)) for r in ctx.for_other_hosts(chain)
-        ):
+        if not any(accepts(r) and overlap(requests, ctx.cubes(r.match)) for r in ctx.for_other_hosts(chain)):
             yield (
                 entry.origin,
                 "no input rule accepts the requests this entry untracks: the policy drops them all",
@@ -93,9 +91,7 @@ def untracked_answers_dropped(ctx: Context) -> Iterator[tuple[Loc, str, str | No
         if chain is None or chain.policy != "drop":
             continue
         cubes = ctx.space.cubes(answers, ct=["untracked"])
-        if not any(
-            accepts(r) and overlap(cubes, ctx.space.cubes(r.match)) for r in ctx.for_other_hosts(chain)
-        ):
+        if not any(accepts(r) and overlap(cubes, ctx.cubes(r.match)) for r in ctx.for_other_hosts(chain)):
             yield (
                 entry.origin,
                 f"the answers of this entry arrive untracked in {chain_name}, where nothing accepts them",
@@ -116,7 +112,7 @@ def blanket_untracked_accept(ctx: Context) -> Iterator[tuple[Loc, str, str | Non
         for index, rule in enumerate(rules):
             if not accepts(rule) or "untracked" not in rule.match.ct_state:
                 continue
-            mine = ctx.space.cubes(rule.match)
+            mine = ctx.cubes(rule.match)
             for later in rules[index + 1 :]:
                 guarded = later.meter is not None or later.match.saddr is not None
                 if guarded and overlap(mine, ctx.space.cubes(later.match, ct=["untracked"])):
@@ -156,7 +152,7 @@ def unrestricted_backending_entry(ctx: Context) -> Iterator[tuple[Loc, str, str 
 )
 def notrack_needs_conntrack(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
-        untracked = [c for e in ctx.entries(chain.name) for c in ctx.space.cubes(e.match)]
+        untracked = [c for e in ctx.entries(chain.name) for c in ctx.cubes(e.match)]
         for rule in ctx.user_rules(chain):
             states = set(rule.match.ct_state)
             if not states or not states <= {"established", "related", "new"}:

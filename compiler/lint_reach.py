@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from nfc.errors import Loc
 from nfc.ir import Chain, Rule, RuleRole
 from nfc.lint_registry import Check, Context, Coverage, filed_in
-from nfc.space import overlap
+from nfc.space import Cube, overlap
 from nfc.space_index import Index
 
 REACH_CHECKS: list[Check] = []
@@ -30,17 +30,37 @@ def _coverage(ctx: Context, chain: Chain) -> list[Coverage]:
     rules is not fifty million comparisons."""
     if chain.name in ctx.coverage:
         return ctx.coverage[chain.name]
-    terminal = Index([ctx.space.cubes(r.match) if _takes_for_sure(r) else [] for r in chain.rules])
+    terminal = Index([ctx.cubes(r.match) if _takes_for_sure(r) else [] for r in chain.rules])
     found = []
+    # The first terminal rule of each match, with its takers and whether it has packets left:
+    # a later copy of it (common in a long policy) is taken by the same rules and the rest by it.
+    seen: Seen = {}
     for number, rule in enumerate(chain.rules):
         if rule.role is not RuleRole.USER:
             continue
-        parts = terminal.first_match(ctx.space.cubes(rule.match), before=number)
-        remaining = [cube for cube, taker in parts if taker is None]
-        takers = [chain.rules[taker] for taker in sorted({t for _, t in parts if t is not None})]
-        found.append(Coverage(number, rule, remaining, takers))
+        mine = ctx.cubes(rule.match)
+        earlier = _copied(seen, mine)
+        if earlier is not None:
+            first, numbers, left = earlier
+            remaining, taken = [], [*numbers, first] if left else numbers
+        else:
+            parts = terminal.first_match(mine, before=number)
+            remaining = [cube for cube, taker in parts if taker is None]
+            taken = sorted({t for _, t in parts if t is not None})
+            if terminal.rules[number]:
+                seen[tuple(mine)] = number, taken, bool(remaining)
+        found.append(Coverage(number, rule, remaining, [chain.rules[t] for t in taken]))
     ctx.coverage[chain.name] = found
     return found
+
+
+Seen = dict[tuple[Cube, ...], tuple[int, list[int], bool]]
+
+
+def _copied(seen: Seen, cubes: list[Cube]) -> tuple[int, list[int], bool] | None:
+    """The earlier terminal rule that matches exactly `cubes`, with its
+    takers and whether it had packets left."""
+    return seen.get(tuple(cubes)) if cubes else None
 
 
 def _takes_for_sure(rule: Rule) -> bool:
@@ -78,7 +98,7 @@ def _contradicting(rule: Rule, takers: list[Rule]) -> list[Rule]:
 def shadowed_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
         for _, rule, remaining, takers in _coverage(ctx, chain):
-            if not remaining and ctx.space.cubes(rule.match) and _contradicting(rule, takers):
+            if not remaining and ctx.cubes(rule.match) and _contradicting(rule, takers):
                 yield (
                     rule.origin,
                     f"never matches a packet: {_named(takers)} decide them all first",
@@ -91,11 +111,11 @@ def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
         # The later rules that would decide a packet unlike the policy, if this one did not.
         unlike = Index([
-            ctx.space.cubes(r.match) if r.verdict.kind != chain.policy or r.meter is not None else []
+            ctx.cubes(r.match) if r.verdict.kind != chain.policy or r.meter is not None else []
             for r in chain.rules
         ])  # fmt: skip
         for number, rule, remaining, takers in _coverage(ctx, chain):
-            mine = ctx.space.cubes(rule.match)
+            mine = ctx.cubes(rule.match)
             if not mine or rule.log is not None or rule.counter or rule.meter:
                 continue
             if not remaining:
@@ -110,7 +130,7 @@ def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
                 continue
             # searched by the rule's own cubes: fewer than what is left of them, and a superset
             if not any(
-                overlap(remaining, unlike.rules[other]) for other in unlike.candidates(mine) if other > number
+                overlap(remaining, unlike.rules[other]) for other in unlike.candidates(mine, after=number)
             ):
                 yield rule.origin, f"does what the chain's policy ({chain.policy}) does anyway", "delete it"
 
@@ -119,8 +139,8 @@ def redundant_rule(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
 def matches_nothing(ctx: Context) -> Iterator[tuple[Loc, str, str | None]]:
     for chain in ctx.ruleset.chains:
         for rule in ctx.user_rules(chain):
-            if not ctx.space.cubes(rule.match):
+            if not ctx.cubes(rule.match):
                 yield rule.origin, "matches no packet in any family", "check its 'not' and address lists"
     for nat in ctx.ruleset.nat:
-        if not ctx.space.cubes(nat.match):
+        if not ctx.cubes(nat.match):
             yield nat.origin, "matches no packet in any family", "check its 'not' and address lists"

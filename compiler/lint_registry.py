@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from nfc.errors import Loc
-from nfc.ir import Chain, NotrackRule, Rule, RuleRole, Ruleset
+from nfc.ir import Chain, Match, NotrackRule, Rule, RuleRole, Ruleset
 from nfc.space import Cube, Space
 
 
@@ -34,6 +34,15 @@ class Context:
     management_port: int
     # each chain's coverage (nfc.lint_reach), computed once for the checks that read it
     coverage: dict[str, list[Coverage]] = field(default_factory=dict, compare=False)
+    # each match's cubes, by identity: the checks ask for a rule's many times
+    matched: dict[int, tuple[Match, list[Cube]]] = field(default_factory=dict, compare=False)
+
+    def cubes(self, match: Match) -> list[Cube]:
+        """`space.cubes(match)`, computed once per match of the ruleset."""
+        known = self.matched.get(id(match))
+        if known is None or known[0] is not match:
+            known = self.matched[id(match)] = (match, self.space.cubes(match))
+        return known[1]
 
     def chain(self, name: str) -> Chain | None:
         return next((c for c in self.ruleset.chains if c.name == name), None)

@@ -46,7 +46,7 @@ class Rule:
     ct_dnat: bool = False  # matches connections whose destination was translated
     narrowed: bool = False  # has a match besides interfaces and connection state
     verdict: str | None = None  # accept, drop, jump, goto, return, ...
-    target: str | None = None  # of a jump or goto
+    targets: tuple[str, ...] = ()  # of a jump or goto, or of each in a verdict map
     dnat: bool = False  # translates destinations (a published port)
 
     @property
@@ -78,7 +78,7 @@ class Table:
                 continue
             seen.add(name)
             yield chain
-            todo += [rule.target for rule in chain.rules if rule.target is not None]
+            todo += [target for rule in chain.rules for target in rule.targets]
 
     def accepts(self, start: str) -> list[Rule]:
         return [rule for chain in self.reachable(start) for rule in chain.rules if rule.verdict == "accept"]
@@ -123,11 +123,12 @@ def _ct_key(left: Any) -> str | None:
     return left.get("ct", {}).get("key") if isinstance(left, dict) else None
 
 
-def _nft_rule(expressions: list[Any], sets: dict[str, list[str]]) -> Rule:
+def _nft_rule(expressions: list[Any], sets: dict[str, list[str]], maps: dict[str, list[Any]]) -> Rule:
     iif: tuple[str, ...] = ()
     oif: tuple[str, ...] = ()
     ct_state = ct_dnat = narrowed = dnat = False
-    verdict = target = None
+    verdict = None
+    targets: tuple[str, ...] = ()
     for expression in expressions:
         (kind, body), *_ = expression.items()
         if kind == "match":
@@ -149,14 +150,27 @@ def _nft_rule(expressions: list[Any], sets: dict[str, list[str]]) -> Rule:
         elif kind in ("accept", "drop", "reject", "return", "queue"):
             verdict = kind
         elif kind in ("jump", "goto"):
-            verdict, target = kind, body["target"]
-    return Rule(iif, oif, ct_state, ct_dnat, narrowed, verdict, target, dnat)
+            verdict, targets = kind, (body["target"],)
+        elif kind == "vmap":  # `meta l4proto vmap { tcp : jump CHAIN, ... }`: nfc -O1's dispatch by protocol
+            data = body["data"]
+            entries = maps.get(data[1:], []) if isinstance(data, str) else data["set"]
+            decided = [next(iter(each[1].items())) for each in entries if isinstance(each[1], dict)]
+            targets = tuple(value["target"] for name, value in decided if name in ("jump", "goto"))
+            # an accept in the map accepts what its key matches: connections in a state
+            # (`ct state vmap { established : accept, ... }`), or else a narrowed accept
+            verdict = "accept" if any(name == "accept" for name, _ in decided) else "jump"
+            if _ct_key(body["key"]) in ("state", "status"):
+                ct_state = True
+            else:
+                narrowed = True
+    return Rule(iif, oif, ct_state, ct_dnat, narrowed, verdict, targets, dnat)
 
 
 def parse_nft(listing: list[Any]) -> dict[tuple[str, str], Table]:
     """`nft -j list ruleset`'s objects → tables by (family, name)."""
     tables: dict[tuple[str, str], Table] = {}
     sets: dict[tuple[str, str, str], list[str]] = {}
+    maps: dict[tuple[str, str, str], list[Any]] = {}  # verdict maps' elements: [key, verdict]
     for item in listing:
         (kind, body), *_ = item.items()
         if kind == "table":
@@ -164,15 +178,19 @@ def parse_nft(listing: list[Any]) -> dict[tuple[str, str], Table]:
         elif kind == "set":
             elements = [e for e in body.get("elem", []) if isinstance(e, str)]
             sets[body["family"], body["table"], body["name"]] = elements
+        elif kind == "map" and body.get("map") == "verdict":
+            maps[body["family"], body["table"], body["name"]] = body.get("elem", [])
         elif kind == "chain":
             chain = Chain(body["name"], body.get("hook"), body.get("policy"))
             tables[body["family"], body["table"]].chains[chain.name] = chain
     for item in listing:
         body = item.get("rule")
         if body is not None:
-            table_sets = {n: e for (f, t, n), e in sets.items() if (f, t) == (body["family"], body["table"])}
-            chain = tables[body["family"], body["table"]].chains[body["chain"]]
-            chain.rules.append(_nft_rule(body["expr"], table_sets))
+            table = body["family"], body["table"]
+            table_sets = {n: e for (f, t, n), e in sets.items() if (f, t) == table}
+            table_maps = {n: e for (f, t, n), e in maps.items() if (f, t) == table}
+            chain = tables[table].chains[body["chain"]]
+            chain.rules.append(_nft_rule(body["expr"], table_sets, table_maps))
     return tables
 
 
@@ -184,7 +202,8 @@ def _legacy_rule(words: list[str]) -> Rule:
     iif: tuple[str, ...] = ()
     oif: tuple[str, ...] = ()
     ct_state = ct_dnat = narrowed = dnat = False
-    verdict = target = None
+    verdict = None
+    targets: tuple[str, ...] = ()
     for index, word in enumerate(words):
         value = words[index + 1] if index + 1 < len(words) else ""
         negated = index > 0 and words[index - 1] == "!"
@@ -199,10 +218,10 @@ def _legacy_rule(words: list[str]) -> Rule:
         elif word in ("-j", "-g") and value in LEGACY_VERDICTS:
             verdict = value.lower()
         elif word in ("-j", "-g"):  # a chain, or a target such as DNAT or LOG
-            verdict, target, dnat = ("jump" if word == "-j" else "goto"), value, value == "DNAT"
+            verdict, targets, dnat = ("jump" if word == "-j" else "goto"), (value,), value == "DNAT"
         elif word.startswith("-") and word not in LEGACY_WORDS:
             narrowed = True
-    return Rule(iif, oif, ct_state, ct_dnat, narrowed, verdict, target, dnat)
+    return Rule(iif, oif, ct_state, ct_dnat, narrowed, verdict, targets, dnat)
 
 
 def parse_legacy(tool: str, dump: str) -> dict[tuple[str, str], Table]:

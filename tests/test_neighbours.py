@@ -83,6 +83,41 @@ def test_an_interface_set_by_name_is_read_with_its_elements() -> None:
     assert forward_warning(tables, "nft", "nfc") is None
 
 
+def test_jumps_through_a_verdict_map_are_followed() -> None:
+    """nfc -O1 dispatches a run of rules by protocol (`meta l4proto vmap
+    { tcp : jump CHAIN, ... }`, anonymous, or a named map): the accepts in
+    the chains it jumps to are the forward chain's too."""
+    forward = {"family": "inet", "table": "nfc", "chain": "forward"}
+    listing = [
+        {"table": {"family": "inet", "name": "nfc", "handle": 1}},
+        {"map": {"family": "inet", "name": "protos", "table": "nfc", "type": "inet_proto", "map": "verdict",
+                 "elem": [["udp", {"jump": {"target": "forward_udp"}}]]}},
+        {"chain": {"family": "inet", "table": "nfc", "name": "forward_tcp"}},
+        {"chain": {"family": "inet", "table": "nfc", "name": "forward_udp"}},
+        {"chain": {"family": "inet", "table": "nfc", "name": "forward", "type": "filter", "hook": "forward",
+                   "prio": 0, "policy": "drop"}},
+        {"rule": {"family": "inet", "table": "nfc", "chain": "forward_tcp", "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                       "right": {"set": ["br-*", "docker0"]}}}, {"accept": None}]}},
+        {"rule": {"family": "inet", "table": "nfc", "chain": "forward_udp", "expr": [
+            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"accept": None}]}},
+        {"rule": {**forward, "expr": [{"vmap": {"key": {"meta": {"key": "l4proto"}}, "data": {"set": [
+            ["tcp", {"jump": {"target": "forward_tcp"}}], ["sctp", {"drop": None}]]}}}]}},
+        {"rule": {**forward, "expr": [{"vmap": {"key": {"meta": {"key": "l4proto"}}, "data": "@protos"}}]}},
+    ]  # fmt: skip
+    ours = parse_nft(listing)
+    accepted = ours["inet", "nfc"].accepts("forward")
+    assert sorted((rule.iif, rule.ct_dnat) for rule in accepted) == [((), True), (("br-*", "docker0"), False)]
+    neighbours = {k: v for k, v in DOCKER_NFT.items() if k != ("inet", "nfc")}
+    assert forward_warning(neighbours | ours, "nft", "nfc") is None
+    unmapped = parse_nft([item for item in listing if "vmap" not in json.dumps(item)])
+    assert forward_warning(neighbours | unmapped, "nft", "nfc") is not None
+    # a map on the connection state accepts established connections only, as `ct state established accept`
+    states = {"vmap": {"key": {"ct": {"key": "state"}}, "data": {"set": [["established", {"accept": None}]]}}}
+    stateful = parse_nft([listing[0], listing[4], {"rule": {**forward, "expr": [states]}}])["inet", "nfc"]
+    assert [(rule.ct_state, rule.narrowed) for rule in stateful.accepts("forward")] == [(True, False)]
+
+
 def test_no_warning_without_a_forward_drop() -> None:
     tables = dict(DOCKER_NFT)
     ours = tables["inet", "nfc"]

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import nfc.diff
+import nfc.lint_reach
+from nfc import space_index
 from nfc.diff import diff
 from nfc.lint import lint
-from nfc.space import Cube, intersect, meet, minus, subtract
+from nfc.space import Cube, intersect, meet, minus, split, subtract
 from nfc.space_index import Index
 
 from helpers import ruleset_of
@@ -91,13 +95,25 @@ def _policies(seed: int) -> tuple[str, str]:
 
 
 def _pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The straightforward path: every earlier rule is a candidate (none
-    is skipped for a rule found to hold the packets), a rule decides what
-    earlier rules leave of it, and what no rule matches is everything less
-    every rule, in turn."""
+    """The straightforward path: every rule is a candidate (none is
+    skipped for a rule found to hold the packets, no window is left
+    unvisited), packets are split by every earlier rule in turn, a rule
+    decides what earlier rules leave of it, and what no rule matches is
+    everything less every rule, in turn; diff compares every rule of both
+    sides, also those both have; lint splits a rule's copy as it did the rule."""
 
-    def every(self: Index, cubes: list[Cube], before: int | None = None) -> list[int]:
-        return list(range(len(self.rules) if before is None else before))
+    def every(self: Index, cubes: list[Cube], after: int = -1, before: int | None = None) -> Iterator[int]:
+        return iter(range(after + 1, len(self.rules) if before is None else before))
+
+    def first_match(
+        self: Index, cubes: list[Cube], before: int | None = None
+    ) -> list[tuple[Cube, int | None]]:
+        parts: list[tuple[Cube, int | None]] = []
+        remaining = cubes
+        for number in range(len(self.rules) if before is None else before):
+            taken, remaining = split(remaining, self.rules[number])
+            parts += [(cube, number) for cube in taken]
+        return parts + [(cube, None) for cube in remaining]
 
     def decided(self: Index, number: int) -> list[Cube]:
         return [cube for cube, taker in self.first_match(self.rules[number], before=number) if taker is None]
@@ -106,9 +122,11 @@ def _pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
         return minus(cubes, [cube for rule in self.rules for cube in rule])
 
     monkeypatch.setattr(Index, "candidates", every)
-    monkeypatch.setattr(Index, "_held_by", lambda self, cubes, before: before)
+    monkeypatch.setattr(Index, "first_match", first_match)
     monkeypatch.setattr(Index, "decided", decided)
     monkeypatch.setattr(Index, "unmatched", unmatched)
+    monkeypatch.setattr(nfc.diff, "_unchanged", lambda cubes, counterpart, only_other: False)
+    monkeypatch.setattr(nfc.lint_reach, "_copied", lambda seen, cubes: None)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -122,10 +140,15 @@ def test_indexed_lint_and_diff_are_the_pairwise_ones(
     new = ruleset_of(tmp_path / "new", new_text)
     indexed = (lint(old, today=TODAY), lint(new, today=TODAY), [c.text() for c in diff(old, new)])
     assert indexed[2], "the change changes some packet's fate"
+    with monkeypatch.context() as patched:  # many windows, and pieces that look up their own candidates
+        patched.setattr(space_index, "FIRST_WINDOW", 2)
+        patched.setattr(space_index, "REQUERY", 3)
+        windowed = (lint(old, today=TODAY), lint(new, today=TODAY), [c.text() for c in diff(old, new)])
     with monkeypatch.context() as patched:
         _pairwise(patched)
         reference = (lint(old, today=TODAY), lint(new, today=TODAY), [c.text() for c in diff(old, new)])
     assert indexed == reference
+    assert windowed == reference
 
 
 def test_the_random_policies_hold_what_the_index_must_get_right(tmp_path: Path) -> None:
@@ -236,3 +259,52 @@ def test_a_broad_rule_after_many_narrow_ones_costs_near_linear_work(
 
     small, large = work(150), work(600)
     assert large < 4 * small * 2  # a quadratic path would do sixteen times the work
+
+
+def test_rules_an_early_rule_holds_cost_no_look_at_the_later_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broad accept first, then thousands of narrow rules it holds, among
+    them broad port ranges that overlap every later one (an imported
+    firewall's shape). Each narrow rule is decided by the first rule; the
+    index must not collect, for each, every earlier rule that overlaps it
+    too. Counted in candidates the index hands out and cube comparisons,
+    for lint and for a diff that changes a rule at each end: four times the
+    rules is not sixteen times the work."""
+    work = {"candidates": 0, "meets": 0}
+    candidates, meets = space_index._Window.candidates, Cube.meets
+
+    def counted_candidates(self: space_index._Window, queries: list, before: int | None) -> list[int]:
+        found = candidates(self, queries, before)
+        work["candidates"] += len(found)
+        return found
+
+    def counted_meets(self: Cube, other: Cube) -> bool:
+        work["meets"] += 1
+        return meets(self, other)
+
+    monkeypatch.setattr(space_index._Window, "candidates", counted_candidates)
+    monkeypatch.setattr(Cube, "meets", counted_meets)
+
+    def policy(count: int, first: str, last: str) -> str:
+        rules = [first]
+        for i in range(count):
+            rules.append(f"accept tcp dport {1024 + i} from 10.{i // 200}.{i % 200}.0/24")
+            if i % 10 == 0:
+                rules.append("drop tcp dport 1024-65535")
+        rules.append(last)
+        return "nfc: 1\ninput:\n  policy: drop\n  rules:\n" + "".join(f"    - {r}\n" for r in rules)
+
+    def measured(count: int) -> dict[str, int]:
+        (tmp_path / "old").mkdir(exist_ok=True)
+        (tmp_path / "new").mkdir(exist_ok=True)
+        old = ruleset_of(tmp_path / "old", policy(count, "accept tcp from 10.0.0.0/8", "drop udp"))
+        new = ruleset_of(tmp_path / "new", policy(count, "accept tcp from 10.0.0.0/9", "accept udp"))
+        work.update(candidates=0, meets=0)
+        assert sum(f.code == "NFC031" for f in lint(old, today=TODAY)) >= count  # held by the first rule
+        assert any("newly DROPS" in c.text() for c in diff(old, new))
+        return dict(work)
+
+    small, large = measured(200), measured(800)
+    for kind in work:
+        assert large[kind] < 4 * small[kind] * 2, kind  # a quadratic path would do sixteen times the work
