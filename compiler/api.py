@@ -24,7 +24,6 @@ default $NFC_STATE_DIR, else /var/lib/nfc.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -49,6 +48,7 @@ import nfc.stats
 from nfc.artifacts import build, write
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, Artifact
+from nfc.collector import collector_paused
 from nfc.errors import Loc, PolicyError
 from nfc.ir import NotrackRule, Rule, Ruleset
 from nfc.lint_report import Finding
@@ -111,7 +111,7 @@ def compile_policy(
     firewall."""
     host = Target.this_host()
     target = Target(memory or host.memory_bytes, word_bits or host.word_bits)
-    with _collector_paused():
+    with collector_paused():
         source = load_policy(path)
         if not (source.chains or source.conntrack.notrack or source.nat or allow_empty):
             raise PolicyError(
@@ -122,25 +122,6 @@ def compile_policy(
                 "'nfc compile --allow-empty' compiles an empty one on purpose",
             )
         return Compiled(lower(parse_policy(source), target), source.files)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Run the front end with the cyclic garbage collector off.
-
-    Load, parse and lower build large trees of small objects, without
-    reference cycles, that live until the compile ends. Every one counts
-    towards the collector's next full collection, which then walks the whole
-    growing tree again and again for nothing: it doubled the compile time of
-    a 10,000-rule policy. Reference counting still frees everything as
-    usual; only the search for cycles waits until the compile is done."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def expired(ruleset: Ruleset, today: dt.date | None = None) -> list[Rule | NotrackRule]:

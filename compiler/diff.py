@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from nfc.collector import collector_paused
 from nfc.errors import Loc
 from nfc.ir import CHAIN_NAMES, Chain, Destination, Match, Meter, NatRule, NotrackHook, Rule, Ruleset
 from nfc.nat_space import NatView, accepted_somewhere, chain_index, nat_view, target_text, translated
 from nfc.space import ADDRESS_SPACE, ICMP_OF, Cube, Space, describe, minus
-from nfc.space_index import Index, collector_paused
+from nfc.space_index import Index
 from nfc.values import merge_ranges
 
 

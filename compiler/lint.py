@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Iterator
 
 from nfc import lint_report
+from nfc.collector import collector_paused
 from nfc.errors import Loc
 from nfc.ir import Family, Match, Ports, RuleRole, Ruleset
 from nfc.lint_conntrack import CONNTRACK_CHECKS
@@ -20,7 +21,6 @@ from nfc.lint_reach import REACH_CHECKS
 from nfc.lint_registry import Check, Context, accepts, filed_in
 from nfc.lint_report import Finding
 from nfc.space import Space, overlap
-from nfc.space_index import collector_paused
 
 SENSITIVE_PORTS = {
     22: "ssh",

@@ -18,10 +18,8 @@ found are mostly those that do overlap."""
 
 from __future__ import annotations
 
-import gc
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from nfc.ir import Family
@@ -304,24 +302,6 @@ class Index:
         # are in the order of splitting the whole list rule by rule.
         found.sort(key=lambda each: each[0])
         return [(cube, taker) for _, cube, taker in found]
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Run an analysis (lint, diff) with the cyclic garbage collector off.
-
-    The analysis of a large policy builds millions of short-lived cubes,
-    none in a reference cycle; each allocation counts towards the
-    collector's next pass, which walks every object alive (the whole
-    compiled policy) for nothing: a third of the time of lint on 10,000
-    rules. Reference counting frees the cubes as usual."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _meets(cube: Cube, theirs: list[Cube]) -> bool:
