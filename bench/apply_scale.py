@@ -79,7 +79,7 @@ STEPS = (
     ("nfc.stats_origins", "nft_table"),
     ("nfc.stats_origins", "_iptables_origins"),
     ("nfc.stats_origins", "iptables_rules"),
-    ("nfc.stats_origins", "untouched"),
+    ("nfc.stats_origins", "in_force"),
     ("nfc.backends.nft_kernel", "NftKernel._listing_as_loaded"),
     ("nfc.backends.nft_kernel", "NftKernel._live_elements"),
     ("nfc.neighbours", "warning_here"),

@@ -126,18 +126,17 @@ def confirmed_path(state: State) -> Path:
 def _loaded_in_force(state: State) -> tuple[Json | None, bool]:
     """The saved form of the ruleset nfc last put in force (the pending
     apply's, else the confirmed one), if the rules in force are still those
-    it loaded (`stats_origins.still_in_force`), and whether nothing was
-    committed since (`stats_origins.untouched`). A damaged record trusts
-    nothing: the apply lists the table whole, and then replaces the record."""
+    it loaded, and whether nothing was committed since
+    (`stats_origins.in_force`). A damaged record trusts nothing: the apply
+    lists the table whole, and then replaces the record."""
     for path in (applied_path(state), confirmed_path(state)):
         try:
             record = state.read(path)
         except StateError:
             return None, False
-        if record is not None and stats_origins.still_in_force(state, record["to"]):
-            return record["to"], stats_origins.untouched(state)
         if record is not None:
-            return None, False
+            still, untouched = stats_origins.in_force(state, record["to"])
+            return (record["to"] if still else None), untouched
     return None, False
 
 

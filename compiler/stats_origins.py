@@ -95,31 +95,30 @@ def still_in_force(state: State, record: Json) -> bool:
     may have changed since, its sets' elements only through nfc (`nfc set`,
     `nfc refresh`) or the kernel (meters), unless someone edits nfc's
     table by hand."""
+    return in_force(state, record)[0]
+
+
+def in_force(state: State, record: Json) -> tuple[bool, bool]:
+    """`still_in_force`, and whether nothing at all was committed to the
+    ruleset since: the generation the load made, which origins.json
+    keeps, is still the kernel's, so the rules and declarations in force
+    are those of `record` to the byte (the elements of meters and runtime
+    sets change without a commit, from packets, or with `nfc set`, which
+    commits)."""
     if record.get("backend") != nft.BACKEND or not record.get("listing"):
-        return False
+        return False, False
     try:
         origins = state.read(origins_path(state))
         if origins is None or origins["backend"] != nft.BACKEND or origins["table"] != record["table"]:
-            return False
+            return False, False
         if origins["loaded"] != loaded_digest(record):
-            return False
-        return bool(nft_dump.table_handle(record["table"]) == origins["table_handle"])
+            return False, False
+        if nft_dump.table_handle(record["table"]) != origins["table_handle"]:
+            return False, False
+        recorded = origins.get("generation")
+        return True, recorded is not None and nft_dump.generation() == recorded
     except ApplyError:
-        return False
-
-
-def untouched(state: State) -> bool:
-    """Whether nothing at all was committed to the ruleset since the load
-    origins.json maps: its generation is still the one that load made,
-    so the rules and declarations in force are those loaded, to the
-    byte (the elements of meters and runtime sets change without a
-    commit, from packets, or with `nfc set`, which commits)."""
-    try:
-        origins = state.read(origins_path(state))
-        recorded = origins.get("generation") if origins is not None else None
-        return recorded is not None and nft_dump.generation() == recorded
-    except ApplyError:
-        return False
+        return False, False
 
 
 def _nft_origins(table: str, loaded: str) -> Json:

@@ -50,6 +50,10 @@ GEN_ID = 1
 UDATA_RULE_COMMENT = 0
 NLA_TYPE_MASK = 0x3FFF
 GENERATIONS = 1 << 32
+READ = frozenset((b"counter", b"immediate", b"reject", b"limit", b"objref", b"dynset"))
+"""The expressions whose data nfc reads."""
+HEADER = struct.Struct("=HH")
+HALF = struct.Struct("=H")
 DUMP_TRIES = 5
 
 
@@ -191,33 +195,37 @@ def rules(table: str) -> list[LiveRule]:
         answers = _request(NFT_MSG_GETRULE, NLM_F_DUMP, attribute(RULE_TABLE, table.encode() + b"\0"))
     except Missing:
         return []
+    wanted = table.encode() + b"\0"
+    chains: dict[bytes, str] = {}
     found = []
     for data, start, end in answers:
-        of_table, chain, handle, comment = None, "", 0, None
+        of_table, chain, handle, comment = False, "", 0, None
         counter: tuple[int, int] | None = None
         limits: list[bool | str] = []
         drops = False
         for kind, at, stop in _attributes(data, start, end):
             if kind == RULE_TABLE:
-                of_table = _text(data, at, stop)
+                of_table = data[at:stop] == wanted
             elif kind == RULE_CHAIN:
-                chain = _text(data, at, stop)
+                name = data[at:stop]
+                chain = chains.get(name) or chains.setdefault(name, _text(data, at, stop))
             elif kind == RULE_HANDLE:
                 handle = _u64(data, at)
             elif kind == RULE_USERDATA:
                 comment = _comment(data, at, stop)
             elif kind == RULE_EXPRESSIONS:
-                for _, expr_at, expr_stop in _attributes(data, at, stop):
-                    name, inner = _expression(data, expr_at, expr_stop)
-                    if name == "counter" and counter is None:
-                        counter = _counter(data, *inner)
-                    elif name == "immediate":
-                        drops = drops or _verdict(data, *inner) == VERDICT_DROP
-                    elif name == "reject":
+                for expression, inner, inner_end in _expressions(data, at, stop):
+                    if expression not in READ:
+                        continue  # most of a rule: payloads, comparisons, lookups
+                    if expression == b"counter" and counter is None:
+                        counter = _counter(data, inner, inner_end)
+                    elif expression == b"immediate":
+                        drops = drops or _verdict(data, inner, inner_end) == VERDICT_DROP
+                    elif expression == b"reject":
                         drops = True
                     else:
-                        limits += _limits(data, name, *inner)
-        if of_table == table:
+                        limits += _limits(data, expression, inner, inner_end)
+        if of_table:
             found.append(LiveRule(chain, handle, comment, counter, tuple(limits), drops))
     return found
 
@@ -247,15 +255,35 @@ def limit_objects(table: str) -> dict[str, bool]:
     return found
 
 
-def _expression(data: bytes, start: int, end: int) -> tuple[str, tuple[int, int]]:
-    """An expression's name and where its data lies."""
-    name, inner = "", (0, 0)
+def _expressions(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """Each expression of a list: its name, and where its data lies. The
+    kernel writes the name first and the data next; this is the loop that
+    runs for every expression of every rule, so it reads just those two."""
+    found = []
+    while start + 4 <= end:
+        length = HALF.unpack_from(data, start)[0]
+        if length < 4:
+            break
+        name_length, kind = HEADER.unpack_from(data, start + 4)
+        if kind & NLA_TYPE_MASK == EXPR_NAME and name_length > 4:
+            inner = start + 4 + name_length + (-name_length % 4)
+            inner_end = inner + HALF.unpack_from(data, inner)[0] if inner + 4 <= start + length else inner + 4
+            found.append((data[start + 8 : start + 4 + name_length].rstrip(b"\0"), inner + 4, inner_end))
+        else:
+            found.append(_expression(data, start + 4, start + length))
+        start += length + (-length % 4)
+    return found
+
+
+def _expression(data: bytes, start: int, end: int) -> tuple[bytes, int, int]:
+    """An expression's name and where its data lies, in any order."""
+    name, inner, inner_end = b"", 0, 0
     for kind, at, stop in _attributes(data, start, end):
         if kind == EXPR_NAME:
-            name = _text(data, at, stop)
+            name = data[at:stop].rstrip(b"\0")
         elif kind == EXPR_DATA:
-            inner = (at, stop)
-    return name, inner
+            inner, inner_end = at, stop
+    return name, inner, inner_end
 
 
 def _counter(data: bytes, start: int, end: int) -> tuple[int, int] | None:
@@ -276,16 +304,16 @@ def _verdict(data: bytes, start: int, end: int) -> int | None:
     return None
 
 
-def _limits(data: bytes, name: str, start: int, end: int) -> list[bool | str]:
+def _limits(data: bytes, name: bytes, start: int, end: int) -> list[bool | str]:
     """The limits an expression applies: its own, a limit object's, or those of a meter's update."""
-    if name == "limit":
+    if name == b"limit":
         return [
             any(
                 k == LIMIT_FLAGS and _u32(data, a) & LIMIT_INVERTED
                 for k, a, _ in _attributes(data, start, end)
             )
         ]
-    if name == "objref":
+    if name == b"objref":
         fields = {kind: (at, stop) for kind, at, stop in _attributes(data, start, end)}
         if (
             OBJREF_TYPE in fields
@@ -294,21 +322,16 @@ def _limits(data: bytes, name: str, start: int, end: int) -> list[bool | str]:
         ):
             return [_text(data, *fields[OBJREF_NAME])]
         return []
-    if name != "dynset":
+    if name != b"dynset":
         return []
     found: list[bool | str] = []
     for kind, at, stop in _attributes(data, start, end):
         if kind == DYNSET_EXPR:
-            found += _limits(data, *_named(data, at, stop))
+            found += _limits(data, *_expression(data, at, stop))
         elif kind == DYNSET_EXPRESSIONS:
-            for _, elem_at, elem_stop in _attributes(data, at, stop):
-                found += _limits(data, *_named(data, elem_at, elem_stop))
+            for expression, inner, inner_end in _expressions(data, at, stop):
+                found += _limits(data, expression, inner, inner_end)
     return found
-
-
-def _named(data: bytes, start: int, end: int) -> tuple[str, int, int]:
-    name, (at, stop) = _expression(data, start, end)
-    return name, at, stop
 
 
 def _comment(data: bytes, start: int, end: int) -> str | None:
