@@ -4,6 +4,7 @@ with big list files and big policies, in a network namespace of its own.
     sudo .venv/bin/python bench/apply_scale.py                       # the default cases
     sudo .venv/bin/python bench/apply_scale.py --entries 10000,100000 --rules 10000
     sudo .venv/bin/python bench/apply_scale.py --entries 1000000 --rules 0 --backends nft
+    sudo .venv/bin/python bench/apply_scale.py --entries 0 --rules 10000 --backends nft --profile
 
 Cases:
 - nft, a policy whose first rule drops a list file of N entries (9 in 10
@@ -12,14 +13,21 @@ Cases:
   add`, `set list`, re-apply, stats, refresh, apply --confirm, confirm,
   rollback, restore;
 - nft and iptables-legacy, bench/compile.py's generate_policy of N rules:
-  first apply, re-apply, stats, rollback, restore. (iptables-legacy keeps a
+  first apply, re-apply, stats, rollback, restore; on nft, `nft -f` of the
+  ruleset alone first, into an empty namespace and over itself (what a
+  re-apply and a rollback load), the kernel's part of those commands.
+  (iptables-legacy keeps a
   list as a rule per network and refuses lists over 10,000 networks, so it
   has no list case.)
 
 Each command runs as `nfc` does, in a fresh interpreter inside the
 namespace, with the steps of apply (snapshot, load, the origin map, ...)
 wrapped in timers: the figures after each command are where its time went,
-inclusive (a step inside another counts in both). RSS is the peak of the
+inclusive (a step inside another counts in both). CPU is the command's
+user and system time with the tools it ran (libnftables runs inside nfc,
+so the kernel's work of a load is nfc's system time): on a shared machine,
+compare CPU rather than wall time. `--profile` prints each command's
+cProfile too. RSS is the peak of the
 nfc process (VmHWM) and of the tools it ran (nft, iptables-restore;
 ru_maxrss, which counts nfc's own memory when it started them). Nothing is
 asserted. The state directory is a temporary one; the namespace and the
@@ -30,10 +38,13 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import cProfile
 import functools
 import importlib
+import io
 import json
 import os
+import pstats
 import re
 import resource
 import secrets
@@ -62,12 +73,15 @@ STEPS = (
     ("nfc.backends.iptables_kernel", "LegacyKernel.load"),
     ("nfc.backends.iptables_kernel", "LegacyKernel.restore"),
     ("nfc.backends.iptables_kernel", "LegacyKernel.foreign_rules"),
-    ("nfc.stats", "remember"),
-    ("nfc.stats", "_counts_by_content"),
     ("nfc.stats", "read"),
-    ("nfc.stats", "_nft_listing"),
-    ("nfc.stats", "_iptables_origins"),
-    ("nfc.stats", "_iptables_rules"),
+    ("nfc.stats_origins", "remember"),
+    ("nfc.stats_origins", "_counts_by_content"),
+    ("nfc.stats_origins", "nft_table"),
+    ("nfc.stats_origins", "_iptables_origins"),
+    ("nfc.stats_origins", "iptables_rules"),
+    ("nfc.stats_origins", "in_force"),
+    ("nfc.backends.nft_kernel", "NftKernel._listing_as_loaded"),
+    ("nfc.backends.nft_kernel", "NftKernel._live_elements"),
     ("nfc.neighbours", "warning_here"),
     ("nfc.apply", "apply_sysctls"),
     ("nfc.state", "State.read"),
@@ -109,7 +123,7 @@ def _timed(name: str, function: Callable[..., Any], spent: dict[str, list[float]
     return wrapper
 
 
-def worker(argv: list[str], steps_file: str) -> int:
+def worker(argv: list[str], steps_file: str, profile: bool) -> int:
     spent: dict[str, list[float]] = {}
     for module_name, attribute in STEPS:
         try:
@@ -127,8 +141,17 @@ def worker(argv: list[str], steps_file: str) -> int:
     from nfc import cli
 
     started = time.perf_counter()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     code = cli.main(argv)
+    if profiler is not None:
+        profiler.disable()
+        report = io.StringIO()
+        pstats.Stats(profiler, stream=report).sort_stats("cumulative").print_stats(25)
+        print(report.getvalue(), file=sys.stderr)
     total = time.perf_counter() - started
+    cpu = os.times()
     # VmHWM is this process image's own peak; ru_maxrss would count the
     # bench driver's memory at the fork as well
     status = Path("/proc/self/status").read_text().splitlines()
@@ -137,7 +160,9 @@ def worker(argv: list[str], steps_file: str) -> int:
         "self_kib": int(peak.split()[1]),
         "tools_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     }
-    Path(steps_file).write_text(json.dumps({"steps": spent, "total": total, **rss}))
+    # libnftables runs in this process: its time in the kernel is this process's system time
+    used = cpu.user + cpu.system + cpu.children_user + cpu.children_system
+    Path(steps_file).write_text(json.dumps({"steps": spent, "total": total, "cpu": used, **rss}))
     return code
 
 
@@ -146,8 +171,9 @@ def worker(argv: list[str], steps_file: str) -> int:
 
 
 class Bench:
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, profile: bool = False) -> None:
         self.scratch = scratch
+        self.profile = profile
         self.namespace = NAMESPACE_PREFIX + secrets.token_hex(4)
         self.made = False
 
@@ -174,7 +200,9 @@ class Bench:
         """Run `nfc ARGS` in the namespace; print its time, RSS and steps."""
         steps_file = self.scratch / "steps.json"
         command = ["ip", "netns", "exec", self.namespace, "nice", "-n", "10", sys.executable]
-        command += [os.path.abspath(__file__), "--worker", str(steps_file), "--", *args]
+        command += [os.path.abspath(__file__), "--worker", str(steps_file)]
+        command += ["--profile"] if self.profile else []
+        command += ["--", *args]
         started = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = child.communicate()
@@ -185,13 +213,29 @@ class Bench:
         found = json.loads(steps_file.read_text())
         steps_file.unlink()
         rss = f"RSS nfc {found['self_kib'] >> 10} MiB, tools {found['tools_kib'] >> 10} MiB"
-        print(f"  {label:<16} {wall:8.2f} s   {rss}, {len(out):,} bytes out")
+        print(f"  {label:<16} {wall:8.2f} s  CPU {found['cpu']:6.2f} s   {rss}, {len(out):,} bytes out")
+        if self.profile:
+            print(err)
         ranked = sorted(found["steps"].items(), key=lambda item: -sum(item[1]))
         for name, times in ranked:
             if sum(times) >= 0.01:
                 calls = f" x{len(times)}" if len(times) > 1 else ""
                 print(f"      {name:<34} {sum(times):8.2f} s{calls}")
         return wall
+
+    def nft_load(self, label: str, ruleset: Path) -> float:
+        """`nft -f RULESET` in the namespace, alone: the kernel's part of an apply."""
+        command = ["ip", "netns", "exec", self.namespace, "nice", "-n", "10", "nft", "-f", str(ruleset)]
+        started = time.perf_counter()
+        child = subprocess.Popen(command, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        if child.returncode != 0 and child.stderr is not None:
+            print(f"  {label}: exit {child.returncode}: {child.stderr.read().decode()[-800:]}")
+        cpu = usage.ru_utime + usage.ru_stime
+        print(f"  {label:<16} {wall:8.2f} s  CPU {cpu:6.2f} s")
+        return cpu
 
     def compile(self, policy: Path, backend: str, out: Path) -> float:
         started = time.perf_counter()
@@ -239,6 +283,11 @@ def rules_case(bench: Bench, rules: int, backend: str) -> None:
     out = directory / "out"
     compiled = bench.compile(policy, backend, out)
     print(f"\n{backend}, generate_policy({rules:,}) (compile {compiled:.2f} s)")
+    if backend == "nft":
+        # the kernel's part alone, for the overhead of each command beside it
+        bench.nft_load("nft -f (first)", out / "ruleset.nft")
+        bench.nft_load("nft -f (again)", out / "ruleset.nft")
+        bench.reset()
     state = ("--state-dir", str(directory / "state"))
     bench.nfc("apply (first)", "apply", str(out), *state)
     bench.nfc("apply (again)", "apply", str(out), *state)
@@ -256,16 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     options.add_argument("--entries", type=_numbers, default=[10_000, 100_000, 1_000_000])
     options.add_argument("--rules", type=_numbers, default=[10_000, 100_000])
     options.add_argument("--backends", default="nft,iptables-legacy")
+    options.add_argument("--profile", action="store_true", help="print each command's cProfile (top 25)")
     options.add_argument("--worker", help=argparse.SUPPRESS)
     options.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = options.parse_args(argv)
     if args.worker:
-        return worker([a for a in args.rest if a != "--"], args.worker)
+        return worker([a for a in args.rest if a != "--"], args.worker, args.profile)
     if os.geteuid() != 0:
         print("apply_scale.py: needs root (it makes a network namespace)", file=sys.stderr)
         return 2
     backends = [b for b in args.backends.split(",") if b]
-    with tempfile.TemporaryDirectory(prefix="nfc-apply-scale-") as scratch, Bench(Path(scratch)) as bench:
+    with (
+        tempfile.TemporaryDirectory(prefix="nfc-apply-scale-") as scratch,
+        Bench(Path(scratch), args.profile) as bench,
+    ):
         atexit.register(bench.delete)
         for number in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(number, lambda *_: sys.exit(128 + 15))

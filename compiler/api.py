@@ -45,6 +45,7 @@ import nfc.persist
 import nfc.refresh
 import nfc.state
 import nfc.stats
+import nfc.stats_origins
 from nfc.artifacts import build, write
 from nfc.backends import BACKENDS, DEFAULT_BACKEND
 from nfc.backends.kernel import ApplyError, Artifact
@@ -243,13 +244,13 @@ def stats(target: str | None = None, *, state_dir: StateDir = None) -> nfc.stats
     state = _state(state_dir)
     if target is None:
         return nfc.stats.read(state)
-    origins = state.read(nfc.stats.origins_path(state))
+    origins = state.read(nfc.stats_origins.origins_path(state))
     with artifact(target, origins["backend"] if origins else DEFAULT_BACKEND) as loadable:
         record = BACKENDS.get(loadable.backend)
         if record is None:
             raise ApplyError(f"unknown backend '{loadable.backend}' in {target}")
         saved_form = record.kernel().saved_form(loadable)
-    return nfc.stats.read(state, nfc.stats.loaded_digest(saved_form))
+    return nfc.stats.read(state, nfc.stats_origins.loaded_digest(saved_form))
 
 
 # --------------------------------------------------------------------------

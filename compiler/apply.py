@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nfc import neighbours, persist, stats, timer
+from nfc import neighbours, persist, stats_origins, timer
 from nfc.artifacts import SYSCTL_CONF
-from nfc.backends import BACKENDS
+from nfc.backends import BACKENDS, nft, nft_dump
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
 from nfc.state import LOCK_TIMEOUT, State, StateError
 from nfc.state_shapes import APPLIED, CONFIRMED, JOURNAL
@@ -123,32 +123,35 @@ def confirmed_path(state: State) -> Path:
     return state.dir / CONFIRMED
 
 
-def _loaded_in_force(state: State) -> Json | None:
+def _loaded_in_force(state: State) -> tuple[Json | None, bool]:
     """The saved form of the ruleset nfc last put in force (the pending
     apply's, else the confirmed one), if the rules in force are still those
-    it loaded (`stats.still_in_force`). A damaged record trusts nothing:
-    the apply lists the table whole, and then replaces the record."""
+    it loaded, and whether nothing was committed since
+    (`stats_origins.in_force`). A damaged record trusts nothing: the apply
+    lists the table whole, and then replaces the record."""
     for path in (applied_path(state), confirmed_path(state)):
         try:
             record = state.read(path)
         except StateError:
-            return None
+            return None, False
         if record is not None:
-            return record["to"] if stats.still_in_force(state, record["to"]) else None
-    return None
+            still, untouched = stats_origins.in_force(state, record["to"])
+            return (record["to"] if still else None), untouched
+    return None, False
 
 
 # --------------------------------------------------------------------------
 # repairs
 
 
-def _put_in_force(record: Json, report: Report) -> str:
-    """Load a saved state or journaled ruleset, sysctls too; say what it was.
-    Its shape was checked when it was read (nfc.state_shapes)."""
+def _put_in_force(record: Json, report: Report) -> tuple[str, int | None]:
+    """Load a saved state or journaled ruleset, sysctls too; say what it
+    was, with the generation its load committed (`Kernel.committed`). Its
+    shape was checked when it was read (nfc.state_shapes)."""
     kernel = _kernel(record["backend"])
     kernel.restore(record)
     apply_sysctls(record["sysctl"], report)
-    return kernel.describe(record)
+    return kernel.describe(record), kernel.committed
 
 
 def _finish(state: State, journal: Path | None, pending: Json | None, late: str | None, what: str) -> None:
@@ -183,14 +186,14 @@ def _roll_back(state: State, report: Report, late: str | None = None) -> str:
         # only once the rules are back, makes the next command do it again.
         journal = None
     try:
-        what = _put_in_force(saved, report)
+        what, committed = _put_in_force(saved, report)
     except RestoreFailed:
         raise  # half put back: the journal stays, for the next command to finish
     except KernelRefused:
         if journal is not None:  # refused before anything changed: nothing to finish
             state.remove(journal)
         raise
-    stats.remember(state, saved, "the state saved before the last apply", report)
+    stats_origins.remember(state, saved, "the state saved before the last apply", report, committed)
     _finish(state, journal, pending, late, what)
     return what
 
@@ -206,12 +209,12 @@ def _settle(state: State, report: Report) -> None:
             saved = state.read(state.saved)
             if saved is None:
                 raise ApplyError(f"cannot undo the interrupted apply of {journal['target']}: no saved state")
-            what = _put_in_force(saved, report)
+            what, _ = _put_in_force(saved, report)
             _finish(state, None, pending, f"the apply of {journal['target']} was interrupted", what)
             state.remove(journal_path(state))
             report(f"repaired: the interrupted apply of {journal['target']} is undone: {what} as before it")
         else:
-            what = _put_in_force(journal["to"], report)
+            what, _ = _put_in_force(journal["to"], report)
             late = _late(pending)
             _finish(state, journal_path(state), pending, late, what)
             report(f"repaired: the interrupted {journal['action']} is finished; restored {what}")
@@ -319,7 +322,7 @@ def apply(
         if pending is None or saved is None or saved["backend"] != artifact.backend:
             # With a confirmation pending, the saved state is the last
             # confirmed one: keep it, so a rollback goes back to safety.
-            snapshot = kernel.snapshot(artifact, _loaded_in_force(state))
+            snapshot = kernel.snapshot(artifact, *_loaded_in_force(state))
             snapshot["sysctl"] = current_sysctls(sorted(settings))
             state.write(state.saved, snapshot)
         journal = journal_path(state)
@@ -331,7 +334,7 @@ def apply(
                 # Armed before the load, so no moment passes with the new rules
                 # in force and nothing to take them back.
                 armed = _arm(state, time.time() + confirm_seconds)
-            stats.load(kernel, state, artifact)  # kernel.load, with the counts of unchanged rules
+            stats_origins.load(kernel, state, artifact)  # kernel.load, with the counts of unchanged rules
         except RestoreFailed as exc:  # half loaded: the journal stays
             raise RestoreFailed(f"{exc}\nnfc: the next nfc command puts the saved state back") from None
         except KernelRefused as exc:
@@ -353,11 +356,11 @@ def apply(
         state.move(journal, confirmed_path(state) if armed is None else applied_path(state))
         state.remove(state.rolled_back)
         report(f"applied {artifact.name} ({artifact.backend})")
-        stats.remember(state, to, artifact.name, report)
+        stats_origins.remember(state, to, artifact.name, report, kernel.committed)
         mixed = kernel.foreign_rules()
         if mixed:
             report(f"warning: {mixed}; mixing nftables and iptables-legacy is a known source of surprises")
-        beside = neighbours.warning_here(artifact.backend, artifact.table)
+        beside = _neighbours_warning(artifact.backend, artifact.table)
         if beside is not None:
             report(beside)  # e.g. Docker's table: its accepts cannot undo a drop of nfc's forward chain
         for line in refused:
@@ -368,6 +371,19 @@ def apply(
             report(
                 f"rolls back in {confirm_seconds:g}s unless 'nfc confirm' runs (state directory {state.dir})"
             )
+
+
+def _neighbours_warning(backend: str, table: str) -> str | None:
+    """`neighbours.warning_here`, which lists the whole ruleset, only when
+    there are other tables for it to judge: nf_tables ones beside nfc's
+    table, or iptables-legacy ones beside nfc's nft table."""
+    try:
+        others = [found for found in nft_dump.tables() if backend != nft.BACKEND or found != ("inet", table)]
+    except ApplyError:
+        others = [("?", "?")]  # cannot tell: let it look
+    if not others and (backend != nft.BACKEND or not neighbours.read_legacy()):
+        return None
+    return neighbours.warning_here(backend, table)
 
 
 def rollback(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) -> None:
@@ -430,7 +446,7 @@ def restore(state: State, report: Report, lock_timeout: float = LOCK_TIMEOUT) ->
             raise ApplyError(f"nothing to restore: no confirmed ruleset in {state.dir}")
         journal = journal_path(state)
         state.write(journal, {**confirmed, "action": "restore"})
-        what = _put_in_force(confirmed["to"], report)
+        what, committed = _put_in_force(confirmed["to"], report)
         state.move(journal, confirmed_path(state))
-        stats.remember(state, confirmed["to"], confirmed["target"], report)
+        stats_origins.remember(state, confirmed["to"], confirmed["target"], report, committed)
         report(f"restored {what}, the last confirmed ruleset (from {confirmed['target']})")

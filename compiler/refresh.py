@@ -13,8 +13,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from nfc import stats
+from nfc import stats_origins
 from nfc.apply import applied_path, confirmed_path
+from nfc.backends import nft_dump
 from nfc.backends.kernel import ApplyError, Artifact, Json
 from nfc.backends.nft import BACKEND, RULESET
 from nfc.backends.nft_sets import run_script, set_element_counts
@@ -32,6 +33,13 @@ def _in_force(state: State) -> tuple[Json, Path]:
         if record is not None:
             return record, path
     raise ApplyError("nfc has applied no ruleset here: 'nfc apply' it first")
+
+
+def _generation() -> int | None:
+    try:
+        return nft_dump.generation()
+    except ApplyError:
+        return None
 
 
 def last_target(state: State) -> str:
@@ -77,24 +85,31 @@ def refresh(artifact: Artifact, state: State, report: Callable[[str], None], loc
                 f"the rules in force differ from {artifact.name}'s, not only its lists: 'nfc apply' it"
             )
         elements = _list_set_blocks(text, names)
+        before = _generation()
         run_script(
             "".join(
                 f"flush set inet {artifact.table} {name}\nadd element inet {artifact.table} {name} {value}\n"
                 for name, value in elements.items()
             )
         )
+        after = _generation()
         # What the next refresh compares with, and what boot (`nfc restore`) loads.
         record["to"] = loaded | {"listing": text}
         state.write(path, record)
         # The rules and their handles are those of the map `nfc stats` keeps;
         # only what identifies the ruleset in force, and the lists' fill,
         # changed. Listing the table anew would dump every list element out
-        # of the kernel.
-        origins = state.read(stats.origins_path(state))
+        # of the kernel. If nothing but this refresh committed since the
+        # load the map records, the table is still exactly the one loaded.
+        origins = state.read(stats_origins.origins_path(state))
         if origins is not None and origins.get("table") == artifact.table:
             counts = set_element_counts(text)
             filled = {name: counts.get(name, 0) for name in origins.get("set_elements", {})}
-            refreshed = {"loaded": stats.loaded_digest(record["to"]), "set_elements": filled}
-            state.write(stats.origins_path(state), origins | refreshed)
+            alone = before is not None and before == origins.get("generation")
+            committed = (
+                after if before is not None and alone and after == nft_dump.next_generation(before) else None
+            )
+            refreshed = {"loaded": stats_origins.loaded_digest(record["to"]), "set_elements": filled}
+            state.write(stats_origins.origins_path(state), origins | refreshed | {"generation": committed})
     for name in names:
         report(f"refreshed set {name} from {artifact.manifest['list_sets'][name]}")

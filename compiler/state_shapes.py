@@ -301,8 +301,12 @@ NFT_ORIGINS = Shape(
         ),
         # the elements of each set of the policy as loaded, for the fill nfc stats shows
         "set_elements": mapping(text(SET_NAME, "a set name"), whole(0, 2**32 - 1)),
+        # the ruleset's generation the load committed, if nothing else committed
+        # between: while it is still the kernel's, the table is as loaded
+        "generation": nullable(whole(1, 2**32 - 1)),
     },
-    optional=frozenset({"set_elements"}),  # origins.json of an nfc that listed every set instead
+    # origins.json of an nfc that listed every set instead, or the table before each apply
+    optional=frozenset({"set_elements", "generation"}),
 )
 IPTABLES_ORIGINS = Shape(
     {

@@ -237,8 +237,8 @@ def test_only_a_load_that_origins_json_maps_is_trusted(tmp_path: Path) -> None:
     loaded = {"backend": "nft", "table": "nfc", "listing": LOADED, "sysctl": {}}
     record = {"action": "apply", "target": "p.yaml", "to": loaded}
     with state.locked():
-        assert apply._loaded_in_force(state) is None  # nothing applied
+        assert apply._loaded_in_force(state)[0] is None  # nothing applied
         state.write(apply.confirmed_path(state), record)
-        assert apply._loaded_in_force(state) is None  # no origins.json: nothing known of the table
+        assert apply._loaded_in_force(state)[0] is None  # no origins.json: nothing known of the table
         apply.confirmed_path(state).write_text("{}")
-        assert apply._loaded_in_force(state) is None  # damaged: the table is listed whole
+        assert apply._loaded_in_force(state)[0] is None  # damaged: the table is listed whole

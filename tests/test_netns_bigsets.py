@@ -34,10 +34,10 @@ input:
 STILL_IN_FORCE = """
 import json, sys
 from pathlib import Path
-from nfc import stats
+from nfc import stats_origins
 from nfc.state import State
 state = State(sys.argv[1])
-print(stats.still_in_force(state, json.loads(Path(sys.argv[1], "confirmed.json").read_text())["to"]))
+print(stats_origins.still_in_force(state, json.loads(Path(sys.argv[1], "confirmed.json").read_text())["to"]))
 """
 
 

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from state_corpus import damaged
 
-from nfc import cli, stats, stats_format
+from nfc import cli, stats, stats_format, stats_origins
 from nfc.backends.kernel import ApplyError
 from nfc.errors import PolicyError
 from nfc.state import State
@@ -192,8 +192,8 @@ def test_a_damaged_map_is_a_clean_error_before_the_kernel(
     def no_kernel(*args: object) -> None:
         raise AssertionError("a damaged map reached the kernel")
 
-    monkeypatch.setattr(stats, "_nft_listing", no_kernel)
-    monkeypatch.setattr(stats, "_iptables_rules", no_kernel)
+    monkeypatch.setattr(stats, "nft_table", no_kernel)
+    monkeypatch.setattr(stats, "iptables_rules", no_kernel)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     path = state / "origins.json"
@@ -212,16 +212,16 @@ def test_a_map_that_cannot_be_made_is_a_warning_and_the_stale_one_goes(
     def refused(table: str) -> list[dict[str, Any]]:
         raise ApplyError("cannot list table inet nfc: Operation not permitted")
 
-    monkeypatch.setattr(stats, "_nft_listing", refused)
+    monkeypatch.setattr(stats_origins, "nft_table", refused)
     state = State(tmp_path / "state")
     said: list[str] = []
     with state.locked():
-        state.write(stats.origins_path(state), VALID)
-        stats.remember(
+        state.write(stats_origins.origins_path(state), VALID)
+        stats_origins.remember(
             state, {"backend": "nft", "table": "nfc", "listing": "x", "sysctl": {}}, "p.yaml", said.append
         )
     assert said == [
         "warning: nfc stats cannot map the rules in force to policy lines: "
         "cannot list table inet nfc: Operation not permitted"
     ]
-    assert state.read(stats.origins_path(state)) is None
+    assert state.read(stats_origins.origins_path(state)) is None

@@ -46,8 +46,10 @@ class LegacyKernel:
             if result.returncode != 0:
                 raise self._refused(artifact, family_file, result.stderr)
 
-    def snapshot(self, artifact: Artifact, loaded: Json | None = None) -> Json:
-        del loaded  # the -save tools are fast: the rules in force are listed as they are
+    committed: int | None = None  # the tools commit a transaction per table and family
+
+    def snapshot(self, artifact: Artifact, loaded: Json | None = None, untouched: bool = False) -> Json:
+        del loaded, untouched  # the -save tools are fast: the rules in force are listed as they are
         saved: Json = {"backend": BACKEND}
         for family_file, tool in TOOLS.items():
             dumps = []

@@ -70,15 +70,21 @@ class Kernel(Protocol):
 
     `snapshot` saves what `load` would replace, as JSON with a "backend"
     key; `restore` puts such a snapshot back, or the `saved_form` of an
-    artifact (how the journal and `nfc restore` keep a loaded ruleset)."""
+    artifact (how the journal and `nfc restore` keep a loaded ruleset).
+    `committed` is the nf_tables generation the last `load` or `restore`
+    committed, if no other commit came between (None on iptables-legacy)."""
+
+    committed: int | None
 
     def check(self, artifact: Artifact) -> None:
         """Have the kernel validate the artifact without committing it."""
 
-    def snapshot(self, artifact: Artifact, loaded: Json | None = None) -> Json:
+    def snapshot(self, artifact: Artifact, loaded: Json | None = None, untouched: bool = False) -> Json:
         """What loading the artifact would replace. `loaded`, when given, is
         the saved form nfc put in force and the rules in force are still
-        that load's: what nfc itself put in needs no listing back."""
+        that load's: what nfc itself put in needs no listing back; with
+        `untouched`, nothing was committed since that load, so its rules
+        are exactly `loaded`'s too."""
 
     def saved_form(self, artifact: Artifact) -> Json:
         """The artifact's ruleset in the form `snapshot` saves, for `restore` to load."""

@@ -3,6 +3,7 @@ through libnftables, and nothing else read, saved or replaced."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from nfc.backends.kernel import (
     run_tool,
 )
 from nfc.backends.nft import BACKEND, RULESET
+from nfc.backends.nft_dump import generation, next_generation
 from nfc.backends.nft_sets import ELEMENTS, RUN_TIME, SET_BLOCK, with_carried_elements
 
 NftObjects = list[Any]  # what `nft -j` lists, under its "nftables" key
@@ -122,6 +125,22 @@ class NftKernel:
 
     def __init__(self) -> None:
         self.nft = Nft()
+        self.committed: int | None = None
+
+    def _commit(self, run: Callable[[], str | None]) -> str | None:
+        """Run a load; its error, or None with `committed` set to the
+        generation it made if no other commit came between."""
+        self.committed = None
+        try:
+            before = generation()
+        except ApplyError:
+            before = None  # nothing to vouch for: the next apply lists the table
+        error = run()
+        if error is None and before is not None:
+            with contextlib.suppress(ApplyError):
+                after = generation()
+                self.committed = after if after == next_generation(before) else None
+        return error
 
     def _refused(self, artifact: Artifact, error: str) -> KernelRefused:
         ruleset = artifact.path(RULESET)
@@ -144,10 +163,14 @@ class NftKernel:
         if error is not None:
             raise self._failed(artifact, error, "check")
 
-    def snapshot(self, artifact: Artifact, loaded: Json | None = None) -> Json:
+    def snapshot(self, artifact: Artifact, loaded: Json | None = None, untouched: bool = False) -> Json:
         table = artifact.table
+        listing: str | None
         if loaded is not None and loaded.get("table") == table and loaded.get("listing"):
-            listing = self._listing_as_loaded(table, loaded["listing"])
+            if untouched:
+                listing = self._live_elements(table, loaded["listing"])
+            else:
+                listing = self._listing_as_loaded(table, loaded["listing"])
         else:
             listing = self._list(f"table inet {table}")
         return {"backend": BACKEND, "table": table, "listing": listing}
@@ -186,6 +209,20 @@ class NftKernel:
 
         return SET_BLOCK.sub(elements, found[0])
 
+    def _live_elements(self, table: str, loaded: str) -> str:
+        """`loaded`, the text whose load is in force with nothing committed
+        since, with the elements meters and runtime sets hold now: the
+        table as it is, without listing a rule (and as fast to load back
+        as the ruleset nfc wrote; nft's listing of it loads slower)."""
+
+        def elements(declared: re.Match[str]) -> str:
+            if not RUN_TIME.search(declared[0]):
+                return declared[0]
+            live = SET_BLOCK.search(self._list(f"{declared['kind']} inet {table} {declared['name']}") or "")
+            return live[0] if live is not None else declared[0]
+
+        return SET_BLOCK.sub(elements, loaded)
+
     def saved_form(self, artifact: Artifact) -> Json:
         # ruleset.nft itself replaces the table, so it loads as a listing does
         return {"backend": BACKEND, "table": artifact.table, "listing": artifact.path(RULESET).read_text()}
@@ -198,16 +235,16 @@ class NftKernel:
         for note in notes:
             print(f"nfc apply: note: {note}", file=sys.stderr)
         if carried != ruleset:
-            error = self.nft.run_text(carried)
+            error = self._commit(lambda: self.nft.run_text(carried))
         else:
-            error = self.nft.run_file(artifact.path(RULESET))
+            error = self._commit(lambda: self.nft.run_file(artifact.path(RULESET)))
         if error is not None:
             raise self._failed(artifact, error, "apply")
 
     def restore(self, saved: Json) -> None:
         table = saved["table"]
         script = f"table inet {table}\ndelete table inet {table}\n" + (saved["listing"] or "")
-        error = self.nft.run_text(script)
+        error = self._commit(lambda: self.nft.run_text(script))
         if error is not None:
             raise RestoreFailed(f"rollback failed: the kernel refused the saved state: {_nft_error(error)}")
 

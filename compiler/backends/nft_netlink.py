@@ -35,21 +35,21 @@ ELEMENTS_PER_MESSAGE = 512  # well under the 64 KiB of one netlink message
 TIMEOUT_S = 30.0
 
 
-def _attribute(kind: int, payload: bytes) -> bytes:
+def attribute(kind: int, payload: bytes) -> bytes:
     header = struct.pack("=HH", 4 + len(payload), kind)
     return header + payload + b"\0" * (-len(payload) % 4)
 
 
-def _message(kind: int, flags: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
+def message(kind: int, flags: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
     payload = struct.pack("=BBH", family, 0, socket.htons(res_id)) + body
     return struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0) + payload
 
 
 def _element(address: str, timeout_ms: int | None) -> bytes:
-    key = _attribute(ELEM_KEY | NLA_F_NESTED, _attribute(DATA_VALUE, ipaddress.ip_address(address).packed))
+    key = attribute(ELEM_KEY | NLA_F_NESTED, attribute(DATA_VALUE, ipaddress.ip_address(address).packed))
     if timeout_ms is not None:
-        key += _attribute(ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
-    return _attribute(LIST_ELEM | NLA_F_NESTED, key)
+        key += attribute(ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
+    return attribute(LIST_ELEM | NLA_F_NESTED, key)
 
 
 def change_elements(table: str, add: bool, by_set: dict[str, list[str]], timeout_ms: int | None) -> None:
@@ -58,17 +58,15 @@ def change_elements(table: str, add: bool, by_set: dict[str, list[str]], timeout
     all or none; ApplyError with the kernel's reason when it refuses."""
     kind = NFNL_SUBSYS_NFTABLES << 8 | (NFT_MSG_NEWSETELEM if add else NFT_MSG_DELSETELEM)
     flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if add else 0)
-    batch = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, b"", NFNL_SUBSYS_NFTABLES)]
+    batch = [message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, b"", NFNL_SUBSYS_NFTABLES)]
     for set_name, addresses in by_set.items():
-        names = _attribute(LIST_TABLE, table.encode() + b"\0") + _attribute(
-            LIST_SET, set_name.encode() + b"\0"
-        )
+        names = attribute(LIST_TABLE, table.encode() + b"\0") + attribute(LIST_SET, set_name.encode() + b"\0")
         for start in range(0, len(addresses), ELEMENTS_PER_MESSAGE):
             chunk = b"".join(_element(a, timeout_ms) for a in addresses[start : start + ELEMENTS_PER_MESSAGE])
-            body = names + _attribute(LIST_ELEMENTS | NLA_F_NESTED, chunk)
-            batch.append(_message(kind, flags, len(batch) + 1, NFPROTO_INET, body))
+            body = names + attribute(LIST_ELEMENTS | NLA_F_NESTED, chunk)
+            batch.append(message(kind, flags, len(batch) + 1, NFPROTO_INET, body))
     waiting = set(range(2, len(batch) + 1))
-    batch.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, len(batch) + 1, 0, b"", NFNL_SUBSYS_NFTABLES))
+    batch.append(message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, len(batch) + 1, 0, b"", NFNL_SUBSYS_NFTABLES))
     error = 0
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as link:
         link.settimeout(TIMEOUT_S)

@@ -1,0 +1,317 @@
+"""Which policy line each rule in force came from, recorded when nfc puts a
+ruleset in force, and the counters an apply carries over (see nfc.stats).
+
+`remember` (called by apply, rollback and restore under the state lock)
+reads the rules back right after the load and saves each one's origin,
+from the comment nfc itself wrote, in the state directory (`origins.json`)
+under the rule's identity in the kernel: its nft handle or its position in
+an iptables-legacy dump. On nft the rules are read over netlink
+(nft_dump), not listed by nft, whose listings grow faster than the rules;
+and the map keeps the ruleset's generation the load committed, so that
+the next apply knows the table is still exactly as loaded without
+listing it.
+
+An apply on nft loads through `load`: the counters of the rules it keeps
+(the same content in the same chain) start from the counts they had, in
+the load's own transaction, so counts survive a re-apply there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from nfc.backends import iptables, nft, nft_dump
+from nfc.backends.iptables_kernel import LegacyKernel, rule_words
+from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed, run_tool
+from nfc.backends.nft_dump import LiveRule
+from nfc.backends.nft_sets import RUN_TIME, SET_BLOCK, set_element_counts
+from nfc.state import State
+from nfc.state_shapes import ORIGINS
+
+LABEL = re.compile(r"(?P<file>.+?):(?P<line>[0-9]{1,9})(?:: .*)?\Z", re.S)
+"""A generated rule's comment: FILE:LINE, then ': note' (nfc.backends.common)."""
+CHAIN_START = re.compile(r"\tchain (\S+) \{\Z")
+COUNTER = re.compile(r" counter(?: packets [0-9]+ bytes [0-9]+)?(?= |\Z)")
+COUNTED = re.compile(r"\[(?P<packets>[0-9]+):(?P<bytes>[0-9]+)\] (?P<rule>-A .*)\Z")
+
+DumpLines = list[tuple[str, tuple[tuple[int, int] | None, str]]]
+"""A family's rules as iptables-legacy dumps them: (table, (counters, rule))."""
+
+
+def origins_path(state: State) -> Path:
+    return state.dir / ORIGINS
+
+
+def loaded_digest(record: Json) -> str:
+    """What identifies a ruleset put in force: its saved form without sysctls."""
+    rules = {key: value for key, value in record.items() if key != "sysctl"}
+    return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()
+
+
+def nft_table(table: str) -> tuple[int | None, list[LiveRule], dict[str, bool]]:
+    """Table inet TABLE in force: its handle (None if there is none), its
+    rules, and whether each of its limit objects limits what is over."""
+    handle = nft_dump.table_handle(table)
+    if handle is None:
+        return None, [], {}
+    return handle, nft_dump.rules(table), nft_dump.limit_objects(table)
+
+
+def remember(
+    state: State, record: Json, target: str, report: Callable[[str], None], committed: int | None = None
+) -> None:
+    """Save the origin of each rule `record` (a saved form, just put in
+    force) loaded; `committed`, the generation of the ruleset that load
+    committed if nothing else committed since (nft). The rules are in
+    force whatever happens here, so a failure is a warning, and the stale
+    table goes."""
+    try:
+        if record["backend"] == nft.BACKEND and record["listing"] is None:
+            state.remove(origins_path(state))  # no table of nfc's is in force
+            return
+        if record["backend"] == nft.BACKEND:
+            origins = _nft_origins(record["table"], record["listing"]) | {"generation": committed}
+        else:
+            origins = _iptables_origins()
+        origins |= {"target": target, "at": time.time(), "loaded": loaded_digest(record)}
+        state.write(origins_path(state), origins)
+    except (ApplyError, LookupError, TypeError, ValueError) as exc:  # or a listing not as nft writes it
+        with contextlib.suppress(ApplyError):
+            state.remove(origins_path(state))
+        report(f"warning: nfc stats cannot map the rules in force to policy lines: {exc}")
+
+
+def still_in_force(state: State, record: Json) -> bool:
+    """Whether the nft table in force is the one nfc loaded from `record` (a
+    saved form): origins.json maps that load, and the table has the handle
+    it had then (a table deleted and made anew gets another). Its rules
+    may have changed since, its sets' elements only through nfc (`nfc set`,
+    `nfc refresh`) or the kernel (meters), unless someone edits nfc's
+    table by hand."""
+    return in_force(state, record)[0]
+
+
+def in_force(state: State, record: Json) -> tuple[bool, bool]:
+    """`still_in_force`, and whether nothing at all was committed to the
+    ruleset since: the generation the load made, which origins.json
+    keeps, is still the kernel's, so the rules and declarations in force
+    are those of `record` to the byte (the elements of meters and runtime
+    sets change without a commit, from packets, or with `nfc set`, which
+    commits)."""
+    if record.get("backend") != nft.BACKEND or not record.get("listing"):
+        return False, False
+    try:
+        origins = state.read(origins_path(state))
+        if origins is None or origins["backend"] != nft.BACKEND or origins["table"] != record["table"]:
+            return False, False
+        if origins["loaded"] != loaded_digest(record):
+            return False, False
+        if nft_dump.table_handle(record["table"]) != origins["table_handle"]:
+            return False, False
+        recorded = origins.get("generation")
+        return True, recorded is not None and nft_dump.generation() == recorded
+    except ApplyError:
+        return False, False
+
+
+def _nft_origins(table: str, loaded: str) -> Json:
+    """The origin of each rule of the table, and its content as `loaded`
+    (the text just loaded) wrote it, matched rule by rule in each chain."""
+    handle, live, over = nft_table(table)
+    if handle is None:
+        raise ApplyError(f"table inet {table} is not in force")
+    written = _rule_lines(loaded)
+    in_force: dict[str, list[LiveRule]] = {}
+    for rule in live:
+        in_force.setdefault(rule.chain, []).append(rule)
+    contents: dict[int, str] = {}
+    for chain, rules_in_chain in in_force.items():
+        lines = written.get(chain, [])
+        if len(lines) == len(rules_in_chain):
+            contents |= {
+                r.handle: _content(chain, line) for r, line in zip(rules_in_chain, lines, strict=True)
+            }
+    rules = []
+    for rule in live:
+        origin = LABEL.match(rule.comment or "")
+        if origin is not None:
+            rules.append(
+                {
+                    "handle": rule.handle,
+                    "chain": rule.chain,
+                    "file": origin["file"],
+                    "line": int(origin["line"]),
+                    "meter_drops": rule.drops_over(over),
+                    "content": contents.get(rule.handle),
+                }
+            )
+    # the sets of the policy, whose elements nfc knows as loaded
+    policy_sets = {
+        b["name"] for b in SET_BLOCK.finditer(loaded) if b["kind"] == "set" and not RUN_TIME.search(b[0])
+    }
+    counts = {name: count for name, count in set_element_counts(loaded).items() if name in policy_sets}
+    found = {"backend": nft.BACKEND, "table": table, "table_handle": handle, "rules": rules}
+    return found | {"set_elements": counts}
+
+
+def _rule_lines(listing: str) -> dict[str, list[str]]:
+    """The rules of each chain of an nft text (nfc's ruleset.nft, or a
+    listing), one line each, in order."""
+    chains: dict[str, list[str]] = {}
+    chain: list[str] | None = None
+    for line in listing.splitlines():
+        if (start := CHAIN_START.match(line)) is not None:
+            chain = chains.setdefault(start[1], [])
+        elif line == "\t}":
+            chain = None
+        elif (
+            chain is not None
+            and line.startswith("\t\t")
+            and not line.startswith(("\t\ttype ", "\t\tpolicy "))
+        ):
+            chain.append(line.strip())
+    return chains
+
+
+def _content(chain: str, rule: str) -> str:
+    """What a rule does, without its comment and counter: the same content
+    keeps its counts across an apply."""
+    body = rule.rsplit(' comment "', 1)[0]
+    return hashlib.sha256(f"{chain} {COUNTER.sub('', body)}".encode()).hexdigest()
+
+
+def load(kernel: Kernel, state: State, artifact: Artifact) -> None:
+    """Load `artifact` as apply does, its counters starting from the counts of
+    the same rules in force (`carrying_counts`). Should the kernel refuse
+    that text, nothing changed: the artifact itself is loaded, or refused
+    in its own words."""
+    with carrying_counts(state, artifact) as loadable:
+        if loadable is artifact:
+            kernel.load(artifact)
+            return
+        try:
+            kernel.load(loadable)
+        except RestoreFailed:
+            raise
+        except KernelRefused:
+            kernel.load(artifact)
+
+
+@contextlib.contextmanager
+def carrying_counts(state: State, artifact: Artifact) -> Iterator[Artifact]:
+    """`artifact` with, on nft, each counter of a rule whose content the
+    table in force has too (mapped by origins.json) starting from that
+    rule's counts, so that they survive the apply; the packets counted
+    between this read and the load are lost. Anything unusual (no map, a
+    damaged one, another table) carries nothing."""
+    counts = _counts_by_content(state, artifact.table) if artifact.backend == nft.BACKEND else {}
+    if not counts:
+        yield artifact
+        return
+    out = []
+    chain = None
+    for line in artifact.path(nft.RULESET).read_text().splitlines(keepends=True):
+        bare = line.rstrip("\n")
+        if (start := CHAIN_START.match(bare)) is not None:
+            chain = start[1]
+        elif bare == "\t}":
+            chain = None
+        elif chain is not None and " counter " in bare.rsplit(' comment "', 1)[0]:
+            waiting = counts.get(_content(chain, bare.strip()))
+            if waiting:
+                packets, size = waiting.pop(0)
+                line = line.replace(" counter ", f" counter packets {packets} bytes {size} ", 1)
+        out.append(line)
+    with tempfile.TemporaryDirectory(prefix="nfc-counts-") as directory:
+        (Path(directory) / nft.RULESET).write_text("".join(out))
+        yield Artifact(Path(directory), artifact.manifest, artifact.name)
+
+
+def _counts_by_content(state: State, table: str) -> dict[str, list[tuple[int, int]]]:
+    """The counts of the mapped rules of the table in force, by content, in order."""
+    try:
+        origins = state.read(origins_path(state))
+        if origins is None or origins["backend"] != nft.BACKEND or origins["table"] != table:
+            return {}
+        handle, live, _ = nft_table(table)
+    except ApplyError:
+        return {}  # a damaged map or no table: the new rules count from zero
+    if handle != origins["table_handle"]:
+        return {}
+    counters = {rule.handle: rule.counter for rule in live}
+    counts: dict[str, list[tuple[int, int]]] = {}
+    for rule in origins["rules"]:
+        counted = counters.get(rule["handle"])
+        if rule["content"] is not None and counted is not None:
+            counts.setdefault(rule["content"], []).append(counted)
+    return counts
+
+
+def _iptables_origins() -> Json:
+    rules: list[Json] = []
+    dumps = {}
+    for dump, lines in iptables_rules(counted=False).items():
+        dumps[dump] = dump_digest(lines)
+        parents: dict[str, str] = {}  # nfc's own chains, by the built-in chain that jumps to them
+        split = [rule_words(spec) for _, (_, spec) in lines]
+        for (table, _), words in zip(lines, split, strict=True):
+            target = _option(words, "-j") or _option(words, "-g")
+            if target is not None and target.startswith("nfc-"):
+                parents[target] = parents.get(words[1], _chain_name(table, words[1]))
+        for index, ((table, _), words) in enumerate(zip(lines, split, strict=True)):
+            origin = LABEL.match(_option(words, "--comment") or "")
+            target = _option(words, "-j") or ""
+            if origin is None or target.startswith("nfc-not-"):
+                continue  # the chain it jumps to decides and counts, in its last rule
+            rules.append(
+                {
+                    "dump": dump,
+                    "index": index,
+                    "chain": parents.get(words[1], _chain_name(table, words[1])),
+                    "file": origin["file"],
+                    "line": int(origin["line"]),
+                    "meter_drops": "--hashlimit-above" in words and target in ("DROP", "REJECT"),
+                }
+            )
+    return {"backend": iptables.BACKEND, "dumps": dumps, "rules": rules}
+
+
+def _option(words: list[str], flag: str) -> str | None:
+    """The value of the last `flag` in a rule's words."""
+    found = [words[n + 1] for n, word in enumerate(words[:-1]) if word == flag]
+    return found[-1] if found else None
+
+
+def _chain_name(table: str, chain: str) -> str:
+    """A chain as nft names nfc's: input, forward, output, raw_prerouting, ..."""
+    return chain.lower() if table == "filter" else f"{table}_{chain.lower()}"
+
+
+def iptables_rules(counted: bool) -> dict[str, DumpLines]:
+    """Each family's rules in the tables nfc owns, in order: (table, (counters, rule))."""
+    found = {}
+    for dump, tool in iptables.TOOLS.items():
+        lines: DumpLines = []
+        for table in LegacyKernel.TABLES:
+            done = run_tool([f"{tool}-save", "-t", table, *(["-c"] if counted else [])])
+            if done.returncode != 0:
+                raise ApplyError(f"{tool}-save -t {table}: {done.stderr.strip()}")
+            for line in done.stdout.splitlines():
+                if counted and (match := COUNTED.match(line)):
+                    lines.append((table, ((int(match["packets"]), int(match["bytes"])), match["rule"])))
+                elif line.startswith("-A "):
+                    lines.append((table, (None, line)))
+        found[dump] = lines
+    return found
+
+
+def dump_digest(lines: DumpLines) -> str:
+    """The rules of a family as the kernel has them, without their counters."""
+    return hashlib.sha256("\n".join(f"{table} {spec}" for table, (_, spec) in lines).encode()).hexdigest()
