@@ -45,23 +45,6 @@ def nft_json(*command: str) -> list[Json]:
     return [o for o in objects if isinstance(o, dict)]
 
 
-def table_objects(table: str) -> list[Json]:
-    """The objects of `table inet TABLE` (the table, its chains, its rules
-    with their handles and counters, its sets' declarations) without any
-    set's elements: `nft -t list ruleset` is the one listing of rules that
-    leaves them in the kernel (`-t list table` and `-t list chain` fetch
-    them all, and nft takes over a minute over a million). Empty when the
-    table does not exist."""
-    return [o for o in nft_json("-t", "list", "ruleset") if _of_table(o, table)]
-
-
-def _of_table(listed: Json, table: str) -> bool:
-    for kind, body in listed.items():  # one key: table, set, map, chain, rule, ...
-        if isinstance(body, dict) and body.get("family") == "inet":
-            return body.get("name" if kind == "table" else "table") == table
-    return False
-
-
 def filled_at_run_time(declared: Json) -> bool:
     """Whether a set of nfc's (as `nft -j` declares it) gets its elements in
     the kernel: a runtime set or a meter, not a set of the policy's."""
