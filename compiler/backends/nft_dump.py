@@ -30,11 +30,12 @@ from nfc.backends.nft_netlink import (
     message,
 )
 
-NFT_MSG_GETTABLE, NFT_MSG_GETRULE, NFT_MSG_GETGEN, NFT_MSG_GETOBJ = 1, 7, 16, 19
+NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETGEN, NFT_MSG_GETOBJ = 1, 4, 7, 16, 19
 NLMSG_DONE = 3
 NLM_F_DUMP = 0x300
 NLM_F_DUMP_INTR = 0x10
 TABLE_NAME, TABLE_HANDLE = 1, 4
+CHAIN_TABLE, CHAIN_NAME = 1, 3
 RULE_TABLE, RULE_CHAIN, RULE_HANDLE, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 3, 4, 7
 OBJ_TABLE, OBJ_NAME, OBJ_TYPE, OBJ_DATA = 1, 2, 3, 4
 OBJECT_LIMIT = 4
@@ -190,16 +191,51 @@ def tables() -> list[tuple[str, str]]:
 
 
 def rules(table: str) -> list[LiveRule]:
-    """The rules of table inet TABLE, chain by chain, each in order; empty if there is no table."""
-    try:
-        answers = _request(NFT_MSG_GETRULE, NLM_F_DUMP, attribute(RULE_TABLE, table.encode() + b"\0"))
-    except Missing:
-        return []
+    """The rules of table inet TABLE, chain by chain, each in order; empty if there is no table.
+
+    One dump per chain: a dump of the whole table restarts every batch
+    (about 32 KiB, some 60 rules) by skipping all the rules it has sent
+    before, so its cost grows with the square of the table's rules (6 s of
+    kernel time at 100,000 rules); a chain's dump skips only within the
+    chain. Dumps made apart can see different rulesets: if a commit came
+    between the first and the last, the table is read again."""
+    for _ in range(DUMP_TRIES):
+        before = generation()
+        try:
+            found = [rule for chain in _chains(table) for rule in _chain_rules(table, chain)]
+        except Missing:
+            if table_handle(table) is None:
+                return []
+            continue  # a chain went away with a commit: read again
+        if generation() == before:
+            return found
+    raise ApplyError("the ruleset kept changing while nfc read it over netlink")
+
+
+def _chains(table: str) -> list[bytes]:
+    """The names of table inet TABLE's chains, NUL-terminated as the kernel
+    gives and takes them, in the kernel's order."""
     wanted = table.encode() + b"\0"
-    chains: dict[bytes, str] = {}
+    names = []
+    for data, start, end in _request(NFT_MSG_GETCHAIN, NLM_F_DUMP, attribute(CHAIN_TABLE, wanted)):
+        of_table, name = False, b""
+        for kind, at, stop in _attributes(data, start, end):
+            if kind == CHAIN_TABLE:
+                of_table = data[at:stop] == wanted
+            elif kind == CHAIN_NAME:
+                name = data[at:stop]
+        if of_table and name:
+            names.append(name)
+    return names
+
+
+def _chain_rules(table: str, chain_name: bytes) -> list[LiveRule]:
+    wanted = table.encode() + b"\0"
+    body = attribute(RULE_TABLE, wanted) + attribute(RULE_CHAIN, chain_name)
+    chain = _text(chain_name, 0, len(chain_name))
     found = []
-    for data, start, end in answers:
-        of_table, chain, handle, comment = False, "", 0, None
+    for data, start, end in _request(NFT_MSG_GETRULE, NLM_F_DUMP, body):
+        of_table, of_chain, handle, comment = False, False, 0, None
         counter: tuple[int, int] | None = None
         limits: list[bool | str] = []
         drops = False
@@ -207,8 +243,7 @@ def rules(table: str) -> list[LiveRule]:
             if kind == RULE_TABLE:
                 of_table = data[at:stop] == wanted
             elif kind == RULE_CHAIN:
-                name = data[at:stop]
-                chain = chains.get(name) or chains.setdefault(name, _text(data, at, stop))
+                of_chain = data[at:stop] == chain_name
             elif kind == RULE_HANDLE:
                 handle = _u64(data, at)
             elif kind == RULE_USERDATA:
@@ -225,7 +260,7 @@ def rules(table: str) -> list[LiveRule]:
                         drops = True
                     else:
                         limits += _limits(data, expression, inner, inner_end)
-        if of_table:
+        if of_table and of_chain:
             found.append(LiveRule(chain, handle, comment, counter, tuple(limits), drops))
     return found
 
