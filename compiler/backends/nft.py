@@ -280,10 +280,11 @@ def _comment(ruleset: Ruleset, origin: Origin, note: str | None) -> str:
 
 
 def _rule(ruleset: Ruleset, rule: Rule) -> list[str]:
-    match = _match(rule.match)
-    parts = list(match)
-    if rule.meter is not None:
-        parts.append(_meter(rule.meter))
+    parts = _match(rule.match)
+    meter = rule.meter
+    match = parts[:] if meter is not None and meter.key is not None else []  # for the guard below
+    if meter is not None:
+        parts.append(_meter(meter))
     if rule.counter:
         parts.append("counter")
     if rule.log is not None:
@@ -297,7 +298,6 @@ def _rule(ruleset: Ruleset, rule: Rule) -> list[str]:
     note = rule_note(rule)
     parts.append(_comment(ruleset, rule.origin, note))
     lines = [" ".join(parts)]
-    meter = rule.meter
     if meter is not None and meter.key is not None:
         # A full dynamic set makes `update` fail, so the rule above does not
         # match and the packet would pass. Drop what the meter could not

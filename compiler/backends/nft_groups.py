@@ -212,10 +212,15 @@ def _relation(element: Element, other: Element) -> str:
 def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
     """A plain rule's shape and elements, or None if it cannot be one lookup's."""
     match = rule.match
-    values = dict(zip(KEY_SPACE, KEY_VALUES(match), strict=True))
-    fields = [name for name in KEY_FIELDS if _keyable(values[name])]
+    key_values = KEY_VALUES(match)
+    fields = [
+        name
+        for name, value in zip(KEY_FIELDS, key_values[1:], strict=True)
+        if value is not None and _keyable(value)
+    ]
     if not fields:
         return None
+    values = dict(zip(KEY_SPACE, key_values, strict=True))
     ports = [name for name in ("sport", "dport") if values[name] is not None]
     if ports and all(name in fields for name in ports):
         # The protocol is a dimension of the elements, so that TCP and UDP
@@ -241,10 +246,10 @@ def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
     return shape, elements
 
 
-def _keyable(value: Interfaces | Addresses | Ports | None) -> bool:
-    """A field the key may hold: present, listed by value (a named set is
+def _keyable(value: Interfaces | Addresses | Ports) -> bool:
+    """A field the key may hold: listed by value (a named set is
     referred to as it is) and, for interfaces, without wildcards."""
-    if value is None or value.set_name is not None:
+    if value.set_name is not None:
         return False
     if isinstance(value, Addresses):
         return not value.negated

@@ -84,7 +84,7 @@ class _Planner:
         self.conflicting: dict[ConflictKey, list[ConflictKey]] = {}
         self.cubes: dict[int, list[Cube]] = {}
         self.apart: dict[tuple[int, int], bool] = {}
-        self.bounds: dict[int, Bounds] = {}
+        self.bounds: list[Bounds | None] = [None] * len(rules)  # each rule's, once asked for
         self.alone: dict[int, Group] = {}  # the groups of rules that stay rules of their own
         # The round's groups, their member counts, by outcome the positions
         # and member counts of the groups all of whose members have it (what
@@ -100,32 +100,40 @@ class _Planner:
         group of its shape if it can move there, else starts one."""
         self.plan, self.counts, self.same, self.placed = [], [], {}, {}
         last_of_shape: dict[int, int] = {}  # shape number -> position of its latest group
+        plan, keys, alone = self.plan, self.keys, self.alone
         for index, this in enumerate(keyed):
             outcome = self.outcomes[index]
             if this is not None:
                 shape, number, elements = this
                 at = last_of_shape.get(number)
                 if at is not None and self._can_move(index, at + 1):
-                    group = self.plan[at]
+                    group = plan[at]
                     was = next(iter(group.outcomes)) if len(group.outcomes) == 1 else MIXED
                     if join(group, index, elements, outcome):
                         self._grown(index, at, was)
                         continue
                 group = Group(shape, [])
                 join(group, index, elements, outcome)
-                last_of_shape[number] = len(self.plan)
-            elif index in self.alone:
-                group = self.alone[index]
+                last_of_shape[number] = len(plan)
+            elif index in alone:
+                group = alone[index]
             else:  # never joined: the same group in every round
-                group = self.alone[index] = Group(None, [index], outcomes={outcome})
-            position = len(self.plan)
-            self.plan.append(group)
+                group = alone[index] = Group(None, [index], outcomes={outcome})
+            # Filed inline, as `_file` and `same` would: this runs once per group of every round,
+            # and a new group's position is the latest, so each list stays in order by appending.
+            position = len(plan)
+            plan.append(group)
             self.counts.append(1)
-            positions, counts = self.same.setdefault(outcome, ([], []))
-            positions.append(position)
-            counts.append(1)
-            self._file(index, position)
-        return self.plan
+            same = self.same.get(outcome)
+            if same is None:
+                same = self.same[outcome] = ([], [])
+            same[0].append(position)
+            same[1].append(1)
+            placed = self.placed.get(keys[index])
+            if placed is None:
+                placed = self.placed[keys[index]] = []
+            placed.append((position, index))
+        return plan
 
     def _grown(self, index: int, position: int, was: int) -> None:
         """Rule `index` joined the group at `position`, whose members all had outcome `was` (or MIXED)."""
@@ -158,11 +166,19 @@ class _Planner:
         same = sum(counts[bisect.bisect_left(positions, start) :])
         if count + sum(self.counts[start:]) - same > MOVE_BUDGET:
             return False
-        for key in self._conflicting(self.keys[index]):
+        # The loop of every move: the pair cache read inline, not through a method.
+        apart = self.apart
+        own = self.keys[index]
+        conflicting = self.conflicting.get(own)
+        for key in self._conflicting(own) if conflicting is None else conflicting:
             placed = self.placed.get(key)
             if placed:
                 for _, other in placed[bisect.bisect_left(placed, (start, -1)) :]:
-                    if not self._apart(index, other):
+                    pair = (index, other)
+                    known = apart.get(pair)
+                    if known is None:
+                        known = apart[pair] = self._disjoint(index, other)
+                    if not known:
                         return False
         return True
 
@@ -180,17 +196,13 @@ class _Planner:
             ]
         return self.conflicting[key]
 
-    def _apart(self, index: int, other: int) -> bool:
-        pair = (index, other)
-        if pair not in self.apart:
-            self.apart[pair] = self._disjoint(index, other)
-        return self.apart[pair]
-
     def _disjoint(self, index: int, other: int) -> bool:
         """Whether no packet matches both rules: by their bounds where they
         tell (protocols are apart by conflict key already), else by the
         match space."""
-        mine, theirs = self._bounds(index), self._bounds(other)
+        bounds = self.bounds
+        mine = bounds[index] or self._bounds(index)
+        theirs = bounds[other] or self._bounds(other)
         if mine.family and theirs.family and mine.family != theirs.family:
             return True
         for here, there in zip(mine.intervals, theirs.intervals, strict=True):
@@ -204,9 +216,8 @@ class _Planner:
         return not overlap(self._cubes(index), self._cubes(other))
 
     def _bounds(self, index: int) -> Bounds:
-        if index not in self.bounds:
-            self.bounds[index] = _bounds(self.rules[index].match)
-        return self.bounds[index]
+        found = self.bounds[index] = _bounds(self.rules[index].match)
+        return found
 
     def _cubes(self, index: int) -> list[Cube]:
         if index not in self.cubes:
