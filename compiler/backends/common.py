@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
+from ipaddress import IPv4Address, IPv6Address
 
 from nfc.errors import Loc, printable
 from nfc.ir import Network, Rule, RuleRole, Ruleset
@@ -33,10 +35,25 @@ def network_text(network: Network) -> str:
         return cached[1]
     if len(_TEXTS) >= MAX_CACHED_TEXTS:
         _TEXTS.clear()
-    host = network.prefixlen == network.max_prefixlen
-    text = str(network.network_address) if host else str(network)
+    text = _address_text(network.network_address)
+    length = network.prefixlen
+    if length != network.max_prefixlen:
+        text += f"/{length}"
     _TEXTS[id(network)] = (network, text)
     return text
+
+
+def _address_text(address: IPv4Address | IPv6Address) -> str:
+    """`str(address)`, in C where it can: ipaddress's IPv6 text is Python
+    code, slow for a list's tens of thousands of networks. inet_ntop writes
+    the same text but for ::/96 and ::ffff:0:0/96, whose last 32 bits it may
+    write as IPv4 (`::ffff:1.2.3.4`, ipaddress `::ffff:102:304`), and for scoped addresses."""
+    value = int(address)
+    if isinstance(address, IPv4Address):
+        return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
+    if value >> 32 in (0, 0xFFFF) or address.scope_id is not None:
+        return str(address)
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
 MAX_CACHED_TEXTS = 1 << 18  # networks whose text is kept: a bound on the memory a long list holds

@@ -139,6 +139,20 @@ class Group:
     elements: dict[Element, int] = field(default_factory=dict)  # element -> the member it came from
     outcomes: set[int] = field(default_factory=set)  # the members', numbered (see `_Planner`)
     nearby: dict[tuple[str, ...], Nearby] = field(default_factory=dict)  # an interval group's, by names
+    unfiled: list[Element] | None = None  # its first member's elements, until another rule tries to join
+
+
+def start(shape: Shape, index: int, elements: list[Element], outcome: int) -> Group:
+    """A group of rule `index` alone, as `join` would start it. Most groups
+    stay one rule's, so its elements are filed in `nearby` only once another
+    rule tries to join: in the same order, so the filing is the same."""
+    return Group(
+        shape,
+        [index],
+        {element: index for element in elements},
+        {outcome},
+        unfiled=elements if shape.interval else None,
+    )
 
 
 def join(group: Group, index: int, elements: list[Element], outcome: int) -> bool:
@@ -147,6 +161,10 @@ def join(group: Group, index: int, elements: list[Element], outcome: int) -> boo
     would cut across another's intervals or the comparisons exceed SCAN_BUDGET."""
     shape = group.shape
     assert shape is not None
+    if group.unfiled is not None:
+        for element in group.unfiled:
+            _file(group, shape, element)
+        group.unfiled = None
     fresh = [e for e in elements if e not in group.elements]
     if shape.interval:
         kept = []
@@ -166,15 +184,19 @@ def join(group: Group, index: int, elements: list[Element], outcome: int) -> boo
                 kept.append(element)
         fresh = kept
         for element in fresh:
-            names = _names(element)
-            if names not in group.nearby:
-                group.nearby[names] = _lead(shape)
-            group.nearby[names].file(element)
+            _file(group, shape, element)
     for element in fresh:
         group.elements[element] = index
     group.members.append(index)
     group.outcomes.add(outcome)
     return True
+
+
+def _file(group: Group, shape: Shape, element: Element) -> None:
+    names = _names(element)
+    if names not in group.nearby:
+        group.nearby[names] = _lead(shape)
+    group.nearby[names].file(element)
 
 
 def _names(element: Element) -> tuple[str, ...]:
@@ -242,7 +264,7 @@ def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
         reject=rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
         sample=match,
     )
-    elements = [tuple(atom[:3] for atom in atoms) for atoms in itertools.product(*columns)]
+    elements = list(itertools.product(*([atom[:3] for atom in column] for column in columns)))
     return shape, elements
 
 

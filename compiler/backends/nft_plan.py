@@ -22,7 +22,7 @@ import bisect
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from nfc.backends.nft_groups import Element, Group, Interval, Shape, as_key, join
+from nfc.backends.nft_groups import Element, Group, Interval, Shape, as_key, join, start
 from nfc.ir import Addresses, Family, Interfaces, Match, Rule, Verdict
 from nfc.space import Cube, Space, overlap
 
@@ -112,8 +112,7 @@ class _Planner:
                     if join(group, index, elements, outcome):
                         self._grown(index, at, was)
                         continue
-                group = Group(shape, [])
-                join(group, index, elements, outcome)
+                group = start(shape, index, elements, outcome)
                 last_of_shape[number] = len(plan)
             elif index in alone:
                 group = alone[index]

@@ -92,7 +92,7 @@ class Declarations:
         name = f"{name}{number}" if number > 1 else name
         self.taken.add(name)
         body = _each(ruleset, rules, self)
-        self.blocks.append([f"chain {name} {{", *(f"\t{line}" for line in body), "}"])
+        self.blocks.append([f"chain {name} {{", *[f"\t{line}" for line in body], "}"])
         return name
 
     def list_set(self, ruleset: Ruleset, rule: Rule, value: Addresses | Ports) -> str:
