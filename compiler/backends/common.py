@@ -63,8 +63,9 @@ _TEXTS: dict[int, tuple[Network, str]] = {}
 def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:
     """`FILE:LINE` for a generated comment, FILE relative to the policy's directory."""
     line = f":{origin.line}"
-    label = _path_text(origin.file, ruleset.source, limit) + line
-    if len(label.encode()) > limit:
+    path, size = _path_text(origin.file, ruleset.source, limit)
+    label = path + line
+    if size + len(line) > limit:  # `line` is ASCII: its UTF-8 is as long as it
         name = printable(os.path.basename(origin.file), limit)
         while len((name + line).encode()) > limit:
             name = name[1:]
@@ -73,8 +74,9 @@ def origin_label(ruleset: Ruleset, origin: Loc, limit: int) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _path_text(file: str, policy: str, limit: int) -> str:
-    """`file` as seen from the directory of `policy`, printable: once per
-    file and limit, not once per rule."""
+def _path_text(file: str, policy: str, limit: int) -> tuple[str, int]:
+    """`file` as seen from the directory of `policy`, printable, and the
+    length of its UTF-8: once per file and limit, not once per rule."""
     base = os.path.dirname(policy)
-    return printable(os.path.relpath(file, base) if base else file, limit)
+    text = printable(os.path.relpath(file, base) if base else file, limit)
+    return text, len(text.encode())
