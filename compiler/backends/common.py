@@ -19,9 +19,12 @@ ROLE_NOTES = {
 }
 
 
+USER = RuleRole.USER  # an enum member read through its class is a Python call
+
+
 def rule_note(rule: Rule) -> str | None:
     """The text after FILE:LINE in a generated rule's comment."""
-    return rule.comment if rule.role is RuleRole.USER else ROLE_NOTES[rule.role]
+    return rule.comment if rule.role is USER else ROLE_NOTES[rule.role]
 
 
 def network_text(network: Network) -> str:

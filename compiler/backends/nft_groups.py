@@ -243,8 +243,10 @@ def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
     if not fields:
         return None
     values = dict(zip(KEY_SPACE, key_values, strict=True))
-    ports = [name for name in ("sport", "dport") if values[name] is not None]
-    if ports and all(name in fields for name in ports):
+    sport, dport = values["sport"], values["dport"]
+    if (sport is not None or dport is not None) and (
+        (sport is None or "sport" in fields) and (dport is None or "dport" in fields)
+    ):
         # The protocol is a dimension of the elements, so that TCP and UDP
         # rules of one shape share a lookup: `meta l4proto . th dport`. (A
         # port left outside the key, a named set, needs its protocol there.)
@@ -255,14 +257,24 @@ def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
     masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
     interval = INTERVAL_ONLY in masks
     addresses = values["saddr"] if "saddr" in fields else values["daddr"] if "daddr" in fields else None
-    shape = Shape(
-        others=(OTHER_FIELDS(match), *[None if name in fields else values[name] for name in KEY_SPACE]),
-        family=addresses.family if isinstance(addresses, Addresses) else None,
-        fields=tuple(fields),
-        masks=tuple(None if interval else mask for mask in masks),
-        interval=interval,
-        reject=rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
-        sample=match,
+    # Built by its `__dict__`, as `Match.of` builds a match: a frozen dataclass's
+    # `__init__` costs a call per field, and every plain rule has a shape.
+    shape = object.__new__(Shape)
+    object.__setattr__(
+        shape,
+        "__dict__",
+        {
+            "others": (
+                OTHER_FIELDS(match),
+                *[None if name in fields else values[name] for name in KEY_SPACE],
+            ),
+            "family": addresses.family if isinstance(addresses, Addresses) else None,
+            "fields": tuple(fields),
+            "masks": (None,) * len(masks) if interval else tuple(masks),
+            "interval": interval,
+            "reject": rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
+            "sample": match,
+        },
     )
     elements = list(itertools.product(*([atom[:3] for atom in column] for column in columns)))
     return shape, elements

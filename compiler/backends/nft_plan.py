@@ -245,15 +245,15 @@ def _bounds(match: Match) -> Bounds:
     destination = None if daddr is None or daddr.negated or daddr.runtime else daddr
     incoming = None if iifname is None or _wildcard(iifname) else frozenset(iifname.names)
     outgoing = None if oifname is None or _wildcard(oifname) else frozenset(oifname.names)
-    families = set()
-    if source is not None:
-        families.add(_family_name(source.family))
-    if destination is not None:
-        families.add(_family_name(destination.family))
-    if match.family:
-        families.add(_family_name(match.family))
+    family, mixed = match.family, False  # the one family of the rule and its addresses, if one
+    for addresses in (source, destination):
+        if addresses is not None:
+            if family is None:
+                family = addresses.family
+            elif addresses.family is not family:
+                mixed = True
     return Bounds(
-        family=families.pop() if len(families) == 1 else None,
+        family=None if mixed else _family_name(family),
         intervals=(
             None if match.sport is None else match.sport.ranges,
             None if match.dport is None else match.dport.ranges,
@@ -298,13 +298,13 @@ def _family_name(family: Family | None) -> str | None:
 def _intervals(addresses: Addresses) -> tuple[Interval, ...]:
     """Networks as sorted intervals, IPv6 ones above every IPv4 one: of
     different families, they are apart."""
-    offset = 0 if addresses.family is Family.V4 else 1 << 128
-    bits = addresses.family.max_prefix
-    intervals = []
-    for network in addresses.networks:
-        low = offset + int(network.network_address)
-        intervals.append((low, low + (1 << (bits - network.prefixlen)) - 1))
-    return tuple(intervals)
+    offset, bits = (0, 32) if addresses.family is Family.V4 else (1 << 128, 128)
+    return tuple(
+        [
+            (low := offset + int(network.network_address), low + (1 << (bits - network.prefixlen)) - 1)
+            for network in addresses.networks
+        ]
+    )
 
 
 def _outcome(rule: Rule) -> Outcome:
