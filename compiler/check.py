@@ -338,7 +338,7 @@ class RuleChecker:
                 saddr = self._ir_addresses(parts.saddr, family)
             if parts.daddr is not None:
                 daddr = self._ir_addresses(parts.daddr, family)
-        return Match(
+        return Match.of(
             family=only,
             protocol=parts.protocol,
             sport=parts.sport,

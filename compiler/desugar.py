@@ -179,7 +179,7 @@ def _lower_rule(lowering: Lowering, rule: ParsedRule, chain: str, ordinal: int) 
         # One rule split in several still has one global bucket.
         limit = replace(limit, name=f"{chain}_{ordinal}")
     return [
-        Rule(
+        Rule.of(
             match=match,
             verdict=verdict,
             origin=origin,
@@ -188,6 +188,7 @@ def _lower_rule(lowering: Lowering, rule: ParsedRule, chain: str, ordinal: int) 
             counter=node.counter,
             comment=comment,
             expires=text.expires,
+            role=RuleRole.USER,
         )
         for match in matches
     ]

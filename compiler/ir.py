@@ -135,6 +135,44 @@ class Match:
     icmp_types: tuple[str, ...] = ()  # of `protocol` (icmp or icmpv6)
     ct_status: tuple[CtStatus, ...] = ()  # all of them must be set
 
+    @classmethod
+    def of(
+        cls,
+        family: Family | None,
+        protocol: str | None,
+        sport: Ports | None,
+        dport: Ports | None,
+        saddr: Addresses | None,
+        daddr: Addresses | None,
+        iifname: Interfaces | None,
+        oifname: Interfaces | None,
+        ct_state: tuple[CtState, ...],
+        icmp_types: tuple[str, ...],
+        ct_status: tuple[CtStatus, ...],
+    ) -> Match:
+        """`Match(...)` with every field given, built by filling its `__dict__`:
+        a frozen dataclass's `__init__` sets each field by `object.__setattr__`,
+        slow for the hundreds of thousands of rules a big policy lowers to."""
+        match = object.__new__(cls)
+        object.__setattr__(
+            match,
+            "__dict__",
+            {
+                "family": family,
+                "protocol": protocol,
+                "sport": sport,
+                "dport": dport,
+                "saddr": saddr,
+                "daddr": daddr,
+                "iifname": iifname,
+                "oifname": oifname,
+                "ct_state": ct_state,
+                "icmp_types": icmp_types,
+                "ct_status": ct_status,
+            },
+        )
+        return match
+
     def mirrored(self) -> Match:
         """The reverse path: ports, addresses and interfaces swap roles."""
         return Match(
@@ -220,6 +258,38 @@ class Rule:
     comment: str | None = None
     expires: dt.date | None = None
     role: RuleRole = RuleRole.USER
+
+    @classmethod
+    def of(
+        cls,
+        match: Match,
+        verdict: Verdict,
+        origin: Origin,
+        meter: Meter | None,
+        log: Log | None,
+        counter: bool,
+        comment: str | None,
+        expires: dt.date | None,
+        role: RuleRole,
+    ) -> Rule:
+        """`Rule(...)` with every field given, built as `Match.of` builds a match."""
+        rule = object.__new__(cls)
+        object.__setattr__(
+            rule,
+            "__dict__",
+            {
+                "match": match,
+                "verdict": verdict,
+                "origin": origin,
+                "meter": meter,
+                "log": log,
+                "counter": counter,
+                "comment": comment,
+                "expires": expires,
+                "role": role,
+            },
+        )
+        return rule
 
 
 @dataclass(frozen=True)

@@ -197,8 +197,7 @@ def _interfaces(interfaces: Interfaces) -> str:
 
 def _match(match: Match) -> list[str]:
     # Written out field by field, without a loop over (keyword, value)
-    # pairs or a dict keyed by the family: this runs once per rule, and an
-    # enum member's hash is Python code.
+    # pairs: this runs once per rule. (A family hashes in C: see `Family`.)
     parts = []
     if match.iifname is not None:
         parts.append("iifname " + _interfaces(match.iifname))
@@ -208,9 +207,9 @@ def _match(match: Match) -> list[str]:
     if match.family is not None and not (saddr or daddr or match.icmp_types):
         parts.append(f"meta nfproto {match.family.value}")
     if saddr is not None:
-        parts.append(("ip saddr " if saddr.family is Family.V4 else "ip6 saddr ") + _addresses(saddr))
+        parts.append(f"{ADDRESS_KEYWORD[saddr.family]} saddr {_addresses(saddr)}")
     if daddr is not None:
-        parts.append(("ip daddr " if daddr.family is Family.V4 else "ip6 daddr ") + _addresses(daddr))
+        parts.append(f"{ADDRESS_KEYWORD[daddr.family]} daddr {_addresses(daddr)}")
     if match.icmp_types:
         parts.append(f"{match.protocol} type {_names(match.icmp_types)}")
     elif match.sport or match.dport:
@@ -280,10 +279,11 @@ def _comment(ruleset: Ruleset, origin: Origin, note: str | None) -> str:
 
 
 def _rule(ruleset: Ruleset, rule: Rule) -> list[str]:
-    match = _match(rule.match)
-    parts = list(match)
-    if rule.meter is not None:
-        parts.append(_meter(rule.meter))
+    parts = _match(rule.match)
+    meter = rule.meter
+    match = parts[:] if meter is not None and meter.key is not None else []  # for the guard below
+    if meter is not None:
+        parts.append(_meter(meter))
     if rule.counter:
         parts.append("counter")
     if rule.log is not None:
@@ -297,7 +297,6 @@ def _rule(ruleset: Ruleset, rule: Rule) -> list[str]:
     note = rule_note(rule)
     parts.append(_comment(ruleset, rule.origin, note))
     lines = [" ".join(parts)]
-    meter = rule.meter
     if meter is not None and meter.key is not None:
         # A full dynamic set makes `update` fail, so the rule above does not
         # match and the packet would pass. Drop what the meter could not

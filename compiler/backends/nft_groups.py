@@ -139,6 +139,20 @@ class Group:
     elements: dict[Element, int] = field(default_factory=dict)  # element -> the member it came from
     outcomes: set[int] = field(default_factory=set)  # the members', numbered (see `_Planner`)
     nearby: dict[tuple[str, ...], Nearby] = field(default_factory=dict)  # an interval group's, by names
+    unfiled: list[Element] | None = None  # its first member's elements, until another rule tries to join
+
+
+def start(shape: Shape, index: int, elements: list[Element], outcome: int) -> Group:
+    """A group of rule `index` alone, as `join` would start it. Most groups
+    stay one rule's, so its elements are filed in `nearby` only once another
+    rule tries to join: in the same order, so the filing is the same."""
+    return Group(
+        shape,
+        [index],
+        {element: index for element in elements},
+        {outcome},
+        unfiled=elements if shape.interval else None,
+    )
 
 
 def join(group: Group, index: int, elements: list[Element], outcome: int) -> bool:
@@ -147,6 +161,10 @@ def join(group: Group, index: int, elements: list[Element], outcome: int) -> boo
     would cut across another's intervals or the comparisons exceed SCAN_BUDGET."""
     shape = group.shape
     assert shape is not None
+    if group.unfiled is not None:
+        for element in group.unfiled:
+            _file(group, shape, element)
+        group.unfiled = None
     fresh = [e for e in elements if e not in group.elements]
     if shape.interval:
         kept = []
@@ -166,15 +184,19 @@ def join(group: Group, index: int, elements: list[Element], outcome: int) -> boo
                 kept.append(element)
         fresh = kept
         for element in fresh:
-            names = _names(element)
-            if names not in group.nearby:
-                group.nearby[names] = _lead(shape)
-            group.nearby[names].file(element)
+            _file(group, shape, element)
     for element in fresh:
         group.elements[element] = index
     group.members.append(index)
     group.outcomes.add(outcome)
     return True
+
+
+def _file(group: Group, shape: Shape, element: Element) -> None:
+    names = _names(element)
+    if names not in group.nearby:
+        group.nearby[names] = _lead(shape)
+    group.nearby[names].file(element)
 
 
 def _names(element: Element) -> tuple[str, ...]:
@@ -212,12 +234,19 @@ def _relation(element: Element, other: Element) -> str:
 def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
     """A plain rule's shape and elements, or None if it cannot be one lookup's."""
     match = rule.match
-    values = dict(zip(KEY_SPACE, KEY_VALUES(match), strict=True))
-    fields = [name for name in KEY_FIELDS if _keyable(values[name])]
+    key_values = KEY_VALUES(match)
+    fields = [
+        name
+        for name, value in zip(KEY_FIELDS, key_values[1:], strict=True)
+        if value is not None and _keyable(value)
+    ]
     if not fields:
         return None
-    ports = [name for name in ("sport", "dport") if values[name] is not None]
-    if ports and all(name in fields for name in ports):
+    values = dict(zip(KEY_SPACE, key_values, strict=True))
+    sport, dport = values["sport"], values["dport"]
+    if (sport is not None or dport is not None) and (
+        (sport is None or "sport" in fields) and (dport is None or "dport" in fields)
+    ):
         # The protocol is a dimension of the elements, so that TCP and UDP
         # rules of one shape share a lookup: `meta l4proto . th dport`. (A
         # port left outside the key, a named set, needs its protocol there.)
@@ -228,23 +257,33 @@ def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
     masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
     interval = INTERVAL_ONLY in masks
     addresses = values["saddr"] if "saddr" in fields else values["daddr"] if "daddr" in fields else None
-    shape = Shape(
-        others=(OTHER_FIELDS(match), *[None if name in fields else values[name] for name in KEY_SPACE]),
-        family=addresses.family if isinstance(addresses, Addresses) else None,
-        fields=tuple(fields),
-        masks=tuple(None if interval else mask for mask in masks),
-        interval=interval,
-        reject=rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
-        sample=match,
+    # Built by its `__dict__`, as `Match.of` builds a match: a frozen dataclass's
+    # `__init__` costs a call per field, and every plain rule has a shape.
+    shape = object.__new__(Shape)
+    object.__setattr__(
+        shape,
+        "__dict__",
+        {
+            "others": (
+                OTHER_FIELDS(match),
+                *[None if name in fields else values[name] for name in KEY_SPACE],
+            ),
+            "family": addresses.family if isinstance(addresses, Addresses) else None,
+            "fields": tuple(fields),
+            "masks": (None,) * len(masks) if interval else tuple(masks),
+            "interval": interval,
+            "reject": rule.verdict if rule.verdict.kind not in MAP_VERDICTS else None,
+            "sample": match,
+        },
     )
-    elements = [tuple(atom[:3] for atom in atoms) for atoms in itertools.product(*columns)]
+    elements = list(itertools.product(*([atom[:3] for atom in column] for column in columns)))
     return shape, elements
 
 
-def _keyable(value: Interfaces | Addresses | Ports | None) -> bool:
-    """A field the key may hold: present, listed by value (a named set is
+def _keyable(value: Interfaces | Addresses | Ports) -> bool:
+    """A field the key may hold: listed by value (a named set is
     referred to as it is) and, for interfaces, without wildcards."""
-    if value is None or value.set_name is not None:
+    if value.set_name is not None:
         return False
     if isinstance(value, Addresses):
         return not value.negated

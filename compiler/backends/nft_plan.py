@@ -22,7 +22,7 @@ import bisect
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from nfc.backends.nft_groups import Element, Group, Interval, Shape, as_key, join
+from nfc.backends.nft_groups import Element, Group, Interval, Shape, as_key, join, start
 from nfc.ir import Addresses, Family, Interfaces, Match, Rule, Verdict
 from nfc.space import Cube, Space, overlap
 
@@ -84,7 +84,7 @@ class _Planner:
         self.conflicting: dict[ConflictKey, list[ConflictKey]] = {}
         self.cubes: dict[int, list[Cube]] = {}
         self.apart: dict[tuple[int, int], bool] = {}
-        self.bounds: dict[int, Bounds] = {}
+        self.bounds: list[Bounds | None] = [None] * len(rules)  # each rule's, once asked for
         self.alone: dict[int, Group] = {}  # the groups of rules that stay rules of their own
         # The round's groups, their member counts, by outcome the positions
         # and member counts of the groups all of whose members have it (what
@@ -100,32 +100,39 @@ class _Planner:
         group of its shape if it can move there, else starts one."""
         self.plan, self.counts, self.same, self.placed = [], [], {}, {}
         last_of_shape: dict[int, int] = {}  # shape number -> position of its latest group
+        plan, keys, alone = self.plan, self.keys, self.alone
         for index, this in enumerate(keyed):
             outcome = self.outcomes[index]
             if this is not None:
                 shape, number, elements = this
                 at = last_of_shape.get(number)
                 if at is not None and self._can_move(index, at + 1):
-                    group = self.plan[at]
+                    group = plan[at]
                     was = next(iter(group.outcomes)) if len(group.outcomes) == 1 else MIXED
                     if join(group, index, elements, outcome):
                         self._grown(index, at, was)
                         continue
-                group = Group(shape, [])
-                join(group, index, elements, outcome)
-                last_of_shape[number] = len(self.plan)
-            elif index in self.alone:
-                group = self.alone[index]
+                group = start(shape, index, elements, outcome)
+                last_of_shape[number] = len(plan)
+            elif index in alone:
+                group = alone[index]
             else:  # never joined: the same group in every round
-                group = self.alone[index] = Group(None, [index], outcomes={outcome})
-            position = len(self.plan)
-            self.plan.append(group)
+                group = alone[index] = Group(None, [index], outcomes={outcome})
+            # Filed inline, as `_file` and `same` would: this runs once per group of every round,
+            # and a new group's position is the latest, so each list stays in order by appending.
+            position = len(plan)
+            plan.append(group)
             self.counts.append(1)
-            positions, counts = self.same.setdefault(outcome, ([], []))
-            positions.append(position)
-            counts.append(1)
-            self._file(index, position)
-        return self.plan
+            same = self.same.get(outcome)
+            if same is None:
+                same = self.same[outcome] = ([], [])
+            same[0].append(position)
+            same[1].append(1)
+            placed = self.placed.get(keys[index])
+            if placed is None:
+                placed = self.placed[keys[index]] = []
+            placed.append((position, index))
+        return plan
 
     def _grown(self, index: int, position: int, was: int) -> None:
         """Rule `index` joined the group at `position`, whose members all had outcome `was` (or MIXED)."""
@@ -158,11 +165,19 @@ class _Planner:
         same = sum(counts[bisect.bisect_left(positions, start) :])
         if count + sum(self.counts[start:]) - same > MOVE_BUDGET:
             return False
-        for key in self._conflicting(self.keys[index]):
+        # The loop of every move: the pair cache read inline, not through a method.
+        apart = self.apart
+        own = self.keys[index]
+        conflicting = self.conflicting.get(own)
+        for key in self._conflicting(own) if conflicting is None else conflicting:
             placed = self.placed.get(key)
             if placed:
                 for _, other in placed[bisect.bisect_left(placed, (start, -1)) :]:
-                    if not self._apart(index, other):
+                    pair = (index, other)
+                    known = apart.get(pair)
+                    if known is None:
+                        known = apart[pair] = self._disjoint(index, other)
+                    if not known:
                         return False
         return True
 
@@ -180,17 +195,13 @@ class _Planner:
             ]
         return self.conflicting[key]
 
-    def _apart(self, index: int, other: int) -> bool:
-        pair = (index, other)
-        if pair not in self.apart:
-            self.apart[pair] = self._disjoint(index, other)
-        return self.apart[pair]
-
     def _disjoint(self, index: int, other: int) -> bool:
         """Whether no packet matches both rules: by their bounds where they
         tell (protocols are apart by conflict key already), else by the
         match space."""
-        mine, theirs = self._bounds(index), self._bounds(other)
+        bounds = self.bounds
+        mine = bounds[index] or self._bounds(index)
+        theirs = bounds[other] or self._bounds(other)
         if mine.family and theirs.family and mine.family != theirs.family:
             return True
         for here, there in zip(mine.intervals, theirs.intervals, strict=True):
@@ -204,9 +215,8 @@ class _Planner:
         return not overlap(self._cubes(index), self._cubes(other))
 
     def _bounds(self, index: int) -> Bounds:
-        if index not in self.bounds:
-            self.bounds[index] = _bounds(self.rules[index].match)
-        return self.bounds[index]
+        found = self.bounds[index] = _bounds(self.rules[index].match)
+        return found
 
     def _cubes(self, index: int) -> list[Cube]:
         if index not in self.cubes:
@@ -235,15 +245,15 @@ def _bounds(match: Match) -> Bounds:
     destination = None if daddr is None or daddr.negated or daddr.runtime else daddr
     incoming = None if iifname is None or _wildcard(iifname) else frozenset(iifname.names)
     outgoing = None if oifname is None or _wildcard(oifname) else frozenset(oifname.names)
-    families = set()
-    if source is not None:
-        families.add(_family_name(source.family))
-    if destination is not None:
-        families.add(_family_name(destination.family))
-    if match.family:
-        families.add(_family_name(match.family))
+    family, mixed = match.family, False  # the one family of the rule and its addresses, if one
+    for addresses in (source, destination):
+        if addresses is not None:
+            if family is None:
+                family = addresses.family
+            elif addresses.family is not family:
+                mixed = True
     return Bounds(
-        family=families.pop() if len(families) == 1 else None,
+        family=None if mixed else _family_name(family),
         intervals=(
             None if match.sport is None else match.sport.ranges,
             None if match.dport is None else match.dport.ranges,
@@ -288,13 +298,13 @@ def _family_name(family: Family | None) -> str | None:
 def _intervals(addresses: Addresses) -> tuple[Interval, ...]:
     """Networks as sorted intervals, IPv6 ones above every IPv4 one: of
     different families, they are apart."""
-    offset = 0 if addresses.family is Family.V4 else 1 << 128
-    bits = addresses.family.max_prefix
-    intervals = []
-    for network in addresses.networks:
-        low = offset + int(network.network_address)
-        intervals.append((low, low + (1 << (bits - network.prefixlen)) - 1))
-    return tuple(intervals)
+    offset, bits = (0, 32) if addresses.family is Family.V4 else (1 << 128, 128)
+    return tuple(
+        [
+            (low := offset + int(network.network_address), low + (1 << (bits - network.prefixlen)) - 1)
+            for network in addresses.networks
+        ]
+    )
 
 
 def _outcome(rule: Rule) -> Outcome:

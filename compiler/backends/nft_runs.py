@@ -53,7 +53,15 @@ MIN_DISPATCH = 8  # rules of a run before a jump per protocol beats a rule each
 # Rules a rule with inline lists may become: a packet meets each of them
 # where it met one set lookup, so only short lists are split.
 MAX_SPLIT = 8
-SPLIT_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")
+# The fields a rule may be split by, each with the attribute that holds its values.
+SPLIT_FIELDS = (
+    ("iifname", "names"),
+    ("oifname", "names"),
+    ("saddr", "networks"),
+    ("daddr", "networks"),
+    ("sport", "ranges"),
+    ("dport", "ranges"),
+)
 T = TypeVar("T")
 
 
@@ -84,7 +92,7 @@ class Declarations:
         name = f"{name}{number}" if number > 1 else name
         self.taken.add(name)
         body = _each(ruleset, rules, self)
-        self.blocks.append([f"chain {name} {{", *(f"\t{line}" for line in body), "}"])
+        self.blocks.append([f"chain {name} {{", *[f"\t{line}" for line in body], "}"])
         return name
 
     def list_set(self, ruleset: Ruleset, rule: Rule, value: Addresses | Ports) -> str:
@@ -157,14 +165,20 @@ def named_lists(ruleset: Ruleset, rule: Rule, declared: Declarations) -> Rule:
     by name, an anonymous one a walk of the whole transaction so far (its
     every rule, set and element) to bind it to its rule."""
     match = rule.match
+    saddr, daddr, sport, dport = match.saddr, match.daddr, match.sport, match.dport
+    if (
+        (saddr is None or len(saddr.networks) < 2)
+        and (daddr is None or len(daddr.networks) < 2)
+        and (sport is None or len(sport.ranges) < 2)
+        and (dport is None or len(dport.ranges) < 2)
+    ):
+        return rule  # nothing listed: most rules, once split
     changes: dict[str, Addresses | Ports] = {}
-    for name in ("saddr", "daddr"):
-        addresses = getattr(match, name)
-        if isinstance(addresses, Addresses) and addresses.set_name is None and len(addresses.networks) > 1:
+    for name, addresses in (("saddr", saddr), ("daddr", daddr)):
+        if addresses is not None and addresses.set_name is None and len(addresses.networks) > 1:
             changes[name] = _replaced(addresses, set_name=declared.list_set(ruleset, rule, addresses))
-    for name in ("sport", "dport"):
-        ports = getattr(match, name)
-        if isinstance(ports, Ports) and ports.set_name is None and len(ports.ranges) > 1:
+    for name, ports in (("sport", sport), ("dport", dport)):
+        if ports is not None and ports.set_name is None and len(ports.ranges) > 1:
             changes[name] = Ports(ports.ranges, declared.list_set(ruleset, rule, ports))
     return _replaced(rule, match=_replaced(match, **changes)) if changes else rule
 
@@ -179,8 +193,11 @@ def split(rule: Rule) -> list[Rule]:
     match = rule.match
     columns: dict[str, list[Interfaces | Addresses | Ports]] = {}
     count = 1
-    for name in SPLIT_FIELDS:
-        values = _values(getattr(match, name))
+    for name, items in SPLIT_FIELDS:
+        value = getattr(match, name)
+        if value is None or len(getattr(value, items)) < 2:  # most fields of most rules: no values to list
+            continue
+        values = _values(value)
         if len(values) > 1:
             columns[name] = values
             count *= len(values)
