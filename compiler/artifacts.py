@@ -18,6 +18,7 @@ from nfc import __version__
 from nfc.backends import BACKENDS
 from nfc.backends.common import origin_label
 from nfc.backends.kernel import ApplyError, Artifact
+from nfc.collector import collector_paused
 from nfc.ir import Ruleset
 
 MANIFEST = "manifest.json"
@@ -48,7 +49,8 @@ def build(ruleset: Ruleset, backend: str, sources: tuple[str, ...], optimize: bo
     """Every file of the artifact directory, by name; `optimize` False is -O0."""
     record = BACKENDS[backend]
     generate = record.optimized if optimize and record.optimized else record.generate
-    files = dict(generate(ruleset))
+    with collector_paused():  # rendering a big policy builds millions of objects, as the front end does
+        files = dict(generate(ruleset))
     sysctl = sysctl_conf(ruleset)
     if sysctl is not None:
         files[SYSCTL_CONF] = sysctl

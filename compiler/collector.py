@@ -1,7 +1,8 @@
 """Pausing Python's cyclic garbage collector around the big passes.
 
-The compile (load, parse, lower) builds large trees of small objects that
-live until it ends, and lint and diff build millions of short-lived cubes;
+The compile (load, parse, lower, and a backend's rendering) builds large
+trees of small objects that live until it ends, and lint and diff build
+millions of short-lived cubes;
 none of them is in a reference cycle. Every allocation counts towards the
 collector's next pass, which walks every object alive (the whole compiled
 policy) again and again for nothing: it doubled the compile of a
