@@ -26,6 +26,7 @@ KEY_SPACE = ("protocol", *KEY_FIELDS)  # what a key may hold
 # The values of the matches a key never holds, in one call.
 OTHER_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Match) if f.name not in KEY_SPACE))
 KEY_VALUES = operator.attrgetter(*KEY_SPACE)
+SADDR, DADDR, SPORT, DPORT = (KEY_SPACE.index(name) for name in ("saddr", "daddr", "sport", "dport"))
 MAP_VERDICTS = ("accept", "drop")  # the verdicts a verdict map may hold
 NAME = -1  # the low and high of a name's atom: an interface's or a protocol's
 INTERVAL_ONLY = -1  # a field that only an interval set can look up
@@ -147,11 +148,7 @@ def start(shape: Shape, index: int, elements: list[Element], outcome: int) -> Gr
     stay one rule's, so its elements are filed in `nearby` only once another
     rule tries to join: in the same order, so the filing is the same."""
     return Group(
-        shape,
-        [index],
-        {element: index for element in elements},
-        {outcome},
-        unfiled=elements if shape.interval else None,
+        shape, [index], dict.fromkeys(elements, index), {outcome}, {}, elements if shape.interval else None
     )
 
 
@@ -234,29 +231,36 @@ def _relation(element: Element, other: Element) -> str:
 def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
     """A plain rule's shape and elements, or None if it cannot be one lookup's."""
     match = rule.match
-    key_values = KEY_VALUES(match)
-    fields = [
-        name
-        for name, value in zip(KEY_FIELDS, key_values[1:], strict=True)
-        if value is not None and _keyable(value)
-    ]
-    if not fields:
+    values = KEY_VALUES(match)
+    outside = list(values)  # the values the key leaves out, for the shape: None where the key holds them
+    fields: list[str] = []
+    columns: list[list[Atom]] = []
+    masks: list[int | None] = []
+    family = None  # of the first address field in the key
+    count = 1
+    for position in range(1, len(KEY_SPACE)):  # the protocol joins the key below, if at all
+        value = values[position]
+        if value is not None:
+            column = _column(value)
+            if column is not None:
+                fields.append(KEY_SPACE[position])
+                columns.append(column[0])
+                masks.append(column[1])
+                outside[position] = None
+                count *= len(column[0])
+                if family is None and isinstance(value, Addresses):
+                    family = value.family
+    if not fields or count > MAX_ELEMENTS_PER_RULE:
         return None
-    values = dict(zip(KEY_SPACE, key_values, strict=True))
-    sport, dport = values["sport"], values["dport"]
-    if (sport is not None or dport is not None) and (
-        (sport is None or "sport" in fields) and (dport is None or "dport" in fields)
-    ):
+    if (values[SPORT] is not None or values[DPORT] is not None) and outside[SPORT] is outside[DPORT] is None:
         # The protocol is a dimension of the elements, so that TCP and UDP
         # rules of one shape share a lookup: `meta l4proto . th dport`. (A
         # port left outside the key, a named set, needs its protocol there.)
         fields.insert(0, "protocol")
-    columns = [_column(values[name]) for name in fields]
-    if _product(columns) > MAX_ELEMENTS_PER_RULE:
-        return None
-    masks = [_hash_mask(name, column) for name, column in zip(fields, columns, strict=True)]
+        columns.insert(0, [(NAME, NAME, values[0])])
+        masks.insert(0, None)
+        outside[0] = None
     interval = INTERVAL_ONLY in masks
-    addresses = values["saddr"] if "saddr" in fields else values["daddr"] if "daddr" in fields else None
     # Built by its `__dict__`, as `Match.of` builds a match: a frozen dataclass's
     # `__init__` costs a call per field, and every plain rule has a shape.
     shape = object.__new__(Shape)
@@ -264,11 +268,8 @@ def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
         shape,
         "__dict__",
         {
-            "others": (
-                OTHER_FIELDS(match),
-                *[None if name in fields else values[name] for name in KEY_SPACE],
-            ),
-            "family": addresses.family if isinstance(addresses, Addresses) else None,
+            "others": (OTHER_FIELDS(match), *outside),
+            "family": family,
             "fields": tuple(fields),
             "masks": (None,) * len(masks) if interval else tuple(masks),
             "interval": interval,
@@ -276,55 +277,35 @@ def as_key(rule: Rule) -> tuple[Shape, list[Element]] | None:
             "sample": match,
         },
     )
-    elements = list(itertools.product(*([atom[:3] for atom in column] for column in columns)))
-    return shape, elements
+    return shape, list(itertools.product(*columns))
 
 
-def _keyable(value: Interfaces | Addresses | Ports) -> bool:
-    """A field the key may hold: listed by value (a named set is
-    referred to as it is) and, for interfaces, without wildcards."""
+# A field's values as atoms, and how a hash set looks it up: an address by
+# its one prefix length, anything else as it is (None); INTERVAL_ONLY where
+# prefix lengths or port ranges leave only an interval set.
+Column = tuple[list[Atom], int | None]
+
+
+def _column(value: Interfaces | Addresses | Ports) -> Column | None:
+    """None for a field the key cannot hold: a named set (it is referred to
+    as it is), a negation, an interface wildcard."""
     if value.set_name is not None:
-        return False
+        return None
+    if isinstance(value, Ports):
+        ranges = value.ranges
+        mask = INTERVAL_ONLY if any(low != high for low, high in ranges) else None
+        return [(low, high, "") for low, high in ranges], mask
     if isinstance(value, Addresses):
-        return not value.negated
-    if isinstance(value, Interfaces):
-        return not any(name.endswith("*") for name in value.names)
-    return True
-
-
-# A field's values as atoms with a prefix length (of addresses).
-Column = list[tuple[int, int, str, int | None]]
-
-
-def _column(value: str | Interfaces | Addresses | Ports) -> Column:
-    if isinstance(value, str):  # a protocol
-        return [(NAME, NAME, value, None)]
-    if isinstance(value, Interfaces):
-        return [(NAME, NAME, name, None) for name in value.names]
-    if isinstance(value, Addresses):
+        if value.negated:
+            return None
         bits = value.family.max_prefix
-        column: Column = []
+        atoms: list[Atom] = []
+        lengths = set()
         for network in value.networks:
             low, length = int(network.network_address), network.prefixlen
-            column.append((low, low + (1 << (bits - length)) - 1, "", length))
-        return column
-    return [(low, high, "", None) for low, high in value.ranges]
-
-
-def _product(columns: list[Column]) -> int:
-    count = 1
-    for column in columns:
-        count *= len(column)
-    return count
-
-
-def _hash_mask(name: str, column: Column) -> int | None:
-    """How a hash set looks a field up: an address by its one prefix length,
-    anything else as it is (None); INTERVAL_ONLY where prefix lengths or
-    port ranges leave only an interval set."""
-    if name in ("saddr", "daddr"):
-        length = column[0][3]
-        return length if all(prefix == length for _, _, _, prefix in column) else INTERVAL_ONLY
-    if name in ("sport", "dport") and any(low != high for low, high, _, _ in column):
-        return INTERVAL_ONLY
-    return None
+            atoms.append((low, low + (1 << (bits - length)) - 1, ""))
+            lengths.add(length)
+        return atoms, lengths.pop() if len(lengths) == 1 else INTERVAL_ONLY
+    if any(name.endswith("*") for name in value.names):
+        return None
+    return [(NAME, NAME, name) for name in value.names], None
