@@ -278,32 +278,36 @@ def _comment(ruleset: Ruleset, origin: Origin, note: str | None) -> str:
     return f'comment "{where}: {note}"' if note else f'comment "{where}"'
 
 
-def _rule(ruleset: Ruleset, rule: Rule) -> list[str]:
-    parts = _match(rule.match)
+def _rule(ruleset: Ruleset, rule: Rule, matches: Iterable[Match] | None = None) -> list[str]:
+    """`rule` as its line (two for a keyed meter), or the lines of each of
+    `matches` with what `rule` does: the rules one is split into (nft_runs)."""
     meter = rule.meter
-    match = parts[:] if meter is not None and meter.key is not None else []  # for the guard below
-    if meter is not None:
-        parts.append(_meter(meter))
+    actions = [] if meter is None else [_meter(meter)]
     if rule.counter:
-        parts.append("counter")
+        actions.append("counter")
     if rule.log is not None:
         log = "log"
         if rule.log.prefix is not None:
             log += f' prefix "{rule.log.prefix}"'
         if rule.log.level is not None:
             log += f" level {rule.log.level}"
-        parts.append(log)
-    parts.append(_verdict(rule.verdict, rule.match.family))
-    note = rule_note(rule)
-    parts.append(_comment(ruleset, rule.origin, note))
-    lines = [" ".join(parts)]
+        actions.append(log)
+    actions.append(_verdict(rule.verdict, rule.match.family))
+    actions.append(_comment(ruleset, rule.origin, rule_note(rule)))
+    tail = " ".join(actions)
+    guard = None
     if meter is not None and meter.key is not None:
         # A full dynamic set makes `update` fail, so the rule above does not
         # match and the packet would pass. Drop what the meter could not
         # track instead: fail closed, as hashlimit does.
-        guard = [*match, f"{_meter_key(meter)} != @{_meter_set_name(meter)}", "drop"]
-        guard.append(_comment(ruleset, rule.origin, "meter full, fail closed"))
-        lines.append(" ".join(guard))
+        guard = f"{_meter_key(meter)} != @{_meter_set_name(meter)} drop "
+        guard += _comment(ruleset, rule.origin, "meter full, fail closed")
+    lines = []
+    for match in (rule.match,) if matches is None else matches:
+        parts = _match(match)
+        lines.append(" ".join([*parts, tail]))
+        if guard is not None:
+            lines.append(" ".join([*parts, guard]))
     return lines
 
 

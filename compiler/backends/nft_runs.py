@@ -39,6 +39,7 @@ grows with their number times the ruleset's size. So:
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -53,15 +54,9 @@ MIN_DISPATCH = 8  # rules of a run before a jump per protocol beats a rule each
 # Rules a rule with inline lists may become: a packet meets each of them
 # where it met one set lookup, so only short lists are split.
 MAX_SPLIT = 8
-# The fields a rule may be split by, each with the attribute that holds its values.
-SPLIT_FIELDS = (
-    ("iifname", "names"),
-    ("oifname", "names"),
-    ("saddr", "networks"),
-    ("daddr", "networks"),
-    ("sport", "ranges"),
-    ("dport", "ranges"),
-)
+# The fields a rule may be split by.
+SPLIT_FIELDS = ("iifname", "oifname", "saddr", "daddr", "sport", "dport")
+SPLIT_VALUES = operator.attrgetter(*SPLIT_FIELDS)
 T = TypeVar("T")
 
 
@@ -154,17 +149,17 @@ def _each(ruleset: Ruleset, rules: list[Rule], declared: Declarations) -> list[s
     return [
         line
         for rule in rules
-        for part in split(rule)
-        for line in nft._rule(ruleset, named_lists(ruleset, part, declared))
+        for line in nft._rule(
+            ruleset, rule, [named_lists(ruleset, rule, part, declared) for part in split(rule)]
+        )
     ]
 
 
-def named_lists(ruleset: Ruleset, rule: Rule, declared: Declarations) -> Rule:
-    """`rule` with each inline list of networks or ports it keeps a named
-    set's, one per list of the chain: a named set costs the load a lookup
-    by name, an anonymous one a walk of the whole transaction so far (its
-    every rule, set and element) to bind it to its rule."""
-    match = rule.match
+def named_lists(ruleset: Ruleset, rule: Rule, match: Match, declared: Declarations) -> Match:
+    """`match`, of `rule`, with each inline list of networks or ports it
+    keeps a named set's, one per list of the chain: a named set costs the
+    load a lookup by name, an anonymous one a walk of the whole transaction
+    so far (its every rule, set and element) to bind it to its rule."""
     saddr, daddr, sport, dport = match.saddr, match.daddr, match.sport, match.dport
     if (
         (saddr is None or len(saddr.networks) < 2)
@@ -172,7 +167,7 @@ def named_lists(ruleset: Ruleset, rule: Rule, declared: Declarations) -> Rule:
         and (sport is None or len(sport.ranges) < 2)
         and (dport is None or len(dport.ranges) < 2)
     ):
-        return rule  # nothing listed: most rules, once split
+        return match  # nothing listed: most rules, once split
     changes: dict[str, Addresses | Ports] = {}
     for name, addresses in (("saddr", saddr), ("daddr", daddr)):
         if addresses is not None and addresses.set_name is None and len(addresses.networks) > 1:
@@ -180,31 +175,29 @@ def named_lists(ruleset: Ruleset, rule: Rule, declared: Declarations) -> Rule:
     for name, ports in (("sport", sport), ("dport", dport)):
         if ports is not None and ports.set_name is None and len(ports.ranges) > 1:
             changes[name] = Ports(ports.ranges, declared.list_set(ruleset, rule, ports))
-    return _replaced(rule, match=_replaced(match, **changes)) if changes else rule
+    return _replaced(match, **changes) if changes else match
 
 
-def split(rule: Rule) -> list[Rule]:
-    """`rule` as one rule per combination of the values of its inline
-    lists, where they are at most MAX_SPLIT and the rule has no bucket of
-    its own (see the module's docstring); else `rule` alone."""
+def split(rule: Rule) -> list[Match]:
+    """The matches of `rule` as one rule per combination of the values of
+    its inline lists, where they are at most MAX_SPLIT and the rule has no
+    bucket of its own (see the module's docstring); else its match alone."""
+    match = rule.match
     meter = rule.meter
     if meter is not None and meter.key is None and meter.name is None:
-        return [rule]
-    match = rule.match
+        return [match]
     columns: dict[str, list[Interfaces | Addresses | Ports]] = {}
     count = 1
-    for name, items in SPLIT_FIELDS:
-        value = getattr(match, name)
-        if value is None or len(getattr(value, items)) < 2:  # most fields of most rules: no values to list
-            continue
-        values = _values(value)
-        if len(values) > 1:
-            columns[name] = values
-            count *= len(values)
+    for name, value in zip(SPLIT_FIELDS, SPLIT_VALUES(match), strict=True):
+        if value is not None:  # most fields of most rules: no values to list
+            values = _values(value)
+            if len(values) > 1:
+                columns[name] = values
+                count *= len(values)
     if count == 1 or count > MAX_SPLIT:
-        return [rule]
+        return [match]
     return [
-        _replaced(rule, match=_replaced(match, **dict(zip(columns, values, strict=True))))
+        _replaced(match, **dict(zip(columns, values, strict=True)))
         for values in itertools.product(*columns.values())
     ]
 
@@ -218,22 +211,22 @@ def _replaced(instance: T, **changes: object) -> T:
     return copy
 
 
-def _values(value: Interfaces | Addresses | Ports | None) -> list[Interfaces | Addresses | Ports]:
+def _values(value: Interfaces | Addresses | Ports) -> list[Interfaces | Addresses | Ports]:
     """An inline list's values, each a list of its own, in order; [] for
-    anything else: a named set, a negation, a runtime set, a wildcard (it
-    may share packets with another name). (An `interfaces` entry is written
-    inline: its name is only for the policy.)"""
-    if isinstance(value, Interfaces):
-        if any(name.endswith("*") for name in value.names):
+    anything else: a single value, a named set, a negation, a runtime set, a
+    wildcard (it may share packets with another name). (An `interfaces`
+    entry is written inline: its name is only for the policy.)"""
+    if isinstance(value, Ports):
+        if len(value.ranges) < 2 or value.set_name is not None:
             return []
-        return [Interfaces((name,)) for name in value.names]
-    if value is None or value.set_name is not None:
-        return []
+        return [_replaced(value, ranges=(bounds,)) for bounds in value.ranges]
     if isinstance(value, Addresses):
-        if value.negated or value.runtime:
+        if len(value.networks) < 2 or value.set_name is not None or value.negated or value.runtime:
             return []
-        return [Addresses(value.family, (network,)) for network in value.networks]
-    return [Ports((bounds,)) for bounds in value.ranges]
+        return [_replaced(value, networks=(network,)) for network in value.networks]
+    if len(value.names) < 2 or any(name.endswith("*") for name in value.names):
+        return []
+    return [_replaced(value, names=(name,), set_name=None) for name in value.names]
 
 
 def _state_alone(rule: Rule) -> bool:
