@@ -1,6 +1,7 @@
 """The nft optimizer's plan where its indexes matter, on seeded random
 chains: large groups, port-only interval groups (filed by port interval,
-or scanned with two port fields), many small groups of many shapes, and
+or scanned with two port fields), many small groups of many shapes (and
+those an early stop of the planning leaves at their place), and
 rules that may not be jumped (a run-time set's). Every packet tried must
 meet the fate the policy's first match gives it, in the plan's order and
 in the sets' own elements."""
@@ -13,9 +14,10 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from test_nft_optimize import chain_lines, element_of, first_match
 
-from nfc.backends import nft_optimize
+from nfc.backends import nft_optimize, nft_plan
 from nfc.backends.nft_plan import MIN_MERGE, plan
 from nfc.explain import Packet, matches
 from nfc.ir import Family
@@ -106,7 +108,7 @@ def test_large_groups_of_nested_prefixes_keep_every_packets_fate(tmp_path: Path)
     assert _keeps_fates(tmp_path, rules, _address_packet) >= 100
 
 
-def test_many_small_groups_of_many_shapes_keep_every_packets_fate(tmp_path: Path) -> None:
+def _many_small_groups() -> list[str]:
     rng = random.Random(34)
     rules = []
     for index in range(600):
@@ -120,11 +122,28 @@ def test_many_small_groups_of_many_shapes_keep_every_packets_fate(tmp_path: Path
         if rng.random() < 0.05:
             words.append(rng.choice(["log", "counter"]))
         rules.append(" ".join(word for word in words if word))
+    return rules
 
-    def packet(rng: random.Random) -> Packet:
-        return dataclasses.replace(_address_packet(rng), iif=rng.choice(["eth0", "eth1", "eth2"]))
 
-    assert _keeps_fates(tmp_path, rules, packet) >= 20
+def _interface_packet(rng: random.Random) -> Packet:
+    return dataclasses.replace(_address_packet(rng), iif=rng.choice(["eth0", "eth1", "eth2"]))
+
+
+def test_many_small_groups_of_many_shapes_keep_every_packets_fate(tmp_path: Path) -> None:
+    assert _keeps_fates(tmp_path, _many_small_groups(), _interface_packet) >= 20
+
+
+def test_small_groups_left_by_an_early_stop_keep_every_packets_fate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Planning stops once few rules are left in small groups (in a chain of
+    # thousands); here after the first round, so that many are left at their place.
+    monkeypatch.setattr(nft_plan, "FEW_LEFT", 1)
+    rules = _many_small_groups()
+    ruleset = ruleset_of(tmp_path, input_policy(*rules))
+    groups = plan(list(ruleset.chains[0].rules), Space(ruleset))
+    assert sum(1 for g in groups if 1 < len(g.members) < MIN_MERGE) >= 10
+    assert _keeps_fates(tmp_path, rules, _interface_packet) >= 20
 
 
 def test_no_rule_jumps_a_rule_of_a_runtime_set(tmp_path: Path) -> None:

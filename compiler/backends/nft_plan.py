@@ -28,6 +28,9 @@ from nfc.space import Cube, Space, overlap
 
 MIN_MERGE = 4  # rules in a group before one lookup beats a rule each
 MAX_PLANS = 8  # rounds of planning, each without the rules of the last one's small groups
+# A round walks the whole chain again: not worth it once the small groups
+# hold fewer than one rule in FEW_LEFT of the chain's (see `plan`).
+FEW_LEFT = 1000
 MOVE_BUDGET = 256  # groups and rules one rule may jump over on its way up to its group
 MIXED = -1  # the outcome of a group whose members' outcomes differ (outcomes are numbered from 0)
 
@@ -41,9 +44,11 @@ ConflictKey = tuple[str | None, str | None, int]
 def plan(rules: Sequence[Rule], space: Space) -> list[Group]:
     """Groups in evaluation order. A group too small to pay sends its rules
     back to their own places, which changes what later rules may jump over,
-    so planning repeats until every group is one rule or worth a lookup.
-    After MAX_PLANS rounds a small group left is written as its rules at
-    its place: still the policy's verdicts, in an order -O0 would not use."""
+    so planning repeats until every group is one rule or worth a lookup,
+    or the small groups hold fewer than one rule in FEW_LEFT of the chain's
+    (a few dozen of a long chain's), or for MAX_PLANS rounds. A small group
+    left is written as its rules at its place: still the policy's verdicts,
+    in an order -O0 would not use."""
     outcomes = [_outcome(rule) for rule in rules]
     shapes: dict[Shape, int] = {}  # numbered once: a shape's hash walks its matches
     keyed: list[Keyed | None] = []
@@ -56,10 +61,10 @@ def plan(rules: Sequence[Rule], space: Space) -> list[Group]:
     blocked: set[int] = set()
     for _ in range(MAX_PLANS):
         plan = planner.run([None if i in blocked else k for i, k in enumerate(keyed)])
-        small = [g for g in plan if 1 < len(g.members) < MIN_MERGE]
-        if not small:
+        small = [i for g in plan if 1 < len(g.members) < MIN_MERGE for i in g.members]
+        if not small or len(small) * FEW_LEFT < len(rules):  # none left, or too few to pay for a round
             break
-        blocked.update(i for g in small for i in g.members)
+        blocked.update(small)
     return plan
 
 
