@@ -210,7 +210,12 @@ class _Planner:
         if mine.family and theirs.family and mine.family != theirs.family:
             return True
         for here, there in zip(mine.intervals, theirs.intervals, strict=True):
-            if here is not None and there is not None and not _meet(here, there):
+            if here is None or there is None:
+                continue
+            if len(here) == 1 and len(there) == 1:  # one interval each, most fields of most rules: inline
+                if here[0][0] > there[0][1] or there[0][0] > here[0][1]:
+                    return True
+            elif not _meet(here, there):
                 return True
         for names, others in zip(mine.names, theirs.names, strict=True):
             if names is not None and others is not None and names.isdisjoint(others):

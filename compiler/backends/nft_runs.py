@@ -70,6 +70,7 @@ class Declarations:
         self.chain = chain
         self.blocks = blocks
         self.taken: set[str] = set()
+        self.numbers: dict[str, int] = {}  # a chain name asked for -> the number to try first
         self.lookups = 0
         self.lists: dict[tuple[object, ...], str] = {}  # a list's values -> its set's name
 
@@ -81,9 +82,10 @@ class Declarations:
 
     def declare(self, ruleset: Ruleset, name: str, rules: list[Rule]) -> str:
         """A chain of `rules` under `name`, or NAME2, NAME3, ... where taken; its name."""
-        number = 1
+        number = self.numbers.get(name, 1)  # every one below is taken: not walked again for each chain
         while (f"{name}{number}" if number > 1 else name) in self.taken:
             number += 1
+        self.numbers[name] = number + 1
         name = f"{name}{number}" if number > 1 else name
         self.taken.add(name)
         body = _each(ruleset, rules, self)
@@ -186,10 +188,21 @@ def split(rule: Rule) -> list[Match]:
     meter = rule.meter
     if meter is not None and meter.key is None and meter.name is None:
         return [match]
+    fields = SPLIT_VALUES(match)
+    iifname, oifname, saddr, daddr, sport, dport = fields
+    if (
+        (saddr is None or len(saddr.networks) < 2)
+        and (dport is None or len(dport.ranges) < 2)
+        and (daddr is None or len(daddr.networks) < 2)
+        and (sport is None or len(sport.ranges) < 2)
+        and (iifname is None or len(iifname.names) < 2)
+        and (oifname is None or len(oifname.names) < 2)
+    ):
+        return [match]  # nothing listed: most rules
     columns: dict[str, list[Interfaces | Addresses | Ports]] = {}
     count = 1
-    for name, value in zip(SPLIT_FIELDS, SPLIT_VALUES(match), strict=True):
-        if value is not None:  # most fields of most rules: no values to list
+    for name, value in zip(SPLIT_FIELDS, fields, strict=True):
+        if value is not None:
             values = _values(value)
             if len(values) > 1:
                 columns[name] = values
