@@ -172,7 +172,8 @@ def _ports(ports: Ports) -> str:
     if ports.set_name:
         return f"@{ports.set_name}"
     if len(ports.ranges) == 1:
-        return _port_range(ports.ranges[0])
+        low, high = ports.ranges[0]
+        return str(low) if low == high else f"{low}-{high}"
     return "{ " + ", ".join(_port_range(r) for r in ports.ranges) + " }"
 
 
@@ -221,8 +222,8 @@ def _match(match: Match) -> list[str]:
         parts.append(f"meta l4proto {match.protocol}")
     if match.ct_state:
         parts.append(f"ct state {','.join(match.ct_state)}")
-    # one match per status: `ct status dnat,snat` would match either of them
-    parts.extend(f"ct status {status}" for status in match.ct_status)
+    if match.ct_status:  # one match per status: `ct status dnat,snat` would match either of them
+        parts.extend(f"ct status {status}" for status in match.ct_status)
     return parts
 
 
