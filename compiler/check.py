@@ -5,7 +5,7 @@ result is IR `Match`es, one per family where the rule needs a split."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import cast
@@ -168,6 +168,9 @@ class RuleChecker:
         ranges: list[tuple[int, int]] = []
         set_name = None
         items: tuple[PortItem, ...] = match.value
+        if len(items) == 1 and (first := items[0]).kind == "number":  # most rules: one port
+            port = check_port(int(first.value), first.loc)
+            return Ports(((port, port),))
         for item in items:
             if item.kind == "number":
                 ranges.append((check_port(int(item.value), item.loc),) * 2)
@@ -190,13 +193,13 @@ class RuleChecker:
     def _match_sport(self, match: MatchNode) -> None:
         self.parts.sport = self._ports(match)
 
-    def _addresses(self, match: MatchNode, direction: str) -> tuple[AddressValue, bool, str | None]:
+    def _addresses(self, match: MatchNode, what: str) -> tuple[AddressValue, bool, str | None]:
         addrs: Addrs = match.value
         items = addrs.items
         if len(items) == 1 and items[0].kind == "literal":  # most rules: one network, nothing to collapse
             network = parse_network(items[0].text, items[0].loc)
             v4 = isinstance(network, IPv4Network)
-            self.restrict(V4_ONLY if v4 else V6_ONLY, f"the '{direction}' address list", addrs.loc)
+            self.restrict(V4_ONLY if v4 else V6_ONLY, what, addrs.loc)
             single = AddressValue((network,), ()) if v4 else AddressValue((), (network,))
             return single, addrs.negated, None
         networks: list[Network] = []
@@ -229,16 +232,14 @@ class RuleChecker:
                 collapse(n for n in networks if isinstance(n, IPv4Network)),
                 collapse(n for n in networks if not isinstance(n, IPv4Network)),
             )
-        self.restrict(
-            FAMILY_SETS[bool(value.v4), bool(value.v6)], f"the '{direction}' address list", addrs.loc
-        )
+        self.restrict(FAMILY_SETS[bool(value.v4), bool(value.v6)], what, addrs.loc)
         return value, addrs.negated, set_name
 
     def _match_saddr(self, match: MatchNode) -> None:
-        self.parts.saddr = self._addresses(match, "from")
+        self.parts.saddr = self._addresses(match, "the 'from' address list")
 
     def _match_daddr(self, match: MatchNode) -> None:
-        self.parts.daddr = self._addresses(match, "to")
+        self.parts.daddr = self._addresses(match, "the 'to' address list")
 
     def _interface(self, match: MatchNode, word: str, chain_without: str) -> Interfaces:
         if self.chain == chain_without:
@@ -323,11 +324,13 @@ class RuleChecker:
     def _match_icmpv6_type(self, match: MatchNode) -> None:
         self._icmp_types(match, "icmpv6", tuple(vocab.ICMPV6_TYPES))
 
-    def matches(self, parts: RuleParts, families: Iterable[Family]) -> list[Match]:
+    def matches(self, parts: RuleParts, families: Collection[Family]) -> list[Match]:
         """IR matches, one per family, or one for both when nothing needs a split."""
         needs_split = parts.saddr is not None or parts.daddr is not None
         if not needs_split and len(parts.families) == len(BOTH_FAMILIES):  # both: an enum's hash is slow
             return [self.match_for(parts, None)]
+        if len(families) == 1:  # the one family, found without that hash
+            return [self.match_for(parts, next(iter(families)))]
         return [self.match_for(parts, f) for f in BOTH_FAMILIES if f in families]
 
     def match_for(self, parts: RuleParts, family: Family | None) -> Match:

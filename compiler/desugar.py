@@ -154,7 +154,7 @@ def lower_rules(lowering: Lowering) -> None:
     for name, rules in lowering.tree.chains.items():
         chain_rules = lowering.chain_rules.setdefault(name, [])
         for ordinal, rule in enumerate(rules, start=1):
-            chain_rules.extend(_lower_rule(lowering, rule, name, ordinal))
+            chain_rules += _lower_rule(lowering, rule, name, ordinal)
 
 
 def _lower_rule(lowering: Lowering, rule: ParsedRule, chain: str, ordinal: int) -> list[Rule]:
@@ -162,19 +162,17 @@ def _lower_rule(lowering: Lowering, rule: ParsedRule, chain: str, ordinal: int) 
     checker = RuleChecker(lowering.defines, lowering.objects, node, chain)
     parts = checker.check_matches()
     verdict = check_verdict(node, parts)
+    limit = node.limit
     # A keyed meter holds addresses of one family, and some reject types
     # differ between ICMP and ICMPv6: such rules get one copy per family.
-    if (node.limit is not None and node.limit.per is not None) or (
-        verdict.reject_with in vocab.REJECT_NEEDS_FAMILY
-    ):
+    if (limit is not None and limit.per is not None) or verdict.reject_with in vocab.REJECT_NEEDS_FAMILY:
         families = [f for f in BOTH_FAMILIES if f in parts.families]
         matches = [checker.match_for(parts, f) for f in families]
     else:
         matches = checker.matches(parts, parts.families)
-    log = check_log(node.log)
+    log = None if node.log is None else check_log(node.log)
     comment = check_comment(text, node)
-    origin = text.loc
-    limit = node.limit
+    origin = text.node.loc  # text.loc, without the property's call: once per rule
     if limit is not None and limit.per is None and limit.name is None and len(matches) > 1:
         # One rule split in several still has one global bucket.
         limit = replace(limit, name=f"{chain}_{ordinal}")
@@ -183,7 +181,7 @@ def _lower_rule(lowering: Lowering, rule: ParsedRule, chain: str, ordinal: int) 
             match=match,
             verdict=verdict,
             origin=origin,
-            meter=lowering.objects.meter(limit, chain, ordinal, match.family) if limit else None,
+            meter=None if limit is None else lowering.objects.meter(limit, chain, ordinal, match.family),
             log=log,
             counter=node.counter,
             comment=comment,

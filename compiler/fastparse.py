@@ -18,19 +18,18 @@ from nfc.ir import ByteUnit, LogLevel, MeterKey, TimeUnit, VerdictKind
 from nfc.syntax import (
     AddrItem,
     Addrs,
+    Clause,
     CommentClause,
     CounterClause,
     IfaceItem,
     Ifnames,
     LimitNode,
-    Locate,
     LogNode,
     MatchNode,
     NatAction,
     NatNode,
     PortItem,
     RuleNode,
-    RulePart,
     SyntaxNode,
     VerdictNode,
     assemble_rule,
@@ -67,6 +66,7 @@ LOG_LEVELS = WORDS["LOG_LEVEL"]
 
 
 Item = TypeVar("Item")
+_loc = tuple.__new__  # a Loc from its fields in order, minus NamedTuple's argument handling
 
 
 class _Unsure(Exception):
@@ -74,61 +74,58 @@ class _Unsure(Exception):
 
 
 class _Reader:
-    """The rule's tokens, read in order. A token's column is found as it is
+    """The rule's tokens, read in order. A token's place is found as it is
     taken, where the previous one ended: `findall` makes no match object
-    per token, which halves the cost of tokenizing."""
+    per token, which halves the cost of tokenizing. The rule is one line of
+    its file as written, from `origin` on, so a place is a Loc made there."""
 
-    def __init__(self, text: str, locate: Locate) -> None:
+    def __init__(self, text: str, origin: Loc) -> None:
         self.text = text
-        self.tokens: list[str] = TOKEN.findall(text)
-        self.count = len(self.tokens)  # read once: peek and take run once per token
+        self.tokens: list[str | None] = TOKEN.findall(text)
+        self.tokens.append(None)  # after the last token: what `peek` sees, and where `take` stops
         self.at = 0
         self.end = 0  # in `text`, just after the last token taken
-        self.locate = locate
+        self.file, self.line, self.offset = origin
 
     def peek(self) -> str | None:
-        return self.tokens[self.at] if self.at < self.count else None
+        return self.tokens[self.at]
 
-    def take(self) -> tuple[str, int]:
-        """The next token and its 1-based column."""
-        at = self.at
-        if at >= self.count:
+    def take(self) -> tuple[str, Loc]:
+        """The next token and its place."""
+        word = self.tokens[self.at]
+        if word is None:
             raise _Unsure
-        self.at = at + 1
-        word = self.tokens[at]
+        self.at += 1
         # Only spaces, and quotes that start no string, lie between two
         # tokens: the first `word` from there is this one.
         start = self.text.find(word, self.end)
         self.end = start + len(word)
-        return word, start + 1
+        return word, _loc(Loc, (self.file, self.line, self.offset + start + 1))
 
-    def next_column(self) -> int:
-        """The column of the next token, before it is taken."""
-        return self.text.find(self.tokens[self.at], self.end) + 1
-
-    def expect(self, word: str) -> int:
-        text, col = self.take()
-        if text != word:
+    def expect(self, word: str) -> None:
+        if self.take()[0] != word:
             raise _Unsure
-        return col
 
-    def matching(self, pattern: re.Pattern[str]) -> tuple[str, int]:
-        text, col = self.take()
+    def matching(self, pattern: re.Pattern[str]) -> tuple[str, Loc]:
+        text, loc = self.take()
         if not pattern.match(text):
             raise _Unsure
-        return text, col
+        return text, loc
 
 
 ReadMatch = Callable[[_Reader], MatchNode]
-ReadPart = Callable[[_Reader], RulePart]
+ReadClause = Callable[[_Reader], Clause]
 
 
-def parse(text: str, locate: Locate, start: str) -> SyntaxNode | None:
-    """The rule's tree (a NatNode for `start` "nat"), or None where only lark can say."""
+def parse(text: str, origin: Loc, start: str) -> SyntaxNode | None:
+    """The rule's tree (a NatNode for `start` "nat"), or None where only lark
+    can say. `text` lies on one line of its file as written, just after
+    `origin`: its column c is at `origin.col + c`."""
     if not text.isascii() or not text.isprintable() or '""' in text:
         return None
-    reader = _Reader(text, locate)
-    if not reader.tokens:
+    reader = _Reader(text, origin)
+    first = reader.tokens[0]
+    if first is None:
         return None
     try:
         if start == "nat":
@@ -136,40 +133,44 @@ def parse(text: str, locate: Locate, start: str) -> SyntaxNode | None:
             return NatNode(action, _rest(reader, None, ENTRY_CLAUSES))
         if start == "rule":
             return _rest(reader, _verdict(reader), CLAUSES)
-        if reader.peek() not in MATCHES:  # an entry has a match at least
+        if first not in MATCHES:  # an entry has a match at least
             raise _Unsure
         return _rest(reader, None, ENTRY_CLAUSES)
     except _Unsure:
         return None
 
 
-def _rest(reader: _Reader, verdict: VerdictNode | None, clauses: dict[str, ReadPart]) -> RuleNode:
+def _rest(reader: _Reader, verdict: VerdictNode | None, clauses: dict[str, ReadClause]) -> RuleNode:
     """The matches and then the clauses after the verdict (or NAT action), to the end."""
-    parts: list[RulePart] = []
-    while (word := reader.peek()) is not None and word in MATCHES:
-        parts.append(MATCHES[word](reader))
-    matches = len(parts)
-    while (word := reader.peek()) is not None:
+    matches: list[MatchNode] = []
+    tokens = reader.tokens
+    while (word := tokens[reader.at]) in MATCHES:
+        matches.append(MATCHES[word](reader))
+    parts: list[Clause] = []
+    while (word := tokens[reader.at]) is not None:
         # an entry's one comment ends it: lark refuses a second one as it
         # refuses any other word there
-        if word not in clauses or (clauses is ENTRY_CLAUSES and len(parts) > matches):
+        if word not in clauses or (clauses is ENTRY_CLAUSES and parts):
             raise _Unsure
         parts.append(clauses[word](reader))
     # A rule starts at its verdict: one Loc for both.
-    loc = verdict.loc if verdict is not None else reader.locate(1, reader.text.find(reader.tokens[0]) + 1)
-    return assemble_rule(verdict, parts, loc)
+    if verdict is not None:
+        loc = verdict.loc
+    else:
+        first = reader.text.find(cast(str, tokens[0]))
+        loc = _loc(Loc, (reader.file, reader.line, reader.offset + first + 1))
+    return assemble_rule(verdict, tuple(matches), parts, loc)
 
 
 def _nat_action(reader: _Reader) -> NatAction:
-    word, col = reader.take()
-    loc = reader.locate(1, col)
+    word, loc = reader.take()
     if word == "masquerade":
         return NatAction("masquerade", None, None, loc, None)
     if word in ("snat", "dnat"):
         reader.expect("to")
-        target, target_col = reader.matching(NAT_ADDRESS)
+        target, target_loc = reader.matching(NAT_ADDRESS)
         kind: Literal["snat", "dnat"] = "snat" if word == "snat" else "dnat"
-        return NatAction(kind, target, None, loc, reader.locate(1, target_col))
+        return NatAction(kind, target, None, loc, target_loc)
     if word == "redirect":
         reader.expect("to")
         port = _port(reader)
@@ -178,40 +179,40 @@ def _nat_action(reader: _Reader) -> NatAction:
 
 
 def _verdict(reader: _Reader) -> VerdictNode:
-    word, col = reader.take()
+    word, loc = reader.take()
     if word in ("accept", "drop"):
-        return VerdictNode(cast(VerdictKind, word), None, reader.locate(1, col))
+        return VerdictNode(cast(VerdictKind, word), None, loc)
     if word != "reject":
         raise _Unsure
     if reader.peek() != "with":
-        return VerdictNode("reject", None, reader.locate(1, col))
+        return VerdictNode("reject", None, loc)
     reader.take()
     kind = reader.take()[0]
     if kind == "tcp":
         reader.expect("reset")
-        return VerdictNode("reject", "tcp reset", reader.locate(1, col))
+        return VerdictNode("reject", "tcp reset", loc)
     if kind != "icmp":
         raise _Unsure
     name, _ = reader.matching(NAME)
-    return VerdictNode("reject", name, reader.locate(1, col))
+    return VerdictNode("reject", name, loc)
 
 
 def _keyword_match(kind: str, value: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
-        _, col = reader.take()
-        return MatchNode(kind, value, reader.locate(1, col))
+        _, loc = reader.take()
+        return MatchNode(kind, value, loc)
 
     return read
 
 
 def _icmp(protocol: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
-        _, col = reader.take()
+        _, loc = reader.take()
         if reader.peek() != "type":
-            return MatchNode("proto", protocol, reader.locate(1, col))
+            return MatchNode("proto", protocol, loc)
         reader.take()
         kind = "icmp_type" if protocol == "icmp" else "icmpv6_type"
-        return MatchNode(kind, _names(reader), reader.locate(1, col))
+        return MatchNode(kind, _names(reader), loc)
 
     return read
 
@@ -219,8 +220,8 @@ def _icmp(protocol: str) -> ReadMatch:
 def _names(reader: _Reader) -> tuple[tuple[str, Loc], ...]:
     names = []
     while True:
-        name, col = reader.matching(NAME)
-        names.append((name, reader.locate(1, col)))
+        name, loc = reader.matching(NAME)
+        names.append((name, loc))
         if reader.peek() != ",":
             return tuple(names)
         reader.take()
@@ -228,17 +229,16 @@ def _names(reader: _Reader) -> tuple[tuple[str, Loc], ...]:
 
 def _proto(reader: _Reader) -> MatchNode:
     reader.take()
-    word, col = reader.take()
+    word, loc = reader.take()
     if INT.match(word):
-        return MatchNode("proto", int(word), reader.locate(1, col))
+        return MatchNode("proto", int(word), loc)
     if NAME.match(word):
-        return MatchNode("proto", word, reader.locate(1, col))
+        return MatchNode("proto", word, loc)
     raise _Unsure
 
 
 def _port(reader: _Reader) -> PortItem:
-    word, col = reader.take()
-    loc = reader.locate(1, col)
+    word, loc = reader.take()
     if INT.match(word):
         return PortItem("number", int(word), None, loc)
     if found := RANGE.match(word):
@@ -253,9 +253,10 @@ def _port(reader: _Reader) -> PortItem:
 def _set(reader: _Reader, item: Callable[[_Reader], Item]) -> tuple[Item, ...]:
     """'{' item (',' item)* ','? '}' after the '{'."""
     items = [item(reader)]
-    while reader.peek() == ",":
+    tokens = reader.tokens
+    while tokens[reader.at] == ",":
         reader.take()
-        if reader.peek() == "}":
+        if tokens[reader.at] == "}":
             break
         items.append(item(reader))
     reader.expect("}")
@@ -264,66 +265,66 @@ def _set(reader: _Reader, item: Callable[[_Reader], Item]) -> tuple[Item, ...]:
 
 def _ports(kind: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
-        _, col = reader.take()
-        if reader.peek() == "{":
+        _, loc = reader.take()
+        if reader.tokens[reader.at] == "{":
             reader.take()
             items = _set(reader, _port)
         else:
             items = (_port(reader),)
-        return MatchNode(kind, items, reader.locate(1, col))
+        return MatchNode(kind, items, loc)
 
     return read
 
 
 def _address(reader: _Reader) -> AddrItem:
-    word, col = reader.take()
+    word, loc = reader.take()
     if ADDRESS.match(word):
-        return AddrItem("literal", word, reader.locate(1, col))
+        return AddrItem("literal", word, loc)
     if VAR.match(word):
-        return AddrItem("var", word[1:], reader.locate(1, col))
+        return AddrItem("var", word[1:], loc)
     raise _Unsure
 
 
 def _addresses(kind: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
-        _, col = reader.take()
-        start = reader.next_column() if reader.at < reader.count else col
-        negated = reader.peek() == "not"
+        _, loc = reader.take()
+        tokens = reader.tokens
+        negated = tokens[reader.at] == "not"
         if negated:
-            reader.take()
-        if reader.peek() == "{":
-            reader.take()
+            start = reader.take()[1]  # the list starts at its `not`
+        if tokens[reader.at] == "{":
+            brace = reader.take()[1]
             items = _set(reader, _address)
-            loc = reader.locate(1, start)
+            list_loc = start if negated else brace
         else:
             items = (_address(reader),)
             # one address, the list's only word: one Loc for both
-            loc = reader.locate(1, start) if negated else items[0].loc
-        return MatchNode(kind, Addrs(items, negated, loc), reader.locate(1, col))
+            list_loc = start if negated else items[0].loc
+        return MatchNode(kind, Addrs(items, negated, list_loc), loc)
 
     return read
 
 
-def _interface_name(reader: _Reader) -> tuple[str, int]:
-    word, col = reader.take()
+def _interface_name(reader: _Reader) -> tuple[str, Loc]:
+    word, loc = reader.take()
     if word.startswith('"'):
-        return word[1:-1], col
+        return word[1:-1], loc
     if IFNAME.match(word):
-        return word, col
+        return word, loc
     raise _Unsure
 
 
 def _interface_item(reader: _Reader) -> IfaceItem:
     if (word := reader.peek()) is not None and VAR.match(word):
-        _, col = reader.take()
-        return IfaceItem("var", word[1:], reader.locate(1, col))
-    name, col = _interface_name(reader)
-    return IfaceItem("name", name, reader.locate(1, col))
+        _, loc = reader.take()
+        return IfaceItem("var", word[1:], loc)
+    name, loc = _interface_name(reader)
+    return IfaceItem("name", name, loc)
 
 
 def _interface(kind: str) -> ReadMatch:
     def read(reader: _Reader) -> MatchNode:
-        _, col = reader.take()
+        _, loc = reader.take()
         value: Ifnames
         if reader.peek() == "{":
             reader.take()
@@ -332,17 +333,17 @@ def _interface(kind: str) -> ReadMatch:
             value = (_interface_item(reader),)
         else:
             value = _interface_name(reader)[0]
-        return MatchNode(kind, value, reader.locate(1, col))
+        return MatchNode(kind, value, loc)
 
     return read
 
 
 def _ct(reader: _Reader) -> MatchNode:
-    _, col = reader.take()
+    _, loc = reader.take()
     word = reader.take()[0]
     if word not in ("state", "status"):
         raise _Unsure
-    return MatchNode(f"ct_{word}", _names(reader), reader.locate(1, col))
+    return MatchNode(f"ct_{word}", _names(reader), loc)
 
 
 MATCHES: dict[str, ReadMatch] = {
@@ -369,7 +370,7 @@ def _int(reader: _Reader) -> int:
 
 
 def _limit(reader: _Reader) -> LimitNode:
-    _, col = reader.take()
+    _, loc = reader.take()
     over = reader.peek() == "over"
     if over:
         reader.take()
@@ -422,19 +423,19 @@ def _limit(reader: _Reader) -> LimitNode:
         v6_mask,
         size,
         name,
-        reader.locate(1, col),
+        loc,
     )
 
 
-def _string(reader: _Reader) -> tuple[str, int]:
-    word, col = reader.take()
+def _string(reader: _Reader) -> tuple[str, Loc]:
+    word, loc = reader.take()
     if len(word) < 2 or not (word.startswith('"') and word.endswith('"')):
         raise _Unsure
-    return word[1:-1], col
+    return word[1:-1], loc
 
 
 def _log(reader: _Reader) -> LogNode:
-    _, col = reader.take()
+    _, loc = reader.take()
     prefix: str | None = None
     level: LogLevel | None = None
     if reader.peek() == "prefix":
@@ -446,24 +447,24 @@ def _log(reader: _Reader) -> LogNode:
         if word not in LOG_LEVELS:
             raise _Unsure
         level = cast(LogLevel, word)  # one of the grammar's LOG_LEVEL words
-    return LogNode(prefix, level, reader.locate(1, col))
+    return LogNode(prefix, level, loc)
 
 
 def _counter(reader: _Reader) -> CounterClause:
-    _, col = reader.take()
-    return CounterClause(reader.locate(1, col))
+    _, loc = reader.take()
+    return CounterClause(loc)
 
 
 def _comment(reader: _Reader) -> CommentClause:
     reader.take()
-    text, col = _string(reader)
-    return CommentClause(text, reader.locate(1, col))
+    text, loc = _string(reader)
+    return CommentClause(text, loc)
 
 
-CLAUSES: dict[str, ReadPart] = {
+CLAUSES: dict[str, ReadClause] = {
     "limit": _limit,
     "log": _log,
     "counter": _counter,
     "comment": _comment,
 }
-ENTRY_CLAUSES: dict[str, ReadPart] = {"comment": _comment}
+ENTRY_CLAUSES: dict[str, ReadClause] = {"comment": _comment}

@@ -1,8 +1,9 @@
 """The parse stage: every rule string of a loaded policy → a syntax tree
 (`nfc.syntax`), with the lark grammar in grammar/rules.lark.
 
-Well-formed single-line rules take the fast path (`fastparse`); lark reads
-the rest and is the only one that reports syntax errors.
+Well-formed rules written on one line of their file take the fast path
+(`fastparse`); lark reads the rest and is the only one that reports syntax
+errors.
 """
 
 from __future__ import annotations
@@ -133,10 +134,20 @@ def _parse(text: str, locate: Locate, start: str) -> SyntaxNode:
         raise PolicyError(locate(1, 1), f"rule is longer than {MAX_RULE_CHARS} characters")
     if not text.strip():
         raise PolicyError(locate(1, 1), "empty rule")
-    fast = fastparse.parse(text, locate, start)
-    if fast is not None:
-        return fast
     return lark_parse(text, locate, start)
+
+
+def _parse_text(text: RuleText, start: str) -> SyntaxNode:
+    """A rule as written in a policy: by the fast path where the rule is one
+    line of its file as written (most are), else by lark."""
+    node = text.node
+    value: str = node.value  # checked to be a string when loaded
+    origin = node.text_origin()
+    if origin is not None and len(value) <= MAX_RULE_CHARS:
+        fast = fastparse.parse(value, origin, start)
+        if fast is not None:
+            return fast
+    return _parse(value, node.locator(), start)
 
 
 def lark_parse(text: str, locate: Locate, start: str) -> SyntaxNode:
@@ -238,7 +249,7 @@ def _parsed(
         if len(errors) >= MAX_SYNTAX_ERRORS:
             break
         try:
-            parsed.append((text, _parse(text.text, text.node.locator(), start)))
+            parsed.append((text, _parse_text(text, start)))
         except PolicyError as error:
             errors.append(error)
     return parsed

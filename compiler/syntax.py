@@ -113,8 +113,9 @@ class CommentClause:
     loc: Loc  # of the quoted string
 
 
-# What follows a rule's verdict, in the order written.
-RulePart = MatchNode | LimitNode | LogNode | CounterClause | CommentClause
+# What follows a rule's verdict, in the order written: its matches, then its clauses.
+Clause = LimitNode | LogNode | CounterClause | CommentClause
+RulePart = MatchNode | Clause
 
 
 @dataclass(slots=True)
@@ -129,18 +130,17 @@ class RuleNode:
     loc: Loc
 
 
-def assemble_rule(verdict: VerdictNode | None, parts: Iterable[RulePart], loc: Loc) -> RuleNode:
-    """A rule from its verdict and parts. The grammar lets the trailing
-    clauses come in any order, so a clause given twice is refused here."""
-    matches: list[MatchNode] = []
+def assemble_rule(
+    verdict: VerdictNode | None, matches: tuple[MatchNode, ...], clauses: Iterable[Clause], loc: Loc
+) -> RuleNode:
+    """A rule from its verdict, its matches and then its clauses. The
+    grammar lets the trailing clauses come in any order, so a clause given
+    twice is refused here."""
     limit = log = None
     counter = False
     comment = comment_loc = None
     seen: dict[str, Loc] = {}
-    for part in parts:
-        if isinstance(part, MatchNode):
-            matches.append(part)
-            continue
+    for part in clauses:
         if isinstance(part, LimitNode):
             clause, limit = "limit", part
         elif isinstance(part, LogNode):
@@ -152,7 +152,7 @@ def assemble_rule(verdict: VerdictNode | None, parts: Iterable[RulePart], loc: L
         if clause in seen:
             raise PolicyError(part.loc, f"'{clause}' is given twice (first at {seen[clause]})")
         seen[clause] = part.loc
-    return RuleNode(verdict, tuple(matches), limit, log, counter, comment, comment_loc, loc)
+    return RuleNode(verdict, matches, limit, log, counter, comment, comment_loc, loc)
 
 
 @dataclass(slots=True)

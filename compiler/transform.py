@@ -23,6 +23,7 @@ from nfc.syntax import (
     NatNode,
     PortItem,
     RuleNode,
+    RulePart,
     VerdictNode,
     assemble_rule,
 )
@@ -274,12 +275,18 @@ class ToSyntax(Transformer[Token, Any]):
     # whole rules
     @v_args(meta=True)
     def rule(self, meta: Any, children: list[Any]) -> RuleNode:
-        return assemble_rule(children[0], children[1:], self._loc(meta))
+        return _rule(children[0], children[1:], self._loc(meta))
 
     @v_args(meta=True)
     def entry(self, meta: Any, children: list[Any]) -> RuleNode:
-        return assemble_rule(None, children, self._loc(meta))
+        return _rule(None, children, self._loc(meta))
 
     @v_args(meta=True)
     def nat(self, meta: Any, children: list[Any]) -> NatNode:
-        return NatNode(children[0], assemble_rule(None, children[1:], self._loc(meta)))
+        return NatNode(children[0], _rule(None, children[1:], self._loc(meta)))
+
+
+def _rule(verdict: VerdictNode | None, parts: list[RulePart], loc: Loc) -> RuleNode:
+    """A rule from its parts as the grammar gives them: its matches, then its clauses."""
+    matches = tuple(part for part in parts if isinstance(part, MatchNode))
+    return assemble_rule(verdict, matches, [part for part in parts if not isinstance(part, MatchNode)], loc)

@@ -24,6 +24,7 @@ MAX_INT_BITS = 4096
 STR_TAG = "tag:yaml.org,2002:str"
 NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 MERGE_TAG = "tag:yaml.org,2002:merge"
+_make = tuple.__new__  # a named tuple (Loc, TextSpan) from its fields in order, minus its `__new__` call
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class YNode:
     # Where a string scalar's text lies in the file, to place errors inside it.
     span: TextSpan | None = field(default=None, compare=False, repr=False)
 
+    @classmethod
+    def of(cls, value: Any, loc: Loc, key_locs: dict[str, Loc], span: TextSpan | None) -> YNode:
+        """`YNode(...)` with every field given, built by filling its `__dict__`:
+        a frozen dataclass's `__init__` sets each field by `object.__setattr__`,
+        slow for a node per rule of a big policy."""
+        node = object.__new__(cls)
+        object.__setattr__(node, "__dict__", {"value": value, "loc": loc, "key_locs": key_locs, "span": span})
+        return node
+
     def plain(self) -> Any:
         """The value with locations stripped, for comparing defines."""
         if isinstance(self.value, dict):
@@ -44,15 +54,23 @@ class YNode:
             return [v.plain() for v in self.value]
         return self.value
 
+    def text_origin(self) -> Loc | None:
+        """Where a string scalar's text starts, when it is one line of its
+        file as written: its column c is then at this Loc's col + c. None
+        for any other text, whose positions `loc_in_text` works out."""
+        span = self.span
+        if span is None or not span.single_line:
+            return None
+        return _make(Loc, (self.loc.file, span.line, span.text_col - 1))
+
     def locator(self) -> Callable[[int, int], Loc]:
         """`loc_in_text`, specialised for this scalar: the parser asks for a
         position per token, so single-line rules get a shortcut."""
-        span = self.span
-        if span is not None and span.single_line:
-            file, first_line, offset = self.loc.file, span.line, span.text_col - 1
-            make = tuple.__new__  # Loc from its fields in order, minus NamedTuple's argument handling
+        origin = self.text_origin()
+        if origin is not None:
+            file, first_line, offset = origin
             return (
-                lambda line, col: make(Loc, (file, first_line, offset + col))
+                lambda line, col: _make(Loc, (file, first_line, offset + col))
                 if line == 1
                 else self.loc_in_text(line, col)
             )
@@ -150,7 +168,8 @@ def _span(start: Any, end: Any, style: str | None, value: str, source: str) -> T
         and source.startswith(value, first + quoted)
     )
     column = start.column + 1
-    return TextSpan(source, first, last, start.line + 1, column, style, single_line, column + quoted)
+    # a TextSpan from its fields in order: one per rule, and the named tuple's `__new__` is a call more
+    return _make(TextSpan, (source, first, last, start.line + 1, column, style, single_line, column + quoted))
 
 
 def _text_map(span: TextSpan, value: str) -> tuple[tuple[int, int], ...] | None:
@@ -264,11 +283,12 @@ class _Composer:
 
     def _compose(self) -> YNode:
         get_event = self.loader.get_event
+        scalar_event = yaml.ScalarEvent
         stack: list[_Open] = []
         while True:
             event = get_event()
             height = 0
-            if isinstance(event, yaml.ScalarEvent):
+            if isinstance(event, scalar_event):
                 node = self._scalar(event, stack)
             elif isinstance(event, yaml.CollectionStartEvent):
                 items: list[YNode] | dict[str, YNode] = (
@@ -280,7 +300,7 @@ class _Composer:
                 node, height = self._alias(event, len(stack))
             else:  # the end of the innermost collection
                 done = stack.pop()
-                node, height = YNode(done.items, done.loc, done.key_locs), done.height
+                node, height = YNode.of(done.items, done.loc, done.key_locs, None), done.height
                 if done.anchor is not None:
                     self.anchors[done.anchor] = _Anchored(node, height, done.budget - self.budget)
             if not stack:
@@ -336,10 +356,15 @@ class _Composer:
         return anchored.node, anchored.height
 
     def _scalar(self, event: yaml.ScalarEvent, stack: list[_Open]) -> YNode:
-        loc = _mark_loc(self.path, event.start_mark)
+        mark: Any = event.start_mark  # a Loc made here as `_mark_loc` makes it: one per rule
+        loc = _make(Loc, (self.path, mark.line + 1, mark.column + 1))
         self._count(loc, len(stack))
         tag = event.tag
-        if tag is None or tag == "!":
+        if tag is None and not event.implicit[0]:
+            # quoted, as most rules are: a string, the resolver's answer where
+            # no path resolver is added (none is), without its call per rule
+            tag = STR_TAG
+        elif tag is None or tag == "!":
             tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         value: Any = event.value
         if tag in NUMBER_TAGS and ":" in event.value:
@@ -372,7 +397,7 @@ class _Composer:
             if isinstance(value, str)
             else None
         )
-        scalar = YNode(value, loc, span=span)
+        scalar = YNode.of(value, loc, {}, span)
         if event.anchor is not None:
             self._new_anchor(event.anchor, loc)
             self.anchors[event.anchor] = _Anchored(scalar, 0, 1)
