@@ -13,7 +13,10 @@ listing it.
 
 An apply on nft loads through `load`: the counters of the rules it keeps
 (the same content in the same chain) start from the counts they had, in
-the load's own transaction, so counts survive a re-apply there.
+the load's own transaction, so counts survive a re-apply there. A rule's
+content is read in the policy's words, not the optimizer's (`Reader`): the
+names -O1 gives by number change when a rule is added or removed before,
+and the rules of a run move in and out of chains of their own.
 """
 
 from __future__ import annotations
@@ -32,14 +35,26 @@ from nfc.backends.iptables_kernel import LegacyKernel, rule_words
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed, run_tool
 from nfc.backends.nft_dump import LiveRule
 from nfc.backends.nft_sets import RUN_TIME, SET_BLOCK, set_element_counts
+from nfc.ir import CHAIN_NAMES
 from nfc.state import State
 from nfc.state_shapes import ORIGINS
+from nfc.vocab import PORT_PROTOCOLS
 
 LABEL = re.compile(r"(?P<file>.+?):(?P<line>[0-9]{1,9})(?:: .*)?\Z", re.S)
 """A generated rule's comment: FILE:LINE, then ': note' (nfc.backends.common)."""
 CHAIN_START = re.compile(r"\tchain (\S+) \{\Z")
 COUNTER = re.compile(r" counter(?: packets [0-9]+ bytes [0-9]+)?(?= |\Z)")
 COUNTED = re.compile(r"\[(?P<packets>[0-9]+):(?P<bytes>[0-9]+)\] (?P<rule>-A .*)\Z")
+# The names the nft optimizer (-O1, nft_runs.Declarations) gives by number,
+# in the order of the chain: the sets and maps of its lookups and of the
+# long lists rules keep (CHAIN_setN, CHAIN_mapN; the policy's own sets end
+# in _v4, _v6, _ports, never in a digit), and the chains runs of ICMP, TCP,
+# UDP and SCTP rules move to (CHAIN_icmp, CHAIN_tcp, CHAIN_udp2, ...).
+_CHAINS = "|".join(CHAIN_NAMES)
+NUMBERED_SET = re.compile(rf"\t(?:set|map) (?P<name>(?:{_CHAINS})_(?:set|map)[0-9]+) \{{\Z")
+RUN_CHAIN = re.compile(rf"(?P<chain>{_CHAINS})_(?:icmp|{'|'.join(PORT_PROTOCOLS)})[0-9]*\Z")
+LOOKUP = re.compile(r"@(\w+)")
+ELEMENT_NOISE = re.compile(r' comment "(?:[^"\\]|\\.)*"|\s+')
 
 DumpLines = list[tuple[str, tuple[tuple[int, int] | None, str]]]
 """A family's rules as iptables-legacy dumps them: (table, (counters, rule))."""
@@ -127,7 +142,7 @@ def _nft_origins(table: str, loaded: str) -> Json:
     handle, live, over = nft_table(table)
     if handle is None:
         raise ApplyError(f"table inet {table} is not in force")
-    written = _rule_lines(loaded)
+    written = _rule_contents(loaded)
     in_force: dict[str, list[LiveRule]] = {}
     for rule in live:
         in_force.setdefault(rule.chain, []).append(rule)
@@ -135,9 +150,7 @@ def _nft_origins(table: str, loaded: str) -> Json:
     for chain, rules_in_chain in in_force.items():
         lines = written.get(chain, [])
         if len(lines) == len(rules_in_chain):
-            contents |= {
-                r.handle: _content(chain, line) for r, line in zip(rules_in_chain, lines, strict=True)
-            }
+            contents |= {r.handle: content for r, content in zip(rules_in_chain, lines, strict=True)}
     rules = []
     for rule in live:
         origin = LABEL.match(rule.comment or "")
@@ -145,7 +158,7 @@ def _nft_origins(table: str, loaded: str) -> Json:
             rules.append(
                 {
                     "handle": rule.handle,
-                    "chain": rule.chain,
+                    "chain": policy_chain(rule.chain),  # the same across applies
                     "file": origin["file"],
                     "line": int(origin["line"]),
                     "meter_drops": rule.drops_over(over),
@@ -161,30 +174,72 @@ def _nft_origins(table: str, loaded: str) -> Json:
     return found | {"set_elements": counts}
 
 
-def _rule_lines(listing: str) -> dict[str, list[str]]:
-    """The rules of each chain of an nft text (nfc's ruleset.nft, or a
-    listing), one line each, in order."""
+def _rule_contents(listing: str) -> dict[str, list[str]]:
+    """The content of the rules of each chain of an nft text (nfc's
+    ruleset.nft, or a listing), in order."""
     chains: dict[str, list[str]] = {}
-    chain: list[str] | None = None
+    reader = Reader()
     for line in listing.splitlines():
-        if (start := CHAIN_START.match(line)) is not None:
-            chain = chains.setdefault(start[1], [])
-        elif line == "\t}":
-            chain = None
-        elif (
-            chain is not None
-            and line.startswith("\t\t")
-            and not line.startswith(("\t\ttype ", "\t\tpolicy "))
-        ):
-            chain.append(line.strip())
+        if (chain := reader.rule_of(line)) is not None:
+            chains.setdefault(chain, []).append(reader.content(chain, line.strip()))
     return chains
 
 
-def _content(chain: str, rule: str) -> str:
-    """What a rule does, without its comment and counter: the same content
-    keeps its counts across an apply."""
-    body = rule.rsplit(' comment "', 1)[0]
-    return hashlib.sha256(f"{chain} {COUNTER.sub('', body)}".encode()).hexdigest()
+def policy_chain(chain: str) -> str:
+    """The policy's chain of a chain of nfc's table: the one whose run of
+    rules the optimizer moved to `chain`, else `chain` itself."""
+    run = RUN_CHAIN.match(chain)
+    return chain if run is None else run["chain"]
+
+
+class Reader:
+    """An nft text read line by line, in order: which lines are rules, the
+    chain of each, and each rule's content, what it does without its
+    comment and counter, in the policy's words. The same content keeps
+    its counts across an apply, so it leaves out what -O1 numbers in the
+    order of the chain, which an unrelated rule added or removed before
+    changes: a rule of a run moved to a chain of its own is read in the
+    policy's chain (the run that grows to or shrinks below the optimizer's
+    threshold moves it), and a numbered set or map it looks up as its type
+    and elements (a rule whose list changed starts from zero). The
+    policy's named sets are read by name: their elements (a list file's,
+    which `nfc refresh` reloads) are not the rule's."""
+
+    def __init__(self) -> None:
+        self.chain: str | None = None  # where the lines read are, if in a chain
+        self.numbered: dict[str, str] = {}  # the numbered sets and maps declared so far, as read
+        self._declaring: tuple[str, list[str]] | None = None  # such a set being read, and its lines
+
+    def rule_of(self, line: str) -> str | None:
+        """Read `line` (without its newline): the chain it is a rule of, if it is one."""
+        if self._declaring is not None:
+            name, body = self._declaring
+            if line == "\t}":
+                digest = hashlib.sha256("".join(body).encode()).hexdigest()
+                self.numbered[name] = f"@{{{digest}}}"  # a name nft could not take
+                self._declaring = None
+            else:
+                body.append(ELEMENT_NOISE.sub("", line))  # nft lists its elements otherwise wrapped
+            return None
+        if (start := CHAIN_START.match(line)) is not None:
+            self.chain = start[1]
+            return None
+        if line == "\t}":
+            self.chain = None
+            return None
+        if self.chain is None:
+            if line.startswith(("\tset ", "\tmap ")) and (declared := NUMBERED_SET.match(line)):
+                self._declaring = (declared["name"], [])
+            return None
+        is_rule = line.startswith("\t\t") and not line.startswith(("\t\ttype ", "\t\tpolicy "))
+        return self.chain if is_rule else None
+
+    def content(self, chain: str, rule: str) -> str:
+        """The content of `rule` of `chain`, read after the sets it looks up (nft declares them first)."""
+        body = COUNTER.sub("", rule.rsplit(' comment "', 1)[0])
+        if "@" in body:
+            body = LOOKUP.sub(lambda found: self.numbered.get(found[1], found[0]), body)
+        return hashlib.sha256(f"{policy_chain(chain)} {body}".encode()).hexdigest()
 
 
 def load(kernel: Kernel, state: State, artifact: Artifact) -> None:
@@ -216,15 +271,12 @@ def carrying_counts(state: State, artifact: Artifact) -> Iterator[Artifact]:
         yield artifact
         return
     out = []
-    chain = None
+    reader = Reader()
     for line in artifact.path(nft.RULESET).read_text().splitlines(keepends=True):
         bare = line.rstrip("\n")
-        if (start := CHAIN_START.match(bare)) is not None:
-            chain = start[1]
-        elif bare == "\t}":
-            chain = None
-        elif chain is not None and " counter " in bare.rsplit(' comment "', 1)[0]:
-            waiting = counts.get(_content(chain, bare.strip()))
+        chain = reader.rule_of(bare)
+        if chain is not None and " counter " in bare.rsplit(' comment "', 1)[0]:
+            waiting = counts.get(reader.content(chain, bare.strip()))
             if waiting:
                 packets, size = waiting.pop(0)
                 line = line.replace(" counter ", f" counter packets {packets} bytes {size} ", 1)
