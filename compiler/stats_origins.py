@@ -14,7 +14,7 @@ listing it.
 An apply on nft loads through `load`: the counters of the rules it keeps
 (the same content in the same chain) start from the counts they had, in
 the load's own transaction, so counts survive a re-apply there. A rule's
-content is read in the policy's words, not the optimizer's (`Reader`): the
+content is read in the policy's words, not the optimizer's (`_content`): the
 names -O1 gives by number change when a rule is added or removed before,
 and the rules of a run move in and out of chains of their own.
 """
@@ -54,7 +54,7 @@ _CHAINS = "|".join(CHAIN_NAMES)
 NUMBERED_SET = re.compile(rf"\t(?:set|map) (?P<name>(?:{_CHAINS})_(?:set|map)[0-9]+) \{{\Z")
 RUN_CHAIN = re.compile(rf"(?P<chain>{_CHAINS})_(?:icmp|{'|'.join(PORT_PROTOCOLS)})[0-9]*\Z")
 LOOKUP = re.compile(r"@(\w+)")
-ELEMENT_NOISE = re.compile(r' comment "(?:[^"\\]|\\.)*"|\s+')
+ELEMENT_COMMENT = re.compile(r' comment "(?:[^"\\]|\\.)*"')
 
 DumpLines = list[tuple[str, tuple[tuple[int, int] | None, str]]]
 """A family's rules as iptables-legacy dumps them: (table, (counters, rule))."""
@@ -146,7 +146,7 @@ def _nft_origins(table: str, loaded: str) -> Json:
     in_force: dict[str, list[LiveRule]] = {}
     for rule in live:
         in_force.setdefault(rule.chain, []).append(rule)
-    contents: dict[int, str] = {}
+    contents: dict[int, str | None] = {}
     for chain, rules_in_chain in in_force.items():
         lines = written.get(chain, [])
         if len(lines) == len(rules_in_chain):
@@ -174,14 +174,26 @@ def _nft_origins(table: str, loaded: str) -> Json:
     return found | {"set_elements": counts}
 
 
-def _rule_contents(listing: str) -> dict[str, list[str]]:
-    """The content of the rules of each chain of an nft text (nfc's
-    ruleset.nft, or a listing), in order."""
-    chains: dict[str, list[str]] = {}
-    reader = Reader()
+def _rule_contents(listing: str) -> dict[str, list[str | None]]:
+    """The content (`_content`) of the counted rules of each chain of an
+    nft text (nfc's ruleset.nft, or a listing), in order: None for a rule
+    without a counter, which has no counts to carry."""
+    numbered = numbered_lists(listing)
+    chains: dict[str, list[str | None]] = {}
+    rules: list[str | None] | None = None
+    in_policy = ""  # the policy's chain of `rules`
     for line in listing.splitlines():
-        if (chain := reader.rule_of(line)) is not None:
-            chains.setdefault(chain, []).append(reader.content(chain, line.strip()))
+        if (start := CHAIN_START.match(line)) is not None:
+            rules, in_policy = chains.setdefault(start[1], []), policy_chain(start[1])
+        elif line == "\t}":
+            rules = None
+        elif (
+            rules is not None
+            and line.startswith("\t\t")
+            and not line.startswith(("\t\ttype ", "\t\tpolicy "))
+        ):
+            counted = " counter " in line.rsplit(' comment "', 1)[0]
+            rules.append(_content(in_policy, line.strip(), numbered) if counted else None)
     return chains
 
 
@@ -192,54 +204,47 @@ def policy_chain(chain: str) -> str:
     return chain if run is None else run["chain"]
 
 
-class Reader:
-    """An nft text read line by line, in order: which lines are rules, the
-    chain of each, and each rule's content, what it does without its
-    comment and counter, in the policy's words. The same content keeps
-    its counts across an apply, so it leaves out what -O1 numbers in the
-    order of the chain, which an unrelated rule added or removed before
-    changes: a rule of a run moved to a chain of its own is read in the
-    policy's chain (the run that grows to or shrinks below the optimizer's
-    threshold moves it), and a numbered set or map it looks up as its type
-    and elements (a rule whose list changed starts from zero). The
-    policy's named sets are read by name: their elements (a list file's,
-    which `nfc refresh` reloads) are not the rule's."""
+def numbered_lists(listing: str) -> dict[str, str]:
+    """The declaration of each set and map of an nft text that the
+    optimizer numbered, by name: its lines after the first."""
+    found = {}
+    for kind in ("\n\tset ", "\n\tmap "):  # a find, not a regex: a list file's set may be a million lines
+        at = listing.find(kind)
+        while at != -1:
+            head_end = listing.find("\n", at + 1)
+            end = listing.find("\n\t}", head_end)  # its elements are indented further
+            if end == -1:
+                break
+            if (declared := NUMBERED_SET.match(listing, at + 1, head_end)) is not None:
+                found[declared["name"]] = listing[head_end:end]
+            at = listing.find(kind, end)
+    return found
 
-    def __init__(self) -> None:
-        self.chain: str | None = None  # where the lines read are, if in a chain
-        self.numbered: dict[str, str] = {}  # the numbered sets and maps declared so far, as read
-        self._declaring: tuple[str, list[str]] | None = None  # such a set being read, and its lines
 
-    def rule_of(self, line: str) -> str | None:
-        """Read `line` (without its newline): the chain it is a rule of, if it is one."""
-        if self._declaring is not None:
-            name, body = self._declaring
-            if line == "\t}":
-                digest = hashlib.sha256("".join(body).encode()).hexdigest()
-                self.numbered[name] = f"@{{{digest}}}"  # a name nft could not take
-                self._declaring = None
-            else:
-                body.append(ELEMENT_NOISE.sub("", line))  # nft lists its elements otherwise wrapped
-            return None
-        if (start := CHAIN_START.match(line)) is not None:
-            self.chain = start[1]
-            return None
-        if line == "\t}":
-            self.chain = None
-            return None
-        if self.chain is None:
-            if line.startswith(("\tset ", "\tmap ")) and (declared := NUMBERED_SET.match(line)):
-                self._declaring = (declared["name"], [])
-            return None
-        is_rule = line.startswith("\t\t") and not line.startswith(("\t\ttype ", "\t\tpolicy "))
-        return self.chain if is_rule else None
+def _content(chain: str, rule: str, numbered: dict[str, str]) -> str:
+    """What `rule` of the policy's `chain` does, without its comment and
+    counter, in the policy's words: the same content keeps its counts
+    across an apply. So it leaves out what -O1 numbers in the order of the
+    chain, which an unrelated rule added or removed before changes: a rule
+    of a run moved to a chain of its own is of the policy's chain (a run
+    that grows to the optimizer's threshold or shrinks below it moves its
+    rules there or back), and a numbered set or map it looks up (declared
+    in `numbered`) is its type and elements (a rule whose list changed
+    starts from zero). The policy's named sets stay names: their elements
+    (a list file's, which `nfc refresh` reloads) are not the rule's."""
+    body = COUNTER.sub("", rule.rsplit(' comment "', 1)[0])
+    if "_set" in body or "_map" in body:  # a quick test: most lookups are of the policy's sets
+        body = LOOKUP.sub(
+            lambda found: _as_elements(numbered[found[1]]) if found[1] in numbered else found[0], body
+        )
+    return hashlib.sha256(f"{chain} {body}".encode()).hexdigest()
 
-    def content(self, chain: str, rule: str) -> str:
-        """The content of `rule` of `chain`, read after the sets it looks up (nft declares them first)."""
-        body = COUNTER.sub("", rule.rsplit(' comment "', 1)[0])
-        if "@" in body:
-            body = LOOKUP.sub(lambda found: self.numbered.get(found[1], found[0]), body)
-        return hashlib.sha256(f"{policy_chain(chain)} {body}".encode()).hexdigest()
+
+def _as_elements(declaration: str) -> str:
+    """A set's declaration as its type and elements, without their comments
+    and however nft wraps them, digested: `@{DIGEST}`, a name nft could not take."""
+    elements = "".join(ELEMENT_COMMENT.sub("", declaration).split())
+    return f"@{{{hashlib.sha256(elements.encode()).hexdigest()}}}"
 
 
 def load(kernel: Kernel, state: State, artifact: Artifact) -> None:
@@ -270,13 +275,18 @@ def carrying_counts(state: State, artifact: Artifact) -> Iterator[Artifact]:
     if not counts:
         yield artifact
         return
+    text = artifact.path(nft.RULESET).read_text()
+    numbered = numbered_lists(text)
     out = []
-    reader = Reader()
-    for line in artifact.path(nft.RULESET).read_text().splitlines(keepends=True):
+    chain = None  # the policy's chain of the lines read
+    for line in text.splitlines(keepends=True):
         bare = line.rstrip("\n")
-        chain = reader.rule_of(bare)
-        if chain is not None and " counter " in bare.rsplit(' comment "', 1)[0]:
-            waiting = counts.get(reader.content(chain, bare.strip()))
+        if (start := CHAIN_START.match(bare)) is not None:
+            chain = policy_chain(start[1])
+        elif bare == "\t}":
+            chain = None
+        elif chain is not None and " counter " in bare.rsplit(' comment "', 1)[0]:
+            waiting = counts.get(_content(chain, bare.strip(), numbered))
             if waiting:
                 packets, size = waiting.pop(0)
                 line = line.replace(" counter ", f" counter packets {packets} bytes {size} ", 1)

@@ -68,12 +68,18 @@ RUNS = [
 def _contents_by_line(text: str) -> dict[int, list[str]]:
     """The content of each counted rule of an nft text (the others carry no
     counts), by the policy line its comment names."""
-    reader = stats_origins.Reader()
+    contents = stats_origins._rule_contents(text)
     found: dict[int, list[str]] = {}
+    chain, index = None, 0
     for line in text.splitlines():
-        chain = reader.rule_of(line)
-        if chain is not None and (label := re.search(r' counter .* comment "[^"]*:([0-9]+)', line)):
-            found.setdefault(int(label[1]), []).append(reader.content(chain, line.strip()))
+        if (start := stats_origins.CHAIN_START.match(line)) is not None:
+            chain, index = start[1], 0
+        elif line == "\t}":
+            chain = None
+        elif chain is not None and not line.startswith(("\t\ttype ", "\t\tpolicy ")):
+            content, index = contents[chain][index], index + 1
+            if content is not None:
+                found.setdefault(int(re.findall(r' comment "[^"]*:([0-9]+)', line)[-1]), []).append(content)
     return found
 
 
