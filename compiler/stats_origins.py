@@ -178,7 +178,7 @@ def _rule_contents(listing: str) -> dict[str, list[str | None]]:
     """The content (`_content`) of the counted rules of each chain of an
     nft text (nfc's ruleset.nft, or a listing), in order: None for a rule
     without a counter, which has no counts to carry."""
-    numbered = numbered_lists(listing)
+    numbered = _numbered_lists(listing)
     chains: dict[str, list[str | None]] = {}
     rules: list[str | None] | None = None
     in_policy = ""  # the policy's chain of `rules`
@@ -204,7 +204,7 @@ def policy_chain(chain: str) -> str:
     return chain if run is None else run["chain"]
 
 
-def numbered_lists(listing: str) -> dict[str, str]:
+def _numbered_lists(listing: str) -> dict[str, str]:
     """The declaration of each set and map of an nft text that the
     optimizer numbered, by name: its lines after the first."""
     found = {}
@@ -276,7 +276,7 @@ def carrying_counts(state: State, artifact: Artifact) -> Iterator[Artifact]:
         yield artifact
         return
     text = artifact.path(nft.RULESET).read_text()
-    numbered = numbered_lists(text)
+    numbered = _numbered_lists(text)
     out = []
     chain = None  # the policy's chain of the lines read
     for line in text.splitlines(keepends=True):

@@ -60,6 +60,7 @@ RUNS = [
     f"drop udp dport {_nine_ports(6000)}",
     *[f"accept tcp dport {port}" for port in range(31, 36)],
     "drop from 10.99.0.2",
+    "accept udp dport {5004, 5008}",  # short: a rule per port
     "accept icmp type echo-request",
     "accept icmpv6 type echo-request",
 ]
@@ -86,10 +87,11 @@ def _contents_by_line(text: str) -> dict[int, list[str]]:
 def test_a_rules_content_leaves_out_what_the_optimizer_numbers(tmp_path: Path) -> None:
     """A rule inserted before renumbers the sets and chains -O1 makes and moves
     a run to chains by protocol; the content of every other rule stays, but
-    for the rule whose list changed. A set listed as nft lists it reads the same."""
+    for the rule whose list changed, and a list split into a rule per value
+    keeps the values it keeps. A set listed as nft lists it reads the same."""
     first = 8  # the line of the first rule of input_policy
     inserted = [f"drop tcp dport {_nine_ports(7001)}"]
-    changed = [rule.replace("6800}", "6900}") for rule in RUNS]
+    changed = [rule.replace("6800}", "6900}").replace("5008}", "5008, 5012}") for rule in RUNS]
     texts = []
     for directory, rules in (("before", RUNS), ("after", inserted + changed)):
         (tmp_path / directory).mkdir()
@@ -101,7 +103,9 @@ def test_a_rules_content_leaves_out_what_the_optimizer_numbers(tmp_path: Path) -
     was, now = _contents_by_line(before), _contents_by_line(after)
     moved = {line + 1: contents for line, contents in was.items()}
     changed_line = first + RUNS.index(f"drop udp dport {_nine_ports(6000)}") + 1
-    assert {line for line in moved if moved[line] != now[line]} == {changed_line}
+    grown_line = first + RUNS.index("accept udp dport {5004, 5008}") + 1
+    assert {line for line in moved if moved[line] != now[line]} == {changed_line, grown_line}
+    assert len(now[grown_line]) == 3 and now[grown_line][:2] == moved[grown_line]  # the ports it kept
     assert now[first] not in was.values()
     # as nft lists a set: its elements wrapped otherwise
     listed = re.sub(r",\n\t+", ", ", before).replace("elements = {\n\t\t\t", "elements = { ")
