@@ -13,7 +13,10 @@ listing it.
 
 An apply on nft loads through `load`: the counters of the rules it keeps
 (the same content in the same chain) start from the counts they had, in
-the load's own transaction, so counts survive a re-apply there.
+the load's own transaction, so counts survive a re-apply there. A rule's
+content is read in the policy's words, not the optimizer's (`_content`): the
+names -O1 gives by number change when a rule is added or removed before,
+and the rules of a run move in and out of chains of their own.
 """
 
 from __future__ import annotations
@@ -32,14 +35,26 @@ from nfc.backends.iptables_kernel import LegacyKernel, rule_words
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed, run_tool
 from nfc.backends.nft_dump import LiveRule
 from nfc.backends.nft_sets import RUN_TIME, SET_BLOCK, set_element_counts
+from nfc.ir import CHAIN_NAMES
 from nfc.state import State
 from nfc.state_shapes import ORIGINS
+from nfc.vocab import PORT_PROTOCOLS
 
 LABEL = re.compile(r"(?P<file>.+?):(?P<line>[0-9]{1,9})(?:: .*)?\Z", re.S)
 """A generated rule's comment: FILE:LINE, then ': note' (nfc.backends.common)."""
 CHAIN_START = re.compile(r"\tchain (\S+) \{\Z")
 COUNTER = re.compile(r" counter(?: packets [0-9]+ bytes [0-9]+)?(?= |\Z)")
 COUNTED = re.compile(r"\[(?P<packets>[0-9]+):(?P<bytes>[0-9]+)\] (?P<rule>-A .*)\Z")
+# The names the nft optimizer (-O1, nft_runs.Declarations) gives by number,
+# in the order of the chain: the sets and maps of its lookups and of the
+# long lists rules keep (CHAIN_setN, CHAIN_mapN; the policy's own sets end
+# in _v4, _v6, _ports, never in a digit), and the chains runs of ICMP, TCP,
+# UDP and SCTP rules move to (CHAIN_icmp, CHAIN_tcp, CHAIN_udp2, ...).
+_CHAINS = "|".join(CHAIN_NAMES)
+NUMBERED_SET = re.compile(rf"\t(?:set|map) (?P<name>(?:{_CHAINS})_(?:set|map)[0-9]+) \{{\Z")
+RUN_CHAIN = re.compile(rf"(?P<chain>{_CHAINS})_(?:icmp|{'|'.join(PORT_PROTOCOLS)})[0-9]*\Z")
+LOOKUP = re.compile(r"@(\w+)")
+ELEMENT_COMMENT = re.compile(r' comment "(?:[^"\\]|\\.)*"')
 
 DumpLines = list[tuple[str, tuple[tuple[int, int] | None, str]]]
 """A family's rules as iptables-legacy dumps them: (table, (counters, rule))."""
@@ -127,17 +142,15 @@ def _nft_origins(table: str, loaded: str) -> Json:
     handle, live, over = nft_table(table)
     if handle is None:
         raise ApplyError(f"table inet {table} is not in force")
-    written = _rule_lines(loaded)
+    written = _rule_contents(loaded)
     in_force: dict[str, list[LiveRule]] = {}
     for rule in live:
         in_force.setdefault(rule.chain, []).append(rule)
-    contents: dict[int, str] = {}
+    contents: dict[int, str | None] = {}
     for chain, rules_in_chain in in_force.items():
         lines = written.get(chain, [])
         if len(lines) == len(rules_in_chain):
-            contents |= {
-                r.handle: _content(chain, line) for r, line in zip(rules_in_chain, lines, strict=True)
-            }
+            contents |= {r.handle: content for r, content in zip(rules_in_chain, lines, strict=True)}
     rules = []
     for rule in live:
         origin = LABEL.match(rule.comment or "")
@@ -145,7 +158,7 @@ def _nft_origins(table: str, loaded: str) -> Json:
             rules.append(
                 {
                     "handle": rule.handle,
-                    "chain": rule.chain,
+                    "chain": policy_chain(rule.chain),  # the same across applies
                     "file": origin["file"],
                     "line": int(origin["line"]),
                     "meter_drops": rule.drops_over(over),
@@ -161,30 +174,77 @@ def _nft_origins(table: str, loaded: str) -> Json:
     return found | {"set_elements": counts}
 
 
-def _rule_lines(listing: str) -> dict[str, list[str]]:
-    """The rules of each chain of an nft text (nfc's ruleset.nft, or a
-    listing), one line each, in order."""
-    chains: dict[str, list[str]] = {}
-    chain: list[str] | None = None
+def _rule_contents(listing: str) -> dict[str, list[str | None]]:
+    """The content (`_content`) of the counted rules of each chain of an
+    nft text (nfc's ruleset.nft, or a listing), in order: None for a rule
+    without a counter, which has no counts to carry."""
+    numbered = _numbered_lists(listing)
+    chains: dict[str, list[str | None]] = {}
+    rules: list[str | None] | None = None
+    in_policy = ""  # the policy's chain of `rules`
     for line in listing.splitlines():
         if (start := CHAIN_START.match(line)) is not None:
-            chain = chains.setdefault(start[1], [])
+            rules, in_policy = chains.setdefault(start[1], []), policy_chain(start[1])
         elif line == "\t}":
-            chain = None
+            rules = None
         elif (
-            chain is not None
+            rules is not None
             and line.startswith("\t\t")
             and not line.startswith(("\t\ttype ", "\t\tpolicy "))
         ):
-            chain.append(line.strip())
+            counted = " counter " in line.rsplit(' comment "', 1)[0]
+            rules.append(_content(in_policy, line.strip(), numbered) if counted else None)
     return chains
 
 
-def _content(chain: str, rule: str) -> str:
-    """What a rule does, without its comment and counter: the same content
-    keeps its counts across an apply."""
-    body = rule.rsplit(' comment "', 1)[0]
-    return hashlib.sha256(f"{chain} {COUNTER.sub('', body)}".encode()).hexdigest()
+def policy_chain(chain: str) -> str:
+    """The policy's chain of a chain of nfc's table: the one whose run of
+    rules the optimizer moved to `chain`, else `chain` itself."""
+    run = RUN_CHAIN.match(chain)
+    return chain if run is None else run["chain"]
+
+
+def _numbered_lists(listing: str) -> dict[str, str]:
+    """The declaration of each set and map of an nft text that the
+    optimizer numbered, by name: its lines after the first."""
+    found = {}
+    for kind in ("\n\tset ", "\n\tmap "):  # a find, not a regex: a list file's set may be a million lines
+        at = listing.find(kind)
+        while at != -1:
+            head_end = listing.find("\n", at + 1)
+            end = listing.find("\n\t}", head_end)  # its elements are indented further
+            if end == -1:
+                break
+            if (declared := NUMBERED_SET.match(listing, at + 1, head_end)) is not None:
+                found[declared["name"]] = listing[head_end:end]
+            at = listing.find(kind, end)
+    return found
+
+
+def _content(chain: str, rule: str, numbered: dict[str, str]) -> str:
+    """What `rule` of the policy's `chain` does, without its comment and
+    counter, in the policy's words: the same content keeps its counts
+    across an apply. So it leaves out what -O1 numbers in the order of the
+    chain, which an unrelated rule added or removed before changes: a rule
+    of a run moved to a chain of its own is of the policy's chain (a run
+    that grows to the optimizer's threshold or shrinks below it moves its
+    rules there or back), and a numbered set or map it looks up (declared
+    in `numbered`) is its type and elements (a rule whose list changed
+    starts from zero). The policy's named sets stay names: their elements
+    (a list file's, which `nfc refresh` reloads) are not the rule's."""
+    body = COUNTER.sub("", rule.rsplit(' comment "', 1)[0])
+    if "_set" in body or "_map" in body:  # a quick test: most lookups are of the policy's sets
+        body = LOOKUP.sub(
+            lambda found: _as_elements(numbered[found[1]]) if found[1] in numbered else found[0], body
+        )
+    return hashlib.sha256(f"{chain} {body}".encode()).hexdigest()
+
+
+def _as_elements(declaration: str) -> str:
+    """A set's declaration as its type and elements, without their comments
+    and however nft wraps them, digested: `@{DIGEST}`, a name nft could not take."""
+    elements = "".join(ELEMENT_COMMENT.sub("", declaration).split())
+    return f"@{{{hashlib.sha256(elements.encode()).hexdigest()}}}"
 
 
 def load(kernel: Kernel, state: State, artifact: Artifact) -> None:
@@ -215,16 +275,18 @@ def carrying_counts(state: State, artifact: Artifact) -> Iterator[Artifact]:
     if not counts:
         yield artifact
         return
+    text = artifact.path(nft.RULESET).read_text()
+    numbered = _numbered_lists(text)
     out = []
-    chain = None
-    for line in artifact.path(nft.RULESET).read_text().splitlines(keepends=True):
+    chain = None  # the policy's chain of the lines read
+    for line in text.splitlines(keepends=True):
         bare = line.rstrip("\n")
         if (start := CHAIN_START.match(bare)) is not None:
-            chain = start[1]
+            chain = policy_chain(start[1])
         elif bare == "\t}":
             chain = None
         elif chain is not None and " counter " in bare.rsplit(' comment "', 1)[0]:
-            waiting = counts.get(_content(chain, bare.strip()))
+            waiting = counts.get(_content(chain, bare.strip(), numbered))
             if waiting:
                 packets, size = waiting.pop(0)
                 line = line.replace(" counter ", f" counter packets {packets} bytes {size} ", 1)

@@ -242,3 +242,97 @@ def test_nft_counts_survive_an_apply_where_the_rule_is_unchanged(lab: Lab, tmp_p
     rows = counted_all(lab, policy, {5000: lines[5000]}, rounds=2)
     packets, size = expected(5000)
     assert (rows[lines[5000]]["packets"], rows[lines[5000]]["bytes"]) == (2 * packets, 2 * size)
+
+
+def _ports(first: int, step: int) -> str:
+    """Nine ports, too many to split into a rule each: the optimizer keeps them as a named set."""
+    return "{" + ", ".join(str(first + step * n) for n in range(9)) + "}"
+
+
+def _tcp(*ports: int) -> str:
+    return "".join(f"    - accept tcp dport {port}\n" for port in ports)
+
+
+# Two versions of a policy, the second with one rule inserted at the top: at
+# -O1 the optimizer names the sets the long lists become (input_setN) and the
+# chains that runs of 8 TCP and UDP rules move to (input_tcpN, input_udpN) by
+# number, in order, so the second renumbers them all, and the first run grows
+# to 8 rules and moves to chains of its own. A rule without a protocol ends a run.
+RENUMBERED = (
+    "nfc: 1\ncounters: true\ninput:\n  policy: accept\n  state: manual\n  icmp: manual\n  loopback: manual\n"
+    "  rules:\n{inserted}"
+    "    - accept udp dport 5003\n" + _tcp(21, 22, 23, 24, 25, 26) + "    - drop from 10.99.0.1\n"
+    "    - accept udp dport {listed}\n"
+    "    - accept udp dport {listed}\n"
+    "    - drop udp dport {changed}\n"
+    "    - accept udp dport 5001\n"
+    "    - accept udp dport 5001\n" + _tcp(31, 32, 33) + "    - drop from 10.99.0.2\n"
+    "    - accept udp dport 5002\n" + _tcp(41, 42, 43, 44, 45, 46, 47)
+)
+RENUMBERED_LINES = {
+    "moved": "accept udp dport 5003",
+    "listed": "accept udp dport {5000",
+    "changed": "drop udp dport {6",
+    "plain": "accept udp dport 5001",
+    "renumbered": "accept udp dport 5002",
+}
+# What the client sends: (port, payload bytes, datagrams).
+RENUMBERED_SENT = [(5000, 10, 3), (5800, 20, 1), (6000, 1, 2), (5001, 5, 2), (5002, 7, 1), (5003, 3, 2)]
+
+
+def renumbered_policy(directory: Path, inserted: bool) -> tuple[Path, dict[str, list[int]]]:
+    """A version of RENUMBERED, and the lines of each of RENUMBERED_LINES'
+    rules (two for a line written twice)."""
+    text = RENUMBERED.format(
+        inserted=f"    - drop tcp dport {_ports(7001, 2)}\n" if inserted else "",
+        listed=_ports(5000, 100),
+        changed=_ports(6100 if inserted else 6000, 100),  # 6000 and 6100 .. 6800, or 6900
+    )
+    directory.mkdir()
+    path = directory / "counted.yaml"
+    path.write_text(text)
+    numbered = list(enumerate(text.splitlines(), 1))
+    return path, {
+        key: [number for number, line in numbered if line.startswith(f"    - {rule}")]
+        for key, rule in RENUMBERED_LINES.items()
+    }
+
+
+def test_nft_counts_survive_the_optimizers_renumbering(lab: Lab, tmp_path: Path) -> None:
+    """An unchanged line keeps its counts across an apply that renumbers the
+    sets and chains its rule is in, or moves it to a chain by protocol; a
+    line whose list changed starts from zero; of two identical lines, each
+    keeps its own counts; and the rows stay those of the policy's chain."""
+    before_policy, before_lines = renumbered_policy(tmp_path / "before", inserted=False)
+    after_policy, after_lines = renumbered_policy(tmp_path / "after", inserted=True)
+    compiled = lab.server.nfc("compile", str(after_policy), "--stdout").stdout
+    assert all(f"\tchain input_{name} {{\n" in compiled for name in ("udp", "udp2", "udp3")), compiled
+    assert "\t\tudp dport @input_set3 counter accept" in compiled, compiled
+
+    applied = lab.apply(before_policy)
+    assert applied.returncode == 0, applied.stderr
+    specs = [f"{SERVER_A4},{port},{size},{count}" for port, size, count in RENUMBERED_SENT]
+    lab.client_a.run(sys.executable, "-c", SEND, *specs)
+    sent = {port: (count, count * (HEADERS[SERVER_A4] + size)) for port, size, count in RENUMBERED_SENT}
+    expected = {
+        "moved": [sent[5003]],
+        "listed": [(sent[5000][0] + sent[5800][0], sent[5000][1] + sent[5800][1]), (0, 0)],
+        "changed": [sent[6000]],
+        "plain": [sent[5001], (0, 0)],  # the first of two identical lines takes every packet
+        "renumbered": [sent[5002]],
+    }
+
+    def counts(policy: Path, lines: dict[str, list[int]]) -> dict[str, list[tuple[int, int]]]:
+        rows = by_line(stats(lab, "--format", "json"), policy)
+        return {
+            key: [(rows[n]["packets"], rows[n]["bytes"]) for n in numbers] for key, numbers in lines.items()
+        }
+
+    wait_until(lambda: counts(before_policy, before_lines) == expected, timeout=10)
+    assert counts(before_policy, before_lines) == expected
+
+    applied = lab.apply(after_policy)
+    assert applied.returncode == 0, applied.stderr
+    assert counts(after_policy, after_lines) == expected | {"changed": [(0, 0)]}
+    # a run's first line is also that of the jump to its chains, which has no counter
+    assert stats(lab, "--format", "json")["uncounted"] == []

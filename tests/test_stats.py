@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from state_corpus import damaged
 
 from nfc import cli, stats, stats_format, stats_origins
+from nfc.backends import nft, nft_optimize
 from nfc.backends.kernel import ApplyError
 from nfc.errors import PolicyError
 from nfc.state import State
 from nfc.stats import Fill, LineCount, Stats
 
-from helpers import iptables_of, nft_of, ruleset_of
+from helpers import input_policy, iptables_of, nft_of, ruleset_of
 
 POLICY = """\
 nfc: 1
@@ -41,6 +43,90 @@ def test_counters_true_puts_a_counter_on_every_rule(tmp_path: Path) -> None:
     rules = [line.strip() for line in nft_of(tmp_path, POLICY.format(counters="counters: true")).splitlines()]
     rules = [line for line in rules if "comment" in line and "meter full" not in line]
     assert len(rules) > 5 and all(" counter " in line for line in rules)
+
+
+def _nine_ports(first: int) -> str:
+    return "{" + ", ".join(str(first + 100 * n) for n in range(9)) + "}"  # kept as a named set at -O1
+
+
+# Runs of TCP and UDP rules and ICMP rules, cut off from each other by a rule
+# without a protocol; the first run is one rule short of chains by protocol.
+RUNS = [
+    "accept udp dport 5003",
+    *[f"accept tcp dport {port}" for port in range(21, 27)],
+    "drop from 10.99.0.1",
+    f"accept udp dport {_nine_ports(5000)}",
+    f"accept udp dport {_nine_ports(5000)}",
+    f"drop udp dport {_nine_ports(6000)}",
+    *[f"accept tcp dport {port}" for port in range(31, 36)],
+    "drop from 10.99.0.2",
+    "accept udp dport {5004, 5008}",  # short: a rule per port
+    "accept icmp type echo-request",
+    "accept icmpv6 type echo-request",
+]
+
+
+def _contents_by_line(text: str) -> dict[int, list[str]]:
+    """The content of each counted rule of an nft text (the others carry no
+    counts), by the policy line its comment names."""
+    contents = stats_origins._rule_contents(text)
+    found: dict[int, list[str]] = {}
+    chain, index = None, 0
+    for line in text.splitlines():
+        if (start := stats_origins.CHAIN_START.match(line)) is not None:
+            chain, index = start[1], 0
+        elif line == "\t}":
+            chain = None
+        elif chain is not None and not line.startswith(("\t\ttype ", "\t\tpolicy ")):
+            content, index = contents[chain][index], index + 1
+            if content is not None:
+                found.setdefault(int(re.findall(r' comment "[^"]*:([0-9]+)', line)[-1]), []).append(content)
+    return found
+
+
+def test_a_rules_content_leaves_out_what_the_optimizer_numbers(tmp_path: Path) -> None:
+    """A rule inserted before renumbers the sets and chains -O1 makes and moves
+    a run to chains by protocol; the content of every other rule stays, but
+    for the rule whose list changed, and a list split into a rule per value
+    keeps the values it keeps. A set listed as nft lists it reads the same."""
+    first = 8  # the line of the first rule of input_policy
+    inserted = [f"drop tcp dport {_nine_ports(7001)}"]
+    changed = [rule.replace("6800}", "6900}").replace("5008}", "5008, 5012}") for rule in RUNS]
+    texts = []
+    for directory, rules in (("before", RUNS), ("after", inserted + changed)):
+        (tmp_path / directory).mkdir()
+        ruleset = ruleset_of(tmp_path / directory, input_policy(*rules, extra="counters: true"))
+        texts.append(nft_optimize.generate(ruleset)[nft.RULESET])
+    before, after = texts
+    assert "\tchain input_udp2 {" not in before and "\tchain input_udp2 {" in after
+    assert "@input_set1 counter accept" in before and "@input_set3 counter accept" in after
+    was, now = _contents_by_line(before), _contents_by_line(after)
+    moved = {line + 1: contents for line, contents in was.items()}
+    changed_line = first + RUNS.index(f"drop udp dport {_nine_ports(6000)}") + 1
+    grown_line = first + RUNS.index("accept udp dport {5004, 5008}") + 1
+    assert {line for line in moved if moved[line] != now[line]} == {changed_line, grown_line}
+    assert len(now[grown_line]) == 3 and now[grown_line][:2] == moved[grown_line]  # the ports it kept
+    assert now[first] not in was.values()
+    # as nft lists a set: its elements wrapped otherwise
+    listed = re.sub(r",\n\t+", ", ", before).replace("elements = {\n\t\t\t", "elements = { ")
+    assert listed != before and _contents_by_line(listed) == was
+
+
+@pytest.mark.parametrize(
+    ("chain", "policy_chain"),
+    [
+        ("input_udp", "input"),
+        ("forward_tcp12", "forward"),
+        ("output_icmp2", "output"),
+        ("input", "input"),
+        ("raw_prerouting", "raw_prerouting"),
+        ("input_set1", "input_set1"),
+    ],
+)
+def test_stats_show_a_run_moved_to_a_chain_of_its_own_in_the_policys_chain(
+    chain: str, policy_chain: str
+) -> None:
+    assert stats_origins.policy_chain(chain) == policy_chain
 
 
 def test_counters_false_or_absent_changes_nothing(tmp_path: Path) -> None:
