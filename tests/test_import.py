@@ -101,6 +101,23 @@ def test_nft_json_imports_to_the_same_rules_as_the_text(name: str) -> None:
     assert re.search(r"json:1:\d+", json.policy)  # one-line JSON: placed by column
 
 
+def test_nft_json_items_are_placed_where_json_reads_them(tmp_path: Path) -> None:
+    """The key 'nftables' written with an escape, after a string that holds
+    its text: the rule is read, and placed, at its own column."""
+    table = '{"table": {"family": "inet", "name": "f"}}'
+    chain = '{"chain": {"family": "inet", "table": "f", "name": "input", "hook": "input", "prio": 0}}'
+    rule = (
+        '{"rule": {"family": "inet", "table": "f", "chain": "input", "expr": [{"match": {"op": "==", '
+        '"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"accept": null}]}}'
+    )
+    text = f'{{"decoy": "\\"nftables\\": [{{", "\\u006eftables": [{table}, {chain}, {rule}]}}'
+    path = tmp_path / "escaped.json"
+    path.write_text(text)
+    policy = api.import_ruleset(str(path)).policy
+    column = text.index('{"rule"') + 1
+    assert f"escaped.json:1:{column}" in policy, policy
+
+
 def test_sets_become_defines_and_concatenations_one_rule_per_element() -> None:
     policy = imported("sets-server.nft").policy
     assert "admins: [10.77.2.0/28, 192.0.2.10]" in policy
@@ -306,6 +323,8 @@ BAD = [
     ),
     ("family.nft", "table foo bar {\n}\n", 1, "unknown table family"),
     ("broken.json", '{"nftables": [{"table": {"family": "inet"', 1, "not JSON"),
+    ("digits.json", '{"nftables": [\n{"table": {"handle": ' + "1" * 5000 + "}}]}", 2, "4300 digits"),
+    ("no-key.json", '{"nftables": [{}]}', 1, "an item of 'nftables' that is not one key"),
     ("nothing.txt", "hello\n", 1, "neither iptables-save output nor an nft ruleset"),
     # a value nfc refuses is placed on the input line the policy line names
     ("reversed.nft", REVERSED, 4, "port range 910-10 is reversed"),
