@@ -324,6 +324,8 @@ BAD = [
     ("family.nft", "table foo bar {\n}\n", 1, "unknown table family"),
     ("broken.json", '{"nftables": [{"table": {"family": "inet"', 1, "not JSON"),
     ("digits.json", '{"nftables": [\n{"table": {"handle": ' + "1" * 5000 + "}}]}", 2, "4300 digits"),
+    ("deep.json", '{"nftables":\n[' + "[" * 100 + "]" * 101 + "}", 2, "nested deeper than 64 levels"),
+    ("deeper.json", '{"nftables":\n[' + "[" * 5000 + "]" * 5001 + "}", 2, "nested deeper than 64 levels"),
     ("no-key.json", '{"nftables": [{}]}', 1, "an item of 'nftables' that is not one key"),
     ("nothing.txt", "hello\n", 1, "neither iptables-save output nor an nft ruleset"),
     # a value nfc refuses is placed on the input line the policy line names

@@ -13,6 +13,9 @@ from nfc.errors import Loc, PolicyError
 Json = object
 # json.loads reads whole numbers of at most 4300 digits (int()'s limit): longer ones are no JSON error
 LONG_NUMBER = re.compile(r"[0-9]{4301,}")
+# nft nests a ruleset about 12 levels deep; Python's decoder, and the readers here, recurse
+MAX_DEPTH = 64
+NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 # Statements that decide no verdict; any other statement nfc does not know may decide one.
 NON_TERMINAL = (
     "counter",
@@ -35,8 +38,15 @@ def items(path: str, text: str) -> Iterator[tuple[dict[str, Json], Loc]]:
         whole = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyError(Loc(path, exc.lineno, exc.colno), f"not JSON: {exc.msg}", None) from None
+    except RecursionError:
+        raise PolicyError(_too_deep(path, text), f"nested deeper than {MAX_DEPTH} levels", None) from None
     except ValueError:
-        raise PolicyError(_loc(path, text, LONG_NUMBER), "a number of more than 4300 digits", None) from None
+        found = LONG_NUMBER.search(text)
+        raise PolicyError(
+            _at(path, text, found.start() if found else 0), "a number of more than 4300 digits", None
+        ) from None
+    if _depth(whole) > MAX_DEPTH:
+        raise PolicyError(_too_deep(path, text), f"nested deeper than {MAX_DEPTH} levels", None)
     if not isinstance(whole, dict) or not isinstance(whole.get("nftables"), list):
         raise PolicyError(
             Loc(path, 1, 1), "no 'nftables' list: not the output of 'nft -j list ruleset'", None
@@ -44,19 +54,39 @@ def items(path: str, text: str) -> Iterator[tuple[dict[str, Json], Loc]]:
     decoder = json.JSONDecoder()
     for index in _list_items(decoder, text, _nftables_value(decoder, text)):
         item, _ = decoder.raw_decode(text, index)
-        line = text.count("\n", 0, index) + 1
-        col = index - (text.rfind("\n", 0, index) + 1) + 1
+        loc = _at(path, text, index)
         if not isinstance(item, dict):
-            raise PolicyError(Loc(path, line, col), "an item of 'nftables' that is not an object", None)
+            raise PolicyError(loc, "an item of 'nftables' that is not an object", None)
         if len(item) != 1:  # nft writes each object under one key: its kind
-            raise PolicyError(Loc(path, line, col), "an item of 'nftables' that is not one key", None)
-        yield item, Loc(path, line, col)
+            raise PolicyError(loc, "an item of 'nftables' that is not one key", None)
+        yield item, loc
 
 
-def _loc(path: str, text: str, pattern: re.Pattern[str]) -> Loc:
-    found = pattern.search(text)
-    index = found.start() if found else 0
+def _at(path: str, text: str, index: int) -> Loc:
     return Loc(path, text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1)
+
+
+def _depth(value: Json) -> int:
+    """How many lists and objects deep `value` goes, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (inner, depth + 1) for inner in (value.values() if isinstance(value, dict) else value)
+            )
+    return deepest
+
+
+def _too_deep(path: str, text: str) -> Loc:
+    """Where a list or object first opens more than MAX_DEPTH levels down."""
+    depth = 0
+    for token in NESTING.finditer(text):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(token[0], 0)
+        if depth > MAX_DEPTH:
+            return _at(path, text, token.start())
+    return Loc(path, 1, 1)
 
 
 def _skip(text: str, index: int) -> int:
