@@ -20,6 +20,7 @@ from nfc.backends.common import origin_label
 from nfc.backends.kernel import ApplyError, Artifact
 from nfc.collector import collector_paused
 from nfc.ir import Ruleset
+from nfc.load import IDENTIFIER
 
 MANIFEST = "manifest.json"
 SYSCTL_CONF = "sysctl.conf"
@@ -125,13 +126,42 @@ def write(outdir: str, files: dict[str, str]) -> None:
         raise ArtifactError(f"cannot write {outdir}: {exc.strerror}") from None
 
 
+def _manifest_problem(manifest: object) -> str | None:
+    """What in a manifest.json is not as `build` writes it: each value
+    read later (backend, table, policy, the sets' names) of its type, and a
+    digest for each file of the backend, so that none is loaded unchecked."""
+    if not isinstance(manifest, dict):
+        return "is not a JSON object"
+    backend = manifest.get("backend")
+    record = BACKENDS.get(backend) if isinstance(backend, str) else None
+    if record is None:
+        return "names no backend nfc has"
+    if not isinstance(manifest.get("table"), str) or not IDENTIFIER.match(manifest["table"]):
+        return "names no table nfc could have written"
+    if not isinstance(manifest.get("policy"), str):
+        return "names no policy"
+    digests = manifest.get("artifacts")
+    if not isinstance(digests, dict) or not all(isinstance(d, str) for d in digests.values()):
+        return "has no digests of the files"
+    if not set(record.files) <= set(digests) <= {*record.files, SYSCTL_CONF}:
+        return f"does not list the files of backend {backend}"
+    for key, kind in (("runtime_sets", bool), ("list_sets", str)):
+        sets = manifest.get(key, {})
+        if not isinstance(sets, dict) or not all(isinstance(v, kind) for v in sets.values()):
+            return f"has a damaged '{key}'"
+    return None
+
+
 def read(directory: Path, name: str) -> Artifact:
     """An artifact directory, its files checked against manifest.json."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ApplyError(f"{directory} is not an nfc artifact directory: {exc}") from None
-    for file_name, digest in manifest.get("artifacts", {}).items():
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ApplyError(f"{directory / MANIFEST} {problem}: not written by nfc compile")
+    for file_name, digest in manifest["artifacts"].items():
         try:
             data = (directory / file_name).read_bytes()
         except OSError as exc:

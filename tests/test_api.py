@@ -140,6 +140,46 @@ def test_artifact_reads_a_directory_or_compiles_a_policy(backend: str, tmp_path:
     assert not compiled.directory.exists()
 
 
+# A manifest.json damaged or written by hand: each is refused before anything reads it.
+NAMED = '"backend": "nft", "table": "nfc", "policy": "p"'
+DAMAGED_MANIFESTS = {
+    "a list": ("[]", "is not a JSON object"),
+    "no backend": ('{"table": "nfc"}', "names no backend nfc has"),
+    "a backend of the wrong type": ('{"backend": []}', "names no backend nfc has"),
+    "a table nft would read as commands": (
+        '{"backend": "nft", "table": "nfc; flush ruleset"}',
+        "names no table nfc could have written",
+    ),
+    "no policy": ('{"backend": "nft", "table": "nfc"}', "names no policy"),
+    "digests a list": (f'{{{NAMED}, "artifacts": []}}', "no digests"),
+    "no digest of the ruleset": (f'{{{NAMED}, "artifacts": {{}}}}', "does not list the files of backend nft"),
+    "a digest of a name with a NUL": (
+        f'{{{NAMED}, "artifacts": {{"ruleset.nft": "0", "a\\u0000": "0"}}}}',
+        "does not list the files of backend nft",
+    ),
+    "list sets a list": (
+        f'{{{NAMED}, "artifacts": {{"ruleset.nft": "0"}}, "list_sets": []}}',
+        "has a damaged 'list_sets'",
+    ),
+    "nested too deep": ("[" * 100_000 + "]" * 100_000, "is not an nfc artifact directory"),
+}
+
+
+@pytest.mark.parametrize("manifest", DAMAGED_MANIFESTS, ids=list(DAMAGED_MANIFESTS))
+def test_a_damaged_manifest_is_refused_before_it_is_used(
+    manifest: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, message = DAMAGED_MANIFESTS[manifest]
+    ruleset, sources = api.compile_policy(str(WEB))
+    api.write(str(tmp_path / "out"), api.build(ruleset, "nft", sources))
+    (tmp_path / "out" / MANIFEST).write_text(text)
+    for command in ("check", "stats"):  # each refuses it before it asks the kernel anything
+        extra = ["--state-dir", str(tmp_path / "state")] if command == "stats" else []
+        assert cli.main([command, str(tmp_path / "out"), *extra]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("nfc: error: ") and message in err, err
+
+
 def test_the_analyses_take_policy_paths() -> None:
     explanation = api.explain(str(RECURSIVE), "udp 10.1.2.3:5353 > 10.0.0.1:53")
     assert explanation.verdict == "accept"
