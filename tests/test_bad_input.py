@@ -1052,6 +1052,25 @@ def test_bad_policy_with_stdout_prints_nothing(tmp_path: Path, policy: str) -> N
     assert not (tmp_path / "build").exists()
 
 
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        pytest.param("include: [pipe.yaml]\n", "pipe.yaml:1:1: error: empty policy file", id="include"),
+        pytest.param("define:\n  l: {file: pipe.txt}\n", "pipe.txt:1:1: error: this list file", id="list"),
+    ],
+)
+def test_a_named_pipe_no_one_writes_is_read_as_empty_not_waited_for(
+    tmp_path: Path, head: str, message: str
+) -> None:
+    """A named pipe's open waits for a writer: nfc hung until its timeout."""
+    for name in ("pipe.yaml", "pipe.txt"):
+        os.mkfifo(tmp_path / name)
+    (tmp_path / POLICY).write_text(rules("accept tcp dport 22", head=head))
+    result = nfc("compile", POLICY, "--stdout", cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.stderr.startswith(message), result.stderr
+
+
 # --------------------------------------------------------------------------
 # the commands that read a policy or a number, as the issue found them
 
