@@ -57,6 +57,7 @@ from nfc.load import load_policy
 from nfc.lower import lower
 from nfc.parse import parse_policy
 from nfc.target import Target
+from nfc.textfile import read_text
 
 __all__ = [
     "Compiled",
@@ -309,10 +310,7 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
     `source_format` is 'iptables-save' or 'nft') as a policy, written to
     `output` when given; lint runs on it (findings name `output`, else
     '<import>'). PolicyError when the input cannot be read."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(Loc(path, 1, 1), f"cannot read the ruleset: {exc}") from None
+    text = read_text(path, Loc(path, 1, 1), limit=nfc.importer.MAX_RULESET_BYTES, kind="ruleset")
     translation = nfc.importer.translate(path, text, source_format)
     findings, fixed = nfc.importer.review.review(translation, output or "<import>")
     if output:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import nfc.importer
 from nfc import api, cli
 from nfc.errors import PolicyError
 
@@ -346,6 +347,21 @@ def test_bad_input_is_an_error_at_its_place(
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not (tmp_path / "out.yaml").exists()
+
+
+def test_the_input_is_read_bounded_and_its_bytes_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/dev/zero was read until memory ran out (exit 70); a byte that is not
+    UTF-8 was an error at 1:1 with Python's words."""
+    monkeypatch.setattr(nfc.importer, "MAX_RULESET_BYTES", 4096)
+    with pytest.raises(PolicyError, match="ruleset /dev/zero is larger than 4096 bytes"):
+        api.import_ruleset("/dev/zero")
+    path = tmp_path / "latin1.rules"
+    path.write_bytes(b"*filter\n-A INPUT -m comment --comment caf\xe9 -j ACCEPT\nCOMMIT\n")
+    with pytest.raises(PolicyError) as error:
+        api.import_ruleset(str(path))
+    assert error.value.render().startswith(f"{path}:2:34: error: ruleset is not valid UTF-8 text")
 
 
 def test_a_missing_file_is_an_error() -> None:
