@@ -257,6 +257,8 @@ class State:
                 name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=directory
             )
         except FileNotFoundError:
+            if flags & os.O_CREAT:  # a directory no file can be made in (/proc/self), not a missing file
+                raise StateError(f"cannot create {path}: no file can be made in {self.dir}") from None
             raise
         except OSError as exc:
             if exc.errno == errno.ELOOP:

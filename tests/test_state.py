@@ -20,6 +20,7 @@ import pytest
 from state_corpus import damaged
 
 import nfc.state
+from nfc import cli
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError
 from nfc.state import LOCK, State, StateError
@@ -335,6 +336,16 @@ def test_a_write_replaces_a_symbolic_link_and_never_writes_through_it(state: Sta
         assert state.read(state.saved) == VALID["previous.json of nft"]
     assert not state.saved.is_symlink()
     assert victim.read_text() == "precious\n"
+
+
+def test_a_directory_no_lock_can_be_made_in_is_a_state_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """procfs is a directory of root's that no file can be created in: the
+    lock's O_CREAT failed with ENOENT, which was taken for a missing file (exit 70)."""
+    message = "cannot create /proc/self/lock: no file can be made in /proc/self"
+    with pytest.raises(StateError, match=message), State("/proc/self").locked():
+        pass
+    assert cli.main(["confirm", "--state-dir", "/proc/self"]) == 2
+    assert capsys.readouterr().err.startswith("nfc: error: cannot create /proc/self/lock")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory"])
