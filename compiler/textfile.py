@@ -18,9 +18,12 @@ def read_text(path: str, where: Loc, *, limit: int, kind: str, hint: str | None 
         # reads as empty rather than hanging; one with a writer (`<(...)`)
         # is read, blocking again, to its end.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        os.set_blocking(descriptor, True)
-        with open(descriptor, "rb") as handle:
-            data = handle.read(limit + 1)  # one byte more tells a file at the limit from a larger one
+        try:
+            os.set_blocking(descriptor, True)
+            with open(descriptor, "rb", closefd=False) as handle:  # a directory fails here
+                data = handle.read(limit + 1)  # one byte more tells a file at the limit from a larger one
+        finally:
+            os.close(descriptor)
     except OSError as exc:
         raise PolicyError(where, f"cannot read {kind} {printable(path)}: {exc.strerror}") from None
     if len(data) > limit:
