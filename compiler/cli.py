@@ -16,7 +16,7 @@ from nfc.backends import BACKENDS, DEFAULT_BACKEND, nft_sets
 from nfc.backends.kernel import ApplyError, KernelRefused
 from nfc.errors import PolicyError, printable
 from nfc.persist import DEFAULT_PERSIST_DIR, PERSIST_DIR_ENV
-from nfc.runtime_sets import duration_ms
+from nfc.runtime_sets import MAX_TIMEOUT_MS, duration_ms
 from nfc.state import DEFAULT_STATE_DIR, LOCK_TIMEOUT
 from nfc.values import ascii_int
 
@@ -230,9 +230,10 @@ def _set(args: argparse.Namespace) -> int:
     timeout = None
     if args.timeout is not None:
         timeout = duration_ms(args.timeout)
-        if timeout is None or timeout < 1:
+        if timeout is None or not 1 <= timeout <= MAX_TIMEOUT_MS:  # the kernel's limit, as in a policy
             print(
-                f"nfc: error: '{printable(args.timeout)}' is not a timeout such as 90s or 10m",
+                f"nfc: error: '{printable(args.timeout)}' is not a timeout such as 90s or 10m "
+                f"(at most {MAX_TIMEOUT_MS // 1000}s)",
                 file=sys.stderr,
             )
             return EXIT_USAGE
