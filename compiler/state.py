@@ -125,7 +125,11 @@ class State:
                 return None
             try:
                 with handle:
-                    raw = handle.read()
+                    # nfc writes an object: a file that starts otherwise (zeros, sparse
+                    # and gigabytes long) is damaged, and refused without reading it whole
+                    raw = handle.read(1)
+                    if raw == b"{":
+                        raw += handle.read()
             except OSError as exc:
                 raise StateError(f"cannot read {path}: {exc.strerror}") from None
         try:

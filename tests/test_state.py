@@ -11,7 +11,10 @@ import errno
 import json
 import math
 import os
+import resource
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,6 +339,26 @@ def test_a_write_replaces_a_symbolic_link_and_never_writes_through_it(state: Sta
         assert state.read(state.saved) == VALID["previous.json of nft"]
     assert not state.saved.is_symlink()
     assert victim.read_text() == "precious\n"
+
+
+def test_a_huge_sparse_state_file_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    """A state file of 4 GiB of zeros (a sparse file: a damaged disk, or a
+    truncate) was read whole: MemoryError, exit 70, or the host's memory."""
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    origins = directory / ORIGINS
+    origins.touch(mode=0o600)
+    os.truncate(origins, 4 << 30)
+
+    def one_gib() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, resource.RLIM_INFINITY))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nfc", "stats", "--state-dir", str(directory)],
+        capture_output=True, text=True, timeout=60, preexec_fn=one_gib,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"nfc: error: damaged state file {origins}: "), done.stderr
 
 
 def test_a_directory_no_lock_can_be_made_in_is_a_state_error(capsys: pytest.CaptureFixture[str]) -> None:
