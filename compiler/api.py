@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -315,9 +316,13 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
     findings, fixed = nfc.importer.review.review(translation, output or "<import>")
     if output:
         target = Path(output)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
         try:
-            partial.write_text(translation.policy, encoding="utf-8")
+            # a new file (O_EXCL) under a name no one can guess: never written through a planted link
+            with open(
+                os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8"
+            ) as out:
+                out.write(translation.policy)
             os.replace(partial, target)
         except OSError as exc:
             partial.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ with real packets."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -362,6 +363,21 @@ def test_the_input_is_read_bounded_and_its_bytes_placed(
     with pytest.raises(PolicyError) as error:
         api.import_ruleset(str(path))
     assert error.value.render().startswith(f"{path}:2:34: error: ruleset is not valid UTF-8 text")
+
+
+def test_the_output_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    """The policy was written to '.NAME.PID.tmp' beside the output, through
+    whatever link was there: root's import into /tmp wrote where a link planted
+    at its (guessable) name pointed."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    output = tmp_path / "out.yaml"
+    planted = f".out.yaml.{os.getpid()}.tmp"
+    (tmp_path / planted).symlink_to(victim)
+    imported = api.import_ruleset(str(FIXTURES / "webserver.rules"), output=str(output))
+    assert output.read_text() == imported.policy
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [planted, "out.yaml", "victim"]
 
 
 def test_a_missing_file_is_an_error() -> None:
