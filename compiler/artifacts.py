@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -91,6 +92,23 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), b)
 
 
+def _remove_leftovers(parent: str, prefix: str) -> None:
+    """The staging directories (`PREFIX.PID.RANDOM`) of a compile that was
+    killed before its rename: their process is gone. A running compile's
+    is left to it."""
+    staging = re.compile(re.escape(prefix) + r"([0-9]+)\.[A-Za-z0-9_]{8}\Z")
+    for entry in os.listdir(parent):
+        found = staging.match(entry)
+        if found is None:
+            continue
+        try:
+            os.kill(int(found[1]), 0)
+        except (ProcessLookupError, OverflowError):  # OverflowError: a pid no process can have
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        except PermissionError:  # another user's process, running
+            continue
+
+
 def write(outdir: str, files: dict[str, str]) -> None:
     """Replace `outdir` with exactly `files`, atomically where the kernel can.
 
@@ -103,9 +121,11 @@ def write(outdir: str, files: dict[str, str]) -> None:
         if os.listdir(target) and not os.path.exists(os.path.join(target, MANIFEST)):
             raise ArtifactError(f"refusing to replace {outdir}: it is not an nfc artifact directory")
     parent = os.path.dirname(target)
+    prefix = f".{os.path.basename(target)}."
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
+        _remove_leftovers(parent, prefix)
+        staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=parent)
     except OSError as exc:
         raise ArtifactError(f"cannot write {outdir}: {exc.strerror}") from None
     try:

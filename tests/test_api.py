@@ -8,6 +8,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,35 @@ def test_a_program_needs_no_command_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / RULESET).exists() and (tmp_path / "out" / MANIFEST).exists()
+
+
+KILLED_IN_WRITE = """
+import os, signal, sys
+from nfc import artifacts, cli
+fsync = os.fsync
+def killed_at_the_second(fd, seen=[]):
+    seen.append(fd)
+    if len(seen) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # after one file is written, before the rename
+    fsync(fd)
+artifacts.os.fsync = killed_at_the_second
+cli.main(["compile", sys.argv[1], "-o", sys.argv[2]])
+"""
+
+
+def test_a_compile_killed_while_it_writes_leaves_nothing_past_the_next(tmp_path: Path) -> None:
+    """A SIGKILL between the files and the rename left the staging directory
+    '.out.RANDOM' beside the output for good; the next compile removes it, and
+    leaves a running compile's own."""
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE, str(WEB), str(out)], timeout=60)
+    assert killed.returncode == -9
+    (leftover,) = [p.name for p in tmp_path.iterdir()]
+    assert leftover.startswith(".out.") and not out.exists()
+    running = tmp_path / f".out.{os.getpid()}.abcd_123"  # this process's: running
+    running.mkdir()
+    assert cli.main(["compile", str(WEB), "-o", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "out"]
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
