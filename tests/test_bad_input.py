@@ -481,6 +481,17 @@ UNKNOWN_NAMES = [
     case("define-addresses-as-ports", rules("accept tcp dport @^$admins", head=DEFINES), "holds addresses"),
     case("define-ports-as-addresses", rules("accept from @^$dns", head=DEFINES), "holds ports"),
     case("define-mixes-kinds", rules("accept from $m", head="define:\n@~  m: [10.0.0.0/8, 53]\n"), "mixes"),
+    # a chain of 500 defines each naming the next overflowed Python's stack (exit 70)
+    case(
+        "define-chain-too-deep",
+        rules(
+            "accept from $d0",
+            head="define:\n"
+            + "".join(f"  d{i}: {'@^' if i == 63 else ''}$d{i + 1}\n" for i in range(500))
+            + "  d500: 10.0.0.1\n",
+        ),
+        "defines name each other more than 64 deep, from $d0",
+    ),
 ]
 
 INCLUDES = [
