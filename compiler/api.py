@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,6 +58,7 @@ from nfc.load import load_policy
 from nfc.lower import lower
 from nfc.parse import parse_policy
 from nfc.target import Target
+from nfc.textfile import read_text
 
 __all__ = [
     "Compiled",
@@ -309,17 +311,18 @@ def import_ruleset(path: str, source_format: str | None = None, output: str | No
     `source_format` is 'iptables-save' or 'nft') as a policy, written to
     `output` when given; lint runs on it (findings name `output`, else
     '<import>'). PolicyError when the input cannot be read."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(Loc(path, 1, 1), f"cannot read the ruleset: {exc}") from None
+    text = read_text(path, Loc(path, 1, 1), limit=nfc.importer.MAX_RULESET_BYTES, kind="ruleset")
     translation = nfc.importer.translate(path, text, source_format)
     findings, fixed = nfc.importer.review.review(translation, output or "<import>")
     if output:
         target = Path(output)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
         try:
-            partial.write_text(translation.policy, encoding="utf-8")
+            # a new file (O_EXCL) under a name no one can guess: never written through a planted link
+            with open(
+                os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8"
+            ) as out:
+                out.write(translation.policy)
             os.replace(partial, target)
         except OSError as exc:
             partial.unlink(missing_ok=True)

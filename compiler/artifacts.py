@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from nfc.backends.common import origin_label
 from nfc.backends.kernel import ApplyError, Artifact
 from nfc.collector import collector_paused
 from nfc.ir import Ruleset
+from nfc.load import IDENTIFIER
 
 MANIFEST = "manifest.json"
 SYSCTL_CONF = "sysctl.conf"
@@ -90,6 +92,23 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), b)
 
 
+def _remove_leftovers(parent: str, prefix: str) -> None:
+    """The staging directories (`PREFIX.PID.RANDOM`) of a compile that was
+    killed before its rename: their process is gone. A running compile's
+    is left to it."""
+    staging = re.compile(re.escape(prefix) + r"([0-9]+)\.[A-Za-z0-9_]{8}\Z")
+    for entry in os.listdir(parent):
+        found = staging.match(entry)
+        if found is None:
+            continue
+        try:
+            os.kill(int(found[1]), 0)
+        except (ProcessLookupError, OverflowError):  # OverflowError: a pid no process can have
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        except PermissionError:  # another user's process, running
+            continue
+
+
 def write(outdir: str, files: dict[str, str]) -> None:
     """Replace `outdir` with exactly `files`, atomically where the kernel can.
 
@@ -102,9 +121,11 @@ def write(outdir: str, files: dict[str, str]) -> None:
         if os.listdir(target) and not os.path.exists(os.path.join(target, MANIFEST)):
             raise ArtifactError(f"refusing to replace {outdir}: it is not an nfc artifact directory")
     parent = os.path.dirname(target)
+    prefix = f".{os.path.basename(target)}."
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
+        _remove_leftovers(parent, prefix)
+        staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=parent)
     except OSError as exc:
         raise ArtifactError(f"cannot write {outdir}: {exc.strerror}") from None
     try:
@@ -125,13 +146,42 @@ def write(outdir: str, files: dict[str, str]) -> None:
         raise ArtifactError(f"cannot write {outdir}: {exc.strerror}") from None
 
 
+def _manifest_problem(manifest: object) -> str | None:
+    """What in a manifest.json is not as `build` writes it: each value
+    read later (backend, table, policy, the sets' names) of its type, and a
+    digest for each file of the backend, so that none is loaded unchecked."""
+    if not isinstance(manifest, dict):
+        return "is not a JSON object"
+    backend = manifest.get("backend")
+    record = BACKENDS.get(backend) if isinstance(backend, str) else None
+    if record is None:
+        return "names no backend nfc has"
+    if not isinstance(manifest.get("table"), str) or not IDENTIFIER.match(manifest["table"]):
+        return "names no table nfc could have written"
+    if not isinstance(manifest.get("policy"), str):
+        return "names no policy"
+    digests = manifest.get("artifacts")
+    if not isinstance(digests, dict) or not all(isinstance(d, str) for d in digests.values()):
+        return "has no digests of the files"
+    if not set(record.files) <= set(digests) <= {*record.files, SYSCTL_CONF}:
+        return f"does not list the files of backend {backend}"
+    for key, kind in (("runtime_sets", bool), ("list_sets", str)):
+        sets = manifest.get(key, {})
+        if not isinstance(sets, dict) or not all(isinstance(v, kind) for v in sets.values()):
+            return f"has a damaged '{key}'"
+    return None
+
+
 def read(directory: Path, name: str) -> Artifact:
     """An artifact directory, its files checked against manifest.json."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ApplyError(f"{directory} is not an nfc artifact directory: {exc}") from None
-    for file_name, digest in manifest.get("artifacts", {}).items():
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ApplyError(f"{directory / MANIFEST} {problem}: not written by nfc compile")
+    for file_name, digest in manifest["artifacts"].items():
         try:
             data = (directory / file_name).read_bytes()
         except OSError as exc:

@@ -10,13 +10,13 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from nfc import __version__, api, diff, doctor, explain, lint, neighbours, stats_format, timer
+from nfc import __version__, api, diff, doctor, explain, lint, neighbours, output, stats_format, timer
 from nfc.artifacts import ArtifactError
 from nfc.backends import BACKENDS, DEFAULT_BACKEND, nft_sets
 from nfc.backends.kernel import ApplyError, KernelRefused
 from nfc.errors import PolicyError, printable
 from nfc.persist import DEFAULT_PERSIST_DIR, PERSIST_DIR_ENV
-from nfc.runtime_sets import duration_ms
+from nfc.runtime_sets import MAX_TIMEOUT_MS, duration_ms
 from nfc.state import DEFAULT_STATE_DIR, LOCK_TIMEOUT
 from nfc.values import ascii_int
 
@@ -54,8 +54,8 @@ def _compile(args: argparse.Namespace) -> int:
         rulesets = {name: files[name] for name in BACKENDS[args.backend].files}
         for name, text in rulesets.items():
             if len(rulesets) > 1:
-                sys.stdout.write(f"# ==> {name} <==\n")
-            sys.stdout.write(text)
+                output.write(f"# ==> {name} <==\n")
+            output.write(text)
         return EXIT_OK
     api.write(args.output, files)
     return EXIT_OK
@@ -64,7 +64,7 @@ def _compile(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     imported = api.import_ruleset(args.file, args.source_format, args.output)
     if not args.output:
-        sys.stdout.write(imported.policy)
+        output.write(imported.policy)
     for problem in imported.problems:
         print(problem.render(), file=sys.stderr)
     for note in imported.notes:
@@ -81,12 +81,15 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _report(line: str) -> None:
-    print(line, file=sys.stderr if line.startswith(neighbours.WARNING) else sys.stdout, flush=True)
+    if line.startswith(neighbours.WARNING):
+        print(line, file=sys.stderr, flush=True)
+    else:
+        output.report(line)
 
 
 def _lint(args: argparse.Namespace) -> int:
     findings = api.lint(args.policies, today=args.today, management_port=args.management_port)
-    sys.stdout.write(lint.render(findings, args.format))
+    output.write(lint.render(findings, args.format))
     return EXIT_FINDINGS if any(f.severity == "error" for f in findings) else EXIT_OK
 
 
@@ -112,13 +115,13 @@ def _diff(args: argparse.Namespace) -> int:
             print("nfc: error: diff takes OLD NEW, or --base GITREV POLICY", file=sys.stderr)
             return EXIT_USAGE
         changes = api.diff(args.policies[0], args.policies[1])
-    sys.stdout.write(diff.render(changes, args.format))
+    output.write(diff.render(changes, args.format))
     return EXIT_FINDINGS if changes and args.exit_code else EXIT_OK
 
 
 def _doctor(args: argparse.Namespace) -> int:
     diagnosis = api.doctor(args.policy, args.memory, args.warn_fill, args.log_window)
-    sys.stdout.write(doctor.render(diagnosis, args.json))
+    output.write(doctor.render(diagnosis, args.json))
     if diagnosis.forward_warning is not None:
         print(diagnosis.forward_warning, file=sys.stderr)
     return diagnosis.exit_code
@@ -157,10 +160,7 @@ def _explain(args: argparse.Namespace) -> int:
     except explain.PacketError as exc:
         print(f"<packet>:1:{exc.column}: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print("\n".join(result.lines()))
+    output.write((json.dumps(result.to_json(), indent=2) if args.json else "\n".join(result.lines())) + "\n")
     return EXIT_OK
 
 
@@ -207,7 +207,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    sys.stdout.write(stats_format.render(api.stats(args.target, state_dir=args.state_dir), args.format))
+    output.write(stats_format.render(api.stats(args.target, state_dir=args.state_dir), args.format))
     return EXIT_OK
 
 
@@ -222,7 +222,7 @@ def _set(args: argparse.Namespace) -> int:
             print("nfc: error: 'nfc set list' takes at most one NAME", file=sys.stderr)
             return EXIT_USAGE
         for line in nft_sets.listing(args.table, args.words[0] if args.words else None):
-            print(line)
+            output.write(line + "\n")
         return EXIT_OK
     if len(args.words) < 2:
         print(f"nfc: error: 'nfc set {args.action}' takes NAME ELEMENT...", file=sys.stderr)
@@ -230,14 +230,17 @@ def _set(args: argparse.Namespace) -> int:
     timeout = None
     if args.timeout is not None:
         timeout = duration_ms(args.timeout)
-        if timeout is None or timeout < 1:
+        if timeout is None or not 1 <= timeout <= MAX_TIMEOUT_MS:  # the kernel's limit, as in a policy
             print(
-                f"nfc: error: '{printable(args.timeout)}' is not a timeout such as 90s or 10m",
+                f"nfc: error: '{printable(args.timeout)}' is not a timeout such as 90s or 10m "
+                f"(at most {MAX_TIMEOUT_MS // 1000}s)",
                 file=sys.stderr,
             )
             return EXIT_USAGE
     count = nft_sets.change(args.table, args.action, args.words[0], args.words[1:], timeout)
-    print(f"{'added to' if args.action == 'add' else 'deleted from'} {args.words[0]}: {count} element(s)")
+    output.write(
+        f"{'added to' if args.action == 'add' else 'deleted from'} {args.words[0]}: {count} element(s)\n"
+    )
     return EXIT_OK
 
 
@@ -459,8 +462,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
+    output.forget()
     try:
-        return run(args)
+        code = run(args)
+        output.finish()  # a full disk or a reader gone fails here, not in the interpreter's exit
+        return code
+    except output.OutputError as exc:
+        print(f"nfc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except PolicyError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE

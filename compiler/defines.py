@@ -29,6 +29,8 @@ from nfc.yaml_source import YNode
 
 PORT_RANGE = re.compile(r"([0-9]+)-([0-9]+)\Z")  # [0-9], not \d: that takes every script's digits
 IPTABLES_RANGE = re.compile(r"[0-9]+:[0-9]+\Z")  # 1024:65535, which nft and nfc write 1024-65535
+# How many defines deep one may name another: far more than a policy needs, far less than Python's stack
+MAX_DEPTH = 64
 SPACE = " \t\r\n"  # around a value; a space of another script is no more part of a number than its digits
 
 
@@ -94,6 +96,10 @@ class Defines:
         if name in self.resolving:
             cycle = " -> ".join(f"${n}" for n in [*self.resolving[self.resolving.index(name) :], name])
             raise PolicyError(use, f"define cycle: {cycle}")
+        if len(self.resolving) >= MAX_DEPTH:
+            raise PolicyError(
+                use, f"defines name each other more than {MAX_DEPTH} deep, from ${self.resolving[0]}"
+            )
         define = self.defines[name]
         if define.list_file is not None:
             self.resolved[name] = read_address_list(define.list_file, define.node.value["file"].loc)

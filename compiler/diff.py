@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nfc.collector import collector_paused
-from nfc.errors import Loc
+from nfc.errors import Loc, printable
 from nfc.ir import CHAIN_NAMES, Chain, Destination, Match, Meter, NatRule, NotrackHook, Rule, Ruleset
 from nfc.nat_space import NatView, accepted_somewhere, chain_index, nat_view, target_text, translated
 from nfc.space import ADDRESS_SPACE, ICMP_OF, Cube, Space, describe, minus
@@ -402,19 +402,30 @@ def render(changes: list[Change], fmt: str) -> str:
     return "".join(c.text() + "\n" for c in changes)
 
 
+def _inside_the_repository(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo | None:
+    """tarfile's 'data' filter, with what it refuses (a link to an absolute
+    path or out of the repository) left out: an include of it cannot be read."""
+    try:
+        return tarfile.data_filter(member, destination)
+    except tarfile.FilterError:
+        return None
+
+
 def checkout_base(revision: str, policy: str, scratch: str) -> str:
     """The policy as it was at `revision`, with every YAML file of the
     repository beside it, extracted under `scratch`; the path to read."""
     policy_path = Path(policy).resolve()
+    if revision.startswith("-"):  # git would take it for an option (--output=FILE)
+        raise BaseError(f"'{printable(revision)}' is not a git revision")
     try:
         top = subprocess.run(
             ["git", "rev-parse", "--show-toplevel"], cwd=policy_path.parent, capture_output=True,
             text=True, check=True, timeout=30,
         ).stdout.strip()  # fmt: skip
-        files = subprocess.run(
-            ["git", "ls-tree", "-r", "--name-only", revision], cwd=top, capture_output=True,
+        files = subprocess.run(  # names as they are, NUL-ended: not split at spaces, not quoted
+            ["git", "ls-tree", "-r", "-z", "--name-only", revision], cwd=top, capture_output=True,
             text=True, check=True, timeout=30,
-        ).stdout.split()  # fmt: skip
+        ).stdout.split("\0")  # fmt: skip
         wanted = [f for f in files if f.endswith((".yaml", ".yml"))]
         archive = os.path.join(scratch, "base.tar")
         with open(archive, "wb") as out:
@@ -424,7 +435,7 @@ def checkout_base(revision: str, policy: str, scratch: str) -> str:
     except (subprocess.CalledProcessError, FileNotFoundError, OSError) as exc:
         raise BaseError(f"cannot read {revision} from git: {getattr(exc, 'stderr', '') or exc}") from None
     with tarfile.open(archive) as tar:
-        tar.extractall(scratch, filter="data")
+        tar.extractall(scratch, filter=_inside_the_repository)
     relative = os.path.relpath(policy_path, top)
     old = os.path.join(scratch, relative)
     if not os.path.exists(old):

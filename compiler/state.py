@@ -125,7 +125,11 @@ class State:
                 return None
             try:
                 with handle:
-                    raw = handle.read()
+                    # nfc writes an object: a file that starts otherwise (zeros, sparse
+                    # and gigabytes long) is damaged, and refused without reading it whole
+                    raw = handle.read(1)
+                    if raw == b"{":
+                        raw += handle.read()
             except OSError as exc:
                 raise StateError(f"cannot read {path}: {exc.strerror}") from None
         try:
@@ -257,6 +261,8 @@ class State:
                 name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=directory
             )
         except FileNotFoundError:
+            if flags & os.O_CREAT:  # a directory no file can be made in (/proc/self), not a missing file
+                raise StateError(f"cannot create {path}: no file can be made in {self.dir}") from None
             raise
         except OSError as exc:
             if exc.errno == errno.ELOOP:

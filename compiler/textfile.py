@@ -5,6 +5,8 @@ place or at the first byte that is not UTF-8."""
 
 from __future__ import annotations
 
+import os
+
 from nfc.errors import Loc, PolicyError, printable
 
 
@@ -12,8 +14,16 @@ def read_text(path: str, where: Loc, *, limit: int, kind: str, hint: str | None 
     """The text of `path`, at most `limit` bytes. `where` is the place that
     named the file; `kind` says what the file is ("file", "list file")."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)  # one byte more tells a file at the limit from a larger one
+        # Opened without waiting for a writer: a named pipe that none opens
+        # reads as empty rather than hanging; one with a writer (`<(...)`)
+        # is read, blocking again, to its end.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            os.set_blocking(descriptor, True)
+            with open(descriptor, "rb", closefd=False) as handle:  # a directory fails here
+                data = handle.read(limit + 1)  # one byte more tells a file at the limit from a larger one
+        finally:
+            os.close(descriptor)
     except OSError as exc:
         raise PolicyError(where, f"cannot read {kind} {printable(path)}: {exc.strerror}") from None
     if len(data) > limit:

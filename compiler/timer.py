@@ -27,7 +27,9 @@ def start(state_dir: Path, deadline: float) -> Json:
     """Start a timer for `deadline`: what pending.json records of it."""
     token = secrets.token_hex(8)
     process = subprocess.Popen(
-        [sys.executable, "-m", "nfc", COMMAND, "--state-dir", str(state_dir), token, str(deadline)],
+        # -P: `-m` would put the working directory first on the path, and root
+        # would import an nfc.py (or nfc/) planted there, in /tmp say
+        [sys.executable, "-P", "-m", "nfc", COMMAND, "--state-dir", str(state_dir), token, str(deadline)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

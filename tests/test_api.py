@@ -8,6 +8,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,35 @@ def test_a_program_needs_no_command_line(tmp_path: Path) -> None:
     assert (tmp_path / "out" / RULESET).exists() and (tmp_path / "out" / MANIFEST).exists()
 
 
+KILLED_IN_WRITE = """
+import os, signal, sys
+from nfc import artifacts, cli
+fsync = os.fsync
+def killed_at_the_second(fd, seen=[]):
+    seen.append(fd)
+    if len(seen) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # after one file is written, before the rename
+    fsync(fd)
+artifacts.os.fsync = killed_at_the_second
+cli.main(["compile", sys.argv[1], "-o", sys.argv[2]])
+"""
+
+
+def test_a_compile_killed_while_it_writes_leaves_nothing_past_the_next(tmp_path: Path) -> None:
+    """A SIGKILL between the files and the rename left the staging directory
+    '.out.RANDOM' beside the output for good; the next compile removes it, and
+    leaves a running compile's own."""
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE, str(WEB), str(out)], timeout=60)
+    assert killed.returncode == -9
+    (leftover,) = [p.name for p in tmp_path.iterdir()]
+    assert leftover.startswith(".out.") and not out.exists()
+    running = tmp_path / f".out.{os.getpid()}.abcd_123"  # this process's: running
+    running.mkdir()
+    assert cli.main(["compile", str(WEB), "-o", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "out"]
+
+
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_artifact_reads_a_directory_or_compiles_a_policy(backend: str, tmp_path: Path) -> None:
     ruleset, sources = api.compile_policy(str(WEB))
@@ -138,6 +168,46 @@ def test_artifact_reads_a_directory_or_compiles_a_policy(backend: str, tmp_path:
         assert compiled.backend == backend and compiled.name == str(WEB)
         assert {p.name: p.read_text() for p in compiled.directory.iterdir()} == files
     assert not compiled.directory.exists()
+
+
+# A manifest.json damaged or written by hand: each is refused before anything reads it.
+NAMED = '"backend": "nft", "table": "nfc", "policy": "p"'
+DAMAGED_MANIFESTS = {
+    "a list": ("[]", "is not a JSON object"),
+    "no backend": ('{"table": "nfc"}', "names no backend nfc has"),
+    "a backend of the wrong type": ('{"backend": []}', "names no backend nfc has"),
+    "a table nft would read as commands": (
+        '{"backend": "nft", "table": "nfc; flush ruleset"}',
+        "names no table nfc could have written",
+    ),
+    "no policy": ('{"backend": "nft", "table": "nfc"}', "names no policy"),
+    "digests a list": (f'{{{NAMED}, "artifacts": []}}', "no digests"),
+    "no digest of the ruleset": (f'{{{NAMED}, "artifacts": {{}}}}', "does not list the files of backend nft"),
+    "a digest of a name with a NUL": (
+        f'{{{NAMED}, "artifacts": {{"ruleset.nft": "0", "a\\u0000": "0"}}}}',
+        "does not list the files of backend nft",
+    ),
+    "list sets a list": (
+        f'{{{NAMED}, "artifacts": {{"ruleset.nft": "0"}}, "list_sets": []}}',
+        "has a damaged 'list_sets'",
+    ),
+    "nested too deep": ("[" * 100_000 + "]" * 100_000, "is not an nfc artifact directory"),
+}
+
+
+@pytest.mark.parametrize("manifest", DAMAGED_MANIFESTS, ids=list(DAMAGED_MANIFESTS))
+def test_a_damaged_manifest_is_refused_before_it_is_used(
+    manifest: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, message = DAMAGED_MANIFESTS[manifest]
+    ruleset, sources = api.compile_policy(str(WEB))
+    api.write(str(tmp_path / "out"), api.build(ruleset, "nft", sources))
+    (tmp_path / "out" / MANIFEST).write_text(text)
+    for command in ("check", "stats"):  # each refuses it before it asks the kernel anything
+        extra = ["--state-dir", str(tmp_path / "state")] if command == "stats" else []
+        assert cli.main([command, str(tmp_path / "out"), *extra]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("nfc: error: ") and message in err, err
 
 
 def test_the_analyses_take_policy_paths() -> None:

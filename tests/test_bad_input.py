@@ -481,6 +481,17 @@ UNKNOWN_NAMES = [
     case("define-addresses-as-ports", rules("accept tcp dport @^$admins", head=DEFINES), "holds addresses"),
     case("define-ports-as-addresses", rules("accept from @^$dns", head=DEFINES), "holds ports"),
     case("define-mixes-kinds", rules("accept from $m", head="define:\n@~  m: [10.0.0.0/8, 53]\n"), "mixes"),
+    # a chain of 500 defines each naming the next overflowed Python's stack (exit 70)
+    case(
+        "define-chain-too-deep",
+        rules(
+            "accept from $d0",
+            head="define:\n"
+            + "".join(f"  d{i}: {'@^' if i == 63 else ''}$d{i + 1}\n" for i in range(500))
+            + "  d500: 10.0.0.1\n",
+        ),
+        "defines name each other more than 64 deep, from $d0",
+    ),
 ]
 
 INCLUDES = [
@@ -1050,6 +1061,25 @@ def test_bad_policy_with_stdout_prints_nothing(tmp_path: Path, policy: str) -> N
     match = assert_clean_failure(result)
     assert match["file"] == str(path)
     assert not (tmp_path / "build").exists()
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        pytest.param("include: [pipe.yaml]\n", "pipe.yaml:1:1: error: empty policy file", id="include"),
+        pytest.param("define:\n  l: {file: pipe.txt}\n", "pipe.txt:1:1: error: this list file", id="list"),
+    ],
+)
+def test_a_named_pipe_no_one_writes_is_read_as_empty_not_waited_for(
+    tmp_path: Path, head: str, message: str
+) -> None:
+    """A named pipe's open waits for a writer: nfc hung until its timeout."""
+    for name in ("pipe.yaml", "pipe.txt"):
+        os.mkfifo(tmp_path / name)
+    (tmp_path / POLICY).write_text(rules("accept tcp dport 22", head=head))
+    result = nfc("compile", POLICY, "--stdout", cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.stderr.startswith(message), result.stderr
 
 
 # --------------------------------------------------------------------------

@@ -125,6 +125,32 @@ def test_base_revision_and_formats(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no-such-rev" in missing.stderr
 
 
+def test_base_reads_a_repository_of_odd_names_and_links(tmp_path: Path) -> None:
+    """Any YAML file of the repository named with a space (the listing was
+    split at whitespace: exit 2 for every policy), a policy named with a
+    non-ASCII letter (quoted by git: left out), a link out of the repository
+    (tarfile refused it: exit 70), and a revision git would read as an option."""
+    repo = tmp_path / "repo"
+    (repo / "my fw").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@example.invalid")
+    _git(repo, "config", "user.name", "t")
+    policy = repo / "my fw" / "hôte.yaml"
+    (repo / "my fw" / "common.yaml").write_text("define: {admins: 192.0.2.10}\n")
+    policy.write_text(HEAD.replace("nfc: 1\n", "nfc: 1\ninclude: [common.yaml]\n"))
+    (repo / "passwd.yaml").symlink_to("/etc/passwd")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    policy.write_text(policy.read_text() + "    - accept tcp dport 443\n")
+    result = run_nfc("diff", "--base", "HEAD", str(policy))
+    assert result.returncode == 0, result.stderr
+    assert "input: newly ACCEPTS ip tcp dport 443" in result.stdout
+    option = run_nfc("diff", f"--base=--output={tmp_path / 'written'}", str(policy))
+    assert option.returncode == 2
+    assert option.stderr == f"nfc: error: '--output={tmp_path}/written' is not a git revision\n"
+    assert not (tmp_path / "written").exists()
+
+
 def rule_text_of(description: str) -> list[str]:
     """The parts of a description that are rule-language matches: the text
     before 'except' and each exception, 'from any' (the diff's reminder)

@@ -4,11 +4,13 @@ with real packets."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 
+import nfc.importer
 from nfc import api, cli
 from nfc.errors import PolicyError
 
@@ -99,6 +101,23 @@ def test_nft_json_imports_to_the_same_rules_as_the_text(name: str) -> None:
     assert rules(json.policy) == rules(text.policy)
     assert len(json.problems) == len(text.problems)
     assert re.search(r"json:1:\d+", json.policy)  # one-line JSON: placed by column
+
+
+def test_nft_json_items_are_placed_where_json_reads_them(tmp_path: Path) -> None:
+    """The key 'nftables' written with an escape, after a string that holds
+    its text: the rule is read, and placed, at its own column."""
+    table = '{"table": {"family": "inet", "name": "f"}}'
+    chain = '{"chain": {"family": "inet", "table": "f", "name": "input", "hook": "input", "prio": 0}}'
+    rule = (
+        '{"rule": {"family": "inet", "table": "f", "chain": "input", "expr": [{"match": {"op": "==", '
+        '"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"accept": null}]}}'
+    )
+    text = f'{{"decoy": "\\"nftables\\": [{{", "\\u006eftables": [{table}, {chain}, {rule}]}}'
+    path = tmp_path / "escaped.json"
+    path.write_text(text)
+    policy = api.import_ruleset(str(path)).policy
+    column = text.index('{"rule"') + 1
+    assert f"escaped.json:1:{column}" in policy, policy
 
 
 def test_sets_become_defines_and_concatenations_one_rule_per_element() -> None:
@@ -306,6 +325,10 @@ BAD = [
     ),
     ("family.nft", "table foo bar {\n}\n", 1, "unknown table family"),
     ("broken.json", '{"nftables": [{"table": {"family": "inet"', 1, "not JSON"),
+    ("digits.json", '{"nftables": [\n{"table": {"handle": ' + "1" * 5000 + "}}]}", 2, "4300 digits"),
+    ("deep.json", '{"nftables":\n[' + "[" * 100 + "]" * 101 + "}", 2, "nested deeper than 64 levels"),
+    ("deeper.json", '{"nftables":\n[' + "[" * 5000 + "]" * 5001 + "}", 2, "nested deeper than 64 levels"),
+    ("no-key.json", '{"nftables": [{}]}', 1, "an item of 'nftables' that is not one key"),
     ("nothing.txt", "hello\n", 1, "neither iptables-save output nor an nft ruleset"),
     # a value nfc refuses is placed on the input line the policy line names
     ("reversed.nft", REVERSED, 4, "port range 910-10 is reversed"),
@@ -325,6 +348,36 @@ def test_bad_input_is_an_error_at_its_place(
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not (tmp_path / "out.yaml").exists()
+
+
+def test_the_input_is_read_bounded_and_its_bytes_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/dev/zero was read until memory ran out (exit 70); a byte that is not
+    UTF-8 was an error at 1:1 with Python's words."""
+    monkeypatch.setattr(nfc.importer, "MAX_RULESET_BYTES", 4096)
+    with pytest.raises(PolicyError, match="ruleset /dev/zero is larger than 4096 bytes"):
+        api.import_ruleset("/dev/zero")
+    path = tmp_path / "latin1.rules"
+    path.write_bytes(b"*filter\n-A INPUT -m comment --comment caf\xe9 -j ACCEPT\nCOMMIT\n")
+    with pytest.raises(PolicyError) as error:
+        api.import_ruleset(str(path))
+    assert error.value.render().startswith(f"{path}:2:34: error: ruleset is not valid UTF-8 text")
+
+
+def test_the_output_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    """The policy was written to '.NAME.PID.tmp' beside the output, through
+    whatever link was there: root's import into /tmp wrote where a link planted
+    at its (guessable) name pointed."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    output = tmp_path / "out.yaml"
+    planted = f".out.yaml.{os.getpid()}.tmp"
+    (tmp_path / planted).symlink_to(victim)
+    imported = api.import_ruleset(str(FIXTURES / "webserver.rules"), output=str(output))
+    assert output.read_text() == imported.policy
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [planted, "out.yaml", "victim"]
 
 
 def test_a_missing_file_is_an_error() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +67,29 @@ def test_persist_writes_what_netfilter_persistent_loads_at_boot(
     for name, tool in TOOLS.items():
         booted.ns.run(f"{tool}-restore", str(etc / name))
     assert booted.rules(LEGACY) == host.rules(LEGACY)
+
+
+def test_an_apply_whose_report_meets_a_full_disk_still_persists_what_it_loaded(
+    host: Host, artifacts: Artifacts, tmp_path: Path
+) -> None:
+    """`nfc apply --persist > /dev/full`: the line 'applied ...' failed with
+    ENOSPC after the load and stopped the apply there (exit 70), before it
+    persisted the ruleset and mapped its rules for `nfc stats`."""
+    etc = tmp_path / "iptables"
+    command = ["sh", "-c", 'exec "$@" > /dev/full', "sh", sys.executable, "-m", "nfc", "apply"]
+    done = host.ns.run(
+        *command, str(artifacts[LEGACY, NEW]), "--persist", "--persist-dir", str(etc),
+        "--state-dir", str(host.state_dir), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "nfc: error: cannot write standard output: No space left on device\n"
+    # in force, persisted and mapped as by an apply whose report was read
+    assert persisted(etc) == {
+        name: with_owned_tables((artifacts[LEGACY, NEW] / name).read_text()) for name in TOOLS
+    }
+    stats = host.nfc("stats")
+    assert stats.returncode == 0 and "web-notrack.yaml:" in stats.stdout, stats.stderr
+    assert "web-notrack.yaml:" in host.rules(LEGACY)
 
 
 def current_umask() -> int:

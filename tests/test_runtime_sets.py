@@ -97,9 +97,13 @@ def test_nfc_set_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     """Refused before nfc looks at the kernel."""
     assert cli.main(["set", "add", "banned"]) == 2
     assert cli.main(["set", "add", "banned", "192.0.2.1", "--timeout", "soon"]) == 2
+    # longer than the kernel's 2**32-1 ms, as a policy's set timeout: was exit 70 (struct.error)
+    for too_long in ("4294968s", "99999999999999h"):
+        assert cli.main(["set", "add", "banned", "192.0.2.1", "--timeout", too_long]) == 2
     assert cli.main(["set", "list", "a", "b"]) == 2
     errors = capsys.readouterr().err.splitlines()
-    assert len(errors) == 3 and all(e.startswith("nfc: error: ") for e in errors)
+    assert len(errors) == 5 and all(e.startswith("nfc: error: ") for e in errors)
+    assert errors[2] == "nfc: error: '4294968s' is not a timeout such as 90s or 10m (at most 4294967s)"
 
 
 def test_refresh_needs_a_list_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

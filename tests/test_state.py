@@ -11,7 +11,10 @@ import errno
 import json
 import math
 import os
+import resource
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import pytest
 from state_corpus import damaged
 
 import nfc.state
+from nfc import cli
 from nfc.backends import BACKENDS
 from nfc.backends.kernel import ApplyError
 from nfc.state import LOCK, State, StateError
@@ -335,6 +339,36 @@ def test_a_write_replaces_a_symbolic_link_and_never_writes_through_it(state: Sta
         assert state.read(state.saved) == VALID["previous.json of nft"]
     assert not state.saved.is_symlink()
     assert victim.read_text() == "precious\n"
+
+
+def test_a_huge_sparse_state_file_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    """A state file of 4 GiB of zeros (a sparse file: a damaged disk, or a
+    truncate) was read whole: MemoryError, exit 70, or the host's memory."""
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    origins = directory / ORIGINS
+    origins.touch(mode=0o600)
+    os.truncate(origins, 4 << 30)
+
+    def one_gib() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, resource.RLIM_INFINITY))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nfc", "stats", "--state-dir", str(directory)],
+        capture_output=True, text=True, timeout=60, preexec_fn=one_gib,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"nfc: error: damaged state file {origins}: "), done.stderr
+
+
+def test_a_directory_no_lock_can_be_made_in_is_a_state_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """procfs is a directory of root's that no file can be created in: the
+    lock's O_CREAT failed with ENOENT, which was taken for a missing file (exit 70)."""
+    message = "cannot create /proc/self/lock: no file can be made in /proc/self"
+    with pytest.raises(StateError, match=message), State("/proc/self").locked():
+        pass
+    assert cli.main(["confirm", "--state-dir", "/proc/self"]) == 2
+    assert capsys.readouterr().err.startswith("nfc: error: cannot create /proc/self/lock")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory"])

@@ -25,6 +25,8 @@ from nfc.parse import parse_policy
 from nfc.target import Target
 
 FORMATS = ("iptables-save", "nft")
+# An iptables-save of 100000 rules is about 10 MiB: this bounds a stray device, not a real ruleset.
+MAX_RULESET_BYTES = 256 * 1024 * 1024
 
 
 class Translation(NamedTuple):

@@ -5,11 +5,17 @@ JSON file (so reports and comments name the JSON's own line and column)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 from nfc.errors import Loc, PolicyError
 
 Json = object
+# json.loads reads whole numbers of at most 4300 digits (int()'s limit): longer ones are no JSON error
+LONG_NUMBER = re.compile(r"[0-9]{4301,}")
+# nft nests a ruleset about 12 levels deep; Python's decoder, and the readers here, recurse
+MAX_DEPTH = 64
+NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 # Statements that decide no verdict; any other statement nfc does not know may decide one.
 NON_TERMINAL = (
     "counter",
@@ -28,26 +34,91 @@ NON_TERMINAL = (
 
 def items(path: str, text: str) -> Iterator[tuple[dict[str, Json], Loc]]:
     """The objects of the top-level 'nftables' list, each with its position."""
-    decoder = json.JSONDecoder()
     try:
         whole = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyError(Loc(path, exc.lineno, exc.colno), f"not JSON: {exc.msg}", None) from None
+    except RecursionError:
+        raise PolicyError(_too_deep(path, text), f"nested deeper than {MAX_DEPTH} levels", None) from None
+    except ValueError:
+        found = LONG_NUMBER.search(text)
+        raise PolicyError(
+            _at(path, text, found.start() if found else 0), "a number of more than 4300 digits", None
+        ) from None
+    if _depth(whole) > MAX_DEPTH:
+        raise PolicyError(_too_deep(path, text), f"nested deeper than {MAX_DEPTH} levels", None)
     if not isinstance(whole, dict) or not isinstance(whole.get("nftables"), list):
         raise PolicyError(
             Loc(path, 1, 1), "no 'nftables' list: not the output of 'nft -j list ruleset'", None
         )
-    index = text.index("[", text.index('"nftables"')) + 1
-    for _ in whole["nftables"]:
-        while text[index] in " \t\r\n,":
-            index += 1
-        item, end = decoder.raw_decode(text, index)
-        line = text.count("\n", 0, index) + 1
-        col = index - (text.rfind("\n", 0, index) + 1) + 1
-        index = end
+    decoder = json.JSONDecoder()
+    for index in _list_items(decoder, text, _nftables_value(decoder, text)):
+        item, _ = decoder.raw_decode(text, index)
+        loc = _at(path, text, index)
         if not isinstance(item, dict):
-            raise PolicyError(Loc(path, line, col), "an item of 'nftables' that is not an object", None)
-        yield item, Loc(path, line, col)
+            raise PolicyError(loc, "an item of 'nftables' that is not an object", None)
+        if len(item) != 1:  # nft writes each object under one key: its kind
+            raise PolicyError(loc, "an item of 'nftables' that is not one key", None)
+        yield item, loc
+
+
+def _at(path: str, text: str, index: int) -> Loc:
+    return Loc(path, text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1)
+
+
+def _depth(value: Json) -> int:
+    """How many lists and objects deep `value` goes, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (inner, depth + 1) for inner in (value.values() if isinstance(value, dict) else value)
+            )
+    return deepest
+
+
+def _too_deep(path: str, text: str) -> Loc:
+    """Where a list or object first opens more than MAX_DEPTH levels down."""
+    depth = 0
+    for token in NESTING.finditer(text):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(token[0], 0)
+        if depth > MAX_DEPTH:
+            return _at(path, text, token.start())
+    return Loc(path, 1, 1)
+
+
+def _skip(text: str, index: int) -> int:
+    while text[index] in " \t\r\n":
+        index += 1
+    return index
+
+
+def _nftables_value(decoder: json.JSONDecoder, text: str) -> int:
+    """Where the top-level object's last 'nftables' value starts (the one
+    json.loads keeps), found by reading the object's keys: the text
+    '"nftables"' may also sit in a string, or the key be written with escapes."""
+    index, found = _skip(text, 0) + 1, 0  # past the '{': the whole text is a valid object
+    while text[index := _skip(text, index)] != "}":
+        key, index = decoder.raw_decode(text, index)
+        index = _skip(text, _skip(text, index) + 1)  # past the ':'
+        if key == "nftables":
+            found = index
+        _, index = decoder.raw_decode(text, index)
+        index = _skip(text, index)
+        index += text[index] == ","
+    return found
+
+
+def _list_items(decoder: json.JSONDecoder, text: str, index: int) -> Iterator[int]:
+    """Where each item of the JSON list at `index` starts."""
+    index += 1  # past the '['
+    while text[index := _skip(text, index)] != "]":
+        yield index
+        _, index = decoder.raw_decode(text, index)
+        index = _skip(text, index)
+        index += text[index] == ","
 
 
 def to_text(path: str, text: str) -> tuple[str, dict[int, Loc]]:
