@@ -6,8 +6,10 @@ test_netns_bigsets.py."""
 
 from __future__ import annotations
 
+import errno
 import random
 import shlex
+import socket
 import struct
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,12 @@ def test_set_changes_are_one_batch_of_netlink_messages(monkeypatch: pytest.Monke
         def bind(self, address: Any) -> None:
             pass
 
+        def getsockopt(self, level: int, option: int) -> int:
+            return 1 << 20
+
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            pass
+
         def sendall(self, data: bytes) -> None:
             sent.append(data)
 
@@ -222,6 +230,60 @@ def test_set_changes_are_one_batch_of_netlink_messages(monkeypatch: pytest.Monke
         batch = batch[length:]
     delete = nft_netlink.NFNL_SUBSYS_NFTABLES << 8 | nft_netlink.NFT_MSG_DELSETELEM
     assert kinds == [(0x10, 1), (delete, 2), (delete, 3), (0x11, 4)]
+
+
+def test_the_send_buffer_holds_the_whole_batch() -> None:
+    """The kernel takes a batch in one send and refuses one bigger than the
+    socket's send buffer (EMSGSIZE): 10,000 elements at once overflow the
+    default. Beyond net.core.wmem_max only SO_SNDBUFFORCE helps, which a
+    user namespace of one's own may not use: then SO_SNDBUF, as nft does."""
+    asked: list[tuple[int, int]] = []
+
+    class Link:
+        def getsockopt(self, level: int, option: int) -> int:
+            return 212_992
+
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            asked.append((option, value))
+            if option == nft_netlink.SO_SNDBUFFORCE:
+                raise PermissionError
+
+    nft_netlink._fit_send_buffer(Link(), 10_000)  # type: ignore[arg-type]
+    assert asked == []  # the default holds it
+    nft_netlink._fit_send_buffer(Link(), 400_000)  # type: ignore[arg-type]
+    wanted = 400_000 + (1 << 16)
+    assert asked == [(nft_netlink.SO_SNDBUFFORCE, wanted), (socket.SO_SNDBUF, wanted)]
+
+
+def test_a_batch_too_big_for_the_buffer_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Link:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __enter__(self) -> Link:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            pass
+
+        def settimeout(self, seconds: float) -> None:
+            pass
+
+        def bind(self, address: Any) -> None:
+            pass
+
+        def getsockopt(self, level: int, option: int) -> int:
+            return 1 << 30
+
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            pass
+
+        def sendall(self, data: bytes) -> None:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+
+    monkeypatch.setattr(nft_netlink.socket, "socket", Link)
+    with pytest.raises(ApplyError, match="3 elements are more than one netlink batch may hold"):
+        nft_netlink.change_elements("nfc", True, {"b_v4": ["192.0.2.1", "192.0.2.2", "192.0.2.3"]}, None)
 
 
 def test_an_address_becomes_its_key_with_its_timeout() -> None:

@@ -5,12 +5,15 @@ the meter, and a full re-apply keeps the banned address banned."""
 
 from __future__ import annotations
 
+import secrets
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from lab import CLIENT_A4, CLIENT_B4, SERVER_A4, SERVER_B4, Lab
+from conftest import run_nfc
+from lab import CLIENT_A4, CLIENT_B4, SERVER_A4, SERVER_B4, Lab, Namespace, require_lab
 
 pytestmark = pytest.mark.netns
 
@@ -27,6 +30,14 @@ input:
     - drop from $banned
     - accept tcp dport 22
     - accept tcp dport 80 limit 100/minute per saddr name web
+"""
+SET_ONLY = """nfc: 1
+sets:
+  banned: {type: address, timeout: 1h, size: 65536}
+input:
+  policy: accept
+  rules:
+    - drop from $banned
 """
 
 
@@ -80,3 +91,26 @@ def test_lists_sets_refresh_and_reapply(lab: Lab, tmp_path: Path) -> None:
     assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 1
     assert server.nfc("set", "del", "banned", CLIENT_B4).returncode == 0
     assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 1
+
+
+def test_ten_thousand_elements_in_one_set_add_and_one_set_del(tmp_path: Path) -> None:
+    """More elements at once than the socket's default send buffer holds (the
+    kernel takes a batch in one send): all added, all deleted."""
+    require_lab()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(SET_ONLY)
+    out = tmp_path / "out"
+    assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
+    many = [f"198.18.{i >> 8}.{i & 255}" for i in range(10_000)]
+    host = Namespace(f"nfc-{secrets.token_hex(3)}-s")
+    subprocess.run(["ip", "netns", "add", host.name], check=True, timeout=30)
+    try:
+        assert host.nfc("apply", str(out), "--state-dir", str(tmp_path / "state")).returncode == 0
+        added = host.nfc("set", "add", "banned", *many, "--timeout", "1h")
+        assert added.returncode == 0, added.stderr
+        assert host.nfc("set", "list", "banned").stdout.count("\n") == len(many)
+        deleted = host.nfc("set", "del", "banned", *many)
+        assert deleted.returncode == 0, deleted.stderr
+        assert host.nfc("set", "list", "banned").stdout == ""
+    finally:
+        subprocess.run(["ip", "netns", "del", host.name], capture_output=True, timeout=30)
