@@ -287,11 +287,12 @@ class Bench:
             listing += "".join(line + "\n" for line in saved.splitlines() if not line.startswith("#"))
         return hashlib.sha256(re.sub(r"\[\d+:\d+\]", "", listing).encode()).hexdigest()[:12]
 
-    def timeout_rollback(self, label: str, out: Path, state_dir: Path) -> None:
-        """`apply --confirm 1` and the timer's rollback at the deadline,
-        timed from the deadline to the timer's exit (its CPU read from
-        /proc while it runs)."""
-        self.nfc(f"{label} (apply)", "apply", str(out), "--confirm", "1", "--state-dir", str(state_dir))
+    def timeout_rollback(self, label: str, out: Path, state_dir: Path, seconds: float) -> None:
+        """`apply --confirm SECONDS` (longer than the apply takes) and the
+        timer's rollback at the deadline, timed from the deadline to the
+        timer's exit (its CPU read from /proc while it runs)."""
+        confirm = str(round(seconds) + 5)
+        self.nfc(f"{label} (apply)", "apply", str(out), "--confirm", confirm, "--state-dir", str(state_dir))
         pending = state_dir / "pending.json"
         if not pending.exists():
             print(f"  {label}: no pending confirmation")
@@ -365,13 +366,13 @@ def list_case(bench: Bench, entries: int, kills: int) -> None:
         bench.nfc(f"stats {form}", "stats", "--format", form, *state)
     bench.nfc("refresh", "refresh", str(out2), *state)
     bench.nfc("diff", "diff", str(policy), str(edited))
-    bench.nfc("apply --confirm", "apply", str(out), "--confirm", "600", *state)
+    seconds = bench.nfc("apply --confirm", "apply", str(out), "--confirm", "600", *state)["wall"]
     bench.nfc("confirm", "confirm", *state)
-    bench.timeout_rollback("timer rollback", out2, state_dir)
+    bench.timeout_rollback("timer rollback", out2, state_dir, 3 * seconds)
     bench.nfc("rollback", "rollback", *state)
     bench.nfc("restore", "restore", *state)
     bench.nfc(f"set del {len(many):,}", "set", "del", "banned", *many)
-    if bench.run("nft", "get", "element", "inet", "nfc", "banned", "{ 192.0.2.1 }").returncode != 0:
+    if bench.run("nft", "get", "element", "inet", "nfc", "banned_v4", "{ 192.0.2.1 }").returncode != 0:
         bench.flag("the runtime set lost 192.0.2.1 along the way")
     legacy = directory / "legacy"
     bench.nfc(
@@ -473,9 +474,9 @@ def rules_case(bench: Bench, rules: int, backend: str, kills: int) -> None:
     for form in ("text", "json", "prometheus"):
         bench.nfc(f"stats {form}", "stats", "--format", form, *state)
     bench.nfc("diff", "diff", str(policy), str(edited))
-    bench.nfc("apply --confirm", "apply", str(out), "--confirm", "600", *state)
+    seconds = bench.nfc("apply --confirm", "apply", str(out), "--confirm", "600", *state)["wall"]
     bench.nfc("confirm", "confirm", *state)
-    bench.timeout_rollback("timer rollback", out2, state_dir)
+    bench.timeout_rollback("timer rollback", out2, state_dir, 3 * seconds)
     bench.nfc("rollback", "rollback", *state)
     bench.nfc("restore", "restore", *state)
     if kills:

@@ -304,3 +304,27 @@ def test_only_a_load_that_origins_json_maps_is_trusted(tmp_path: Path) -> None:
         assert apply._loaded_in_force(state)[0] is None  # no origins.json: nothing known of the table
         apply.confirmed_path(state).write_text("{}")
         assert apply._loaded_in_force(state)[0] is None  # damaged: the table is listed whole
+
+
+def test_a_tool_past_its_timeout_is_stopped_and_fails_like_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """At a million elements a tool on a slow host may outlive the timeout:
+    nfc stops it and fails as when the kernel refuses (the callers undo a
+    half-done load), never with an internal error (exit 70)."""
+    from nfc.backends import kernel
+
+    monkeypatch.setattr(kernel, "TOOL_TIMEOUT", 0.2)
+    monkeypatch.setattr(nft_kernel, "TOOL_TIMEOUT", 0.2)
+    done = kernel.run_tool(["sleep", "5"])
+    assert done.returncode != 0 and done.stderr == "sleep did not finish within 0.2s and was stopped"
+
+    slow = tmp_path / "nft"  # an nft that hangs, used when the Python binding is missing
+    slow.write_text("#!/bin/sh\nexec sleep 5\n")
+    slow.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    nft = nft_kernel.Nft()
+    nft.binding = None
+    assert nft.run_file(tmp_path / "ruleset.nft") == "nft did not finish within 0.2s and was stopped"
+    assert nft.list("ruleset") == (None, "nft did not finish within 0.2s and was stopped")
+    assert nft.list_json() is None

@@ -17,6 +17,7 @@ from typing import Any
 
 from nfc.backends.kernel import (
     PERMISSION_HINT,
+    TOOL_TIMEOUT,
     ApplyError,
     Artifact,
     Json,
@@ -26,6 +27,7 @@ from nfc.backends.kernel import (
     permission_problem,
     refusal,
     run_tool,
+    timed_out,
 )
 from nfc.backends.nft import BACKEND, RULESET
 from nfc.backends.nft_dump import generation, next_generation
@@ -61,9 +63,16 @@ class Nft:
                 binding.set_dry_run(False)  # type: ignore[attr-defined]
             return None if rc == 0 else error or "nft failed"
         command = ["nft", "-c", "-f", str(path)] if dry_run else ["nft", "-f", str(path)]
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=120, preexec_fn=dying_with(os.getpid())
-        )
+        try:
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=TOOL_TIMEOUT,
+                preexec_fn=dying_with(os.getpid()),
+            )
+        except subprocess.TimeoutExpired:  # killed before its one commit: nothing changed
+            return timed_out("nft")
         return None if result.returncode == 0 else result.stderr or "nft failed"
 
     def run_text(self, script: str) -> str | None:
@@ -84,7 +93,7 @@ class Nft:
                 binding.set_terse_output(False)  # type: ignore[attr-defined]
         else:
             command = ["nft", "-s", *(["-t"] if terse else []), "list", *what.split()]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            result = _read_with("nft", command)
             rc, output, error = result.returncode, result.stdout, result.stderr
         return (output, "") if rc == 0 else (None, error)
 
@@ -102,7 +111,7 @@ class Nft:
                 binding.set_terse_output(False)  # type: ignore[attr-defined]
         else:
             command = ["nft", "-j", *(["-t"] if terse else []), "list", *what.split()]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            result = _read_with("nft", command)
             rc, output = result.returncode, result.stdout
         if rc != 0:
             return None
@@ -111,6 +120,14 @@ class Nft:
         except (ValueError, KeyError, TypeError):
             return None
         return listing if isinstance(listing, list) else None
+
+
+def _read_with(tool: str, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """A listing by `command`, failed if it outlives `TOOL_TIMEOUT`."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(command, -9, "", timed_out(tool))
 
 
 def _nft_error(error: str) -> str:
