@@ -95,7 +95,13 @@ def refresh(artifact: Artifact, state: State, report: Callable[[str], None], loc
         after = _generation()
         # What the next refresh compares with, and what boot (`nfc restore`) loads.
         record["to"] = loaded | {"listing": text}
-        state.write(path, record)
+        try:
+            state.write(path, record)
+        except ApplyError as exc:  # a full disk: the kernel has the new lists all the same
+            raise ApplyError(
+                f"the lists are refreshed in the kernel, but {exc}: 'nfc restore' and a rollback would "
+                "load them as they were before; refresh again once there is room"
+            ) from None
         # The rules and their handles are those of the map `nfc stats` keeps;
         # only what identifies the ruleset in force, and the lists' fill,
         # changed. Listing the table anew would dump every list element out
