@@ -90,7 +90,7 @@ STEPS = (
     ("nfc.state", "State.write"),
     ("nfc.artifacts", "read"),
     ("nfc.backends.nft_sets", "runtime_sets"),
-    ("nfc.backends.nft_sets", "run_script"),
+    ("nfc.refresh", "run_script"),
     ("nfc.refresh", "refresh"),
 )
 NAMESPACE_PREFIX = "nfc-bench-"

@@ -16,9 +16,10 @@ from pathlib import Path
 from nfc import stats_origins
 from nfc.apply import applied_path, confirmed_path
 from nfc.backends import nft_dump
-from nfc.backends.kernel import ApplyError, Artifact, Json
+from nfc.backends.kernel import ApplyError, Artifact, Json, run_tool
 from nfc.backends.nft import BACKEND, RULESET
-from nfc.backends.nft_sets import run_script, set_element_counts
+from nfc.backends.nft_sets import set_element_counts
+from nfc.errors import printable
 from nfc.state import State
 
 ELEMENTS = re.compile(r"^\t\telements = \{ .* \}$", re.MULTILINE)
@@ -64,6 +65,17 @@ def _list_set_blocks(text: str, names: list[str]) -> dict[str, str]:
 def _rules_only(text: str) -> str:
     """A ruleset.nft without its comment lines and set elements: what must not change."""
     return "\n".join(line for line in ELEMENTS.sub("", text).splitlines() if not line.startswith("#"))
+
+
+def run_script(script: str) -> None:
+    """Load `script` with nft in one transaction. nft runs as a child that
+    dies with nfc (`run_tool`): of an nfc killed mid-refresh, no nft may
+    commit the lists later, over what the next nfc command loaded."""
+    done = run_tool(["nft", "-f", "-"], stdin=script)
+    if done.returncode != 0:
+        error = done.stderr.strip() or "nft failed"
+        found = [line.split("Error:", 1)[1].strip() for line in error.splitlines() if "Error:" in line]
+        raise ApplyError(f"the kernel refused the lists: {printable(found[0] if found else error, 200)}")
 
 
 def refresh(artifact: Artifact, state: State, report: Callable[[str], None], lock_timeout: float) -> None:

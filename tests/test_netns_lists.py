@@ -5,15 +5,30 @@ the meter, and a full re-apply keeps the banned address banned."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from conftest import run_nfc
-from lab import CLIENT_A4, CLIENT_B4, SERVER_A4, SERVER_B4, Lab, Namespace, require_lab
+from lab import (
+    CLIENT_A4,
+    CLIENT_B4,
+    SERVER_A4,
+    SERVER_B4,
+    Lab,
+    Namespace,
+    _kill_namespace_processes,
+    require_lab,
+    wait_until,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -93,24 +108,73 @@ def test_lists_sets_refresh_and_reapply(lab: Lab, tmp_path: Path) -> None:
     assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 1
 
 
-def test_ten_thousand_elements_in_one_set_add_and_one_set_del(tmp_path: Path) -> None:
+@pytest.fixture
+def bare() -> Iterator[Namespace]:
+    """A network namespace of its own, nothing in it; deleted whatever happens."""
+    require_lab()
+    host = Namespace(f"nfc-{secrets.token_hex(3)}-s")
+    subprocess.run(["ip", "netns", "add", host.name], check=True, timeout=30)
+    try:
+        yield host
+    finally:
+        _kill_namespace_processes(host.name)
+        subprocess.run(["ip", "netns", "del", host.name], capture_output=True, timeout=30)
+
+
+def test_ten_thousand_elements_in_one_set_add_and_one_set_del(bare: Namespace, tmp_path: Path) -> None:
     """More elements at once than the socket's default send buffer holds (the
     kernel takes a batch in one send): all added, all deleted."""
-    require_lab()
     policy = tmp_path / "p.yaml"
     policy.write_text(SET_ONLY)
     out = tmp_path / "out"
     assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
     many = [f"198.18.{i >> 8}.{i & 255}" for i in range(10_000)]
-    host = Namespace(f"nfc-{secrets.token_hex(3)}-s")
-    subprocess.run(["ip", "netns", "add", host.name], check=True, timeout=30)
+    assert bare.nfc("apply", str(out), "--state-dir", str(tmp_path / "state")).returncode == 0
+    added = bare.nfc("set", "add", "banned", *many, "--timeout", "1h")
+    assert added.returncode == 0, added.stderr
+    assert bare.nfc("set", "list", "banned").stdout.count("\n") == len(many)
+    deleted = bare.nfc("set", "del", "banned", *many)
+    assert deleted.returncode == 0, deleted.stderr
+    assert bare.nfc("set", "list", "banned").stdout == ""
+
+
+def test_the_nft_of_a_killed_refresh_dies_with_it(bare: Namespace, tmp_path: Path) -> None:
+    """A refresh SIGKILLed while its nft runs: that nft must not commit the
+    lists later, over whatever the next nfc command loads. Its nft is held
+    back by a wrapper until the kill."""
+    listed = tmp_path / "drop.txt"
+    listed.write_text("192.0.2.1\n")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("nfc: 1\ndefine:\n  bad: {file: drop.txt}\ninput:\n  policy: accept\n  rules:\n")
+    with policy.open("a") as more:
+        more.write("    - drop from $bad\n")
+    out, out2 = tmp_path / "out", tmp_path / "out2"
+    assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
+    listed.write_text("192.0.2.2\n")
+    assert run_nfc("compile", str(policy), "-o", str(out2)).returncode == 0
+    state = ("--state-dir", str(tmp_path / "state"))
+    assert bare.nfc("apply", str(out), *state).returncode == 0
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    wrapper = wrappers / "nft"
+    real = shutil.which("nft")
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -f - "*) sleep 30 ;; esac\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+
+    def waiting() -> bool:
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if entry.name.isdigit() and str(wrapper).encode() in (entry / "cmdline").read_bytes():
+                    return True
+        return False
+
+    command = ["ip", "netns", "exec", bare.name, "env", f"PATH={wrappers}:{os.environ['PATH']}"]
+    refresh = subprocess.Popen([*command, sys.executable, "-m", "nfc", "refresh", str(out2), *state])
     try:
-        assert host.nfc("apply", str(out), "--state-dir", str(tmp_path / "state")).returncode == 0
-        added = host.nfc("set", "add", "banned", *many, "--timeout", "1h")
-        assert added.returncode == 0, added.stderr
-        assert host.nfc("set", "list", "banned").stdout.count("\n") == len(many)
-        deleted = host.nfc("set", "del", "banned", *many)
-        assert deleted.returncode == 0, deleted.stderr
-        assert host.nfc("set", "list", "banned").stdout == ""
+        assert wait_until(waiting, 30), "the refresh never ran nft"
     finally:
-        subprocess.run(["ip", "netns", "del", host.name], capture_output=True, timeout=30)
+        refresh.kill()  # ip netns exec and env exec nfc: this is nfc's pid
+        refresh.wait()
+    assert wait_until(lambda: not waiting(), 5), "the nft of the killed refresh lives on"
+    kept = bare.run("nft", "get", "element", "inet", "nfc", "bad_v4", "{ 192.0.2.1 }", check=False)
+    assert kept.returncode == 0, "the refresh committed after all"
