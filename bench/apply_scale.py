@@ -371,6 +371,8 @@ def list_case(bench: Bench, entries: int, kills: int) -> None:
     bench.timeout_rollback("timer rollback", out2, state_dir, 3 * seconds)
     bench.nfc("rollback", "rollback", *state)
     bench.nfc("restore", "restore", *state)
+    bench.reset()  # a reboot: an empty kernel, the state directory kept
+    bench.nfc("restore (boot)", "restore", *state)
     bench.nfc(f"set del {len(many):,}", "set", "del", "banned", *many)
     if bench.run("nft", "get", "element", "inet", "nfc", "banned_v4", "{ 192.0.2.1 }").returncode != 0:
         bench.flag("the runtime set lost 192.0.2.1 along the way")
@@ -479,6 +481,8 @@ def rules_case(bench: Bench, rules: int, backend: str, kills: int) -> None:
     bench.timeout_rollback("timer rollback", out2, state_dir, 3 * seconds)
     bench.nfc("rollback", "rollback", *state)
     bench.nfc("restore", "restore", *state)
+    bench.reset()  # a reboot: an empty kernel, the state directory kept
+    bench.nfc("restore (boot)", "restore", *state)
     if kills:
         kill_apply(bench, out, out2, state_dir, kills)
 
