@@ -178,3 +178,51 @@ def test_the_nft_of_a_killed_refresh_dies_with_it(bare: Namespace, tmp_path: Pat
     assert wait_until(lambda: not waiting(), 5), "the nft of the killed refresh lives on"
     kept = bare.run("nft", "get", "element", "inet", "nfc", "bad_v4", "{ 192.0.2.1 }", check=False)
     assert kept.returncode == 0, "the refresh committed after all"
+
+
+FULL_TMP_SCRIPT = """
+set -u
+mount -t tmpfs -o size=64m nfc-work /mnt
+cp -a "$OUT" /mnt/out
+nfc() { "$PYTHON" -m nfc "$@"; }
+nfc apply /mnt/out --state-dir /mnt/state >/dev/null || exit 10
+nfc set add banned 192.0.2.1 >/dev/null || exit 11
+for directory in /tmp /var/tmp; do
+    mount -t tmpfs -o size=64k nfc-full "$directory"
+    head -c 1048576 /dev/zero > "$directory/filler" 2>/dev/null
+done
+cd /tmp
+nfc apply /mnt/out --state-dir /mnt/state >/dev/null; echo "apply: $?"
+nft get element inet nfc banned_v4 '{ 192.0.2.1 }' >/dev/null; echo "kept: $?"
+nfc rollback --state-dir /mnt/state >/dev/null; echo "rollback: $?"
+nfc restore --state-dir /mnt/state >/dev/null; echo "restore: $?"
+"""
+
+
+def test_apply_rollback_and_restore_need_no_temporary_file(bare: Namespace, tmp_path: Path) -> None:
+    """With /tmp and /var/tmp full (a full root disk), a re-apply that
+    carries a runtime set's elements, a rollback and a restore still load:
+    the scripts they build go to nft from memory. In a mount namespace of
+    its own, the state directory on a tmpfs with room."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(SET_ONLY)
+    out = tmp_path / "out"
+    assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
+    env = {"OUT": str(out), "PYTHON": sys.executable}
+    inside = Namespace(bare.name, {**bare.env, **env})
+    done = inside.run(
+        "env",
+        "-u",
+        "TMPDIR",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        FULL_TMP_SCRIPT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == "apply: 0\nkept: 0\nrollback: 0\nrestore: 0\n", done.stdout + done.stderr
+    assert "internal error" not in done.stderr

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,9 +62,29 @@ class Nft:
                 binding.set_dry_run(False)  # type: ignore[attr-defined]
             return None if rc == 0 else error or "nft failed"
         command = ["nft", "-c", "-f", str(path)] if dry_run else ["nft", "-f", str(path)]
+        return self._run_command(command)
+
+    def run_text(self, script: str) -> str | None:
+        """Run an nft script held in memory, never written to disk: a full
+        /tmp must not stop an apply or a rollback. libnftables reads it from
+        a memfd as from a file, so its errors keep their line numbers."""
+        if self.binding is None:
+            return self._run_command(["nft", "-f", "-"], script)
+        descriptor = os.memfd_create("nfc-ruleset", os.MFD_CLOEXEC)
+        try:
+            with os.fdopen(descriptor, "w", closefd=False) as handle:
+                handle.write(script)
+            return self.run_file(Path(f"/proc/self/fd/{descriptor}"))
+        finally:
+            os.close(descriptor)
+
+    @staticmethod
+    def _run_command(command: list[str], script: str | None = None) -> str | None:
+        """The nft command, dying with nfc; its error text, or None."""
         try:
             result = subprocess.run(
                 command,
+                input=script,
                 capture_output=True,
                 text=True,
                 timeout=TOOL_TIMEOUT,
@@ -74,12 +93,6 @@ class Nft:
         except subprocess.TimeoutExpired:  # killed before its one commit: nothing changed
             return timed_out("nft")
         return None if result.returncode == 0 else result.stderr or "nft failed"
-
-    def run_text(self, script: str) -> str | None:
-        with tempfile.NamedTemporaryFile("w", suffix=".nft", prefix="nfc-") as handle:
-            handle.write(script)
-            handle.flush()
-            return self.run_file(Path(handle.name))
 
     def list(self, what: str, terse: bool = False) -> tuple[str | None, str]:
         """`nft -s [-t] list WHAT`: (output, "") or (None, error)."""
