@@ -184,6 +184,7 @@ FULL_TMP_SCRIPT = """
 set -u
 mount -t tmpfs -o size=64m nfc-work /mnt
 cp -a "$OUT" /mnt/out
+cp "$POLICY" /mnt/p.yaml
 nfc() { "$PYTHON" -m nfc "$@"; }
 nfc apply /mnt/out --state-dir /mnt/state >/dev/null || exit 10
 nfc set add banned 192.0.2.1 >/dev/null || exit 11
@@ -196,19 +197,22 @@ nfc apply /mnt/out --state-dir /mnt/state >/dev/null; echo "apply: $?"
 nft get element inet nfc banned_v4 '{ 192.0.2.1 }' >/dev/null; echo "kept: $?"
 nfc rollback --state-dir /mnt/state >/dev/null; echo "rollback: $?"
 nfc restore --state-dir /mnt/state >/dev/null; echo "restore: $?"
+nfc apply /mnt/p.yaml --state-dir /mnt/state >/dev/null 2>/mnt/error; echo "policy: $?"
+cat /mnt/error
 """
 
 
 def test_apply_rollback_and_restore_need_no_temporary_file(bare: Namespace, tmp_path: Path) -> None:
     """With /tmp and /var/tmp full (a full root disk), a re-apply that
     carries a runtime set's elements, a rollback and a restore still load:
-    the scripts they build go to nft from memory. In a mount namespace of
-    its own, the state directory on a tmpfs with room."""
+    the scripts they build go to nft from memory. A policy applied as it
+    is, which is compiled into a temporary directory, is a clean error. In
+    a mount namespace of its own, the state directory on a tmpfs with room."""
     policy = tmp_path / "p.yaml"
     policy.write_text(SET_ONLY)
     out = tmp_path / "out"
     assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
-    env = {"OUT": str(out), "PYTHON": sys.executable}
+    env = {"OUT": str(out), "POLICY": str(policy), "PYTHON": sys.executable}
     inside = Namespace(bare.name, {**bare.env, **env})
     done = inside.run(
         "env",
@@ -224,5 +228,6 @@ def test_apply_rollback_and_restore_need_no_temporary_file(bare: Namespace, tmp_
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout == "apply: 0\nkept: 0\nrollback: 0\nrestore: 0\n", done.stdout + done.stderr
+    assert done.stdout.startswith("apply: 0\nkept: 0\nrollback: 0\nrestore: 0\npolicy: 2\n"), done.stdout
+    assert "nfc: error: cannot make a temporary directory for the compiled ruleset: " in done.stdout
     assert "internal error" not in done.stderr
