@@ -4,21 +4,36 @@ with big list files and big policies, in a network namespace of its own.
     sudo .venv/bin/python bench/apply_scale.py                       # the default cases
     sudo .venv/bin/python bench/apply_scale.py --entries 10000,100000 --rules 10000
     sudo .venv/bin/python bench/apply_scale.py --entries 1000000 --rules 0 --backends nft
+    sudo .venv/bin/python bench/apply_scale.py --entries 0 --rules 50000 --kills 3
     sudo .venv/bin/python bench/apply_scale.py --entries 0 --rules 10000 --backends nft --profile
 
 Cases:
 - nft, a policy whose first rule drops a list file of N entries (9 in 10
   addresses, 1 in 10 a /24; bench/compile.py's generate_list), with a
-  runtime set, a meter and a counted rule beside it: first apply, `set
-  add`, `set list`, re-apply, stats, refresh, apply --confirm, confirm,
-  rollback, restore;
+  runtime set, a meter and a counted rule beside it: check, first apply,
+  `set add` of 2 elements and of 10,000 at once, `set list`, re-apply,
+  apply of a one-line edit, stats (text, JSON, Prometheus), refresh, diff
+  of the two policies, apply --confirm and confirm, apply --confirm and the
+  timer's rollback at its deadline, rollback, restore, restore into an
+  empty namespace (a boot), `set del` of the 10,000, and the compile for
+  iptables-legacy, which must refuse the list cleanly (it keeps a list as
+  a rule per network and refuses lists over 10,000 networks); then
+  `--kills` SIGKILLs of a refresh to another list at a random moment, each
+  followed by a refresh, an apply or a restore: the list set must hold the
+  old list or the new one, never a mix, and the next command must work;
 - nft and iptables-legacy, bench/compile.py's generate_policy of N rules:
-  first apply, re-apply, stats, rollback, restore; on nft, `nft -f` of the
-  ruleset alone first, into an empty namespace and over itself (what a
-  re-apply and a rollback load), the kernel's part of those commands.
-  (iptables-legacy keeps a
-  list as a rule per network and refuses lists over 10,000 networks, so it
-  has no list case.)
+  check, first apply, re-apply, apply of a one-line edit, stats (three
+  formats), diff, apply --confirm and confirm, the timer's rollback,
+  rollback, restore, restore at boot; on nft, `nft -f` of the ruleset alone
+  first, into an empty namespace and over itself (what a re-apply and a
+  rollback load), the kernel's part of those commands; then `--kills`
+  SIGKILLs of an apply of the edit at a random moment, each followed by a
+  rollback, a restore or an apply: the rules in force must be the old or
+  the new ones, and after the command the ones it puts in force.
+
+The end is a table of every command's CPU, wall time and peak RSS, with
+exits other than expected, tracebacks, states found inconsistent, commands
+over 60 s and memory over 1.5 GiB flagged.
 
 Each command runs as `nfc` does, in a fresh interpreter inside the
 namespace, with the steps of apply (snapshot, load, the origin map, ...)
