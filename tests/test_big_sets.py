@@ -328,3 +328,29 @@ def test_a_tool_past_its_timeout_is_stopped_and_fails_like_a_refusal(
     assert nft.run_file(tmp_path / "ruleset.nft") == "nft did not finish within 0.2s and was stopped"
     assert nft.list("ruleset") == (None, "nft did not finish within 0.2s and was stopped")
     assert nft.list_json() is None
+
+
+def test_the_heap_a_load_freed_goes_back_to_the_system() -> None:
+    """What libnftables frees after a load is handed back (glibc keeps it
+    otherwise), so nfc's work after the load does not add to it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def resident_kib() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
+    def load() -> None:  # a load's allocations, small ones as nft makes, all freed at the end
+        blocks = [libc.malloc(1024) for _ in range(200_000)]
+        for block in blocks:
+            ctypes.memset(block, 1, 1024)
+        for block in reversed(blocks):
+            libc.free(block)
+
+    before = resident_kib()
+    kernel = nft_kernel.NftKernel.__new__(nft_kernel.NftKernel)
+    kernel._commit(lambda: load() or None)
+    assert resident_kib() - before < 50_000  # of the 200 MiB the load touched
