@@ -193,8 +193,16 @@ def read(directory: Path, name: str) -> Artifact:
 
 @contextmanager
 def scratch(files: dict[str, str], name: str) -> Iterator[Artifact]:
-    """`files` (from `build`) as an artifact in a temporary directory, for the block."""
-    with tempfile.TemporaryDirectory(prefix="nfc-") as directory:
-        for file_name, text in files.items():
-            (Path(directory) / file_name).write_text(text)
+    """`files` (from `build`) as an artifact in a temporary directory, for the
+    block; ApplyError if there is none to be had (a full disk)."""
+    try:
+        made = tempfile.TemporaryDirectory(prefix="nfc-")
+    except OSError as exc:
+        raise ApplyError(f"cannot make a temporary directory for the compiled ruleset: {exc}") from None
+    with made as directory:
+        try:
+            for file_name, text in files.items():
+                (Path(directory) / file_name).write_text(text)
+        except OSError as exc:
+            raise ApplyError(f"cannot write the compiled ruleset to {directory}: {exc.strerror}") from None
         yield Artifact(Path(directory), json.loads(files[MANIFEST]), name)

@@ -16,9 +16,10 @@ from pathlib import Path
 from nfc import stats_origins
 from nfc.apply import applied_path, confirmed_path
 from nfc.backends import nft_dump
-from nfc.backends.kernel import ApplyError, Artifact, Json
+from nfc.backends.kernel import ApplyError, Artifact, Json, run_tool
 from nfc.backends.nft import BACKEND, RULESET
-from nfc.backends.nft_sets import run_script, set_element_counts
+from nfc.backends.nft_sets import set_element_counts
+from nfc.errors import printable
 from nfc.state import State
 
 ELEMENTS = re.compile(r"^\t\telements = \{ .* \}$", re.MULTILINE)
@@ -66,6 +67,17 @@ def _rules_only(text: str) -> str:
     return "\n".join(line for line in ELEMENTS.sub("", text).splitlines() if not line.startswith("#"))
 
 
+def run_script(script: str) -> None:
+    """Load `script` with nft in one transaction. nft runs as a child that
+    dies with nfc (`run_tool`): of an nfc killed mid-refresh, no nft may
+    commit the lists later, over what the next nfc command loaded."""
+    done = run_tool(["nft", "-f", "-"], stdin=script)
+    if done.returncode != 0:
+        error = done.stderr.strip() or "nft failed"
+        found = [line.split("Error:", 1)[1].strip() for line in error.splitlines() if "Error:" in line]
+        raise ApplyError(f"the kernel refused the lists: {printable(found[0] if found else error, 200)}")
+
+
 def refresh(artifact: Artifact, state: State, report: Callable[[str], None], lock_timeout: float) -> None:
     if artifact.backend != BACKEND:
         raise ApplyError(
@@ -95,7 +107,13 @@ def refresh(artifact: Artifact, state: State, report: Callable[[str], None], loc
         after = _generation()
         # What the next refresh compares with, and what boot (`nfc restore`) loads.
         record["to"] = loaded | {"listing": text}
-        state.write(path, record)
+        try:
+            state.write(path, record)
+        except ApplyError as exc:  # a full disk: the kernel has the new lists all the same
+            raise ApplyError(
+                f"the lists are refreshed in the kernel, but {exc}: 'nfc restore' and a rollback would "
+                "load them as they were before; refresh again once there is room"
+            ) from None
         # The rules and their handles are those of the map `nfc stats` keeps;
         # only what identifies the ruleset in force, and the lists' fill,
         # changed. Listing the table anew would dump every list element out

@@ -6,8 +6,10 @@ test_netns_bigsets.py."""
 
 from __future__ import annotations
 
+import errno
 import random
 import shlex
+import socket
 import struct
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,12 @@ def test_set_changes_are_one_batch_of_netlink_messages(monkeypatch: pytest.Monke
         def bind(self, address: Any) -> None:
             pass
 
+        def getsockopt(self, level: int, option: int) -> int:
+            return 1 << 20
+
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            pass
+
         def sendall(self, data: bytes) -> None:
             sent.append(data)
 
@@ -224,6 +232,60 @@ def test_set_changes_are_one_batch_of_netlink_messages(monkeypatch: pytest.Monke
     assert kinds == [(0x10, 1), (delete, 2), (delete, 3), (0x11, 4)]
 
 
+def test_the_send_buffer_holds_the_whole_batch() -> None:
+    """The kernel takes a batch in one send and refuses one bigger than the
+    socket's send buffer (EMSGSIZE): 10,000 elements at once overflow the
+    default. Beyond net.core.wmem_max only SO_SNDBUFFORCE helps, which a
+    user namespace of one's own may not use: then SO_SNDBUF, as nft does."""
+    asked: list[tuple[int, int]] = []
+
+    class Link:
+        def getsockopt(self, level: int, option: int) -> int:
+            return 212_992
+
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            asked.append((option, value))
+            if option == nft_netlink.SO_SNDBUFFORCE:
+                raise PermissionError
+
+    nft_netlink._fit_send_buffer(Link(), 10_000)  # type: ignore[arg-type]
+    assert asked == []  # the default holds it
+    nft_netlink._fit_send_buffer(Link(), 400_000)  # type: ignore[arg-type]
+    wanted = 400_000 + (1 << 16)
+    assert asked == [(nft_netlink.SO_SNDBUFFORCE, wanted), (socket.SO_SNDBUF, wanted)]
+
+
+def test_a_batch_too_big_for_the_buffer_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Link:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __enter__(self) -> Link:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            pass
+
+        def settimeout(self, seconds: float) -> None:
+            pass
+
+        def bind(self, address: Any) -> None:
+            pass
+
+        def getsockopt(self, level: int, option: int) -> int:
+            return 1 << 30
+
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            pass
+
+        def sendall(self, data: bytes) -> None:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+
+    monkeypatch.setattr(nft_netlink.socket, "socket", Link)
+    with pytest.raises(ApplyError, match="3 elements are more than one netlink batch may hold"):
+        nft_netlink.change_elements("nfc", True, {"b_v4": ["192.0.2.1", "192.0.2.2", "192.0.2.3"]}, None)
+
+
 def test_an_address_becomes_its_key_with_its_timeout() -> None:
     element = nft_netlink._element("192.0.2.1", 600_000)
     assert bytes([192, 0, 2, 1]) in element and struct.pack(">Q", 600_000) in element
@@ -242,3 +304,53 @@ def test_only_a_load_that_origins_json_maps_is_trusted(tmp_path: Path) -> None:
         assert apply._loaded_in_force(state)[0] is None  # no origins.json: nothing known of the table
         apply.confirmed_path(state).write_text("{}")
         assert apply._loaded_in_force(state)[0] is None  # damaged: the table is listed whole
+
+
+def test_a_tool_past_its_timeout_is_stopped_and_fails_like_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """At a million elements a tool on a slow host may outlive the timeout:
+    nfc stops it and fails as when the kernel refuses (the callers undo a
+    half-done load), never with an internal error (exit 70)."""
+    from nfc.backends import kernel
+
+    monkeypatch.setattr(kernel, "TOOL_TIMEOUT", 0.2)
+    monkeypatch.setattr(nft_kernel, "TOOL_TIMEOUT", 0.2)
+    done = kernel.run_tool(["sleep", "5"])
+    assert done.returncode != 0 and done.stderr == "sleep did not finish within 0.2s and was stopped"
+
+    slow = tmp_path / "nft"  # an nft that hangs, used when the Python binding is missing
+    slow.write_text("#!/bin/sh\nexec sleep 5\n")
+    slow.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    nft = nft_kernel.Nft()
+    nft.binding = None
+    assert nft.run_file(tmp_path / "ruleset.nft") == "nft did not finish within 0.2s and was stopped"
+    assert nft.list("ruleset") == (None, "nft did not finish within 0.2s and was stopped")
+    assert nft.list_json() is None
+
+
+def test_the_heap_a_load_freed_goes_back_to_the_system() -> None:
+    """What libnftables frees after a load is handed back (glibc keeps it
+    otherwise), so nfc's work after the load does not add to it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def resident_kib() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
+    def load() -> None:  # a load's allocations, small ones as nft makes, all freed at the end
+        blocks = [libc.malloc(1024) for _ in range(200_000)]
+        for block in blocks:
+            ctypes.memset(block, 1, 1024)
+        for block in reversed(blocks):
+            libc.free(block)
+
+    before = resident_kib()
+    kernel = nft_kernel.NftKernel.__new__(nft_kernel.NftKernel)
+    kernel._commit(lambda: load() or None)
+    assert resident_kib() - before < 50_000  # of the 200 MiB the load touched

@@ -5,12 +5,30 @@ the meter, and a full re-apply keeps the banned address banned."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from lab import CLIENT_A4, CLIENT_B4, SERVER_A4, SERVER_B4, Lab
+from conftest import run_nfc
+from lab import (
+    CLIENT_A4,
+    CLIENT_B4,
+    SERVER_A4,
+    SERVER_B4,
+    Lab,
+    Namespace,
+    _kill_namespace_processes,
+    require_lab,
+    wait_until,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -27,6 +45,14 @@ input:
     - drop from $banned
     - accept tcp dport 22
     - accept tcp dport 80 limit 100/minute per saddr name web
+"""
+SET_ONLY = """nfc: 1
+sets:
+  banned: {type: address, timeout: 1h, size: 65536}
+input:
+  policy: accept
+  rules:
+    - drop from $banned
 """
 
 
@@ -80,3 +106,128 @@ def test_lists_sets_refresh_and_reapply(lab: Lab, tmp_path: Path) -> None:
     assert lab.connects(lab.client_a, SERVER_A4, 22, CLIENT_A4) == 1
     assert server.nfc("set", "del", "banned", CLIENT_B4).returncode == 0
     assert lab.connects(lab.client_b, SERVER_B4, 22, CLIENT_B4) == 1
+
+
+@pytest.fixture
+def bare() -> Iterator[Namespace]:
+    """A network namespace of its own, nothing in it; deleted whatever happens."""
+    require_lab()
+    host = Namespace(f"nfc-{secrets.token_hex(3)}-s")
+    subprocess.run(["ip", "netns", "add", host.name], check=True, timeout=30)
+    try:
+        yield host
+    finally:
+        _kill_namespace_processes(host.name)
+        subprocess.run(["ip", "netns", "del", host.name], capture_output=True, timeout=30)
+
+
+def test_ten_thousand_elements_in_one_set_add_and_one_set_del(bare: Namespace, tmp_path: Path) -> None:
+    """More elements at once than the socket's default send buffer holds (the
+    kernel takes a batch in one send): all added, all deleted."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(SET_ONLY)
+    out = tmp_path / "out"
+    assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
+    many = [f"198.18.{i >> 8}.{i & 255}" for i in range(10_000)]
+    assert bare.nfc("apply", str(out), "--state-dir", str(tmp_path / "state")).returncode == 0
+    added = bare.nfc("set", "add", "banned", *many, "--timeout", "1h")
+    assert added.returncode == 0, added.stderr
+    assert bare.nfc("set", "list", "banned").stdout.count("\n") == len(many)
+    deleted = bare.nfc("set", "del", "banned", *many)
+    assert deleted.returncode == 0, deleted.stderr
+    assert bare.nfc("set", "list", "banned").stdout == ""
+
+
+def test_the_nft_of_a_killed_refresh_dies_with_it(bare: Namespace, tmp_path: Path) -> None:
+    """A refresh SIGKILLed while its nft runs: that nft must not commit the
+    lists later, over whatever the next nfc command loads. Its nft is held
+    back by a wrapper until the kill."""
+    listed = tmp_path / "drop.txt"
+    listed.write_text("192.0.2.1\n")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("nfc: 1\ndefine:\n  bad: {file: drop.txt}\ninput:\n  policy: accept\n  rules:\n")
+    with policy.open("a") as more:
+        more.write("    - drop from $bad\n")
+    out, out2 = tmp_path / "out", tmp_path / "out2"
+    assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
+    listed.write_text("192.0.2.2\n")
+    assert run_nfc("compile", str(policy), "-o", str(out2)).returncode == 0
+    state = ("--state-dir", str(tmp_path / "state"))
+    assert bare.nfc("apply", str(out), *state).returncode == 0
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    wrapper = wrappers / "nft"
+    real = shutil.which("nft")
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -f - "*) sleep 30 ;; esac\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+
+    def waiting() -> bool:
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if entry.name.isdigit() and str(wrapper).encode() in (entry / "cmdline").read_bytes():
+                    return True
+        return False
+
+    command = ["ip", "netns", "exec", bare.name, "env", f"PATH={wrappers}:{os.environ['PATH']}"]
+    refresh = subprocess.Popen([*command, sys.executable, "-m", "nfc", "refresh", str(out2), *state])
+    try:
+        assert wait_until(waiting, 30), "the refresh never ran nft"
+    finally:
+        refresh.kill()  # ip netns exec and env exec nfc: this is nfc's pid
+        refresh.wait()
+    assert wait_until(lambda: not waiting(), 5), "the nft of the killed refresh lives on"
+    kept = bare.run("nft", "get", "element", "inet", "nfc", "bad_v4", "{ 192.0.2.1 }", check=False)
+    assert kept.returncode == 0, "the refresh committed after all"
+
+
+FULL_TMP_SCRIPT = """
+set -u
+mount -t tmpfs -o size=64m nfc-work /mnt
+cp -a "$OUT" /mnt/out
+cp "$POLICY" /mnt/p.yaml
+nfc() { "$PYTHON" -m nfc "$@"; }
+nfc apply /mnt/out --state-dir /mnt/state >/dev/null || exit 10
+nfc set add banned 192.0.2.1 >/dev/null || exit 11
+for directory in /tmp /var/tmp; do
+    mount -t tmpfs -o size=64k nfc-full "$directory"
+    head -c 1048576 /dev/zero > "$directory/filler" 2>/dev/null
+done
+cd /tmp
+nfc apply /mnt/out --state-dir /mnt/state >/dev/null; echo "apply: $?"
+nft get element inet nfc banned_v4 '{ 192.0.2.1 }' >/dev/null; echo "kept: $?"
+nfc rollback --state-dir /mnt/state >/dev/null; echo "rollback: $?"
+nfc restore --state-dir /mnt/state >/dev/null; echo "restore: $?"
+nfc apply /mnt/p.yaml --state-dir /mnt/state >/dev/null 2>/mnt/error; echo "policy: $?"
+cat /mnt/error
+"""
+
+
+def test_apply_rollback_and_restore_need_no_temporary_file(bare: Namespace, tmp_path: Path) -> None:
+    """With /tmp and /var/tmp full (a full root disk), a re-apply that
+    carries a runtime set's elements, a rollback and a restore still load:
+    the scripts they build go to nft from memory. A policy applied as it
+    is, which is compiled into a temporary directory, is a clean error. In
+    a mount namespace of its own, the state directory on a tmpfs with room."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(SET_ONLY)
+    out = tmp_path / "out"
+    assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
+    env = {"OUT": str(out), "POLICY": str(policy), "PYTHON": sys.executable}
+    inside = Namespace(bare.name, {**bare.env, **env})
+    done = inside.run(
+        "env",
+        "-u",
+        "TMPDIR",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        FULL_TMP_SCRIPT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("apply: 0\nkept: 0\nrollback: 0\nrestore: 0\npolicy: 2\n"), done.stdout
+    assert "nfc: error: cannot make a temporary directory for the compiled ruleset: " in done.stdout
+    assert "internal error" not in done.stderr

@@ -120,3 +120,36 @@ def test_lint_and_explain_know_the_set_may_be_empty(tmp_path: Path) -> None:
     assert not codes & {"NFC030", "NFC031"}, codes
     explained = api.explain(str(policy), "tcp 192.0.2.7:40000 > 192.0.2.1:22")
     assert explained.verdict == "accept" and explained.rule is not None and explained.rule.origin.line == 9
+
+
+def test_a_refresh_whose_record_cannot_be_written_says_the_kernel_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk after the kernel took the new lists: the error says the
+    lists are in force, and what boot would load instead."""
+    from nfc import refresh
+    from nfc.apply import confirmed_path
+    from nfc.state import State, StateError
+
+    (tmp_path / "drop.txt").write_text("192.0.2.1\n")
+    text = "nfc: 1\ndefine:\n  bad: {file: drop.txt}\n"
+    text += "input:\n  policy: accept\n  rules:\n    - drop from $bad\n"
+    policy = write_policy(tmp_path, text)
+    out = tmp_path / "out"
+    assert cli.main(["compile", str(policy), "-o", str(out)]) == 0
+    state = State(tmp_path / "state")
+    loaded = {"backend": "nft", "table": "nfc", "listing": (out / "ruleset.nft").read_text(), "sysctl": {}}
+    state.write(confirmed_path(state), {"action": "apply", "target": str(out), "to": loaded})
+    scripts: list[str] = []
+    monkeypatch.setattr(refresh, "run_script", scripts.append)
+    monkeypatch.setattr(refresh, "_generation", lambda: None)
+
+    def full(self: State, path: Path, data: object) -> None:
+        raise StateError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(State, "write", full)
+    assert cli.main(["refresh", str(out), "--state-dir", str(state.dir)]) == 2
+    assert scripts and "add element inet nfc bad_v4 { 192.0.2.1 }" in scripts[0]
+    error = capsys.readouterr().err
+    assert error.startswith("nfc: error: the lists are refreshed in the kernel, but cannot write "), error
+    assert "No space left on device: 'nfc restore' and a rollback would load them as they were" in error

@@ -18,6 +18,7 @@ from nfc.errors import Loc
 
 PR_SET_PDEATHSIG = 1
 RULE_ORIGIN = re.compile(r'comment "(?P<file>[^"]+?):(?P<line>\d+)(?::[^"]*)?"')
+TOOL_TIMEOUT = 120.0  # seconds; far more than a tool takes at a million rules or elements
 PERMISSION_HINT = "this needs CAP_NET_ADMIN: run as root (or in a user namespace: unshare -rn nfc ...)"
 
 Json = dict[str, Any]
@@ -123,15 +124,31 @@ def permission_problem(error: str) -> bool:
 def run_tool(
     command: list[str], stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run a netfilter tool; ApplyError if it is missing or (with `check`) lacks permission."""
+    """Run a netfilter tool; ApplyError if it is missing or (with `check`) lacks permission.
+    A tool that outlives `TOOL_TIMEOUT` is killed and fails like one the
+    kernel refused, so that its caller undoes a half-done load as it undoes
+    any failed one, instead of nfc stopping with an internal error."""
     if shutil.which(command[0]) is None:
         raise ApplyError(f"'{command[0]}' is not installed")
-    result = subprocess.run(
-        command, input=stdin, capture_output=True, text=True, timeout=120, preexec_fn=dying_with(os.getpid())
-    )
+    try:
+        result = subprocess.run(
+            command,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            preexec_fn=dying_with(os.getpid()),
+        )
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(command, -9, "", timed_out(command[0]))
     if check and result.returncode != 0 and permission_problem(result.stderr):
         raise ApplyError(f"{command[0]}: {result.stderr.strip()}; {PERMISSION_HINT}")
     return result
+
+
+def timed_out(tool: str) -> str:
+    """What a tool killed at `TOOL_TIMEOUT` says, in place of its own error."""
+    return f"{tool} did not finish within {TOOL_TIMEOUT:g}s and was stopped"
 
 
 def dying_with(parent: int) -> Callable[[], None]:

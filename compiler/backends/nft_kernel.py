@@ -4,19 +4,20 @@ through libnftables, and nothing else read, saved or replaced."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nfc.backends.kernel import (
     PERMISSION_HINT,
+    TOOL_TIMEOUT,
     ApplyError,
     Artifact,
     Json,
@@ -26,6 +27,7 @@ from nfc.backends.kernel import (
     permission_problem,
     refusal,
     run_tool,
+    timed_out,
 )
 from nfc.backends.nft import BACKEND, RULESET
 from nfc.backends.nft_dump import generation, next_generation
@@ -61,16 +63,37 @@ class Nft:
                 binding.set_dry_run(False)  # type: ignore[attr-defined]
             return None if rc == 0 else error or "nft failed"
         command = ["nft", "-c", "-f", str(path)] if dry_run else ["nft", "-f", str(path)]
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=120, preexec_fn=dying_with(os.getpid())
-        )
-        return None if result.returncode == 0 else result.stderr or "nft failed"
+        return self._run_command(command)
 
     def run_text(self, script: str) -> str | None:
-        with tempfile.NamedTemporaryFile("w", suffix=".nft", prefix="nfc-") as handle:
-            handle.write(script)
-            handle.flush()
-            return self.run_file(Path(handle.name))
+        """Run an nft script held in memory, never written to disk: a full
+        /tmp must not stop an apply or a rollback. libnftables reads it from
+        a memfd as from a file, so its errors keep their line numbers."""
+        if self.binding is None:
+            return self._run_command(["nft", "-f", "-"], script)
+        descriptor = os.memfd_create("nfc-ruleset", os.MFD_CLOEXEC)
+        try:
+            with os.fdopen(descriptor, "w", closefd=False) as handle:
+                handle.write(script)
+            return self.run_file(Path(f"/proc/self/fd/{descriptor}"))
+        finally:
+            os.close(descriptor)
+
+    @staticmethod
+    def _run_command(command: list[str], script: str | None = None) -> str | None:
+        """The nft command, dying with nfc; its error text, or None."""
+        try:
+            result = subprocess.run(
+                command,
+                input=script,
+                capture_output=True,
+                text=True,
+                timeout=TOOL_TIMEOUT,
+                preexec_fn=dying_with(os.getpid()),
+            )
+        except subprocess.TimeoutExpired:  # killed before its one commit: nothing changed
+            return timed_out("nft")
+        return None if result.returncode == 0 else result.stderr or "nft failed"
 
     def list(self, what: str, terse: bool = False) -> tuple[str | None, str]:
         """`nft -s [-t] list WHAT`: (output, "") or (None, error)."""
@@ -84,7 +107,7 @@ class Nft:
                 binding.set_terse_output(False)  # type: ignore[attr-defined]
         else:
             command = ["nft", "-s", *(["-t"] if terse else []), "list", *what.split()]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            result = _read_with("nft", command)
             rc, output, error = result.returncode, result.stdout, result.stderr
         return (output, "") if rc == 0 else (None, error)
 
@@ -102,7 +125,7 @@ class Nft:
                 binding.set_terse_output(False)  # type: ignore[attr-defined]
         else:
             command = ["nft", "-j", *(["-t"] if terse else []), "list", *what.split()]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            result = _read_with("nft", command)
             rc, output = result.returncode, result.stdout
         if rc != 0:
             return None
@@ -111,6 +134,23 @@ class Nft:
         except (ValueError, KeyError, TypeError):
             return None
         return listing if isinstance(listing, list) else None
+
+
+def _give_back_freed_memory() -> None:
+    """Hand the heap libnftables freed after a load back to the system
+    (glibc's malloc_trim): it keeps about 1 GiB of a 100,000-rule load, and
+    nfc's work after the load (the rules' origins, listed over netlink)
+    would come on top of it instead of in its place."""
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def _read_with(tool: str, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """A listing by `command`, failed if it outlives `TOOL_TIMEOUT`."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(command, -9, "", timed_out(tool))
 
 
 def _nft_error(error: str) -> str:
@@ -136,6 +176,7 @@ class NftKernel:
         except ApplyError:
             before = None  # nothing to vouch for: the next apply lists the table
         error = run()
+        _give_back_freed_memory()
         if error is None and before is not None:
             with contextlib.suppress(ApplyError):
                 after = generation()

@@ -33,6 +33,12 @@ ELEM_KEY, ELEM_TIMEOUT = 1, 4
 DATA_VALUE = 1
 ELEMENTS_PER_MESSAGE = 512  # well under the 64 KiB of one netlink message
 TIMEOUT_S = 30.0
+# socket options: a send buffer as big as the batch (the kernel takes a batch
+# in one send, and refuses one bigger than the buffer), and acknowledgements
+# of refused messages without the message echoed (they would overflow the
+# receive buffer)
+SO_SNDBUFFORCE = 32
+SOL_NETLINK, NETLINK_CAP_ACK = 270, 10
 
 
 def attribute(kind: int, payload: bytes) -> bytes:
@@ -72,16 +78,37 @@ def change_elements(table: str, add: bool, by_set: dict[str, list[str]], timeout
         link.settimeout(TIMEOUT_S)
         try:
             link.bind((0, 0))
+            _fit_send_buffer(link, sum(map(len, batch)))
+            link.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             link.sendall(b"".join(batch))
             while waiting and not error:  # the kernel answers every message of a batch it refuses
                 error = _read_acks(link.recv(1 << 16), waiting)
         except TimeoutError:
             raise ApplyError("the kernel did not answer nfc's change of the set in time") from None
         except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise ApplyError(
+                    f"{sum(map(len, by_set.values())):,} elements are more than one netlink batch may hold "
+                    "here (net.core.wmem_max, without CAP_NET_ADMIN over the host): give fewer at once"
+                ) from None
             raise ApplyError(f"cannot reach nf_tables over netlink: {exc.strerror}") from None
     if error:
         hint = f"; {PERMISSION_HINT}" if error in (errno.EPERM, errno.EACCES) else ""
         raise ApplyError(f"the kernel refused it: {os.strerror(error)}{hint}")
+
+
+def _fit_send_buffer(link: socket.socket, size: int) -> None:
+    """Make the send buffer hold `size` bytes, as nft does: beyond
+    net.core.wmem_max only with CAP_NET_ADMIN over the whole host (not in
+    a user namespace of one's own, where a batch over the maximum is
+    refused with EMSGSIZE)."""
+    wanted = size + (1 << 16)  # the kernel counts its own overhead against the buffer too
+    if link.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= wanted:
+        return
+    try:
+        link.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, wanted)
+    except PermissionError:
+        link.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
 
 
 def _read_acks(data: bytes, waiting: set[int]) -> int:
