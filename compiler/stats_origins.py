@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -291,9 +292,20 @@ def carrying_counts(state: State, artifact: Artifact) -> Iterator[Artifact]:
                 packets, size = waiting.pop(0)
                 line = line.replace(" counter ", f" counter packets {packets} bytes {size} ", 1)
         out.append(line)
-    with tempfile.TemporaryDirectory(prefix="nfc-counts-") as directory:
-        (Path(directory) / nft.RULESET).write_text("".join(out))
+    try:
+        directory = tempfile.mkdtemp(prefix="nfc-counts-")
+    except OSError:  # no room for a temporary directory (a full /tmp): the counts restart, the apply goes on
+        yield artifact
+        return
+    try:
+        try:
+            (Path(directory) / nft.RULESET).write_text("".join(out))
+        except OSError:  # as above
+            yield artifact
+            return
         yield Artifact(Path(directory), artifact.manifest, artifact.name)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _counts_by_content(state: State, table: str) -> dict[str, list[tuple[int, int]]]:

@@ -204,12 +204,13 @@ cat /mnt/error
 
 def test_apply_rollback_and_restore_need_no_temporary_file(bare: Namespace, tmp_path: Path) -> None:
     """With /tmp and /var/tmp full (a full root disk), a re-apply that
-    carries a runtime set's elements, a rollback and a restore still load:
+    carries a runtime set's elements and a rule's counts (these restart
+    from zero, having no room), a rollback and a restore still load:
     the scripts they build go to nft from memory. A policy applied as it
     is, which is compiled into a temporary directory, is a clean error. In
     a mount namespace of its own, the state directory on a tmpfs with room."""
     policy = tmp_path / "p.yaml"
-    policy.write_text(SET_ONLY)
+    policy.write_text(SET_ONLY + "    - accept tcp dport 22 counter\n")  # counts a re-apply carries over
     out = tmp_path / "out"
     assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
     env = {"OUT": str(out), "POLICY": str(policy), "PYTHON": sys.executable}

@@ -11,9 +11,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
 
-from nfc.backends.kernel import PERMISSION_HINT, ApplyError, Artifact, Json, permission_problem
+from nfc.backends.kernel import PERMISSION_HINT, ApplyError, Artifact, Json, permission_problem, run_tool
 from nfc.backends.nft_netlink import change_elements
 from nfc.errors import printable
 
@@ -31,7 +30,7 @@ SUFFIX = {4: "v4", 6: "v6"}
 def nft_json(*command: str) -> list[Json]:
     """`nft -j COMMAND`'s objects; ApplyError when nft fails."""
     try:
-        done = subprocess.run(["nft", "-j", *command], capture_output=True, text=True, timeout=120)
+        done = run_tool(["nft", "-j", *command], check=False)  # stopped at the tools' timeout, dies with nfc
     except OSError as exc:
         raise ApplyError(f"cannot run nft: {exc.strerror}") from None
     if done.returncode != 0:
@@ -157,18 +156,6 @@ def parse_element(text: str) -> tuple[int, str]:
     except ValueError:
         raise ValueError(f"'{printable(text)}' is not an IP address") from None
     return address.version, str(address)
-
-
-def run_script(script: str) -> None:
-    try:
-        done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=120)
-    except OSError as exc:
-        raise ApplyError(f"cannot run nft: {exc.strerror}") from None
-    if done.returncode != 0:
-        error = done.stderr.strip() or "nft failed"
-        found = [line.split("Error:", 1)[1].strip() for line in error.splitlines() if "Error:" in line]
-        hint = f"; {PERMISSION_HINT}" if permission_problem(error) else ""
-        raise ApplyError(f"the kernel refused it: {printable(found[0] if found else error, 200)}{hint}")
 
 
 def _declared(table: str, name: str) -> dict[int, Json]:
