@@ -32,6 +32,7 @@ from nfc import neighbours, persist, stats_origins, timer
 from nfc.artifacts import SYSCTL_CONF
 from nfc.backends import BACKENDS, nft, nft_dump
 from nfc.backends.kernel import ApplyError, Artifact, Json, Kernel, KernelRefused, RestoreFailed
+from nfc.errors import shown_path
 from nfc.state import LOCK_TIMEOUT, State, StateError
 from nfc.state_shapes import APPLIED, CONFIRMED, JOURNAL
 
@@ -400,7 +401,7 @@ def _persist(directory: Path, record: Json, report: Report) -> None:
         written = persist.write(directory, record)
     except ApplyError as exc:
         raise ApplyError(f"{exc}: the ruleset is in force and confirmed, but not persisted") from None
-    report(f"persisted for iptables-persistent: {', '.join(map(str, written))}")
+    report(f"persisted for iptables-persistent: {', '.join(shown_path(str(path)) for path in written)}")
 
 
 def confirm(

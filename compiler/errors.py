@@ -14,7 +14,7 @@ class Loc(NamedTuple):
     col: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{shown_path(self.file)}:{self.line}:{self.col}"
 
 
 class PolicyError(Exception):
@@ -54,6 +54,16 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     if close:
         return f"did you mean '{close[0]}'?"
     return "valid: " + ", ".join(sorted(choices))
+
+
+def shown_path(path: str) -> str:
+    """`path` as a message shows it: as it is, but for characters a terminal
+    would act on or hide (a newline, an escape sequence, a bidi override, a
+    byte that is not UTF-8), written as Python escapes, so that a hostile
+    file name can neither forge a message line nor hide what it is."""
+    if path.isprintable():
+        return path
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in path)
 
 
 def printable(text: str, limit: int = 80) -> str:

@@ -341,3 +341,25 @@ def test_doctor_reads_only_ascii_numbers_from_the_kernel(
     )
     lines, _ = doctor.count_table_full(f"[{stamp}] nf_conntrack: table full, dropping packet\n", since=5.0)
     assert lines in (0, 1)
+
+
+# --------------------------------------------------------------------------
+# file names a terminal would act on
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("a\nb.yaml", "a\\nb.yaml"),  # would forge a second message line
+        ("\x1b[2Jp.yaml", "\\x1b[2Jp.yaml"),  # an escape sequence: clears the screen
+        ("p\u202eylo.yaml", "p\\u202eylo.yaml"),  # a bidi override hides the name's true order
+        ("pä \"q\\.yaml", "pä \"q\\.yaml"),  # printable: shown as it is
+    ],
+)
+def test_a_file_name_is_shown_without_what_a_terminal_acts_on(tmp_path: Path, name: str, shown: str) -> None:
+    (tmp_path / name).write_text("nfc: 1\ninput:\n  policy: drop\n  rules:\n    - accept tcp dport 70000\n")
+    result = nfc_in_process("compile", name, "--stdout", cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.stderr.startswith(f"{shown}:5:24: error: "), result.stderr
+    assert not any(ch in result.stderr for ch in "\x1b\u202e"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 + result.stderr.count(": note: "), result.stderr
