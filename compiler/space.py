@@ -359,7 +359,14 @@ def _addresses(addresses: Addresses | None, family: Family) -> Intervals | None:
         return None
     if addresses.runtime:
         return ADDRESS_SPACE[family]  # any address may be in the set: as far as order goes, it takes them all
-    ranges = tuple(sorted((int(n.network_address), int(n.broadcast_address)) for n in addresses.networks))
+    # By the prefix length: `broadcast_address` builds and caches two address
+    # objects per network, a gigabyte for the million networks of a list file.
+    bits = family.max_prefix
+    ranges = tuple(
+        sorted(
+            (low := int(n.network_address), low + (1 << (bits - n.prefixlen)) - 1) for n in addresses.networks
+        )
+    )
     return subtract(ADDRESS_SPACE[family], ranges) if addresses.negated else ranges
 
 
