@@ -33,6 +33,7 @@ from lab import (
 pytestmark = pytest.mark.netns
 
 ENTRIES = 20_000
+REPO = Path(__file__).resolve().parents[1]
 POLICY = """nfc: 1
 define:
   blocklist: {file: lists/drop.txt}
@@ -189,7 +190,17 @@ nfc() { "$PYTHON" -m nfc "$@"; }
 nfc apply /mnt/out --state-dir /mnt/state >/dev/null || exit 10
 nfc set add banned 192.0.2.1 >/dev/null || exit 11
 for directory in /tmp /var/tmp; do
+    # the checkout and the interpreter's prefix, if under the directory (a CI clone in /tmp),
+    # stay in sight: bound back in place over the full tmpfs
+    for path in "$REPO" "$PREFIX"; do
+        case "$path/" in "$directory"/*)
+            mkdir -p "/mnt/keep$path" && mount --bind "$path" "/mnt/keep$path" ;;
+        esac
+    done
     mount -t tmpfs -o size=64k nfc-full "$directory"
+    for path in "$REPO" "$PREFIX"; do
+        case "$path/" in "$directory"/*) mkdir -p "$path" && mount --bind "/mnt/keep$path" "$path" ;; esac
+    done
     head -c 1048576 /dev/zero > "$directory/filler" 2>/dev/null
 done
 cd /tmp
@@ -214,6 +225,7 @@ def test_apply_rollback_and_restore_need_no_temporary_file(bare: Namespace, tmp_
     out = tmp_path / "out"
     assert run_nfc("compile", str(policy), "-o", str(out)).returncode == 0
     env = {"OUT": str(out), "POLICY": str(policy), "PYTHON": sys.executable}
+    env |= {"REPO": str(REPO), "PREFIX": sys.prefix}  # what the full /tmp must not hide
     inside = Namespace(bare.name, {**bare.env, **env})
     done = inside.run(
         "env",
