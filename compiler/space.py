@@ -8,7 +8,7 @@ import functools
 import ipaddress
 import itertools
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -359,14 +359,9 @@ def _addresses(addresses: Addresses | None, family: Family) -> Intervals | None:
         return None
     if addresses.runtime:
         return ADDRESS_SPACE[family]  # any address may be in the set: as far as order goes, it takes them all
-    # By the prefix length: `broadcast_address` builds and caches two address
-    # objects per network, a gigabyte for the million networks of a list file.
-    bits = family.max_prefix
-    ranges = tuple(
-        sorted(
-            (low := int(n.network_address), low + (1 << (bits - n.prefixlen)) - 1) for n in addresses.networks
-        )
-    )
+    bits = family.max_prefix  # not `broadcast_address`: it makes and keeps two objects per network
+    spans = [(low := int(n.network_address), low | (1 << bits - n.prefixlen) - 1) for n in addresses.networks]
+    ranges = tuple(sorted(spans))
     return subtract(ADDRESS_SPACE[family], ranges) if addresses.negated else ranges
 
 
@@ -477,20 +472,28 @@ def _ports_text(intervals: Intervals) -> str:
     return interval_text(intervals, str)
 
 
-def _networks(intervals: Intervals, family: Family) -> list[str]:
-    make = ipaddress.IPv4Address if family is Family.V4 else ipaddress.IPv6Address
-    return [
-        str(network) if network.prefixlen != network.max_prefixlen else str(network.network_address)
-        for low, high in intervals
-        for network in ipaddress.summarize_address_range(make(low), make(high))
-    ]
+def _prefixes(intervals: Intervals, bits: int) -> Iterator[tuple[int, int]]:
+    """The networks (address, length) covering `intervals`, as `summarize_address_range` finds them."""
+    for low, high in intervals:
+        while low <= high:
+            size = low & -low if low else 1 << bits  # the largest block aligned at `low`
+            while low + size - 1 > high:
+                size >>= 1
+            yield low, bits - size.bit_length() + 1
+            low += size
 
 
 def _address_text(intervals: Intervals, family: Family) -> str:
     """Networks, or 'not NETWORKS' where the complement is the shorter list."""
-    inside = _networks(intervals, family)
-    outside = _networks(subtract(ADDRESS_SPACE[family], intervals), family)
-    prefix, networks = ("not ", outside) if len(outside) < len(inside) else ("", inside)
-    if len(networks) > 6:
-        networks = [*networks[:5], f"... ({len(networks)} prefixes)"]
+    bits, make = family.max_prefix, ipaddress.IPv4Address if family is Family.V4 else ipaddress.IPv6Address
+    outside = subtract(ADDRESS_SPACE[family], intervals)
+    counts = [sum(1 for _ in _prefixes(side, bits)) for side in (intervals, outside)]
+    choice = ("not ", outside, counts[1]) if counts[1] < counts[0] else ("", intervals, counts[0])
+    prefix, side, count = choice
+    networks = [
+        str(make(low)) if length == bits else f"{make(low)}/{length}"
+        for low, length in itertools.islice(_prefixes(side, bits), 6 if count <= 6 else 5)
+    ]
+    if count > 6:
+        networks.append(f"... ({count} prefixes)")
     return prefix + (networks[0] if len(networks) == 1 else "{" + ", ".join(networks) + "}")
