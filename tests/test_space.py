@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nfc.ir import Family, Interfaces, Match, Ports
-from nfc.space import OTHER, STATUSES, Space, describe, intersect, minus, status_of, subtract
+from nfc.space import OTHER, STATUSES, Space, _address_text, describe, intersect, minus, status_of, subtract
 
 spans = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=5).map(
     lambda pairs: tuple(sorted({(min(a, b), max(a, b)) for a, b in pairs}))
@@ -69,3 +71,33 @@ def test_descriptions_write_interface_lists_and_ct_status_as_rules_do() -> None:
     assert describe(translated, space) == "ip oif {eth0, veth0} ct status dnat from any"
     (plain,) = space.cubes(Match(family=Family.V4), status=STATUSES - status_of(("dnat",)))
     assert describe(plain, space) == "ip from any except ct status dnat"
+
+
+def _reference_address_text(intervals: tuple[tuple[int, int], ...], family: Family) -> str:
+    """What describe wrote before it counted networks in integers: every network made by ipaddress."""
+    make = ipaddress.IPv4Address if family is Family.V4 else ipaddress.IPv6Address
+
+    def networks(spans: tuple[tuple[int, int], ...]) -> list[str]:
+        return [
+            str(n) if n.prefixlen != n.max_prefixlen else str(n.network_address)
+            for low, high in spans
+            for n in ipaddress.summarize_address_range(make(low), make(high))
+        ]
+
+    inside = networks(intervals)
+    outside = networks(subtract(((0, (1 << family.max_prefix) - 1),), intervals))
+    prefix, shown = ("not ", outside) if len(outside) < len(inside) else ("", inside)
+    if len(shown) > 6:
+        shown = [*shown[:5], f"... ({len(shown)} prefixes)"]
+    return prefix + (shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}")
+
+
+@given(
+    st.sampled_from([Family.V4, Family.V6]), st.lists(st.integers(0, (1 << 128) - 1), min_size=2, max_size=24)
+)
+def test_address_text_counts_and_shows_networks_as_ipaddress_would(family: Family, points: list[int]) -> None:
+    top = (1 << family.max_prefix) - 1
+    ends = sorted({point & top for point in points})
+    intervals = tuple((low, high) for low, high in zip(ends[::2], ends[1::2], strict=False) if low < high)
+    if intervals:
+        assert _address_text(intervals, family) == _reference_address_text(intervals, family)
