@@ -315,7 +315,6 @@ def test_a_tool_past_its_timeout_is_stopped_and_fails_like_a_refusal(
     from nfc.backends import kernel
 
     monkeypatch.setattr(kernel, "TOOL_TIMEOUT", 0.2)
-    monkeypatch.setattr(nft_kernel, "TOOL_TIMEOUT", 0.2)
     done = kernel.run_tool(["sleep", "5"])
     assert done.returncode != 0 and done.stderr == "sleep did not finish within 0.2s and was stopped"
 

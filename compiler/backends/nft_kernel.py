@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,17 +16,14 @@ from typing import Any
 
 from nfc.backends.kernel import (
     PERMISSION_HINT,
-    TOOL_TIMEOUT,
     ApplyError,
     Artifact,
     Json,
     KernelRefused,
     RestoreFailed,
-    dying_with,
     permission_problem,
     refusal,
     run_tool,
-    timed_out,
 )
 from nfc.backends.nft import BACKEND, RULESET
 from nfc.backends.nft_dump import generation, next_generation
@@ -81,18 +77,9 @@ class Nft:
 
     @staticmethod
     def _run_command(command: list[str], script: str | None = None) -> str | None:
-        """The nft command, dying with nfc; its error text, or None."""
-        try:
-            result = subprocess.run(
-                command,
-                input=script,
-                capture_output=True,
-                text=True,
-                timeout=TOOL_TIMEOUT,
-                preexec_fn=dying_with(os.getpid()),
-            )
-        except subprocess.TimeoutExpired:  # killed before its one commit: nothing changed
-            return timed_out("nft")
+        """The nft command (it dies with nfc, and one past the tools' timeout is
+        stopped before its one commit: nothing changed); its error text, or None."""
+        result = run_tool(command, stdin=script, check=False)
         return None if result.returncode == 0 else result.stderr or "nft failed"
 
     def list(self, what: str, terse: bool = False) -> tuple[str | None, str]:
@@ -107,7 +94,7 @@ class Nft:
                 binding.set_terse_output(False)  # type: ignore[attr-defined]
         else:
             command = ["nft", "-s", *(["-t"] if terse else []), "list", *what.split()]
-            result = _read_with("nft", command)
+            result = run_tool(command, check=False)
             rc, output, error = result.returncode, result.stdout, result.stderr
         return (output, "") if rc == 0 else (None, error)
 
@@ -125,7 +112,7 @@ class Nft:
                 binding.set_terse_output(False)  # type: ignore[attr-defined]
         else:
             command = ["nft", "-j", *(["-t"] if terse else []), "list", *what.split()]
-            result = _read_with("nft", command)
+            result = run_tool(command, check=False)
             rc, output = result.returncode, result.stdout
         if rc != 0:
             return None
@@ -143,14 +130,6 @@ def _give_back_freed_memory() -> None:
     would come on top of it instead of in its place."""
     with contextlib.suppress(AttributeError, OSError):
         ctypes.CDLL(None).malloc_trim(0)
-
-
-def _read_with(tool: str, command: list[str]) -> subprocess.CompletedProcess[str]:
-    """A listing by `command`, failed if it outlives `TOOL_TIMEOUT`."""
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(command, -9, "", timed_out(tool))
 
 
 def _nft_error(error: str) -> str:
