@@ -184,31 +184,36 @@ def test_rule_words_split_as_the_shell_does() -> None:
         assert rule_words(line) == expected, line
 
 
+class FakeNetlink:
+    """A netlink socket that takes what nft_netlink sets up and sends: each
+    test says what its kernel answers."""
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def __enter__(self) -> FakeNetlink:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        pass
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def bind(self, address: Any) -> None:
+        pass
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return 1 << 20  # a send buffer that holds the batch
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        pass
+
+
 def test_set_changes_are_one_batch_of_netlink_messages(monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[bytes] = []
 
-    class Link:
-        def __init__(self, *args: object) -> None:
-            pass
-
-        def __enter__(self) -> Link:
-            return self
-
-        def __exit__(self, *args: object) -> None:
-            pass
-
-        def settimeout(self, seconds: float) -> None:
-            pass
-
-        def bind(self, address: Any) -> None:
-            pass
-
-        def getsockopt(self, level: int, option: int) -> int:
-            return 1 << 20
-
-        def setsockopt(self, level: int, option: int, value: int) -> None:
-            pass
-
+    class Link(FakeNetlink):
         def sendall(self, data: bytes) -> None:
             sent.append(data)
 
@@ -256,27 +261,9 @@ def test_the_send_buffer_holds_the_whole_batch() -> None:
 
 
 def test_a_batch_too_big_for_the_buffer_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Link:
-        def __init__(self, *args: object) -> None:
-            pass
-
-        def __enter__(self) -> Link:
-            return self
-
-        def __exit__(self, *args: object) -> None:
-            pass
-
-        def settimeout(self, seconds: float) -> None:
-            pass
-
-        def bind(self, address: Any) -> None:
-            pass
-
+    class Link(FakeNetlink):
         def getsockopt(self, level: int, option: int) -> int:
-            return 1 << 30
-
-        def setsockopt(self, level: int, option: int, value: int) -> None:
-            pass
+            return 1 << 30  # a buffer that holds any batch: the batch limit is what refuses
 
         def sendall(self, data: bytes) -> None:
             raise OSError(errno.EMSGSIZE, "Message too long")
